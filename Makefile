@@ -1,0 +1,34 @@
+# Set-up and entry points. Every target creates or reuses .venv and installs from constraints.txt.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+SHARED  := $(abspath ../shared/datasets)
+# Point the loaders at ../shared/datasets when it exists (else: cache dir, then checked download).
+export DDN_RAY_DATA_DIR ?= $(if $(wildcard $(SHARED)),$(SHARED),)
+export RAY_DATA_DISABLE_PROGRESS_BARS := 1
+CONFIG  ?= jobs/configs/elec2.yaml
+
+.PHONY: setup run test unit integration bench-freshness
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup  ## the main job on all of Elec2, local Ray started in-process
+	$(BIN)/ddn-ray run --config $(CONFIG)
+
+test: setup  ## unit tier, then integration tier on one local Ray cluster
+	$(BIN)/python -m pytest -q
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit ddn_ray
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+bench-freshness: setup
+	$(BIN)/python benchmarks/freshness.py

@@ -1,0 +1,91 @@
+"""Traffic client: replays a window's features to the Serve endpoint over HTTP.
+
+The answers it records are the system's honest online predictions: they are
+requested before the window's labels are revealed to training.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+
+__all__ = ["Answers", "TrafficClient"]
+
+
+@dataclass
+class Answers:
+    """Served answers for a window, aligned with its rows.
+
+    Attributes:
+        offsets: ``(n,)`` int64 stream offsets.
+        predictions: ``(n,)`` int64 predicted class, ``-1`` where the request failed.
+        versions: ``(n,)`` int64 model version that answered, ``-1`` where it failed.
+        latencies_s: one entry per HTTP request, seconds.
+        errors: one message per failed request.
+    """
+
+    offsets: np.ndarray
+    predictions: np.ndarray
+    versions: np.ndarray
+    latencies_s: list[float]
+    errors: list[str]
+
+
+class TrafficClient:
+    """Sends rows in requests of ``request_rows`` from ``num_clients`` threads.
+
+    Args:
+        url: the ``/predict`` URL, e.g. ``http://127.0.0.1:8000/predict``.
+        request_rows: rows per request.
+        num_clients: concurrent requests.
+        timeout_s: per-request timeout in seconds.
+    """
+
+    def __init__(self, url: str, request_rows: int = 100, num_clients: int = 2, timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.request_rows = request_rows
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=num_clients, thread_name_prefix="traffic")
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def _send(self, rows: np.ndarray) -> tuple[list[int] | None, int, float, str | None]:
+        t0 = time.perf_counter()
+        try:
+            resp = self._session().post(self.url, json={"instances": rows.tolist()}, timeout=self.timeout_s)
+            dt = time.perf_counter() - t0
+            if resp.status_code != 200:
+                return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
+            body = resp.json()
+            return body["predictions"], int(body["model_version"]), dt, None
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            return None, -1, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
+
+    def predict(self, offsets: np.ndarray, features: np.ndarray) -> Answers:
+        """Request predictions for ``features`` ``(n, num_features)`` float32, rows in order."""
+        n = len(offsets)
+        preds = np.full(n, -1, dtype=np.int64)
+        versions = np.full(n, -1, dtype=np.int64)
+        starts = list(range(0, n, self.request_rows))
+        results = self._pool.map(lambda s: self._send(features[s : s + self.request_rows]), starts)
+        latencies, errors = [], []
+        for s, (p, v, dt, err) in zip(starts, results):
+            latencies.append(dt)
+            if err is not None:
+                errors.append(err)
+                continue
+            preds[s : s + len(p)] = p
+            versions[s : s + len(p)] = v
+        return Answers(offsets, preds, versions, latencies, errors)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

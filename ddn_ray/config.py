@@ -1,0 +1,203 @@
+"""The job configuration: one frozen pydantic schema, loaded from YAML.
+
+Defaults live here and nowhere else. :func:`load` reports every invalid field at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ddn_ray.errors import ConfigError
+
+__all__ = [
+    "ControllerConfig",
+    "DataConfig",
+    "JobConfig",
+    "ModelConfig",
+    "RayConfig",
+    "ReportConfig",
+    "ServeConfig",
+    "StreamConfig",
+    "TrainConfig",
+    "load",
+    "parse_overrides",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Which data set feeds the stream."""
+
+    name: Literal["elec2"] = "elec2"
+    path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
+    max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows")
+
+
+class StreamConfig(_Frozen):
+    """How rows become windows, and how far the stream may run ahead of training."""
+
+    source: Literal["replay", "landing_dir"] = "replay"
+    landing_dir: str | None = Field(None, description="directory of parquet files, required for source=landing_dir")
+    window_size: int = Field(100, gt=0, description="rows per window; labels are revealed once per window")
+    max_lag_windows: int = Field(
+        0, ge=0, description="window w is served once training has finished window w-1-max_lag_windows"
+    )
+    poll_interval_s: float = Field(0.5, gt=0, description="landing_dir: how often to look for new files")
+    idle_timeout_s: float = Field(30.0, gt=0, description="landing_dir: end of stream after this long with no new file")
+
+    @model_validator(mode="after")
+    def _landing_dir_given(self) -> StreamConfig:
+        if self.source == "landing_dir" and not self.landing_dir:
+            raise ValueError("stream.landing_dir is required when stream.source is 'landing_dir'")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """The network's architecture."""
+
+    hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Frozen):
+    """Ray Train workers and the per-window update."""
+
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    batch_size: int = Field(16, gt=0, description="global batch size, split across workers")
+    epochs_per_window: int = Field(10, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = Field(3e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, description="sgd and rmsprop only")
+    weight_decay: float = Field(0.0, ge=0)
+    publish_every_windows: int = Field(1, ge=1, description="publish weights to the controller every K windows")
+    checkpoint_every_windows: int = Field(10, ge=1, description="report a Ray Train checkpoint every M windows")
+    seed: int = 0
+
+
+class ServeConfig(_Frozen):
+    """The Serve application and the traffic client that replays features to it."""
+
+    app_name: str = "ddn_ray"
+    route_prefix: str = "/"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    num_replicas: int = Field(2, ge=1)
+    cpus_per_replica: float = Field(0.25, gt=0)
+    max_batch_rows: int = Field(1024, gt=0, description="requests with more rows get 413")
+    request_rows: int = Field(100, gt=0, description="rows per HTTP request sent by the traffic client")
+    num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class ControllerConfig(_Frozen):
+    """The controller actor that versions, gates and syncs weights."""
+
+    name: str = "ddn_ray_controller"
+    poll_timeout_s: float = Field(5.0, gt=0, description="replica long-poll timeout")
+    sync_timeout_s: float = Field(10.0, gt=0, description="wait at most this long for every replica to load a version")
+
+
+class ReportConfig(_Frozen):
+    """The end-of-run report."""
+
+    output_dir: str = "runs"
+    static_windows: int = Field(
+        5, ge=1, description="the static baseline is the version trained on the first static_windows windows, frozen"
+    )
+    plot: bool = True
+
+
+class RayConfig(_Frozen):
+    """A local Ray cluster started in-process (ignored when RAY_ADDRESS joins an existing one)."""
+
+    num_cpus: int | None = Field(4, gt=0, description="logical CPUs; 4 on 2 cores avoids Data/Train deadlocks")
+    include_dashboard: bool = False
+    namespace: str = "ddn_ray"
+
+
+class JobConfig(_Frozen):
+    """Everything the main job needs."""
+
+    run_name: str | None = Field(
+        None, description="None: a fresh run named <data.name>-<timestamp>; a name: resume that run if it exists"
+    )
+    storage_path: str = Field("runs/storage", description="Ray Train storage: a local path or an s3:// / gs:// URI")
+    data: DataConfig = DataConfig()
+    stream: StreamConfig = StreamConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
+    controller: ControllerConfig = ControllerConfig()
+    report: ReportConfig = ReportConfig()
+    ray: RayConfig = RayConfig()
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.lr=0.01", "data.max_rows=8000"]`` into a nested dict (values parsed as YAML).
+
+    Raises:
+        ConfigError: an item has no ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Load and validate a job config.
+
+    Args:
+        path: a YAML file; ``None`` gives the defaults.
+        overrides: nested values applied on top (see :func:`parse_overrides`).
+
+    Returns:
+        The validated, frozen :class:`JobConfig`.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or fields are invalid; the
+            message lists every invalid field with its location.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p} must hold a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return JobConfig.model_validate(_merge(raw, overrides or {}))
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        ]
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"{len(lines)} invalid config field(s){where}:\n" + "\n".join(lines)) from None

@@ -1,0 +1,295 @@
+"""The controller: owns model versions, gates updates and tracks replica freshness.
+
+:class:`Controller` is a plain, synchronous class (tested in-process). It is wrapped
+for Ray by :class:`ControllerActor`, an async actor that adds long-polls: replicas
+wait in :meth:`ControllerActor.wait_for_version` and wake within milliseconds of
+a publish. Weights are stored with ``ray.put`` *inside* the controller, so the
+controller owns them: they outlive the Train worker that produced them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Controller", "ControllerActor", "Gate", "VersionRecord", "check_update"]
+
+
+class Gate(enum.Enum):
+    """The gate's decision on a published update."""
+
+    ACCEPT = "accept"
+    REJECT_NON_FINITE = "reject_non_finite"
+    REJECT_SHAPE = "reject_shape"
+
+
+def check_update(weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None) -> Gate:
+    """Gate an update: every tensor finite, and keys/shapes equal to the reference version's.
+
+    Args:
+        weights: the candidate ``state_dict`` as numpy arrays.
+        reference: the current version's arrays, or ``None`` for the first version.
+    """
+    if reference is not None and (
+        weights.keys() != reference.keys() or any(weights[k].shape != reference[k].shape for k in weights)
+    ):
+        return Gate.REJECT_SHAPE
+    for v in weights.values():
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            return Gate.REJECT_NON_FINITE
+    return Gate.ACCEPT
+
+
+@dataclass
+class VersionRecord:
+    """One model version and how fast it reached the replicas.
+
+    Attributes:
+        version: the id, strictly increasing.
+        parent: the version it was trained from (``None`` for the first).
+        published_s: controller clock (seconds) when accepted.
+        meta: what the trainer said about it (window, trained_end_offset, ...).
+        expected: replicas live at publish time, which must serve it.
+        served_s: replica id -> seconds from publish until it served this version or a newer one.
+    """
+
+    version: int
+    parent: int | None
+    published_s: float
+    meta: dict[str, Any]
+    expected: set[str]
+    served_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def all_served_s(self) -> float | None:
+        """Publish -> every expected replica serving it (freshness), or ``None`` if not yet."""
+        if not self.expected or not self.expected <= self.served_s.keys():
+            return None
+        return max(self.served_s[r] for r in self.expected)
+
+
+class Controller:
+    """Versions, gating, replica acknowledgements and trainer progress.
+
+    Args:
+        put: stores weights and returns a handle (``ray.put`` in the actor; identity in tests).
+        clock: monotonic seconds.
+        replica_ttl_s: a replica not heard from for this long is no longer expected.
+        keep_versions: weights of at most this many recent versions are kept.
+    """
+
+    def __init__(
+        self,
+        put: Callable[[Any], Any] = lambda x: x,
+        clock: Callable[[], float] = time.monotonic,
+        replica_ttl_s: float = 30.0,
+        keep_versions: int = 64,
+    ) -> None:
+        self._put, self._clock = put, clock
+        self.replica_ttl_s = replica_ttl_s
+        self.keep_versions = keep_versions
+        self.records: list[VersionRecord] = []
+        self.rejected: list[dict[str, Any]] = []
+        self._weights: dict[int, tuple[Any, Mapping[str, np.ndarray]]] = {}
+        self._replicas: dict[str, float] = {}  # replica id -> last seen
+        self._replica_version: dict[str, int] = {}
+        self.trainer: dict[str, Any] | None = None
+        self.progress: list[dict[str, Any]] = []
+
+    # versions -------------------------------------------------------------
+    @property
+    def latest_version(self) -> int | None:
+        return self.records[-1].version if self.records else None
+
+    def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Gate and store an update.
+
+        Returns:
+            ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
+            a rejected update leaves the served version unchanged.
+        """
+        meta = dict(meta or {})
+        latest = self.latest_version
+        reference = self._weights[latest][1] if latest is not None else None
+        decision = check_update(weights, reference)
+        if decision is not Gate.ACCEPT:
+            self.rejected.append({"decision": decision.value, "at_version": latest, "meta": meta})
+            return {"accepted": False, "version": latest, "decision": decision.value}
+        parent = meta.get("parent", latest)
+        version = max(v for v in (latest, parent, -1) if v is not None) + 1
+        now = self._clock()
+        copy = {k: np.array(v, copy=True) for k, v in weights.items()}
+        self._weights[version] = (self._put(copy), copy)
+        for old in [v for v in self._weights if v <= version - self.keep_versions]:
+            del self._weights[old]
+        self.records.append(VersionRecord(version, parent, now, meta, self.live_replicas()))
+        return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
+
+    def handle(self, version: int | None = None) -> tuple[int, Any]:
+        """``(version, stored handle)`` of ``version`` (default latest).
+
+        Raises:
+            KeyError: no such version is kept.
+        """
+        v = self.latest_version if version is None else version
+        if v is None or v not in self._weights:
+            raise KeyError(f"model version {v} is not held by the controller")
+        return v, self._weights[v][0]
+
+    def weights(self, version: int | None = None) -> tuple[int, Mapping[str, np.ndarray]]:
+        v, _ = self.handle(version)
+        return v, self._weights[v][1]
+
+    def record(self, version: int) -> VersionRecord:
+        for r in reversed(self.records):
+            if r.version == version:
+                return r
+        raise KeyError(f"model version {version} was never published")
+
+    # replicas -------------------------------------------------------------
+    def replica_seen(self, replica_id: str) -> None:
+        self._replicas[replica_id] = self._clock()
+
+    def live_replicas(self) -> set[str]:
+        now = self._clock()
+        return {r for r, t in self._replicas.items() if now - t <= self.replica_ttl_s}
+
+    def ack(self, replica_id: str, version: int) -> None:
+        """A replica now serves ``version``: it also serves every older version's successor."""
+        self.replica_seen(replica_id)
+        self._replica_version[replica_id] = version
+        now = self._clock()
+        for rec in reversed(self.records):
+            if rec.version > version:
+                continue
+            if replica_id in rec.served_s:
+                break
+            rec.served_s[replica_id] = now - rec.published_s
+
+    def all_serving(self, version: int) -> bool:
+        """Whether every live replica serves ``version`` or newer."""
+        live = self.live_replicas()
+        return bool(live) and all(self._replica_version.get(r, -1) >= version for r in live)
+
+    def replica_versions(self) -> dict[str, int]:
+        live = self.live_replicas()
+        return {r: v for r, v in self._replica_version.items() if r in live}
+
+    # trainer --------------------------------------------------------------
+    def trainer_ready(self, next_offset: int, next_window: int, version: int | None) -> None:
+        self.trainer = {"next_offset": next_offset, "next_window": next_window, "version": version}
+
+    def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
+        self.progress.append(dict(metrics))
+
+    @property
+    def windows_done(self) -> int:
+        """Index of the last window the trainer finished, or -1."""
+        return self.progress[-1]["index"] if self.progress else -1
+
+    def summary(self) -> dict[str, Any]:
+        """Versions (with freshness), rejections and trainer progress, as plain data."""
+        return {
+            "versions": [
+                {
+                    "version": r.version,
+                    "parent": r.parent,
+                    "meta": r.meta,
+                    "expected_replicas": sorted(r.expected),
+                    "served_s": r.served_s,
+                    "all_served_s": r.all_served_s,
+                }
+                for r in self.records
+            ],
+            "rejected": self.rejected,
+            "progress": self.progress,
+            "trainer": self.trainer,
+            "replica_versions": self.replica_versions(),
+        }
+
+
+class ControllerActor:
+    """Async Ray actor around :class:`Controller` (create with ``ray.remote(ControllerActor)``).
+
+    Long-poll methods sleep on a condition that every publish, ack and progress
+    report notifies, so waiters wake without polling.
+    """
+
+    def __init__(self, replica_ttl_s: float = 30.0, keep_versions: int = 64) -> None:
+        import ray
+
+        self.c = Controller(put=ray.put, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions)
+        self._cond = asyncio.Condition()
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def _wait(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        async with self._cond:
+            try:
+                await asyncio.wait_for(self._cond.wait_for(predicate), timeout_s)
+            except asyncio.TimeoutError:
+                return predicate()
+        return True
+
+    async def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        result = self.c.publish(weights, meta)
+        await self._notify()
+        return result
+
+    async def latest_weights(self) -> tuple[int, Mapping[str, np.ndarray]]:
+        """By value: for a trainer starting up or the report's static baseline."""
+        return self.c.weights()
+
+    async def wait_for_version(self, replica_id: str, after: int | None, timeout_s: float) -> tuple[int, list[Any], dict] | None:
+        """Long-poll: return ``(version, [weights ref], meta)`` once a version newer than ``after`` exists.
+
+        The ref sits in a list so Ray does not resolve it here; the replica fetches
+        it zero-copy from the object store. Returns ``None`` on timeout.
+        """
+        self.c.replica_seen(replica_id)
+        newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)  # noqa: E731
+        if not await self._wait(newer, timeout_s):
+            return None
+        version, ref = self.c.handle()
+        return version, [ref], self.c.record(version).meta
+
+    async def ack(self, replica_id: str, version: int) -> None:
+        self.c.ack(replica_id, version)
+        await self._notify()
+
+    async def wait_all_serving(self, version: int, timeout_s: float) -> bool:
+        return await self._wait(lambda: self.c.all_serving(version), timeout_s)
+
+    async def num_live_replicas(self) -> int:
+        return len(self.c.live_replicas())
+
+    async def trainer_ready(self, next_offset: int, next_window: int, version: int | None) -> None:
+        self.c.trainer_ready(next_offset, next_window, version)
+        await self._notify()
+
+    async def wait_trainer_ready(self, timeout_s: float) -> dict[str, Any] | None:
+        await self._wait(lambda: self.c.trainer is not None, timeout_s)
+        return self.c.trainer
+
+    async def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
+        self.c.trainer_progress(metrics)
+        await self._notify()
+
+    async def wait_progress(self, window: int, timeout_s: float) -> int:
+        """Wait until the trainer finished ``window``; return the last finished window index."""
+        await self._wait(lambda: self.c.windows_done >= window, timeout_s)
+        return self.c.windows_done
+
+    async def latest_version(self) -> int | None:
+        return self.c.latest_version
+
+    async def summary(self) -> dict[str, Any]:
+        return self.c.summary()

@@ -1,0 +1,199 @@
+"""Data set loaders: find a local copy, or download the canonical file and verify it.
+
+Resolution order for every loader (first hit wins):
+
+1. an explicit ``path`` argument (a file, or a directory holding ``<subdir>/<filename>``);
+2. ``$DDN_RAY_DATA_DIR/<subdir>/<filename>`` (the set-up points it at ``../shared/datasets``);
+3. the cache ``$DDN_RAY_CACHE_DIR`` (default ``~/.cache/ddn_ray``) ``/<subdir>/<filename>``;
+4. a download of the canonical source into the cache, kept only if its SHA-256 matches.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from ddn_ray.errors import DataError
+
+__all__ = ["DatasetSpec", "ELEC2", "Table", "cache_dir", "find", "load_elec2"]
+
+DATA_DIR_ENV = "DDN_RAY_DATA_DIR"
+CACHE_DIR_ENV = "DDN_RAY_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a data set file lives and how to check it.
+
+    Attributes:
+        subdir: folder under a data directory, e.g. ``"elec2"``.
+        filename: file name inside it, e.g. ``"electricity.csv"``.
+        url: canonical download address; ``.gz`` payloads are decompressed.
+        sha256: hex digest of the (decompressed) file.
+    """
+
+    subdir: str
+    filename: str
+    url: str
+    sha256: str
+
+
+ELEC2 = DatasetSpec(
+    subdir="elec2",
+    filename="electricity.csv",
+    # The CapyMOA project's redistribution of Harries (1999), same columns as this copy.
+    url=(
+        "https://www.dropbox.com/scl/fi/n6vswhxz8i8f5jd8nc7bu/electricity.csv.gz"
+        "?rlkey=oczanfxru37xfk0xn3qf78emh&st=h7vjpwr8&dl=1"
+    ),
+    sha256="b96c120acb05078af777ec49113a682200a38f4ea93944af27b813c282184b79",
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A labelled table in stream order.
+
+    Attributes:
+        features: ``(num_rows, num_features)`` float32.
+        labels: ``(num_rows,)`` int64 class ids in ``[0, num_classes)``.
+        feature_names: one name per feature column.
+        num_classes: number of classes.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    feature_names: tuple[str, ...]
+    num_classes: int
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def cache_dir() -> Path:
+    """The download cache: ``$DDN_RAY_CACHE_DIR`` or ``~/.cache/ddn_ray``."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "ddn_ray")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(spec: DatasetSpec, dest: Path, timeout_s: float = 60.0) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        with urllib.request.urlopen(spec.url, timeout=timeout_s) as resp, tmp_path.open("wb") as out:
+            shutil.copyfileobj(resp, out)
+        if tmp_path.read_bytes()[:2] == b"\x1f\x8b":
+            raw = tmp_path.with_suffix(".raw")
+            with gzip.open(tmp_path, "rb") as src, raw.open("wb") as out:
+                shutil.copyfileobj(src, out)
+            raw.replace(tmp_path)
+        got = _sha256(tmp_path)
+        if got != spec.sha256:
+            raise DataError(
+                f"downloaded {spec.url} has sha256 {got}, expected {spec.sha256}; "
+                f"place a verified copy at ${DATA_DIR_ENV}/{spec.subdir}/{spec.filename}"
+            )
+        tmp_path.replace(dest)
+        return dest
+    except OSError as exc:
+        raise DataError(
+            f"{spec.filename} not found locally and download from {spec.url} failed ({exc}); "
+            f"set ${DATA_DIR_ENV} to a directory holding {spec.subdir}/{spec.filename}"
+        ) from exc
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def find(spec: DatasetSpec, path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """Return the local path of a data set file, downloading it if needed.
+
+    Args:
+        spec: which file.
+        path: an explicit file, or a directory that holds ``<subdir>/<filename>``
+            or ``<filename>``. When given it must exist: no fallback is tried.
+        download: whether step 4 (download into the cache) may run.
+
+    Returns:
+        Path to an existing file.
+
+    Raises:
+        DataError: the explicit path does not exist, or nothing was found and the
+            download failed or did not match the checksum.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        for cand in (p, p / spec.subdir / spec.filename, p / spec.filename):
+            if cand.is_file():
+                return cand
+        raise DataError(f"data path {p} holds no {spec.subdir}/{spec.filename}")
+    roots = [Path(os.environ[DATA_DIR_ENV]).expanduser()] if os.environ.get(DATA_DIR_ENV) else []
+    roots.append(cache_dir())
+    for root in roots:
+        for cand in (root / spec.subdir / spec.filename, root / spec.filename):
+            if cand.is_file():
+                return cand
+    if not download:
+        raise DataError(
+            f"{spec.subdir}/{spec.filename} not found under {', '.join(map(str, roots))}; "
+            f"set ${DATA_DIR_ENV} or allow the download"
+        )
+    return _download(spec, cache_dir() / spec.subdir / spec.filename)
+
+
+def load_elec2(path: str | os.PathLike[str] | None = None, max_rows: int | None = None) -> Table:
+    """Load Elec2 (Harries 1999, NSW electricity market, 30-minute periods) in time order.
+
+    Columns ``period, nswprice, nswdemand, vicprice, vicdemand, transfer`` are the
+    features (already scaled to [0, 1] by the source); ``class`` is the label:
+    1 when the price went up relative to its 24 h moving average, else 0.
+
+    Args:
+        path: see :func:`find`.
+        max_rows: keep only the first ``max_rows`` rows (a slice for tests).
+
+    Returns:
+        A :class:`Table` with ``features`` ``(n, 6)`` float32 and ``labels`` ``(n,)`` int64.
+
+    Raises:
+        DataError: the file is missing, or a column is missing or not numeric.
+
+    Example:
+        >>> t = load_elec2(max_rows=10)  # doctest: +SKIP
+        >>> t.features.shape
+        (10, 6)
+    """
+    file = find(ELEC2, path)
+    try:
+        tab = pacsv.read_csv(file)
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{file} is not a readable CSV: {exc}") from exc
+    names = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
+    missing = [c for c in (*names, "class") if c not in tab.column_names]
+    if missing:
+        raise DataError(f"{file} lacks columns {missing}; expected {list(names) + ['class']}")
+    if max_rows is not None:
+        tab = tab.slice(0, max_rows)
+    try:
+        x = np.column_stack([tab[c].to_numpy().astype(np.float32) for c in names])
+        y = tab["class"].to_numpy().astype(np.int64)
+    except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+        raise DataError(f"{file} has a non-numeric value: {exc}") from exc
+    return Table(features=x, labels=y, feature_names=names, num_classes=2)

@@ -1,0 +1,204 @@
+"""Prequential metrics, the end-of-run report, its table and plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "accuracy",
+    "cohen_kappa",
+    "format_table",
+    "kappa_temporal",
+    "percentiles",
+    "RssSampler",
+    "plot_accuracy",
+    "score",
+    "window_accuracy",
+    "write_report",
+]
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of equal entries of two ``(n,)`` int arrays; ``nan`` when ``n == 0``."""
+    return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
+
+
+def cohen_kappa(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Cohen's kappa, ``(p0 - pe) / (1 - pe)`` (Cohen 1960).
+
+    ``p0`` is the accuracy and ``pe`` the agreement expected by chance from the two
+    marginal class frequencies. Returns 0.0 when ``pe == 1`` (a single class on both sides).
+
+    Example:
+        >>> cohen_kappa(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
+        0.5
+    """
+    if not len(y_true):
+        return float("nan")
+    p0 = np.mean(y_true == y_pred)
+    t = np.bincount(y_true, minlength=num_classes) / len(y_true)
+    p = np.bincount(y_pred, minlength=num_classes) / len(y_pred)
+    pe = float(np.dot(t, p))
+    return 0.0 if pe >= 1.0 else float((p0 - pe) / (1.0 - pe))
+
+
+def kappa_temporal(y_true: np.ndarray, y_pred: np.ndarray, y_no_change: np.ndarray) -> float:
+    """Kappa-temporal, ``(p0 - p_nc) / (1 - p_nc)`` against the no-change classifier.
+
+    Source: Žliobaitė, Bifet, Read, Pfahringer, Holmes (2015), "Evaluation methods and
+    decision theory for classification of streaming data with temporal dependence", eq. 4.
+    Below 0 means worse than predicting the previous label.
+    """
+    if not len(y_true):
+        return float("nan")
+    p0, pnc = np.mean(y_true == y_pred), np.mean(y_true == y_no_change)
+    return 0.0 if pnc >= 1.0 else float((p0 - pnc) / (1.0 - pnc))
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, y_no_change: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy, kappa and kappa-temporal in one dict."""
+    return {
+        "accuracy": accuracy(y_true, y_pred),
+        "kappa": cohen_kappa(y_true, y_pred, num_classes),
+        "kappa_temporal": kappa_temporal(y_true, y_pred, y_no_change),
+    }
+
+
+def window_accuracy(y_true: np.ndarray, y_pred: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window accuracy: ``(window ids, accuracy of each)``, ids sorted."""
+    ids, inverse = np.unique(window, return_inverse=True)
+    hits = np.bincount(inverse, weights=(y_true == y_pred).astype(np.float64))
+    return ids, hits / np.bincount(inverse)
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict[str, float | None]:
+    """``{"p50": ..., "p99": ..., "max": ...}`` of ``values`` (``None`` when empty)."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    out: dict[str, float | None] = {f"p{q:g}": (float(np.percentile(arr, q)) if arr.size else None) for q in qs}
+    out["max"] = float(arr.max()) if arr.size else None
+    return out
+
+
+def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the report as indented JSON (``nan`` becomes ``null``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not np.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return clean(o.item())
+        return o
+
+    p.write_text(json.dumps(clean(report), indent=2))
+    return p
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v * 1000:.1f} ms" if unit == "ms" else (f"{v:.2%}" if unit == "%" else f"{v:.4f}")
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as a plain-text table for the terminal."""
+    run, fresh, http = report["run"], report["freshness_s"], report["http"]
+    lines = [
+        f"{'rows served / trained':34s} {_fmt(run['rows_served'])} / {_fmt(run['rows_trained'])}",
+        f"{'windows (size)':34s} {_fmt(run['windows'])} ({run['window_size']} rows)",
+        f"{'rows quarantined':34s} {_fmt(run['rows_quarantined'])}",
+        f"{'model versions published / rejected':34s} {_fmt(run['versions_published'])} / {_fmt(run['versions_rejected'])}",
+        f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
+        f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",
+        f"{'HTTP requests / failed':34s} {_fmt(http['requests'])} / {_fmt(http['failed'])}",
+        f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'])} / {_fmt(run['label_delay_rows']['max'])}",
+        f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
+        f"{'wall time':34s} {run['wall_s']:.1f} s",
+        "",
+        f"prequential scores on rows {report['eval_rows']['start']:,}-{report['eval_rows']['end']:,} "
+        f"(after the static model's {report['eval_rows']['static_windows']} training windows)",
+        f"{'model':34s} {'accuracy':>9s} {'kappa':>8s} {'kappa_t':>8s}",
+    ]
+    for name, s in report["scores"].items():
+        lines.append(f"{name:34s} {s['accuracy']:9.2%} {s['kappa']:8.4f} {s['kappa_temporal']:8.4f}")
+    return "\n".join(lines)
+
+
+def plot_accuracy(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
+    """Plot per-window accuracy curves ``{name: (window ids, accuracy)}`` to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for name, (x, y) in series.items():
+        k = max(1, len(y) // 60)  # smooth long runs with a moving average of k windows
+        ys = np.convolve(y, np.ones(k) / k, mode="valid") if k > 1 else y
+        ax.plot(x[k - 1 :], ys, label=name, lw=1.4)
+    ax.set_xlabel("window")
+    ax.set_ylabel("prequential accuracy per window")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
+class RssSampler:
+    """Samples, in a daemon thread, the summed RSS of this process and its descendants.
+
+    For an in-process local cluster that is every Ray process (GCS, raylet, workers,
+    replicas). Read :attr:`peak_bytes` after :meth:`stop`.
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+
+    def _sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes

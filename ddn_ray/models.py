@@ -1,0 +1,68 @@
+"""Model builders. A model is rebuilt anywhere (worker, replica, driver) from its spec."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddn_ray.config import ModelConfig
+
+__all__ = ["MLP", "build", "state_to_numpy", "load_numpy_state"]
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron classifier.
+
+    Args:
+        num_features: input width.
+        num_classes: output width (logits).
+        hidden_sizes: width of each hidden layer, e.g. ``(64, 64)``.
+        dropout: dropout probability after each hidden activation.
+
+    Shapes:
+        ``x: (batch, num_features) float32 -> logits: (batch, num_classes) float32``.
+    """
+
+    def __init__(
+        self, num_features: int, num_classes: int, hidden_sizes: tuple[int, ...], dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = num_features
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | None = None) -> nn.Module:
+    """Build the model a config describes; with ``seed`` the initial weights are reproducible."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MLP(num_features, num_classes, tuple(cfg.hidden_sizes), cfg.dropout)
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """Copy a model's ``state_dict`` to numpy arrays (Ray stores these zero-copy)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
+    """Load numpy weights into ``model`` in place and return it.
+
+    Raises:
+        RuntimeError: (from torch) a key or shape does not match the model.
+    """
+    # torch.from_numpy warns on read-only (object-store) buffers; load_state_dict copies anyway.
+    tensors = {k: torch.as_tensor(np.array(v, copy=not v.flags.writeable)) for k, v in state.items()}
+    model.load_state_dict(tensors)
+    return model

@@ -1,0 +1,231 @@
+"""Stream sources, windows and offsets.
+
+A source yields :class:`Window` objects in stream order. An *offset* is a row's
+position in the source (0-based, counting bad rows too), so a window is the
+half-open range ``[start, end)`` of offsets. Rows whose features are not finite,
+or whose label is not a class id, are *quarantined*: counted, kept with their
+offsets and reasons, and never trained on.
+
+Two sources behave the same way:
+
+* :class:`ReplaySource` replays a recorded table (e.g. Elec2) in time order;
+* :class:`LandingDirSource` follows a directory where a producer writes parquet
+  files (``features`` fixed-size list of float32, ``label`` int64), read in name order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ddn_ray.datasets import Table
+from ddn_ray.errors import DataError
+
+__all__ = [
+    "LandingDirSource",
+    "Quarantine",
+    "ReplaySource",
+    "Window",
+    "shard_tables",
+    "to_arrow",
+    "write_landing_file",
+]
+
+
+@dataclass
+class Quarantine:
+    """Rows refused by validation: their offsets and why."""
+
+    offsets: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A bounded slice of the stream.
+
+    Attributes:
+        index: window number, from 0.
+        start: first offset (inclusive).
+        end: one past the last offset (exclusive).
+        offsets: ``(n,)`` int64 offsets of the valid rows.
+        features: ``(n, num_features)`` float32.
+        labels: ``(n,)`` int64; revealed only after the window was served.
+    """
+
+    index: int
+    start: int
+    end: int
+    offsets: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _validate(
+    offsets: np.ndarray, x: np.ndarray, y: np.ndarray, num_classes: int, quarantine: Quarantine
+) -> np.ndarray:
+    """Boolean mask of good rows; bad rows go to ``quarantine``."""
+    finite = np.isfinite(x).all(axis=1)
+    label_ok = (y >= 0) & (y < num_classes)
+    good = finite & label_ok
+    for i in np.flatnonzero(~good):
+        quarantine.offsets.append(int(offsets[i]))
+        quarantine.reasons.append("non-finite feature" if not finite[i] else f"label {int(y[i])} not in [0, {num_classes})")
+    return good
+
+
+class ReplaySource:
+    """Replay a recorded table in windows of ``window_size`` rows.
+
+    Args:
+        table: rows in stream order.
+        window_size: rows per window (the last window may be shorter).
+        start_offset: resume here (must be a window boundary of a previous run).
+
+    Example:
+        >>> import numpy as np
+        >>> from ddn_ray.datasets import Table
+        >>> t = Table(np.zeros((5, 2), np.float32), np.array([0, 1, 0, 1, 1]), ("a", "b"), 2)
+        >>> [(w.start, w.end) for w in ReplaySource(t, window_size=2)]
+        [(0, 2), (2, 4), (4, 5)]
+    """
+
+    def __init__(self, table: Table, window_size: int, start_offset: int = 0) -> None:
+        if window_size <= 0:
+            raise ValueError(f"window_size must be > 0, got {window_size}")
+        self.table = table
+        self.window_size = window_size
+        self.start_offset = start_offset
+        self.quarantine = Quarantine()
+
+    def __iter__(self) -> Iterator[Window]:
+        n = len(self.table)
+        for index, start in enumerate(range(self.start_offset, n, self.window_size), start=self.start_offset // self.window_size):
+            end = min(start + self.window_size, n)
+            offsets = np.arange(start, end, dtype=np.int64)
+            x, y = self.table.features[start:end], self.table.labels[start:end]
+            good = _validate(offsets, x, y, self.table.num_classes, self.quarantine)
+            yield Window(index, start, end, offsets[good], x[good], y[good])
+
+
+def to_arrow(features: np.ndarray, labels: np.ndarray) -> pa.Table:
+    """Rows as an Arrow table: ``features`` fixed-size list<float32>, ``label`` int64."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    feats = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    return pa.table({"features": feats, "label": pa.array(np.asarray(labels, dtype=np.int64))})
+
+
+def write_landing_file(directory: str | Path, seq: int, features: np.ndarray, labels: np.ndarray) -> Path:
+    """Write one producer file atomically (``part-<seq>.parquet``), as a real producer would."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"part-{seq:08d}.parquet"
+    tmp = d / f".{final.name}.tmp"
+    pq.write_table(to_arrow(features, labels), tmp)
+    tmp.replace(final)
+    return final
+
+
+class LandingDirSource:
+    """Follow a landing directory of parquet files and cut the rows into windows.
+
+    Files are read once each, in name order (``part-00000000.parquet``, ...); names
+    starting with ``.`` are in-progress writes and skipped. The stream ends after
+    ``idle_timeout_s`` seconds without a new file; the partial last window is then
+    flushed.
+
+    Args:
+        directory: the landing directory.
+        num_classes: labels must lie in ``[0, num_classes)``.
+        window_size: rows per window.
+        start_offset: skip rows before this offset (resume).
+        poll_interval_s: how often to list the directory.
+        idle_timeout_s: end of stream after this long with no new file.
+
+    Raises:
+        DataError: (while iterating) a file lacks the ``features``/``label`` columns.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        num_classes: int,
+        window_size: int,
+        start_offset: int = 0,
+        poll_interval_s: float = 0.5,
+        idle_timeout_s: float = 30.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.num_classes = num_classes
+        self.window_size = window_size
+        self.start_offset = start_offset
+        self.poll_interval_s = poll_interval_s
+        self.idle_timeout_s = idle_timeout_s
+        self.quarantine = Quarantine()
+
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        tab = pq.read_table(path)
+        if "features" not in tab.column_names or "label" not in tab.column_names:
+            raise DataError(f"{path} needs columns 'features' and 'label', has {tab.column_names}")
+        col = tab["features"].combine_chunks()
+        width = col.type.list_size
+        x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
+        return x, tab["label"].to_numpy().astype(np.int64)
+
+    def __iter__(self) -> Iterator[Window]:
+        seen: set[str] = set()
+        buf_x: list[np.ndarray] = []
+        buf_y: list[np.ndarray] = []
+        offset = 0  # offset of the first buffered row
+        buffered = 0
+        index = self.start_offset // self.window_size
+        last_new = time.monotonic()
+        while True:
+            new = sorted(p for p in self.directory.glob("*.parquet") if not p.name.startswith(".") and p.name not in seen)
+            for path in new:
+                seen.add(path.name)
+                x, y = self._read(path)
+                buf_x.append(x)
+                buf_y.append(y)
+                buffered += len(y)
+            if new:
+                last_new = time.monotonic()
+            done = not new and time.monotonic() - last_new > self.idle_timeout_s
+            while buffered and (buffered >= self.window_size or done):
+                x, y = np.concatenate(buf_x), np.concatenate(buf_y)
+                take = min(self.window_size, buffered)
+                start, end = offset, offset + take
+                buf_x, buf_y, buffered, offset = [x[take:]], [y[take:]], buffered - take, end
+                if end <= self.start_offset:
+                    continue
+                offsets = np.arange(start, end, dtype=np.int64)
+                good = _validate(offsets, x[:take], y[:take], self.num_classes, self.quarantine)
+                yield Window(index, start, end, offsets[good], x[:take][good], y[:take][good])
+                index += 1
+            if done:
+                return
+            if not new:
+                time.sleep(self.poll_interval_s)
+
+
+def shard_tables(window: Window, world_size: int) -> list[pa.Table]:
+    """Split a window's rows into ``world_size`` equal Arrow shards (rank r gets rows r::world_size).
+
+    Equal shards keep DDP's collectives matched; up to ``world_size - 1`` trailing
+    rows are left out of training (they were still served and scored).
+    """
+    n = (len(window) // world_size) * world_size
+    x, y = window.features[:n], window.labels[:n]
+    return [to_arrow(x[r::world_size], y[r::world_size]) for r in range(world_size)]

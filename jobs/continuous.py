@@ -1,0 +1,240 @@
+"""The main job: continuous train-and-serve on a drifting stream (Elec2 by default).
+
+Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr=0.003 ...]
+  or: ddn-ray run --config jobs/configs/elec2.yaml
+  or: ray job submit --working-dir . -- python jobs/continuous.py --config jobs/configs/elec2.yaml
+
+Per window of the stream: (1) wait until training is at most ``max_lag_windows``
+behind and every replica serves the latest version, (2) send the window's features
+to the Serve endpoint over HTTP and keep the answers, (3) reveal the labels: hand the
+window to the Train workers as Ray Dataset shards. Workers test-then-train, publish
+weights to the controller, and checkpoint; replicas long-poll the controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+from tqdm import tqdm
+
+from ddn_ray import config, datasets, evaluate, models, stream
+from ddn_ray.client import TrafficClient
+from ddn_ray.controller import ControllerActor
+from ddn_ray.serve import build_app
+from ddn_ray.train import WindowItem, train_loop_per_worker
+
+
+def start_ray(cfg: config.JobConfig) -> bool:
+    """Join ``RAY_ADDRESS`` or start a local cluster; return whether this call started Ray."""
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.include_dashboard,
+             namespace=cfg.ray.namespace, runtime_env=env, log_to_driver=False)
+    return True
+
+
+def storage_path(cfg: config.JobConfig) -> str:
+    s = cfg.storage_path
+    return s if "://" in s else str(Path(s).expanduser().resolve())
+
+
+def main(cfg: config.JobConfig) -> dict[str, Any]:
+    """Run the job end to end and return its report (also written as JSON + PNG)."""
+    t0 = time.monotonic()
+    started_ray = start_ray(cfg)
+    rss = evaluate.RssSampler().start()
+    run_name = cfg.run_name or f"{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    table = datasets.load_elec2(cfg.data.path, cfg.data.max_rows)
+    nf, nc = table.features.shape[1], table.num_classes
+    workers = cfg.train.num_workers
+
+    # Controller: owns every version; version 0 is the seeded initial model.
+    controller = ray.remote(ControllerActor).options(
+        name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
+    ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
+    init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
+    ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0}))
+
+    # Serve: replicas load the latest version before they take traffic.
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg, nf, nc), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/predict"
+    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s)
+
+    # Train: one long-lived fit(); windows arrive through one queue per rank.
+    queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(), "num_features": nf,
+                           "num_classes": nc, "queues": queues, "controller": controller},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),
+    )
+    fit: dict[str, Any] = {}
+    fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)
+    fit_thread.start()
+
+    def wait_trained(window: int) -> None:
+        while ray.get(controller.wait_progress.remote(window, 5.0)) < window:
+            if not fit_thread.is_alive():
+                raise RuntimeError(f"the trainer stopped before window {window}: {fit.get('error')!r}")
+
+    ready = None
+    while ready is None:
+        ready = ray.get(controller.wait_trainer_ready.remote(5.0))
+        if ready is None and not fit_thread.is_alive():
+            raise RuntimeError(f"the trainer failed to start: {fit.get('error')!r}")
+    if cfg.stream.source == "replay":
+        source = stream.ReplaySource(table, cfg.stream.window_size, ready["next_offset"])
+    else:
+        source = stream.LandingDirSource(cfg.stream.landing_dir, nc, cfg.stream.window_size, ready["next_offset"],
+                                         cfg.stream.poll_interval_s, cfg.stream.idle_timeout_s)
+
+    served: list[stream.Window] = []
+    answers: list[Any] = []
+    static_model, first_update_s, sync_timeouts, rows_trained = None, None, 0, 0
+    static_windows = ready["next_window"] + cfg.report.static_windows
+    try:
+        for window in tqdm(source, desc="windows", unit="win", mininterval=2.0):
+            # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
+            if window.index - 1 - cfg.stream.max_lag_windows >= ready["next_window"]:
+                wait_trained(window.index - 1 - cfg.stream.max_lag_windows)
+            latest = ray.get(controller.latest_version.remote())
+            if not ray.get(controller.wait_all_serving.remote(latest, cfg.controller.sync_timeout_s)):
+                sync_timeouts += 1
+            elif first_update_s is None and latest >= 1:
+                first_update_s = time.monotonic() - t0
+            if window.index == static_windows:
+                wait_trained(static_windows - 1)
+                _, weights = ray.get(controller.latest_weights.remote())
+                static_model = models.load_numpy_state(models.build(cfg.model, nf, nc), weights).eval()
+            if not len(window):
+                continue
+            # 2. Serve the features before the labels exist anywhere in the system.
+            answers.append(client.predict(window.offsets, window.features))
+            served.append(window)
+            # 3. Reveal the labels: the window goes to training as Ray Dataset shards.
+            for rank, shard in enumerate(stream.shard_tables(window, workers)):
+                queues[rank].put(WindowItem(window.index, window.start, window.end, ray.data.from_arrow(shard)))
+            rows_trained += (len(window) // workers) * workers
+        for q in queues:
+            q.put(None)
+        fit_thread.join()
+        if "error" in fit:
+            raise RuntimeError(f"training failed: {fit['error']!r}")
+        last = ray.get(controller.latest_version.remote())
+        ray.get(controller.wait_all_serving.remote(last, cfg.controller.sync_timeout_s))
+        summary = ray.get(controller.summary.remote())
+    finally:
+        client.close()
+        serve.delete(cfg.serve.app_name)
+        ray.kill(controller)
+        for q in queues:
+            q.shutdown(force=True)
+
+    report, curves = build_report(cfg, run_name, served, answers, static_model, summary, source.quarantine,
+                                  first_update_s, sync_timeouts, rows_trained, static_windows)
+    report["run"]["peak_rss_bytes"] = rss.stop()
+    report["run"]["wall_s"] = time.monotonic() - t0
+    out = Path(cfg.report.output_dir) / run_name
+    report["files"] = {"report": str(out / "report.json")}
+    if cfg.report.plot:
+        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: served accuracy"))
+    evaluate.write_report(report, out / "report.json")
+    print(evaluate.format_table(report))
+    print(f"report: {report['files']}")
+    if started_ray:
+        serve.shutdown()
+        ray.shutdown()
+    return report
+
+
+def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
+    try:
+        return trainer.fit()
+    except Exception as exc:  # surfaced by the stream loop
+        into["error"] = exc
+        return None
+
+
+def build_report(cfg, run_name, served, answers, static_model, summary, quarantine,
+                 first_update_s, sync_timeouts, rows_trained, static_windows) -> tuple[dict[str, Any], dict]:
+    """Join served answers with revealed labels; score dynamic, static and no-change."""
+    y = np.concatenate([w.labels for w in served])
+    x = np.concatenate([w.features for w in served])
+    win = np.concatenate([np.full(len(w), w.index) for w in served])
+    offsets = np.concatenate([w.offsets for w in served])
+    pred = np.concatenate([a.predictions for a in answers])
+    ver = np.concatenate([a.versions for a in answers])
+    # No-change: the last label revealed before the window was served (same delay as the model),
+    # and the previous row's label (zero delay: uses labels the served model could not see).
+    last_revealed = np.concatenate([np.full(len(w), served[i - 1].labels[-1] if i else 0) for i, w in enumerate(served)])
+    prev_label = np.concatenate([[0], y[:-1]])
+    versions = {v["version"]: v for v in summary["versions"]}
+    trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
+    ev = win >= static_windows  # rows after the static model's training windows
+    ok = ev & (pred >= 0)
+    static_pred = (
+        static_model(torch.from_numpy(x[ev])).argmax(1).numpy() if static_model is not None else np.full(ev.sum(), -1)
+    )
+    nc = 2
+    scores = {
+        "dynamic (served)": evaluate.score(y[ok], pred[ok], prev_label[ok], nc),
+        "static (frozen after training)": evaluate.score(y[ev], static_pred, prev_label[ev], nc),
+        "no-change (same label delay)": evaluate.score(y[ev], last_revealed[ev], prev_label[ev], nc),
+        "no-change (previous row, delay 0)": evaluate.score(y[ev], prev_label[ev], prev_label[ev], nc),
+    }
+    fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
+    latencies = [s for a in answers for s in a.latencies_s]
+    errors = [e for a in answers for e in a.errors]
+    progress = [p for p in summary["progress"] if p["index"] >= static_windows]
+    trainer_rows = sum(p["num_rows"] for p in progress)
+    curves = {"dynamic (served)": evaluate.window_accuracy(y[ok], pred[ok], win[ok])}
+    if static_model is not None:
+        curves["static"] = evaluate.window_accuracy(y[ev], static_pred, win[ev])
+    curves["no-change (same delay)"] = evaluate.window_accuracy(y[ev], last_revealed[ev], win[ev])
+    return {
+        "run": {
+            "name": run_name, "rows_served": int(len(y)), "rows_trained": int(rows_trained),
+            "windows": len(served), "window_size": cfg.stream.window_size,
+            "rows_quarantined": len(quarantine), "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
+            "versions_published": len(summary["versions"]) - 1, "versions_rejected": len(summary["rejected"]),
+            "label_delay_rows": evaluate.percentiles((offsets - trained_end).tolist(), (50, 99)),
+            "first_update_served_s": first_update_s, "replica_sync_timeouts": sync_timeouts,
+            "num_workers": cfg.train.num_workers, "num_replicas": cfg.serve.num_replicas,
+            "versions_served": sorted({int(v) for v in ver if v >= 0}),
+        },
+        "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
+                      "static_windows": static_windows},
+        "scores": scores,
+        "trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1),
+        "freshness_s": evaluate.percentiles(fresh, (50, 99)),
+        "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
+                 "latency_s": evaluate.percentiles(latencies, (50, 99))},
+        "versions": summary["versions"][-5:],
+        "config": cfg.model_dump(mode="json"),
+    }, curves
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(Path(__file__).parent / "configs" / "elec2.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
+    args = parser.parse_args(argv)
+    return main(config.load(args.config, config.parse_overrides(args.set)))
+
+
+if __name__ == "__main__":
+    cli()
