@@ -177,7 +177,7 @@ def load_elec2(path: str | os.PathLike[str] | None = None, max_rows: int | None 
 
     Example:
         >>> t = load_elec2(max_rows=10)  # doctest: +SKIP
-        >>> t.features.shape
+        >>> t.features.shape  # doctest: +SKIP
         (10, 6)
     """
     file = find(ELEC2, path)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddn_ray import config, models
+from ddn_ray.train import make_optimizer, prequential_step
+
+
+def _data(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 4, generator=g)
+    return x, (x[:, 0] + x[:, 1] > 1.0).long()
+
+
+def test_scores_before_learning_then_learns() -> None:
+    cfg = config.load(overrides={"model": {"hidden_sizes": [16]}, "train": {"lr": 0.01}})
+    model = models.build(cfg.model, 4, 2, seed=0)
+    before = copy.deepcopy(model).eval()
+    x, y = _data()
+    opt = make_optimizer(cfg.train, model.parameters())
+    n, pre_loss, pre_acc, _ = prequential_step(model, opt, x, y, 16, 20, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = before(x)
+    assert n == 200
+    assert pre_loss == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+    assert pre_acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    _, post_loss, post_acc, _ = prequential_step(model, opt, x, y, 16, 1, torch.Generator().manual_seed(1))
+    assert post_loss < pre_loss and post_acc > 0.9
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                      ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+def test_optimizer_by_name(name: str, cls: type) -> None:
+    cfg = config.load(overrides={"train": {"optimizer": name, "lr": 0.5}})
+    opt = make_optimizer(cfg.train, models.build(cfg.model, 3, 2).parameters())
+    assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_numpy_state_round_trip_on_read_only_arrays() -> None:
+    cfg = config.load()
+    a, b = models.build(cfg.model, 6, 2, seed=1), models.build(cfg.model, 6, 2, seed=2)
+    state = models.state_to_numpy(a)
+    for v in state.values():
+        v.flags.writeable = False  # as arrays read from Ray's object store are
+    models.load_numpy_state(b, state)
+    x = torch.rand(5, 6)
+    assert torch.equal(a(x), b(x))
