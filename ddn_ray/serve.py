@@ -22,7 +22,9 @@ import logging
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -67,6 +69,13 @@ def check_instances(instances: "list[list[float]]", num_features: int, max_batch
 
 
 app = FastAPI(title="ddn_ray inference")
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field. The offending input is not echoed: NaN is not valid JSON."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 @serve.deployment

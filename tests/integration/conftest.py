@@ -1,0 +1,75 @@
+"""Integration tier: one local Ray cluster (and one Serve instance) for the whole session."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_PORT = 18123  # pinned; the GCS port is chosen free by ray.init, the dashboard is off
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Any:
+    # Token auth is on by default since Ray 2.59; this cluster only listens on 127.0.0.1
+    # and lives for one test session, so the mode is set explicitly to disabled.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    shared = ROOT.parent / "shared" / "datasets"
+    if shared.is_dir():
+        os.environ.setdefault("DDN_RAY_DATA_DIR", str(shared))
+    import ray
+    from ray import serve
+
+    ray.init(
+        num_cpus=4,  # logical CPUs on 2 cores: leaves Ray Data a whole CPU (see ../shared/RAY_NOTES.md)
+        include_dashboard=False,
+        namespace="ddn_ray",
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
+        log_to_driver=False,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    yield ray
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def continuous() -> ModuleType:
+    """The main job's recipe, imported from jobs/continuous.py."""
+    spec = importlib.util.spec_from_file_location("continuous", ROOT / "jobs" / "continuous.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def job_config(tmp_path_factory: pytest.TempPathFactory):
+    """Build the main job's config from jobs/configs/elec2.yaml with fresh test paths and the pinned port."""
+    from ddn_ray import config
+
+    def make(**sections: dict[str, Any]) -> config.JobConfig:
+        tmp_path = tmp_path_factory.mktemp("job")
+        base = {
+            "storage_path": str(tmp_path / "storage"),
+            "serve": {"port": SERVE_PORT},
+            "report": {"output_dir": str(tmp_path / "runs")},
+        }
+        for name, values in sections.items():
+            base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+        return config.load(ROOT / "jobs" / "configs" / "elec2.yaml", base)
+
+    return make

@@ -1,0 +1,95 @@
+"""Real HTTP against the Serve app: validation, the gate, version swaps, late replicas."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import requests
+from ray import serve
+
+from ddn_ray import models
+from ddn_ray.controller import ControllerActor
+from ddn_ray.serve import build_app
+
+APP, PREFIX = "http_test", "/http"
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, job_config):
+    ray = ray_cluster
+    cfg = job_config(controller={"name": "http_test_controller", "poll_timeout_s": 2.0}, serve={"max_batch_rows": 8, "app_name": APP})
+    controller = ray.remote(ControllerActor).options(
+        name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=100
+    ).remote()
+    ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=0)), {}))
+    serve.run(build_app(cfg, 6, 2), name=APP, route_prefix=PREFIX)
+    url = f"http://127.0.0.1:{cfg.serve.port}{PREFIX}"
+    yield cfg, controller, url
+    serve.delete(APP)
+    ray.kill(controller)
+
+
+def _versions(url: str, n: int = 20) -> set[int]:
+    return {requests.get(f"{url}/version", timeout=10).json()["model_version"] for _ in range(n)}
+
+
+@pytest.mark.parametrize(
+    "payload,status,needle",
+    [
+        ('{"instances": [[0.1, 0.2', 422, "JSON decode error"),
+        ('{"instances": [[0.1, 0.2, 0.3, 0.4, 0.5]]}', 422, "instances[0] has 5 features; expected 6"),
+        ('{"instances": [[0.1, "high", 0.3, 0.4, 0.5, 0.6]]}', 422, '"instances",0,1'),
+        ('{"instances": [[0.1, NaN, 0.3, 0.4, 0.5, 0.6]]}', 422, "finite number"),
+        ('{"instances": [[0.1, Infinity, 0.3, 0.4, 0.5, 0.6]]}', 422, "finite number"),
+        ('{"instances": []}', 422, "at least 1 item"),
+        ('{"rows": [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]}', 422, '"instances"'),
+        ('{"instances": ' + str([[0.5] * 6] * 9) + "}", 413, "at most 8"),
+    ],
+)
+def test_malformed_request_gets_4xx_naming_the_problem_and_next_request_works(app, payload, status, needle) -> None:
+    cfg, _, url = app
+    bad = requests.post(f"{url}/predict", data=payload, headers={"content-type": "application/json"}, timeout=10)
+    assert bad.status_code == status, bad.text
+    assert needle in bad.text
+    good = requests.post(f"{url}/predict", json={"instances": [[0.5] * 6, [0.1] * 6]}, timeout=10)
+    assert good.status_code == 200, good.text
+    body = good.json()
+    assert len(body["predictions"]) == 2 and body["model_version"] >= 0
+    assert all(abs(sum(p) - 1.0) < 1e-5 for p in body["probabilities"])
+
+
+def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_cluster) -> None:
+    cfg, controller, url = app
+    ray = ray_cluster
+    before = ray.get(controller.latest_version.remote())
+    weights = models.state_to_numpy(models.build(cfg.model, 6, 2, seed=1))
+    poisoned = {k: v.copy() for k, v in weights.items()}
+    next(iter(poisoned.values()))[0] = np.nan
+    result = ray.get(controller.publish.remote(poisoned, {"window": 0}))
+    assert result["accepted"] is False and result["decision"] == "reject_non_finite"
+    time.sleep(0.5)
+    assert _versions(url) == {before}
+
+    t0 = time.monotonic()
+    new = ray.get(controller.publish.remote(weights, {"window": 1}))["version"]
+    assert ray.get(controller.wait_all_serving.remote(new, 5.0))
+    assert time.monotonic() - t0 < 5.0
+    assert _versions(url) == {new}
+    record = ray.get(controller.summary.remote())["versions"][-1]
+    assert record["version"] == new and len(record["expected_replicas"]) == cfg.serve.num_replicas
+    assert record["all_served_s"] is not None and record["all_served_s"] < 1.0
+
+
+def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
+    cfg, controller, url = app
+    ray = ray_cluster
+    latest = ray.get(controller.latest_version.remote())
+    serve.run(build_app(cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"num_replicas": 3})}), 6, 2),
+              name=APP, route_prefix=PREFIX)
+    deadline = time.monotonic() + 60
+    while ray.get(controller.num_live_replicas.remote()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert set(ray.get(controller.summary.remote())["replica_versions"].values()) == {latest}
+    assert _versions(url, 30) == {latest}
