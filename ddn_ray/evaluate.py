@@ -123,8 +123,10 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
         f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",
         f"{'HTTP requests / failed':34s} {_fmt(http['requests'])} / {_fmt(http['failed'])}",
-        f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'])} / {_fmt(run['label_delay_rows']['max'])}",
+        f"{'label delay rows p50 / max':34s} {run['label_delay_rows']['p50']:.0f} / {run['label_delay_rows']['max']:.0f}",
         f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
+        f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}",
+        f"{'peak RSS, driver + local Ray':34s} {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB",
         f"{'wall time':34s} {run['wall_s']:.1f} s",
         "",
         f"prequential scores on rows {report['eval_rows']['start']:,}-{report['eval_rows']['end']:,} "

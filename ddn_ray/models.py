@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch import nn
 
 from ddn_ray.config import ModelConfig
 
-__all__ = ["MLP", "build", "state_to_numpy", "load_numpy_state"]
+__all__ = ["MLP", "build", "build_for_inference", "load_numpy_state", "state_to_numpy"]
 
 
 class MLP(nn.Module):
@@ -66,3 +67,24 @@ def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Mo
     tensors = {k: torch.as_tensor(np.array(v, copy=not v.flags.writeable)) for k, v in state.items()}
     model.load_state_dict(tensors)
     return model
+
+
+def build_for_inference(
+    cfg: ModelConfig, num_features: int, num_classes: int, state: Mapping[str, np.ndarray]
+) -> nn.Module:
+    """Build a model in eval mode whose parameters *are* ``state``'s arrays (no init, no copy).
+
+    The model is created on the meta device (no allocation, no random init) and the
+    arrays are assigned as parameters. Arrays read from Ray's object store are
+    read-only, so the model is for inference only: never train or modify it in place.
+
+    Raises:
+        RuntimeError: (from torch) a key or shape does not match the config.
+    """
+    with torch.device("meta"):
+        model = build(cfg, num_features, num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+    model.load_state_dict(tensors, assign=True)
+    return model.eval()

@@ -125,8 +125,8 @@ class Predictor:
             return False
         version, (ref,), _meta = found
         weights = await ref
-        model = models.load_numpy_state(models.build(self._model_cfg, self._num_features, self._num_classes), weights)
-        self._current = (version, model.eval())  # one assignment: requests see old or new, never half
+        model = models.build_for_inference(self._model_cfg, self._num_features, self._num_classes, weights)
+        self._current = (version, model)  # one assignment: requests see old or new, never half
         await self._controller.ack.remote(self._replica, version)
         return True
 

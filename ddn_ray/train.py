@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +30,7 @@ __all__ = [
     "WindowMetrics",
     "make_optimizer",
     "prequential_step",
+    "replay_in_process",
     "train_loop_per_worker",
 ]
 
@@ -236,3 +238,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if tmp is not None:
             ray.train.report({"next_offset": next_offset, "pre_accuracy": pre_acc}, checkpoint=checkpoint)
             tmp.cleanup()
+
+
+def replay_in_process(cfg: Any, table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The main job's learning protocol in one process, without Ray or HTTP.
+
+    Window ``w`` is predicted by the model trained on windows ``0..w-1`` (what the
+    served model is with ``max_lag_windows=0``, ``publish_every_windows=1`` and one
+    worker), then learned with :func:`prequential_step`. Seeds, row order and batch
+    shuffles are those of the Ray job, so its served predictions should agree row for row.
+
+    Args:
+        cfg: a ``JobConfig``.
+        table: a :class:`ddn_ray.datasets.Table`.
+
+    Returns:
+        ``(predictions, window_index)``: both ``(num_valid_rows,)`` int64, in stream order.
+    """
+    from ddn_ray import models, stream
+
+    nf, nc = table.features.shape[1], table.num_classes
+    model = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
+    optimizer = make_optimizer(cfg.train, model.parameters())
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    preds, windows = [], []
+    for w in stream.ReplaySource(table, cfg.stream.window_size):
+        x, y = torch.from_numpy(w.features), torch.from_numpy(w.labels)
+        model.eval()
+        with torch.no_grad():
+            preds.append(model(x).argmax(1).numpy())
+        windows.append(np.full(len(w), w.index))
+        prequential_step(model, optimizer, x, y, cfg.train.batch_size, cfg.train.epochs_per_window, gen)
+    return np.concatenate(preds), np.concatenate(windows)

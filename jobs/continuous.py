@@ -144,6 +144,12 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         for q in queues:
             q.shutdown(force=True)
 
+    if not served:
+        print(f"nothing to serve: run {run_name!r} had already trained up to offset {ready['next_offset']:,}")
+        if started_ray:
+            serve.shutdown()
+            ray.shutdown()
+        return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
     report, curves = build_report(cfg, run_name, served, answers, static_model, summary, source.quarantine,
                                   first_update_s, sync_timeouts, rows_trained, static_windows)
     report["run"]["peak_rss_bytes"] = rss.stop()

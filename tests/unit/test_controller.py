@@ -108,3 +108,11 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
     s = c.summary()
     assert c.windows_done == 3 and s["trainer"] == {"next_offset": 300, "next_window": 3, "version": 7}
     assert s["progress"] == [{"index": 3, "num_rows": 100}]
+
+
+def test_large_but_finite_float32_weights_are_accepted() -> None:
+    big = {"a": np.full(1_000_000, np.finfo(np.float32).max, np.float32)}  # a float32 sum would overflow
+    assert check_update(big, None) is Gate.ACCEPT
+    big["a"][-1] = -np.inf
+    assert check_update(big, None) is Gate.REJECT_NON_FINITE
+    assert check_update({"d": np.array([1e308, 1e308])}, None) is Gate.ACCEPT

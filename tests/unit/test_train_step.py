@@ -49,3 +49,16 @@ def test_numpy_state_round_trip_on_read_only_arrays() -> None:
     models.load_numpy_state(b, state)
     x = torch.rand(5, 6)
     assert torch.equal(a(x), b(x))
+
+
+def test_build_for_inference_aliases_read_only_weights_and_matches() -> None:
+    cfg = config.load()
+    trained = models.build(cfg.model, 6, 2, seed=3).eval()
+    state = models.state_to_numpy(trained)
+    for v in state.values():
+        v.flags.writeable = False
+    served = models.build_for_inference(cfg.model, 6, 2, state)
+    x = torch.rand(4, 6)
+    assert not served.training and torch.equal(served(x), trained(x))
+    w = state["head.weight"]
+    assert served.head.weight.data_ptr() == w.__array_interface__["data"][0]  # no copy
