@@ -46,7 +46,7 @@ class StreamConfig(_Frozen):
 
     source: Literal["replay", "landing_dir"] = "replay"
     landing_dir: str | None = Field(None, description="directory of parquet files, required for source=landing_dir")
-    window_size: int = Field(100, gt=0, description="rows per window; labels are revealed once per window")
+    window_size: int = Field(50, gt=0, description="rows per window; labels are revealed once per window")
     max_lag_windows: int = Field(
         0, ge=0, description="window w is served once training has finished window w-1-max_lag_windows"
     )

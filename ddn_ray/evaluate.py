@@ -123,18 +123,20 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
         f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",
         f"{'HTTP requests / failed':34s} {_fmt(http['requests'])} / {_fmt(http['failed'])}",
-        f"{'label delay rows p50 / max':34s} {run['label_delay_rows']['p50']:.0f} / {run['label_delay_rows']['max']:.0f}",
+        f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'])} / {_fmt(run['label_delay_rows']['max'])}",
         f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
         f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}",
-        f"{'peak RSS, driver + local Ray':34s} {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB",
+        f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
+        f"PSS {run.get('peak_pss_bytes', float('nan')) / 2**30:.2f} GiB",
         f"{'wall time':34s} {run['wall_s']:.1f} s",
         "",
-        f"prequential scores on rows {report['eval_rows']['start']:,}-{report['eval_rows']['end']:,} "
-        f"(after the static model's {report['eval_rows']['static_windows']} training windows)",
+        f"prequential scores on rows {_fmt(report['eval_rows']['start'])}-{_fmt(report['eval_rows']['end'])} "
+        f"(after the static model's {report['eval_rows']['static_windows']} training windows; "
+        f"the dynamic model on rows it answered)",
         f"{'model':34s} {'accuracy':>9s} {'kappa':>8s} {'kappa_t':>8s}",
     ]
     for name, s in report["scores"].items():
-        lines.append(f"{name:34s} {s['accuracy']:9.2%} {s['kappa']:8.4f} {s['kappa_temporal']:8.4f}")
+        lines.append(f"{name:34s} {_fmt(s['accuracy'], '%'):>9s} {_fmt(s['kappa']):>8s} {_fmt(s['kappa_temporal']):>8s}")
     return "\n".join(lines)
 
 
@@ -165,10 +167,13 @@ def plot_accuracy(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
 
 
 class RssSampler:
-    """Samples, in a daemon thread, the summed RSS of this process and its descendants.
+    """Samples, in a daemon thread, the memory of this process and its descendants.
 
     For an in-process local cluster that is every Ray process (GCS, raylet, workers,
-    replicas). Read :attr:`peak_bytes` after :meth:`stop`.
+    replicas). :attr:`peak_bytes` is the peak of the summed RSS, which counts shared
+    pages (the object store, libraries) once per process that maps them;
+    :attr:`peak_pss_bytes` is the peak summed PSS, which splits shared pages among
+    their users (``nan`` where the kernel does not report PSS). Read both after :meth:`stop`.
     """
 
     def __init__(self, interval_s: float = 1.0) -> None:
@@ -176,24 +181,29 @@ class RssSampler:
 
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, float]:
         import psutil
 
         me = psutil.Process()
-        total = 0
+        rss, pss = 0, 0.0
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                info = p.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", float("nan"))
             except psutil.Error:
                 pass
-        return total
+        return rss, pss
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            rss, pss = self._sample()
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             self._stop.wait(self.interval_s)
 
     def start(self) -> RssSampler:

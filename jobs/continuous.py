@@ -107,7 +107,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     static_model, first_update_s, sync_timeouts, rows_trained = None, None, 0, 0
     static_windows = ready["next_window"] + cfg.report.static_windows
     try:
-        for window in tqdm(source, desc="windows", unit="win", mininterval=2.0):
+        total = -(-(len(table) - ready["next_offset"]) // cfg.stream.window_size) if cfg.stream.source == "replay" else None
+        for window in tqdm(source, desc="windows", unit="win", total=total, mininterval=2.0):
             # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
             if window.index - 1 - cfg.stream.max_lag_windows >= ready["next_window"]:
                 wait_trained(window.index - 1 - cfg.stream.max_lag_windows)
@@ -150,12 +151,15 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             serve.shutdown()
             ray.shutdown()
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
-    report, curves = build_report(cfg, run_name, served, answers, static_model, summary, source.quarantine,
-                                  first_update_s, sync_timeouts, rows_trained, static_windows)
+    report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_model, summary, source.quarantine,
+                                        first_update_s, sync_timeouts, rows_trained, static_windows)
     report["run"]["peak_rss_bytes"] = rss.stop()
+    report["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
     report["run"]["wall_s"] = time.monotonic() - t0
     out = Path(cfg.report.output_dir) / run_name
-    report["files"] = {"report": str(out / "report.json")}
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "predictions.npz", **rows)  # served answers joined with the revealed labels
+    report["files"] = {"report": str(out / "report.json"), "predictions": str(out / "predictions.npz")}
     if cfg.report.plot:
         report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: served accuracy"))
     evaluate.write_report(report, out / "report.json")
@@ -175,8 +179,8 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
         return None
 
 
-def build_report(cfg, run_name, served, answers, static_model, summary, quarantine,
-                 first_update_s, sync_timeouts, rows_trained, static_windows) -> tuple[dict[str, Any], dict]:
+def build_report(cfg, run_name, nc, served, answers, static_model, summary, quarantine,
+                 first_update_s, sync_timeouts, rows_trained, static_windows) -> tuple[dict, dict, dict]:
     """Join served answers with revealed labels; score dynamic, static and no-change."""
     y = np.concatenate([w.labels for w in served])
     x = np.concatenate([w.features for w in served])
@@ -192,13 +196,12 @@ def build_report(cfg, run_name, served, answers, static_model, summary, quaranti
     trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
     ev = win >= static_windows  # rows after the static model's training windows
     ok = ev & (pred >= 0)
-    static_pred = (
-        static_model(torch.from_numpy(x[ev])).argmax(1).numpy() if static_model is not None else np.full(ev.sum(), -1)
-    )
-    nc = 2
-    scores = {
-        "dynamic (served)": evaluate.score(y[ok], pred[ok], prev_label[ok], nc),
-        "static (frozen after training)": evaluate.score(y[ev], static_pred, prev_label[ev], nc),
+    scores = {"dynamic (served)": evaluate.score(y[ok], pred[ok], prev_label[ok], nc)}
+    if static_model is not None:  # None when the stream ended before the static model's training windows
+        with torch.no_grad():
+            static_pred = static_model(torch.from_numpy(x[ev])).argmax(1).numpy()
+        scores["static (frozen after training)"] = evaluate.score(y[ev], static_pred, prev_label[ev], nc)
+    scores |= {
         "no-change (same label delay)": evaluate.score(y[ev], last_revealed[ev], prev_label[ev], nc),
         "no-change (previous row, delay 0)": evaluate.score(y[ev], prev_label[ev], prev_label[ev], nc),
     }
@@ -232,7 +235,7 @@ def build_report(cfg, run_name, served, answers, static_model, summary, quaranti
                  "latency_s": evaluate.percentiles(latencies, (50, 99))},
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
-    }, curves
+    }, curves, {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver}
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def job_config(tmp_path_factory: pytest.TempPathFactory):
         base = {
             "storage_path": str(tmp_path / "storage"),
             "serve": {"port": SERVE_PORT},
-            "report": {"output_dir": str(tmp_path / "runs")},
+            "report": {"output_dir": str(tmp_path / "runs"), "static_windows": 5},
+            "stream": {"window_size": 100},  # tests reason in 100-row windows, whatever the shipped default
         }
         for name, values in sections.items():
             base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values

@@ -66,3 +66,37 @@ def test_two_ddp_workers(ray_cluster, continuous, job_config) -> None:
     scores = report["scores"]
     assert scores["dynamic (served)"]["accuracy"] > scores["no-change (same label delay)"]["accuracy"]
     assert report["trainer_pre_update_accuracy"] > 0.6
+
+
+def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster, continuous, job_config) -> None:
+    """The served model at window w is exactly the model trained on windows 0..w-1."""
+    import numpy as np
+
+    from ddn_ray import datasets
+    from ddn_ray.train import replay_in_process
+
+    cfg = job_config(data={"max_rows": 2000})
+    report = continuous.main(cfg)
+    served = np.load(report["files"]["predictions"])
+    expected, _ = replay_in_process(cfg, datasets.load_elec2(cfg.data.path, cfg.data.max_rows))
+    assert np.array_equal(served["offset"], np.arange(2000))
+    agree = float(np.mean(served["prediction"] == expected))
+    assert agree >= 0.99, f"served and in-process predictions agree on only {agree:.2%} of rows"
+
+
+def test_landing_dir_producer_runs_the_same_job(ray_cluster, job_config, monkeypatch) -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("landing_example", root / "examples" / "landing_dir.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cfg = job_config()
+    report = example.main([
+        "--rows", "2000", "--rows-per-file", "300", "--interval-s", "0.1",
+        "--set", f"serve.port={cfg.serve.port}", "--set", f"storage_path={cfg.storage_path}",
+        "--set", f"report.output_dir={cfg.report.output_dir}", "--set", "stream.window_size=100", "--set", "report.static_windows=5",
+    ])
+    assert report["run"]["rows_served"] == 2000 and report["run"]["windows"] == 20
+    assert report["config"]["stream"]["source"] == "landing_dir"
+    _check_versions_and_freshness(report)
