@@ -108,6 +108,8 @@ def _fmt(v: Any, unit: str = "") -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
     if isinstance(v, float):
+        if unit == "int":
+            return f"{v:,.0f}"
         return f"{v * 1000:.1f} ms" if unit == "ms" else (f"{v:.2%}" if unit == "%" else f"{v:.4f}")
     return f"{v:,}" if isinstance(v, int) else str(v)
 
@@ -123,7 +125,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
         f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",
         f"{'HTTP requests / failed':34s} {_fmt(http['requests'])} / {_fmt(http['failed'])}",
-        f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'])} / {_fmt(run['label_delay_rows']['max'])}",
+        f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'], 'int')} / "
+        f"{_fmt(run['label_delay_rows']['max'], 'int')}",
         f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
         f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}",
         f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
@@ -148,12 +151,12 @@ def plot_accuracy(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4.5))
+    k = max(1, max(len(y) for _, y in series.values()) // 60)  # smooth long runs: moving average of k windows
     for name, (x, y) in series.items():
-        k = max(1, len(y) // 60)  # smooth long runs with a moving average of k windows
         ys = np.convolve(y, np.ones(k) / k, mode="valid") if k > 1 else y
         ax.plot(x[k - 1 :], ys, label=name, lw=1.4)
     ax.set_xlabel("window")
-    ax.set_ylabel("prequential accuracy per window")
+    ax.set_ylabel("accuracy per window" + (f" (mean of {k})" if k > 1 else ""))
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
