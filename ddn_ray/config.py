@@ -22,6 +22,7 @@ __all__ = [
     "RayConfig",
     "ReportConfig",
     "ServeConfig",
+    "StrategyConfig",
     "StreamConfig",
     "TrainConfig",
     "load",
@@ -65,6 +66,20 @@ class ModelConfig(_Frozen):
 
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class StrategyConfig(_Frozen):
+    """How each update learns (``ddn_ray.strategy``); only the chosen strategy's fields are used."""
+
+    name: Literal["finetune", "replay", "ewc", "online_ewc", "lwf"] = "finetune"
+    memory_size: int = Field(1000, ge=1, description="replay: rows kept per worker")
+    replay_ratio: float = Field(1.0, ge=0, description="replay: memory rows per window row in a batch")
+    class_balanced: bool = Field(False, description="replay: one reservoir per class")
+    ewc_lambda: float = Field(100.0, ge=0, description="ewc / online_ewc: penalty weight")
+    ewc_decay: float = Field(0.9, ge=0, le=1, description="online_ewc: Fisher decay gamma")
+    ewc_max_anchors: int = Field(10, ge=1, description="ewc: most recent (Fisher, parameters) pairs kept")
+    lwf_alpha: float = Field(1.0, ge=0, description="lwf: distillation weight")
+    temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature")
 
 
 class TrainConfig(_Frozen):
@@ -135,6 +150,7 @@ class JobConfig(_Frozen):
     stream: StreamConfig = StreamConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig = StrategyConfig()
     serve: ServeConfig = ServeConfig()
     controller: ControllerConfig = ControllerConfig()
     report: ReportConfig = ReportConfig()

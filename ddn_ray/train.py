@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddn_ray.config import TrainConfig
+from ddn_ray.strategy import Finetune, Strategy
 
 __all__ = [
     "WindowItem",
@@ -106,6 +107,7 @@ def prequential_step(
     batch_size: int,
     epochs: int,
     generator: torch.Generator,
+    strategy: Strategy | None = None,
 ) -> tuple[float, float, float, float]:
     """Score the model on a window, then learn from it (test-then-train).
 
@@ -118,7 +120,8 @@ def prequential_step(
         y: ``(n,)`` int64 labels.
         batch_size: rows per gradient step on this rank.
         epochs: passes over the window.
-        generator: seeds the per-epoch shuffle.
+        generator: seeds the per-epoch shuffle (and a strategy's sampling).
+        strategy: how to learn (memory rows, penalties); :class:`~ddn_ray.strategy.Finetune` if ``None``.
 
     Returns:
         ``(num_rows, pre_loss, pre_accuracy, train_loss)`` summed/averaged over all ranks;
@@ -129,6 +132,8 @@ def prequential_step(
         logits = model(x)
         pre_loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
         pre_correct = float((logits.argmax(dim=1) == y).sum())
+    strategy = strategy if strategy is not None else Finetune()
+    raw = model.module if hasattr(model, "module") else model  # penalties read the unwrapped parameters
     model.train()
     train_loss_sum = 0.0
     for _ in range(epochs):
@@ -136,11 +141,14 @@ def prequential_step(
         train_loss_sum = 0.0
         for i in range(0, x.shape[0], batch_size):
             idx = order[i : i + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb, yb = strategy.batch(x[idx], y[idx], generator)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb) + strategy.penalty(raw, xb, logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             train_loss_sum += float(loss.detach()) * idx.shape[0]
+    strategy.after_window(raw, x, y)
     n, pre_loss_sum, pre_correct, train_loss_sum = _all_sum([x.shape[0], pre_loss_sum, pre_correct, train_loss_sum])
     n = max(n, 1.0)
     return int(n), pre_loss_sum / n, pre_correct / n, train_loss_sum / n
@@ -153,15 +161,25 @@ def _window_tensors(item: WindowItem) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([b[FEATURES] for b in rows]), torch.cat([b[LABEL] for b in rows])
 
 
+def _gather(obj: Any, world: int) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a collective: all ranks must call it)."""
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train loop (Train v2). Runs on every worker until it reads the end-of-stream marker.
 
     ``config`` keys: ``train`` (TrainConfig as dict), ``model`` (ModelConfig as dict),
+    ``strategy`` (StrategyConfig as dict),
     ``num_features``, ``num_classes``, ``queues`` (one ``ray.util.queue.Queue`` per rank,
     yielding :class:`WindowItem` and finally ``None``), ``controller`` (actor handle).
 
     Resumes from ``ray.train.get_checkpoint()`` when there is one: weights, optimizer,
-    stream offset, window index and model version; otherwise starts from the
+    every rank's strategy state, stream offset, window index and model version; otherwise starts from the
     controller's latest version. Rank 0 tells the controller where it resumes
     (``trainer_ready``) so the stream starts there.
     """
@@ -170,8 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.data import DataContext
 
-    from ddn_ray import models
-    from ddn_ray.config import ModelConfig
+    from ddn_ray import models, strategy
+    from ddn_ray.config import ModelConfig, StrategyConfig
 
     torch.set_num_threads(1)
     ctx_data = DataContext.get_current()
@@ -185,6 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     queue = config["queues"][rank]
 
     model = models.build(ModelConfig(**config["model"]), config["num_features"], config["num_classes"], seed=cfg.seed)
+    learner = strategy.build(StrategyConfig(**config["strategy"]), seed=cfg.seed + rank)
     optimizer_state = None
     next_offset, next_index, version = 0, 0, None
     ckpt = ray.train.get_checkpoint()
@@ -194,6 +213,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meta = json.loads((Path(d) / "meta.json").read_text())
         model.load_state_dict(state["model"])
         optimizer_state = state["optimizer"]
+        saved = state["strategy"]  # one state per rank; more ranks than saved reuse the last one
+        learner.load_state_dict(saved[min(rank, len(saved) - 1)])
         next_offset, next_index, version = meta["next_offset"], meta["next_window"], meta["model_version"]
     else:
         version, weights = ray.get(controller.latest_weights.remote())
@@ -217,7 +238,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         t0 = time.perf_counter()
         x, y = _window_tensors(item)
-        n, pre_loss, pre_acc, train_loss = prequential_step(model, optimizer, x, y, local_batch, cfg.epochs_per_window, gen)
+        n, pre_loss, pre_acc, train_loss = prequential_step(
+            model, optimizer, x, y, local_batch, cfg.epochs_per_window, gen, learner
+        )
         metrics = WindowMetrics(item.index, item.start, item.end, n, pre_loss, pre_acc, train_loss, time.perf_counter() - t0)
         next_offset, next_index = item.end, item.index + 1
         if rank == 0 and next_index % cfg.publish_every_windows == 0:
@@ -228,8 +251,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tmp = None
         if next_index % cfg.checkpoint_every_windows == 0:
             tmp = tempfile.TemporaryDirectory()
+            strategy_states = _gather(learner.state_dict(), world)  # each rank's memory / Fisher / teacher
             if rank == 0:
-                torch.save({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()}, Path(tmp.name) / "state.pt")
+                state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "strategy": strategy_states}
+                torch.save(state, Path(tmp.name) / "state.pt")
                 meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version}
                 (Path(tmp.name) / "meta.json").write_text(json.dumps(meta))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp.name)
@@ -255,10 +280,11 @@ def replay_in_process(cfg: Any, table: Any) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(predictions, window_index)``: both ``(num_valid_rows,)`` int64, in stream order.
     """
-    from ddn_ray import models, stream
+    from ddn_ray import models, strategy, stream
 
     nf, nc = table.features.shape[1], table.num_classes
     model = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
+    learner = strategy.build(cfg.strategy, seed=cfg.train.seed)
     optimizer = make_optimizer(cfg.train, model.parameters())
     gen = torch.Generator().manual_seed(cfg.train.seed)
     preds, windows = [], []
@@ -268,5 +294,5 @@ def replay_in_process(cfg: Any, table: Any) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             preds.append(model(x).argmax(1).numpy())
         windows.append(np.full(len(w), w.index))
-        prequential_step(model, optimizer, x, y, cfg.train.batch_size, cfg.train.epochs_per_window, gen)
+        prequential_step(model, optimizer, x, y, cfg.train.batch_size, cfg.train.epochs_per_window, gen, learner)
     return np.concatenate(preds), np.concatenate(windows)

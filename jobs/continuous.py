@@ -77,7 +77,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(), "num_features": nf,
+        train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(),
+                           "strategy": cfg.strategy.model_dump(), "num_features": nf,
                            "num_classes": nc, "queues": queues, "controller": controller},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),

@@ -57,15 +57,35 @@ def test_restart_resumes_at_the_checkpointed_offset(ray_cluster, continuous, job
     _check_versions_and_freshness(b)
 
 
-def test_two_ddp_workers(ray_cluster, continuous, job_config) -> None:
-    cfg = job_config(data={"max_rows": 3000}, train={"num_workers": 2, "cpus_per_worker": 0.5})
+@pytest.mark.parametrize("name", ["finetune", "replay", "online_ewc", "lwf"])
+def test_two_ddp_workers_with_each_strategy(ray_cluster, continuous, job_config, name) -> None:
+    import torch
+
+    cfg = job_config(data={"max_rows": 2000}, train={"num_workers": 2, "cpus_per_worker": 0.5,
+                                                      "checkpoint_every_windows": 10},
+                     strategy={"name": name, "memory_size": 200}, run_name=f"ddp-{name}")
     report = continuous.main(cfg)
     assert report["run"]["num_workers"] == 2
-    assert report["run"]["rows_trained"] == 3000  # 100-row windows split 50 / 50
+    assert report["run"]["rows_trained"] == 2000  # 100-row windows split 50 / 50
+    assert report["config"]["strategy"]["name"] == name
     _check_versions_and_freshness(report)
     scores = report["scores"]
     assert scores["dynamic (served)"]["accuracy"] > scores["no-change (same label delay)"]["accuracy"]
     assert report["trainer_pre_update_accuracy"] > 0.6
+    # The last checkpoint holds both ranks' strategy state.
+    last = max(Path(cfg.storage_path, cfg.run_name).glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
+    states = torch.load(last, weights_only=False)["strategy"]
+    assert len(states) == 2
+    for st in states:
+        if name == "replay":
+            assert st["x"].shape == (200, 6) and st["seen"] == {-1: 1000}  # 20 windows x 50 rows per rank
+        elif name == "online_ewc":
+            assert len(st["anchors"]) == 1 and all(torch.isfinite(f).all() for f in st["anchors"][0][0].values())
+        elif name == "lwf":
+            assert st["teacher"] is not None
+    if name == "online_ewc":  # DDP-averaged Fisher: identical on both ranks
+        for k, f in states[0]["anchors"][0][0].items():
+            assert torch.allclose(f, states[1]["anchors"][0][0][k])
 
 
 def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster, continuous, job_config) -> None:
