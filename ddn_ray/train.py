@@ -179,8 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     yielding :class:`WindowItem` and finally ``None``), ``controller`` (actor handle).
 
     Resumes from ``ray.train.get_checkpoint()`` when there is one: weights, optimizer,
-    every rank's strategy state, stream offset, window index and model version; otherwise starts from the
-    controller's latest version. Rank 0 tells the controller where it resumes
+    every rank's strategy state, stream offset, window index and model version;
+    otherwise starts from the controller's latest version. Rank 0 tells the controller where it resumes
     (``trainer_ready``) so the stream starts there.
     """
     import ray
