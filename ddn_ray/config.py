@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ddn_ray.errors import ConfigError
 
@@ -71,7 +71,7 @@ class ModelConfig(_Frozen):
 class StrategyConfig(_Frozen):
     """How each update learns (``ddn_ray.strategy``); only the chosen strategy's fields are used."""
 
-    name: Literal["finetune", "replay", "ewc", "online_ewc", "lwf"] = "finetune"
+    name: str = Field("finetune", description="finetune, replay, ewc, online_ewc, lwf, or several joined by '+'")
     memory_size: int = Field(1000, ge=1, description="replay: rows kept per worker")
     replay_ratio: float = Field(1.0, ge=0, description="replay: memory rows per window row in a batch")
     class_balanced: bool = Field(False, description="replay: one reservoir per class")
@@ -80,6 +80,17 @@ class StrategyConfig(_Frozen):
     ewc_max_anchors: int = Field(10, ge=1, description="ewc: most recent (Fisher, parameters) pairs kept")
     lwf_alpha: float = Field(1.0, ge=0, description="lwf: distillation weight")
     temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature")
+
+
+    @field_validator("name")
+    @classmethod
+    def _known_names(cls, v: str) -> str:
+        known = ("finetune", "replay", "ewc", "online_ewc", "lwf")
+        parts = v.split("+")
+        bad = [p for p in parts if p not in known]
+        if bad or len(set(parts)) != len(parts):
+            raise ValueError(f"strategy {v!r}: use one or more of {known} joined by '+', each once")
+        return v
 
 
 class TrainConfig(_Frozen):

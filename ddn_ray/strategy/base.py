@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Finetune", "Strategy", "all_mean"]
+__all__ = ["Compose", "Finetune", "Strategy", "all_mean"]
 
 
 @runtime_checkable
@@ -66,3 +66,36 @@ class Finetune:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+
+class Compose:
+    """Several strategies at once, e.g. EWC + Replay: batches chained, penalties summed.
+
+    Args:
+        strategies: applied in order; ``batch`` passes each one's output to the next.
+    """
+
+    def __init__(self, strategies: list[Strategy]) -> None:
+        self.strategies = list(strategies)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        for s in self.strategies:
+            x, y = s.batch(x, y, generator)
+        return x, y
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros(())
+        for s in self.strategies:
+            total = total + s.penalty(model, x, logits)
+        return total
+
+    def after_window(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        for s in self.strategies:
+            s.after_window(model, x, y)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"strategies": [s.state_dict() for s in self.strategies]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s, st in zip(self.strategies, state["strategies"], strict=True):
+            s.load_state_dict(st)

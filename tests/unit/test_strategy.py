@@ -11,7 +11,7 @@ from torch import nn
 from ddn_ray import config, models, strategy
 from ddn_ray.train import make_optimizer, prequential_step
 
-NAMES = ["finetune", "replay", "ewc", "online_ewc", "lwf"]
+NAMES = ["finetune", "replay", "ewc", "online_ewc", "lwf", "online_ewc+replay"]
 
 
 def _window(seed: int, n: int = 40, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,3 +150,26 @@ def test_bad_settings_are_refused() -> None:
         strategy.EWC(decay=1.5)
     with pytest.raises(ValueError):
         strategy.LwF(temperature=0)
+
+
+def test_compose_chains_batches_and_sums_penalties() -> None:
+    s = strategy.build(config.StrategyConfig(name="ewc+replay+lwf", memory_size=8))
+    assert [type(x).__name__ for x in s.strategies] == ["EWC", "Replay", "LwF"]
+    model = _model()
+    x, y = _window(0)
+    s.after_window(model, x, y)
+    with torch.no_grad():
+        model.head.bias += 1.0
+    logits = model(x)
+    total = s.penalty(model, x, logits)
+    parts = sum(float(p.penalty(model, x, logits)) for p in s.strategies)
+    assert float(total) == pytest.approx(parts) and float(total) > 0
+    assert s.batch(x[:4], y[:4], torch.Generator())[0].shape[0] == 8  # replay doubled the batch
+
+
+@pytest.mark.parametrize("name", ["ewc+ewc", "replay+bogus", "dropout"])
+def test_unknown_or_repeated_strategy_names_are_config_errors(name: str) -> None:
+    from ddn_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy.name"):
+        config.load(overrides={"strategy": {"name": name}})
