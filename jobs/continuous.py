@@ -147,6 +147,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             q.shutdown(force=True)
 
     if not served:
+        rss.stop()
         print(f"nothing to serve: run {run_name!r} had already trained up to offset {ready['next_offset']:,}")
         if started_ray:
             serve.shutdown()
