@@ -24,22 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, datasets, evaluate, models, stream  # noqa: E402
-from ddn_ray.train import make_optimizer, prequential_step, replay_in_process  # noqa: E402
-
-
-def static_predictions(cfg: config.JobConfig, table: datasets.Table, num_windows: int) -> np.ndarray:
-    """Predictions of the model trained on the first ``num_windows`` windows, then frozen."""
-    model = models.build(cfg.model, table.features.shape[1], table.num_classes, seed=cfg.train.seed)
-    opt = make_optimizer(cfg.train, model.parameters())
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    for w in stream.ReplaySource(table, cfg.stream.window_size):
-        if w.index >= num_windows:
-            break
-        prequential_step(model, opt, torch.from_numpy(w.features), torch.from_numpy(w.labels),
-                         cfg.train.batch_size, cfg.train.epochs_per_window, gen)
-    with torch.no_grad():
-        return model.eval()(torch.from_numpy(table.features)).argmax(1).numpy()
+from ddn_ray import config, datasets, evaluate  # noqa: E402
+from ddn_ray.train import replay_in_process  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     for w in args.sizes:
         cfg = base.model_copy(update={"stream": base.stream.model_copy(update={"window_size": w})})
         t0 = time.perf_counter()
-        pred, win = replay_in_process(cfg, table)
+        pred, win, _, _ = replay_in_process(cfg, table)
         dt = time.perf_counter() - t0
-        static = static_predictions(cfg, table, max(1, -(-args.eval_from // w)))
+        static = replay_in_process(cfg, table, freeze_after=max(1, -(-args.eval_from // w))).predictions
         last_revealed = np.array([y[i * w - 1] if i else 0 for i in win])
         s = evaluate.score(y[ev], pred[ev], prev[ev], table.num_classes)
         st = evaluate.accuracy(y[ev], static[ev])

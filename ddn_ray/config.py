@@ -17,8 +17,10 @@ from ddn_ray.errors import ConfigError
 __all__ = [
     "ControllerConfig",
     "DataConfig",
+    "DriftConfig",
     "JobConfig",
     "ModelConfig",
+    "PolicyConfig",
     "RayConfig",
     "ReportConfig",
     "ServeConfig",
@@ -81,7 +83,6 @@ class StrategyConfig(_Frozen):
     lwf_alpha: float = Field(1.0, ge=0, description="lwf: distillation weight")
     temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature")
 
-
     @field_validator("name")
     @classmethod
     def _known_names(cls, v: str) -> str:
@@ -104,9 +105,63 @@ class TrainConfig(_Frozen):
     lr: float = Field(3e-3, gt=0)
     momentum: float = Field(0.9, ge=0, description="sgd and rmsprop only")
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "step", "cosine"] = Field(
+        "constant", description="per-window learning-rate schedule, restarted by a policy's 'all' or 'reset' decision"
+    )
+    lr_period_windows: int = Field(100, ge=1, description="step: windows between decays; cosine: windows to lr_min")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="step: decay factor")
+    lr_min_factor: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of lr")
     publish_every_windows: int = Field(1, ge=1, description="publish weights to the controller every K windows")
     checkpoint_every_windows: int = Field(10, ge=1, description="report a Ray Train checkpoint every M windows")
     seed: int = 0
+
+
+class DriftConfig(_Frozen):
+    """Drift analysis in the train loop (``ddn_ray.drift``).
+
+    The detector reads the prequential error stream (1.0 for a row the model got
+    wrong before learning it, else 0.0), gathered from every worker in rank order.
+    On a signal, the last ``2 * reference_windows`` windows are split in two and
+    compared: per-feature KS tests on the inputs and an MMD test on the model's embeddings.
+    """
+
+    detector: Literal["none", "adwin", "page_hinkley", "kswin", "ddm"] = "none"
+    params: dict[str, float] = Field(
+        default_factory=dict, description="keyword arguments of the River detector, e.g. {delta: 0.002} for adwin"
+    )
+    feature_alpha: float = Field(0.01, gt=0, lt=1, description="KS level after the multiple-testing correction")
+    correction: Literal["bonferroni", "bh"] = "bonferroni"
+    reference_windows: int = Field(4, ge=1, description="windows on each side of the feature tests")
+    mmd_permutations: int = Field(100, ge=0, description="0 skips the MMD test on embeddings")
+
+    @model_validator(mode="after")
+    def _params_accepted(self) -> DriftConfig:
+        if self.detector != "none":
+            from ddn_ray import drift
+
+            try:
+                drift.make(self.detector, self.params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"drift.params {self.params} rejected by {self.detector}: {exc}") from None
+        return self
+
+
+class PolicyConfig(_Frozen):
+    """What a drift signal leads to (``ddn_ray.policy``): the level of retraining.
+
+    ``level`` chooses per signal from the error increase and the feature tests; ``head``,
+    ``all`` and ``reset`` always take that level; ``none`` logs signals and does nothing.
+    """
+
+    name: Literal["none", "level", "head", "all", "reset"] = "level"
+    cooldown_windows: int = Field(10, ge=0, description="signals this soon after a retraining are logged as no-op")
+    min_error_increase: float = Field(
+        0.02, ge=0, description="level: error increase (recent vs before) below which a signal is a no-op"
+    )
+    reset_error_increase: float = Field(0.15, ge=0, description="level: error increase at or above which to reset")
+    recent_windows: int = Field(4, ge=1, description="windows retrained on, and compared with those before them")
+    retrain_epochs: int = Field(5, ge=1, description="passes over the recent windows (plus replay memory on reset)")
+    rollback_on_reject: bool = Field(True, description="reload the served version when the gate rejects an update")
 
 
 class ServeConfig(_Frozen):
@@ -162,6 +217,8 @@ class JobConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     strategy: StrategyConfig = StrategyConfig()
+    drift: DriftConfig = DriftConfig()
+    policy: PolicyConfig = PolicyConfig()
     serve: ServeConfig = ServeConfig()
     controller: ControllerConfig = ControllerConfig()
     report: ReportConfig = ReportConfig()

@@ -12,6 +12,9 @@ import numpy as np
 __all__ = [
     "accuracy",
     "cohen_kappa",
+    "detection_delays",
+    "gem_metrics",
+    "recovery_windows",
     "format_table",
     "kappa_temporal",
     "percentiles",
@@ -143,8 +146,20 @@ def format_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
-    """Plot per-window accuracy curves ``{name: (window ids, accuracy)}`` to a PNG."""
+DECISION_COLORS = {"no-op": "0.6", "head": "tab:green", "all": "tab:orange", "reset": "tab:red", "rollback": "tab:purple"}
+
+
+def plot_accuracy(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str,
+    decisions: Sequence[tuple[int, str]] = (),
+) -> Path:
+    """Plot per-window accuracy curves ``{name: (window ids, accuracy)}`` to a PNG.
+
+    ``decisions`` are ``(window, decision)`` pairs (drift signals and what the policy
+    did), drawn as vertical lines coloured by decision.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,6 +170,11 @@ def plot_accuracy(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
     for name, (x, y) in series.items():
         ys = np.convolve(y, np.ones(k) / k, mode="valid") if k > 1 else y
         ax.plot(x[k - 1 :], ys, label=name, lw=1.4)
+    seen: set[str] = set()
+    for window, decision in decisions:
+        ax.axvline(window, color=DECISION_COLORS.get(decision, "k"), lw=0.8, alpha=0.7, ls=":" if decision == "no-op" else "-",
+                   label=None if decision in seen else f"drift: {decision}")
+        seen.add(decision)
     ax.set_xlabel("window")
     ax.set_ylabel("accuracy per window" + (f" (mean of {k})" if k > 1 else ""))
     ax.set_ylim(0, 1)
@@ -167,6 +187,81 @@ def plot_accuracy(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+def recovery_windows(
+    accuracy: np.ndarray, drift_window: int, pre_windows: int = 10, fraction: float = 0.95
+) -> int | None:
+    """Windows after a drift until accuracy regains ``fraction`` of its pre-drift level.
+
+    The pre-drift level is the mean of the ``pre_windows`` windows before ``drift_window``.
+
+    Args:
+        accuracy: ``(num_windows,)`` accuracy of each window.
+        drift_window: index of the first window of the new concept.
+
+    Returns:
+        ``w - drift_window`` for the first ``w >= drift_window`` whose accuracy is at least
+        ``fraction * level`` (0: no visible loss), or ``None`` if it never recovers.
+
+    Example:
+        >>> recovery_windows(np.array([0.9, 0.9, 0.5, 0.7, 0.88]), 2, pre_windows=2)
+        2
+    """
+    level = float(np.mean(accuracy[max(0, drift_window - pre_windows) : drift_window]))
+    after = np.flatnonzero(accuracy[drift_window:] >= fraction * level)
+    return int(after[0]) if len(after) else None
+
+
+def detection_delays(
+    detections: Sequence[int], drift_points: Sequence[int], max_delay: int
+) -> tuple[list[int | None], int]:
+    """Match detections to known drift points: delays and false alarms.
+
+    A detection at offset ``d`` is a true detection of drift point ``p`` when it is the
+    first detection with ``p <= d < p + max_delay`` (and before the next drift point);
+    every other detection is a false alarm.
+
+    Returns:
+        ``(delays, false_alarms)``: one delay in rows per drift point (``None`` = missed).
+
+    Example:
+        >>> detection_delays([120, 1030, 1100, 3000], [1000, 2000], max_delay=500)
+        ([30, None], 3)
+    """
+    points = sorted(drift_points)
+    delays: list[int | None] = []
+    used: set[int] = set()
+    for i, p in enumerate(points):
+        end = min(p + max_delay, points[i + 1] if i + 1 < len(points) else p + max_delay)
+        hit = next((d for d in sorted(detections) if p <= d < end), None)
+        delays.append(None if hit is None else hit - p)
+        if hit is not None:
+            used.add(hit)
+    return delays, sum(1 for d in detections if d not in used)
+
+
+def gem_metrics(r: np.ndarray, b: np.ndarray | None = None) -> dict[str, float]:
+    """ACC, BWT and FWT of a task sequence (Lopez-Paz & Ranzato 2017, GEM, section 4).
+
+    Args:
+        r: ``(T, T)`` float, ``r[i, j]`` = test accuracy on task ``j`` after learning task ``i``.
+        b: ``(T,)`` test accuracy of each task at random initialisation (needed for FWT).
+
+    Returns:
+        ``{"ACC": mean_j r[T-1, j], "BWT": mean_{j<T-1} (r[T-1, j] - r[j, j]),
+        "FWT": mean_{j>0} (r[j-1, j] - b[j])}`` (FWT is ``nan`` without ``b``).
+
+    Example:
+        >>> r = np.array([[0.9, 0.2], [0.7, 0.8]])
+        >>> {k: round(v, 3) for k, v in gem_metrics(r, np.array([0.1, 0.1])).items()}
+        {'ACC': 0.75, 'BWT': -0.2, 'FWT': 0.1}
+    """
+    t = r.shape[0]
+    acc = float(r[-1].mean())
+    bwt = float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)])) if t > 1 else 0.0
+    fwt = float(np.mean([r[j - 1, j] - b[j] for j in range(1, t)])) if b is not None and t > 1 else float("nan")
+    return {"ACC": acc, "BWT": bwt, "FWT": fwt}
 
 
 class RssSampler:

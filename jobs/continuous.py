@@ -78,7 +78,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(),
-                           "strategy": cfg.strategy.model_dump(), "num_features": nf,
+                           "strategy": cfg.strategy.model_dump(), "drift": cfg.drift.model_dump(),
+                           "policy": cfg.policy.model_dump(), "feature_names": list(table.feature_names), "num_features": nf,
                            "num_classes": nc, "queues": queues, "controller": controller},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),
@@ -163,7 +164,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     np.savez(out / "predictions.npz", **rows)  # served answers joined with the revealed labels
     report["files"] = {"report": str(out / "report.json"), "predictions": str(out / "predictions.npz")}
     if cfg.report.plot:
-        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: served accuracy"))
+        marks = [(e["window"], e["decision"]) for e in report["drift"]["events"]]
+        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: served accuracy", marks))
     evaluate.write_report(report, out / "report.json")
     print(evaluate.format_table(report))
     print(f"report: {report['files']}")
@@ -235,9 +237,19 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
                  "latency_s": evaluate.percentiles(latencies, (50, 99))},
+        "drift": drift_section(cfg, summary["progress"]),
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
     }, curves, {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver}
+
+
+def drift_section(cfg: config.JobConfig, progress: list[dict[str, Any]]) -> dict[str, Any]:
+    """The drift signals the trainer logged, each with what it saw and the decision it led to."""
+    events = [e for p in progress for e in p.get("events", [])]
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e["decision"]] = counts.get(e["decision"], 0) + 1
+    return {"detector": cfg.drift.detector, "policy": cfg.policy.name, "decisions": counts, "events": events}
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

@@ -5,10 +5,11 @@ Import as a module: ``from ddn_ray import drift``; ``drift.ADWIN()``, ``drift.ks
 
 from __future__ import annotations
 
-from ddn_ray.drift.detectors import ADWIN, DDM, KSWIN, Detector, NoDrift, PageHinkley, RiverDetector, Trigger
+from ddn_ray.drift.detectors import ADWIN, DDM, KSWIN, Detector, NoDrift, PageHinkley, RiverDetector, Trigger, make
 from ddn_ray.drift.features import FeatureDrift, ks_features, mmd_permutation_test
+from ddn_ray.drift.monitor import DriftSignal, Monitor
 
 __all__ = [
-    "ADWIN", "DDM", "KSWIN", "Detector", "FeatureDrift", "NoDrift", "PageHinkley", "RiverDetector", "Trigger",
-    "ks_features", "mmd_permutation_test",
+    "ADWIN", "DDM", "KSWIN", "Detector", "DriftSignal", "FeatureDrift", "Monitor", "NoDrift", "PageHinkley", "RiverDetector", "Trigger",
+    "ks_features", "make", "mmd_permutation_test",
 ]

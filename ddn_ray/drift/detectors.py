@@ -11,7 +11,7 @@ import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ADWIN", "DDM", "KSWIN", "Detector", "NoDrift", "PageHinkley", "RiverDetector", "Trigger"]
+__all__ = ["ADWIN", "DDM", "KSWIN", "Detector", "NoDrift", "PageHinkley", "RiverDetector", "Trigger", "make"]
 
 
 @runtime_checkable
@@ -162,3 +162,33 @@ class Trigger:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count, self._detected = state["count"], False
+
+
+def make(name: str, params: dict[str, float] | None = None) -> Detector:
+    """The detector a config names: ``none``, ``adwin``, ``page_hinkley``, ``kswin`` or ``ddm``.
+
+    Args:
+        name: as in ``DriftConfig.detector``.
+        params: keyword arguments for the River detector (``{"delta": 0.002}`` for ADWIN).
+
+    Raises:
+        ValueError: unknown name.
+        TypeError: (from River) a parameter the detector does not take.
+
+    Example:
+        >>> make("adwin", {"delta": 0.01}).name
+        'ADWIN'
+    """
+    builders: dict[str, Callable[..., Any]] = {
+        "none": NoDrift, "adwin": ADWIN, "page_hinkley": PageHinkley, "kswin": KSWIN, "ddm": DDM,
+    }
+    if name not in builders:
+        raise ValueError(f"unknown detector {name!r}; use one of {sorted(builders)}")
+    params = dict(params or {})
+    for key in ("window_size", "stat_size", "seed", "warm_start", "min_instances", "clock", "grace_period"):
+        if key in params:
+            params[key] = int(params[key])
+    det = builders[name](**params)
+    if isinstance(det, RiverDetector):
+        det._make()  # River validates its arguments here, so a bad config fails at load
+    return det

@@ -101,7 +101,7 @@ def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster,
     cfg = job_config(data={"max_rows": 2000})
     report = continuous.main(cfg)
     served = np.load(report["files"]["predictions"])
-    expected, _ = replay_in_process(cfg, datasets.load_elec2(cfg.data.path, cfg.data.max_rows))
+    expected = replay_in_process(cfg, datasets.load_elec2(cfg.data.path, cfg.data.max_rows)).predictions
     assert np.array_equal(served["offset"], np.arange(2000))
     agree = float(np.mean(served["prediction"] == expected))
     assert agree >= 0.99, f"served and in-process predictions agree on only {agree:.2%} of rows"

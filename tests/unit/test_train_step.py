@@ -22,13 +22,13 @@ def test_scores_before_learning_then_learns() -> None:
     before = copy.deepcopy(model).eval()
     x, y = _data()
     opt = make_optimizer(cfg.train, model.parameters())
-    n, pre_loss, pre_acc, _ = prequential_step(model, opt, x, y, 16, 20, torch.Generator().manual_seed(0))
+    n, pre_loss, pre_acc, _, _ = prequential_step(model, opt, x, y, 16, 20, torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = before(x)
     assert n == 200
     assert pre_loss == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
     assert pre_acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))
-    _, post_loss, post_acc, _ = prequential_step(model, opt, x, y, 16, 1, torch.Generator().manual_seed(1))
+    _, post_loss, post_acc, _, _ = prequential_step(model, opt, x, y, 16, 1, torch.Generator().manual_seed(1))
     assert post_loss < pre_loss and post_acc > 0.9
 
 

@@ -1,0 +1,339 @@
+"""One worker's learning over a stream: the prequential step, drift monitoring and the policy's decisions.
+
+Plain PyTorch: the Ray Train loop (:mod:`ddn_ray.train`) and the in-process replay
+(:func:`ddn_ray.train.replay_in_process`) drive the same :class:`OnlineLearner`, so the
+served model and the benchmarks learn identically. Under DDP every collective here is
+called by every rank in the same order: the error stream is gathered so all ranks feed
+their detectors the same values, and rank 0's decision is the one all ranks apply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddn_ray import drift, policy, strategy
+from ddn_ray.config import DriftConfig, PolicyConfig, StrategyConfig, TrainConfig
+from ddn_ray.policy import Decision
+from ddn_ray.strategy import Finetune, Strategy
+
+__all__ = ["OnlineLearner", "StepResult", "WindowMetrics", "make_optimizer", "make_scheduler", "prequential_step"]
+
+
+@dataclass(frozen=True)
+class WindowMetrics:
+    """What one prequential step measured, summed over all workers.
+
+    Attributes:
+        index, start, end: the window.
+        num_rows: rows trained on (all workers).
+        pre_loss: mean cross-entropy of the model *before* it learned this window.
+        pre_accuracy: accuracy of the model before it learned this window.
+        train_loss: mean training loss over the window's last epoch.
+        step_s: wall time of the step in seconds (retraining included).
+        lr: learning rate used for the window.
+    """
+
+    index: int
+    start: int
+    end: int
+    num_rows: int
+    pre_loss: float
+    pre_accuracy: float
+    train_loss: float
+    step_s: float
+    lr: float
+
+
+class StepResult(NamedTuple):
+    """:func:`prequential_step`'s results: counts and means over all ranks, and this rank's errors."""
+
+    num_rows: int
+    pre_loss: float
+    pre_accuracy: float
+    train_loss: float
+    wrong: torch.Tensor  # (n,) float32 on this rank: 1.0 where the model was wrong before learning
+
+
+def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """Build the optimizer ``cfg.optimizer`` names (sgd, adam, adamw, rmsprop) at ``cfg.lr``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-window schedule (``scheduler.step()`` once per window): constant, step decay or cosine.
+
+    ``step``: ``lr * lr_gamma ** (t // lr_period_windows)``; ``cosine``: from ``lr`` down to
+    ``lr * lr_min_factor`` over ``lr_period_windows`` windows (Loshchilov & Hutter 2017,
+    SGDR, without warm restarts: a policy's ``all``/``reset`` decision restarts it).
+    """
+    period, gamma, floor = cfg.lr_period_windows, cfg.lr_gamma, cfg.lr_min_factor
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=period, gamma=gamma)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, period) / period))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    """Sum values over the DDP process group (identity when not distributed)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def gather(obj: Any, world: int) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a collective: all ranks must call it)."""
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model  # DDP keeps the model in .module
+
+
+def prequential_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    strategy: Strategy | None = None,
+) -> StepResult:
+    """Score the model on a window, then learn from it (test-then-train).
+
+    Every rank must call this with the same number of rows so DDP's collectives match.
+
+    Args:
+        model: the (possibly DDP-wrapped) classifier.
+        optimizer: its optimizer.
+        x: ``(n, num_features)`` float32, this rank's rows.
+        y: ``(n,)`` int64 labels.
+        batch_size: rows per gradient step on this rank.
+        epochs: passes over the window.
+        generator: seeds the per-epoch shuffle (and a strategy's sampling).
+        strategy: how to learn (memory rows, penalties); :class:`~ddn_ray.strategy.Finetune` if ``None``.
+
+    Returns:
+        A :class:`StepResult`; ``pre_*`` are measured before any update on this window.
+    """
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        pre_loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
+        wrong = (logits.argmax(dim=1) != y).float()
+    strategy = strategy if strategy is not None else Finetune()
+    raw = _unwrap(model)  # penalties read the unwrapped parameters
+    model.train()
+    train_loss_sum = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=generator)
+        train_loss_sum = 0.0
+        for i in range(0, x.shape[0], batch_size):
+            idx = order[i : i + batch_size]
+            xb, yb = strategy.batch(x[idx], y[idx], generator)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb) + strategy.penalty(raw, xb, logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_loss_sum += float(loss.detach()) * idx.shape[0]
+    strategy.after_window(raw, x, y)
+    pre_correct = float(x.shape[0] - wrong.sum())
+    n, pre_loss_sum, pre_correct, train_loss_sum = _all_sum([x.shape[0], pre_loss_sum, pre_correct, train_loss_sum])
+    n = max(n, 1.0)
+    return StepResult(int(n), pre_loss_sum / n, pre_correct / n, train_loss_sum / n, wrong)
+
+
+def retrain(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    generator: torch.Generator,
+) -> None:
+    """Fit ``params`` (others frozen by omission) to ``(x, y)`` with a fresh optimizer of ``cfg``'s kind.
+
+    Args:
+        model: the (possibly DDP-wrapped) classifier; every rank calls this with as many rows.
+        params: the parameters to update (e.g. the head's).
+        x: ``(n, num_features)`` float32; y: ``(n,)`` int64.
+    """
+    opt = make_optimizer(cfg, params)
+    bs = max(1, cfg.batch_size)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=generator)
+        for i in range(0, x.shape[0], bs):
+            idx = order[i : i + bs]
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.zero_grad(set_to_none=True)
+
+
+def _replays(s: Strategy) -> list[strategy.Replay]:
+    if isinstance(s, strategy.Replay):
+        return [s]
+    return [r for child in getattr(s, "strategies", []) for r in _replays(child)]
+
+
+class OnlineLearner:
+    """One rank's learner: model, optimizer and schedule, strategy, drift monitor and policy.
+
+    Args:
+        model: the classifier, DDP-wrapped or not; it must have ``body`` and ``head`` (see
+            :class:`~ddn_ray.models.MLP`).
+        fresh: ``fresh(k)`` builds the ``k``-th fresh model (same on every rank) for a reset.
+        train_cfg, strategy_cfg, drift_cfg, policy_cfg: the job's sections.
+        seed: base seed (this rank's shuffles use ``seed + rank``).
+        rank, world: this worker's rank and the number of workers.
+        feature_names: names of the input columns, for drift signals.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        fresh: Callable[[int], nn.Module],
+        train_cfg: TrainConfig,
+        strategy_cfg: StrategyConfig,
+        drift_cfg: DriftConfig,
+        policy_cfg: PolicyConfig,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        feature_names: list[str] | None = None,
+    ) -> None:
+        self.model, self.raw, self.fresh = model, _unwrap(model), fresh
+        self.cfg, self.strategy_cfg, self.policy_cfg = train_cfg, strategy_cfg, policy_cfg
+        self.rank, self.world, self.seed = rank, world, seed
+        self.strategy = strategy.build(strategy_cfg, seed=seed + rank)
+        self.optimizer = make_optimizer(train_cfg, self.model.parameters())
+        self.scheduler = make_scheduler(train_cfg, self.optimizer)
+        self.monitoring = drift_cfg.detector != "none"
+        self.monitor = drift.Monitor(
+            drift.make(drift_cfg.detector, drift_cfg.params), drift_cfg.reference_windows, drift_cfg.feature_alpha,
+            drift_cfg.correction, drift_cfg.mmd_permutations, feature_names, seed,
+        )
+        self.policy = policy.build(policy_cfg)
+        self.recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=policy_cfg.recent_windows)
+        self.generator = torch.Generator().manual_seed(seed + rank)
+        self.num_resets = 0
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.raw.body(torch.from_numpy(x)).numpy()
+
+    def step(self, index: int, start: int, end: int, x: torch.Tensor, y: torch.Tensor) -> tuple[WindowMetrics, dict | None]:
+        """Test then train on one window; on a drift signal, apply the policy's decision.
+
+        Args:
+            index, start, end: the window's number and ``[start, end)`` offsets.
+            x: ``(n, num_features)`` float32, this rank's rows; y: ``(n,)`` int64.
+
+        Returns:
+            The window's metrics, and the drift event (signal, decision, reason) or ``None``.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        local_batch = max(1, self.cfg.batch_size // self.world)
+        res = prequential_step(
+            self.model, self.optimizer, x, y, local_batch, self.cfg.epochs_per_window, self.generator, self.strategy
+        )
+        self.scheduler.step()
+        self.recent.append((x, y))
+        event = None
+        if self.monitoring:
+            wrong = np.concatenate(gather(res.wrong.numpy(), self.world))
+            signal = self.monitor.update(index, start, wrong, x.numpy(), self._embed)
+            if signal is not None:  # every rank saw the same errors, so every rank is here
+                decision = self.policy.decide(signal)
+                decision, reason = gather((decision, self.policy.reason), self.world)[0]  # rank 0's rules
+                self.apply(decision)
+                event = {**signal.to_dict(), "decision": decision.value, "reason": reason}
+        metrics = WindowMetrics(
+            index, start, end, res.num_rows, res.pre_loss, res.pre_accuracy, res.train_loss, time.perf_counter() - t0, lr
+        )
+        return metrics, event
+
+    def apply(self, decision: Decision) -> None:
+        """Carry out a decision on this rank (every rank must apply the same one)."""
+        if decision is Decision.NOOP:
+            return
+        x = torch.cat([r[0] for r in self.recent]) if self.recent else torch.zeros((0, 0))
+        y = torch.cat([r[1] for r in self.recent]) if self.recent else torch.zeros((0,), dtype=torch.int64)
+        epochs = self.policy_cfg.retrain_epochs
+        if decision is Decision.HEAD:
+            retrain(self.model, list(self.raw.head.parameters()), self.cfg, x, y, epochs, self.generator)
+            return
+        if decision in (Decision.RESET, Decision.ROLLBACK):
+            self._fresh_strategy()
+        if decision is Decision.RESET:
+            self.num_resets += 1
+            self.raw.load_state_dict(self.fresh(self.num_resets).state_dict())
+            memory = [(r.x, r.y) for r in _replays(self.strategy) if r.x is not None]
+            x = torch.cat([t for t in (x, *[m[0] for m in memory]) if t.numel()])
+            y = torch.cat([y, *[m[1] for m in memory]])
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters())  # moments of the old concept go
+        self.scheduler = make_scheduler(self.cfg, self.optimizer)
+        if decision is not Decision.ROLLBACK:
+            retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator)
+
+    def _fresh_strategy(self) -> None:
+        """A new strategy (no Fisher anchors or teacher from the old weights), keeping the replay memory."""
+        old = self.strategy
+        self.strategy = strategy.build(self.strategy_cfg, seed=self.seed + self.rank + 7919 * (self.num_resets + 1))
+        for new_r, old_r in zip(_replays(self.strategy), _replays(old)):
+            new_r.load_state_dict(old_r.state_dict())
+
+    def rollback(self, weights: dict[str, torch.Tensor], at_window: int, reason: str) -> dict[str, Any]:
+        """Reload served weights after the gate rejected an update; return the event to log."""
+        self.raw.load_state_dict(weights)
+        self.apply(Decision.ROLLBACK)
+        return {"window": at_window, "decision": Decision.ROLLBACK.value, "reason": reason}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights: optimizer, schedule, strategy, monitor, policy, recent windows."""
+        return {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "strategy": self.strategy.state_dict(), "monitor": self.monitor.state_dict(),
+            "policy": self.policy.state_dict(), "recent": list(self.recent), "num_resets": self.num_resets,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.monitor.load_state_dict(state["monitor"])
+        self.policy.load_state_dict(state["policy"])
+        self.recent.clear()
+        self.recent.extend(state["recent"])
+        self.num_resets = state["num_resets"]
+        self.generator.set_state(state["generator"])
