@@ -10,13 +10,21 @@ CONFIG  ?= jobs/configs/elec2.yaml
 
 .PHONY: setup run test unit integration bench-freshness
 
+FASHION := /usr/share/datasets/fashion-mnist
+
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-setup: $(BIN)/.installed
+# Fashion-MNIST from Debian's package (benchmarks/fashion_mnist_tasks.py); a warning, not a failure, without apt.
+$(FASHION):
+	-command -v apt-get >/dev/null && (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST loaders will look in \$$DDN_RAY_DATA_DIR"
+
+setup: $(BIN)/.installed $(FASHION)
 
 run: setup  ## the main job on all of Elec2, local Ray started in-process
 	$(BIN)/ddn-ray run --config $(CONFIG)

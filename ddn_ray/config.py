@@ -158,9 +158,9 @@ class PolicyConfig(_Frozen):
     min_error_increase: float = Field(
         0.02, ge=0, description="level: error increase (recent vs before) below which a signal is a no-op"
     )
-    reset_error_increase: float = Field(0.15, ge=0, description="level: error increase at or above which to reset")
+    reset_error_increase: float = Field(0.5, ge=0, description="level: error increase at or above which to reset")
     recent_windows: int = Field(4, ge=1, description="windows retrained on, and compared with those before them")
-    retrain_epochs: int = Field(5, ge=1, description="passes over the recent windows (plus replay memory on reset)")
+    retrain_epochs: int = Field(2, ge=1, description="passes over the recent windows (plus replay memory on reset)")
     rollback_on_reject: bool = Field(True, description="reload the served version when the gate rejects an update")
 
 

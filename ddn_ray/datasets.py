@@ -4,8 +4,10 @@ Resolution order for every loader (first hit wins):
 
 1. an explicit ``path`` argument (a file, or a directory holding ``<subdir>/<filename>``);
 2. ``$DDN_RAY_DATA_DIR/<subdir>/<filename>`` (the set-up points it at ``../shared/datasets``);
-3. the cache ``$DDN_RAY_CACHE_DIR`` (default ``~/.cache/ddn_ray``) ``/<subdir>/<filename>``;
-4. a download of the canonical source into the cache, kept only if its SHA-256 matches.
+3. a system package's data directory (Fashion-MNIST: Debian's ``dataset-fashion-mnist``
+   installs ``/usr/share/datasets/fashion-mnist``);
+4. the cache ``$DDN_RAY_CACHE_DIR`` (default ``~/.cache/ddn_ray``) ``/<subdir>/<filename>``;
+5. a download of the canonical source into the cache, kept only if its SHA-256 matches.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pyarrow.csv as pacsv
 
 from ddn_ray.errors import DataError
 
-__all__ = ["DatasetSpec", "ELEC2", "Table", "cache_dir", "find", "load_elec2"]
+__all__ = ["DatasetSpec", "ELEC2", "FASHION_MNIST", "Table", "cache_dir", "find", "load_elec2", "load_fashion_mnist"]
 
 DATA_DIR_ENV = "DDN_RAY_DATA_DIR"
 CACHE_DIR_ENV = "DDN_RAY_CACHE_DIR"
@@ -39,13 +41,18 @@ class DatasetSpec:
         subdir: folder under a data directory, e.g. ``"elec2"``.
         filename: file name inside it, e.g. ``"electricity.csv"``.
         url: canonical download address; ``.gz`` payloads are decompressed.
-        sha256: hex digest of the (decompressed) file.
+        sha256: hex digest of the file as stored (decompressed when ``decompress``).
+        decompress: gunzip a gzip payload before checking it.
+        system_dirs: data directories a system package installs, searched after
+            ``$DDN_RAY_DATA_DIR`` and before the cache.
     """
 
     subdir: str
     filename: str
     url: str
     sha256: str
+    decompress: bool = True
+    system_dirs: tuple[str, ...] = ()
 
 
 ELEC2 = DatasetSpec(
@@ -58,6 +65,18 @@ ELEC2 = DatasetSpec(
     ),
     sha256="b96c120acb05078af777ec49113a682200a38f4ea93944af27b813c282184b79",
 )
+
+
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST = {  # Xiao, Rasul & Vollgraf (2017); the .gz files as published (and as Debian ships them)
+    name: DatasetSpec("fashion-mnist", f"{name}.gz", _FASHION_URL + f"{name}.gz", sha, False, ("/usr/share/datasets",))
+    for name, sha in {
+        "train-images-idx3-ubyte": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+        "train-labels-idx1-ubyte": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+        "t10k-images-idx3-ubyte": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+        "t10k-labels-idx1-ubyte": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    }.items()
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,7 @@ def _download(spec: DatasetSpec, dest: Path, timeout_s: float = 60.0) -> Path:
     try:
         with urllib.request.urlopen(spec.url, timeout=timeout_s) as resp, tmp_path.open("wb") as out:
             shutil.copyfileobj(resp, out)
-        if tmp_path.read_bytes()[:2] == b"\x1f\x8b":
+        if spec.decompress and tmp_path.read_bytes()[:2] == b"\x1f\x8b":
             raw = tmp_path.with_suffix(".raw")
             with gzip.open(tmp_path, "rb") as src, raw.open("wb") as out:
                 shutil.copyfileobj(src, out)
@@ -145,6 +164,7 @@ def find(spec: DatasetSpec, path: str | os.PathLike[str] | None = None, download
                 return cand
         raise DataError(f"data path {p} holds no {spec.subdir}/{spec.filename}")
     roots = [Path(os.environ[DATA_DIR_ENV]).expanduser()] if os.environ.get(DATA_DIR_ENV) else []
+    roots += [Path(d) for d in spec.system_dirs]
     roots.append(cache_dir())
     for root in roots:
         for cand in (root / spec.subdir / spec.filename, root / spec.filename):
@@ -197,3 +217,44 @@ def load_elec2(path: str | os.PathLike[str] | None = None, max_rows: int | None 
     except (ValueError, TypeError, pa.ArrowInvalid) as exc:
         raise DataError(f"{file} has a non-numeric value: {exc}") from exc
     return Table(features=x, labels=y, feature_names=names, num_classes=2)
+
+
+def _read_idx(file: Path, magic: int) -> np.ndarray:
+    """Read a gzipped IDX file (LeCun's MNIST format): big-endian magic, dims, then uint8 data."""
+    with gzip.open(file, "rb") as fh:
+        raw = fh.read()
+    got = int.from_bytes(raw[:4], "big")
+    if got != magic:
+        raise DataError(f"{file} has IDX magic {got:#x}, expected {magic:#x}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{file} holds {data.size} values, its header says {dims}")
+    return data.reshape(dims)
+
+
+def load_fashion_mnist(path: str | os.PathLike[str] | None = None, split: str = "train") -> Table:
+    """Load Fashion-MNIST (Xiao et al. 2017): 28x28 grey images of 10 kinds of clothing.
+
+    Args:
+        path: see :func:`find` (a directory holding ``fashion-mnist/<file>.gz``).
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+
+    Returns:
+        A :class:`Table` with ``features`` ``(n, 784)`` float32 in ``[0, 1]`` (rows of
+        pixels) and ``labels`` ``(n,)`` int64 in ``[0, 10)``.
+
+    Raises:
+        ValueError: unknown split.
+        DataError: a file is missing or malformed.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(find(FASHION_MNIST[f"{prefix}-images-idx3-ubyte"], path), 0x803)
+    labels = _read_idx(find(FASHION_MNIST[f"{prefix}-labels-idx1-ubyte"], path), 0x801)
+    if len(images) != len(labels):
+        raise DataError(f"{len(images)} images but {len(labels)} labels in the {split} split")
+    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    return Table(x, labels.astype(np.int64), tuple(f"px{i}" for i in range(x.shape[1])), 10)

@@ -74,7 +74,7 @@ class LevelPolicy:
         ValueError: an unknown mode, or ``reset_error_increase < min_error_increase``.
 
     Example:
-        >>> p = LevelPolicy(cooldown_windows=5)
+        >>> p = LevelPolicy(cooldown_windows=5, reset_error_increase=0.15)
         >>> s = DriftSignal(window=10, offset=510, detector="ADWIN", error_before=0.1, error_recent=0.3)
         >>> p.decide(s).value, p.reason
         ('reset', 'error 0.100 -> 0.300 (+0.200 >= 0.15)')
@@ -89,7 +89,7 @@ class LevelPolicy:
         mode: str = "level",
         cooldown_windows: int = 10,
         min_error_increase: float = 0.02,
-        reset_error_increase: float = 0.15,
+        reset_error_increase: float = 0.5,
     ) -> None:
         if mode not in self.MODES:
             raise ValueError(f"unknown policy mode {mode!r}; use one of {self.MODES}")

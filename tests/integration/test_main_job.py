@@ -74,7 +74,7 @@ def test_two_ddp_workers_with_each_strategy(ray_cluster, continuous, job_config,
     assert report["trainer_pre_update_accuracy"] > 0.6
     # The last checkpoint holds both ranks' strategy state.
     last = max(Path(cfg.storage_path, cfg.run_name).glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
-    states = torch.load(last, weights_only=False)["strategy"]
+    states = [st["strategy"] for st in torch.load(last, weights_only=False)["learner"]]
     assert len(states) == 2
     for st in states:
         parts = dict(zip(name.split("+"), st["strategies"])) if "+" in name else {name: st}
@@ -89,6 +89,38 @@ def test_two_ddp_workers_with_each_strategy(ray_cluster, continuous, job_config,
         f0, f1 = (st["strategies"][0]["anchors"][0][0] for st in states)
         for k, f in f0.items():
             assert torch.allclose(f, f1[k])
+
+
+def test_two_workers_with_ewc_replay_and_a_drift_policy_log_decisions(ray_cluster, continuous, job_config) -> None:
+    """EWC + Replay under DDP with ADWIN and the 'all' policy: signals, decisions and state end up in the report."""
+    import torch
+
+    cfg = job_config(data={"max_rows": 4000}, train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_windows": 10},
+                     strategy={"name": "ewc+replay", "memory_size": 200},
+                     drift={"detector": "adwin", "params": {"delta": 0.05}, "reference_windows": 3},
+                     policy={"name": "all", "cooldown_windows": 5, "retrain_epochs": 2}, run_name="ddp-drift")
+    report = continuous.main(cfg)
+    _check_versions_and_freshness(report)
+    d = report["drift"]
+    assert (d["detector"], d["policy"]) == ("adwin", "all")
+    assert d["events"], "ADWIN (delta 0.05) found no drift in 4,000 Elec2 rows"
+    for e in d["events"]:
+        assert e["detector"] == "ADWIN" and e["decision"] in ("all", "no-op") and e["reason"]
+        assert 0 <= e["window"] < 40 and e["window"] * 100 <= e["offset"] < (e["window"] + 1) * 100
+        assert set(e["ks_statistic"]) == {"period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"}
+        assert set(e["features_moved"]) <= set(e["ks_statistic"]) and e["mmd_p_value"] is not None
+    acted = [e["window"] for e in d["events"] if e["decision"] == "all"]
+    assert acted and d["decisions"]["all"] == len(acted)
+    assert all(b - a >= 5 for a, b in zip(acted, acted[1:]))  # the cooldown holds
+    # the version published after a retraining says so
+    stamped = {v["meta"].get("window") for v in report["versions"] if v["meta"].get("decision") == "all"}
+    assert stamped <= set(acted)
+    assert Path(report["files"]["plot"]).stat().st_size > 0
+    # both ranks' learner state (detector included) is in the last checkpoint, and the detectors agree
+    last = max(Path(cfg.storage_path, cfg.run_name).glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
+    states = torch.load(last, weights_only=False)["learner"]
+    assert len(states) == 2 and states[0]["monitor"]["detector"] == states[1]["monitor"]["detector"]
+    assert states[0]["policy"] == states[1]["policy"]
 
 
 def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster, continuous, job_config) -> None:

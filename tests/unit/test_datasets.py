@@ -71,3 +71,36 @@ def test_load_elec2_names_missing_columns(tmp_path: Path) -> None:
     (tmp_path / "electricity.csv").write_bytes(b"period,class\n0,1\n")
     with pytest.raises(DataError, match="lacks columns"):
         datasets.load_elec2(tmp_path)
+
+
+def _write_idx(path: Path, data: np.ndarray, magic: int) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in data.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + data.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_from_a_data_dir(tmp_path: Path) -> None:
+    d = tmp_path / "fashion-mnist"
+    d.mkdir()
+    images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
+    _write_idx(d / "t10k-images-idx3-ubyte.gz", images, 0x803)
+    _write_idx(d / "t10k-labels-idx1-ubyte.gz", np.array([9, 0, 3]), 0x801)
+    t = datasets.load_fashion_mnist(tmp_path, split="test")
+    assert t.features.shape == (3, 784) and t.features.dtype == np.float32
+    assert t.features[0, 255] == 1.0 and t.labels.tolist() == [9, 0, 3] and t.num_classes == 10
+    _write_idx(d / "t10k-labels-idx1-ubyte.gz", np.array([9, 0]), 0x801)
+    with pytest.raises(DataError, match="3 images but 2 labels"):
+        datasets.load_fashion_mnist(tmp_path, split="test")
+    _write_idx(d / "t10k-labels-idx1-ubyte.gz", np.array([9, 0, 3]), 0x803)
+    with pytest.raises(DataError, match="IDX magic"):
+        datasets.load_fashion_mnist(tmp_path, split="test")
+    with pytest.raises(ValueError, match="split"):
+        datasets.load_fashion_mnist(tmp_path, split="val")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DDN_RAY_DATA_DIR", raising=False)
+    monkeypatch.setenv("DDN_RAY_CACHE_DIR", "/nonexistent")  # found in the system dir, not downloaded
+    t = datasets.load_fashion_mnist(split="test")
+    assert t.features.shape == (10_000, 784) and np.bincount(t.labels).tolist() == [1000] * 10

@@ -22,7 +22,7 @@ def _signal(window: int, before: float, recent: float, moved: tuple[str, ...] = 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_contract_cooldown_and_state(mode: str) -> None:
-    p = policy.LevelPolicy(mode, cooldown_windows=5)
+    p = policy.LevelPolicy(mode, cooldown_windows=5, reset_error_increase=0.15)
     assert isinstance(p, policy.Policy)
     first = p.decide(_signal(10, 0.1, 0.5))
     assert isinstance(first, Decision) and p.reason
@@ -30,7 +30,7 @@ def test_contract_cooldown_and_state(mode: str) -> None:
     # within the cooldown every mode does nothing, and says why
     assert p.decide(_signal(12, 0.1, 0.5)) is Decision.NOOP
     assert mode == "none" or "cooldown" in p.reason
-    clone = policy.LevelPolicy(mode, cooldown_windows=5)
+    clone = policy.LevelPolicy(mode, cooldown_windows=5, reset_error_increase=0.15)
     clone.load_state_dict(copy.deepcopy(p.state_dict()))
     for w in (14, 15, 30):
         assert clone.decide(_signal(w, 0.1, 0.5)) is p.decide(_signal(w, 0.1, 0.5))
