@@ -1,13 +1,15 @@
 """Strategies on Elec2 against River's online learners, under the same label delay.
 
-    python benchmarks/elec2_strategies.py [--window 50] [--strategies finetune replay online_ewc lwf]
+    python benchmarks/elec2_strategies.py [--windows 1 50 500] [--methods finetune:adwin:all ...]
 
-Every method sees the same copy in the same order under the main job's protocol:
-predict a whole window, then learn it (labels revealed once per window). Ours run
-``train.replay_in_process`` (the Ray job's served predictions match it row for row);
-River's ARF and Hoeffding Adaptive Tree run ``predict_one`` on every row of the window,
-then ``learn_one``. Also: River at zero delay (``learn_one`` right after each
-``predict_one``), no-change and the static model. Scores on rows from --eval-from on.
+Every method sees the same copy in the same order under the main job's protocol at
+each window size W: predict a whole window, then learn it (labels revealed once per
+window; W=1 is zero delay, River's ``progressive_val_score`` with ``delay=0``). Ours
+run ``train.replay_in_process`` (the Ray job's served predictions match it row for
+row) with a strategy, drift detector and policy; River's ARF and Hoeffding Adaptive
+Tree run ``predict_one`` on every row of the window, then ``learn_one``. Also the
+static MLP (trained on the rows before --eval-from, then frozen) and no-change (the
+last revealed label). Scores on rows from --eval-from on.
 """
 
 from __future__ import annotations
@@ -43,43 +45,53 @@ def river_windowed(make, x: np.ndarray, y: np.ndarray, names: tuple[str, ...], w
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2.yaml"))
-    parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--windows", type=int, nargs="+", default=[1, 50, 500], help="label-reveal window sizes W")
     parser.add_argument("--eval-from", type=int, default=2000)
-    parser.add_argument("--strategies", nargs="+", default=["finetune", "replay", "online_ewc", "lwf"])
+    parser.add_argument("--methods", nargs="+", default=["finetune:none:none", "finetune:adwin:all",
+                                                        "online_ewc:adwin:all", "replay:adwin:level"],
+                        help="ours as strategy:detector:policy")
     parser.add_argument("--no-river", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    base = config.load(args.config, {"stream": {"window_size": args.window}})
+    base = config.load(args.config)
     table = datasets.load_elec2(base.data.path, base.data.max_rows)
-    x, y, w = table.features, table.labels, args.window
+    x, y = table.features, table.labels
     prev = np.concatenate([[0], y[:-1]])
     ev = np.arange(len(y)) >= args.eval_from
-    rows: list[tuple[str, np.ndarray, float]] = []
-    for name in args.strategies:
-        cfg = base.model_copy(update={"strategy": base.strategy.model_copy(update={"name": name})})
-        t0 = time.perf_counter()
-        pred, _ = replay_in_process(cfg, table)
-        rows.append((f"ddn_ray MLP + {name}", pred, time.perf_counter() - t0))
-        print(f"  done {rows[-1][0]} in {rows[-1][2]:.0f} s", flush=True)
-    if not args.no_river:
-        from river import forest, tree
+    rows: list[tuple[int, str, np.ndarray, float]] = []
 
-        learners = {"River ARFClassifier": lambda: forest.ARFClassifier(seed=42),
-                    "River HoeffdingAdaptiveTree": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=42)}
-        for label, make in learners.items():
-            for window, tag in ((w, f"window {w}"), (1, "delay 0")):
-                t0 = time.perf_counter()
-                pred = river_windowed(make, x, y, table.feature_names, window)
-                rows.append((f"{label} ({tag})", pred, time.perf_counter() - t0))
-                print(f"  done {rows[-1][0]} in {rows[-1][2]:.0f} s", flush=True)
-    last_revealed = np.array([y[(i // w) * w - 1] if i >= w else 0 for i in range(len(y))])
-    rows.append((f"no-change (window {w})", last_revealed, 0.0))
-    rows.append(("no-change (delay 0)", prev, 0.0))
-    print(f"\nElec2, {len(y):,} rows in windows of {w}; scores on rows {args.eval_from:,}-{len(y):,}")
-    print("| method | accuracy | kappa | kappa-temporal | wall s |\n|---|---|---|---|---|")
-    for label, pred, dt in rows:
+    def add(w: int, label: str, make_pred) -> None:
+        t0 = time.perf_counter()
+        rows.append((w, label, make_pred(), time.perf_counter() - t0))
+        print(f"  W={w} {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    for w in args.windows:
+        at_w = base.model_copy(update={"stream": base.stream.model_copy(update={"window_size": w})})
+        for spec in args.methods:
+            strat, det, pol = spec.split(":")
+            cfg = at_w.model_copy(update={"strategy": base.strategy.model_copy(update={"name": strat}),
+                                          "drift": base.drift.model_copy(update={
+                                              "detector": det, "params": base.drift.params if det == base.drift.detector else {}}),
+                                          "policy": base.policy.model_copy(update={"name": pol})})
+            add(w, f"ddn_ray MLP {strat}" + (f" + {det}/{pol}" if det != "none" else ""),
+                lambda cfg=cfg: replay_in_process(cfg, table).predictions)
+        add(w, "static MLP (first rows, frozen)",
+            lambda: replay_in_process(at_w, table, freeze_after=max(1, -(-args.eval_from // w))).predictions)
+        if not args.no_river:
+            from river import forest, tree
+
+            add(w, "River ARFClassifier", lambda: river_windowed(lambda: forest.ARFClassifier(seed=42), x, y,
+                                                                table.feature_names, w))
+            add(w, "River HoeffdingAdaptiveTree", lambda: river_windowed(
+                lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=42), x, y, table.feature_names, w))
+        rows.append((w, "no-change (last revealed label)",
+                     np.array([y[(i // w) * w - 1] if i >= w else 0 for i in range(len(y))]), 0.0))
+    print(f"\nElec2, {len(y):,} rows; labels revealed once per window of W rows (W=1: delay 0; "
+          f"delay of a row = its distance to the window's end); scores on rows {args.eval_from:,}-{len(y):,}")
+    print("| W | method | accuracy | kappa | kappa-temporal | wall s |\n|---|---|---|---|---|---|")
+    for w, label, pred, dt in rows:
         s = evaluate.score(y[ev], pred[ev], prev[ev], table.num_classes)
-        print(f"| {label} | {s['accuracy']:.2%} | {s['kappa']:.3f} | {s['kappa_temporal']:.3f} | {dt:.0f} |")
+        print(f"| {w} | {label} | {s['accuracy']:.2%} | {s['kappa']:.3f} | {s['kappa_temporal']:.3f} | {dt:.0f} |")
 
 
 if __name__ == "__main__":
