@@ -117,6 +117,7 @@ class Controller:
         self._replica_version: dict[str, int] = {}
         self.trainer: dict[str, Any] | None = None
         self.progress: list[dict[str, Any]] = []
+        self.decisions: list[dict[str, Any]] = []  # drift signals with the decision each led to, in order
 
     # versions -------------------------------------------------------------
     @property
@@ -201,7 +202,9 @@ class Controller:
         self.trainer = {"next_offset": next_offset, "next_window": next_window, "version": version}
 
     def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
-        self.progress.append(dict(metrics))
+        """Record a window's metrics; its drift events (signal + decision) go to the decision log."""
+        self.progress.append({k: v for k, v in metrics.items() if k != "events"})
+        self.decisions.extend(dict(e) for e in metrics.get("events", ()))
 
     @property
     def windows_done(self) -> int:
@@ -209,7 +212,7 @@ class Controller:
         return self.progress[-1]["index"] if self.progress else -1
 
     def summary(self) -> dict[str, Any]:
-        """Versions (with freshness), rejections and trainer progress, as plain data."""
+        """Versions (with freshness), rejections, trainer progress and the decision log, as plain data."""
         return {
             "versions": [
                 {
@@ -225,6 +228,7 @@ class Controller:
             ],
             "rejected": self.rejected,
             "progress": self.progress,
+            "decisions": self.decisions,
             "trainer": self.trainer,
             "replica_versions": self.replica_versions(),
         }

@@ -146,7 +146,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-DECISION_COLORS = {"no-op": "0.6", "head": "tab:green", "all": "tab:orange", "reset": "tab:red", "rollback": "tab:purple"}
+DECISION_COLORS = {"no-op": "0.6", "head": "tab:cyan", "all": "tab:purple", "reset": "black", "rollback": "tab:brown"}
 
 
 def plot_accuracy(
@@ -171,7 +171,8 @@ def plot_accuracy(
         ys = np.convolve(y, np.ones(k) / k, mode="valid") if k > 1 else y
         ax.plot(x[k - 1 :], ys, label=name, lw=1.4)
     seen: set[str] = set()
-    for window, decision in decisions:
+    first = min((x[0] for x, _ in series.values() if len(x)), default=0)
+    for window, decision in (d for d in decisions if d[0] >= first):
         ax.axvline(window, color=DECISION_COLORS.get(decision, "k"), lw=0.8, alpha=0.7, ls=":" if decision == "no-op" else "-",
                    label=None if decision in seen else f"drift: {decision}")
         seen.add(decision)

@@ -237,15 +237,14 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
                  "latency_s": evaluate.percentiles(latencies, (50, 99))},
-        "drift": drift_section(cfg, summary["progress"]),
+        "drift": drift_section(cfg, summary["decisions"]),
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
     }, curves, {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver}
 
 
-def drift_section(cfg: config.JobConfig, progress: list[dict[str, Any]]) -> dict[str, Any]:
-    """The drift signals the trainer logged, each with what it saw and the decision it led to."""
-    events = [e for p in progress for e in p.get("events", [])]
+def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The controller's decision log: each drift signal with what it saw and the decision it led to."""
     counts: dict[str, int] = {}
     for e in events:
         counts[e["decision"]] = counts.get(e["decision"], 0) + 1

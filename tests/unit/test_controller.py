@@ -107,7 +107,12 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
     c.trainer_progress({"index": 3, "num_rows": 100})
     s = c.summary()
     assert c.windows_done == 3 and s["trainer"] == {"next_offset": 300, "next_window": 3, "version": 7}
-    assert s["progress"] == [{"index": 3, "num_rows": 100}]
+    assert s["progress"] == [{"index": 3, "num_rows": 100}] and s["decisions"] == []
+    event = {"window": 4, "offset": 417, "detector": "ADWIN", "decision": "all", "reason": "error 0.1 -> 0.3"}
+    c.trainer_progress({"index": 4, "num_rows": 100, "events": [event]})
+    c.trainer_progress({"index": 5, "num_rows": 100, "events": []})
+    s = c.summary()
+    assert s["decisions"] == [event] and all("events" not in p for p in s["progress"])
 
 
 def test_large_but_finite_float32_weights_are_accepted() -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ddn_ray import config, models
+from ddn_ray.learner import make_scheduler
 from ddn_ray.train import make_optimizer, prequential_step
 
 
@@ -62,3 +63,27 @@ def test_build_for_inference_aliases_read_only_weights_and_matches() -> None:
     assert not served.training and torch.equal(served(x), trained(x))
     w = state["head.weight"]
     assert served.head.weight.data_ptr() == w.__array_interface__["data"][0]  # no copy
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [("constant", [1.0, 1.0, 1.0, 1.0, 1.0]), ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),
+     ("cosine", [1.0, 0.55, 0.1, 0.1, 0.1])],
+)
+def test_lr_schedules_per_window(schedule: str, expected: list[float]) -> None:
+    cfg = config.TrainConfig(lr=1.0, lr_schedule=schedule, lr_period_windows=2, lr_gamma=0.5, lr_min_factor=0.1)
+    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    sched = make_scheduler(cfg, opt)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_optimizers_by_name(name: str) -> None:
+    cfg = config.TrainConfig(optimizer=name, lr=0.05)
+    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    assert type(opt).__name__.lower() == name and opt.param_groups[0]["lr"] == 0.05
