@@ -62,8 +62,8 @@ def make_table(name: str, rows: int, drifts: list[int], width: int, seed: int) -
         inner = synth.ConceptDriftStream(a, b, position=drifts[0], width=width, seed=seed)
         stream = synth.ConceptDriftStream(inner, c, position=drifts[1], width=width, seed=seed)
         xs, ys = zip(*stream.take(rows))
-    names = tuple(sorted(xs[0]))
-    x = np.array([[float(r[k]) for k in names] for r in xs], dtype=np.float32)
+    names = tuple(str(k) for k in sorted(xs[0]))
+    x = np.array([[float(r[k]) for k in sorted(xs[0])] for r in xs], dtype=np.float32)
     mu, sd = x[:1000].mean(0), x[:1000].std(0) + 1e-6
     return datasets.Table(((x - mu) / sd).astype(np.float32), np.array(ys, dtype=np.int64), names, int(max(ys)) + 1)
 

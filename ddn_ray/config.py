@@ -53,6 +53,9 @@ class StreamConfig(_Frozen):
     max_lag_windows: int = Field(
         0, ge=0, description="window w is served once training has finished window w-1-max_lag_windows"
     )
+    last_label_feature: bool = Field(
+        False, description="append the last revealed label as an input feature (stream.with_last_label)"
+    )
     poll_interval_s: float = Field(0.5, gt=0, description="landing_dir: how often to look for new files")
     idle_timeout_s: float = Field(30.0, gt=0, description="landing_dir: end of stream after this long with no new file")
 

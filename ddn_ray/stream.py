@@ -16,8 +16,8 @@ Two sources behave the same way:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ __all__ = [
     "Window",
     "shard_tables",
     "to_arrow",
+    "with_last_label",
     "write_landing_file",
 ]
 
@@ -84,6 +85,38 @@ def _validate(
         quarantine.offsets.append(int(offsets[i]))
         quarantine.reasons.append("non-finite feature" if not finite[i] else f"label {int(y[i])} not in [0, {num_classes})")
     return good
+
+
+LAST_LABEL = "last_label"
+
+
+def with_last_label(windows: Iterable[Window], initial: int = 0) -> Iterator[Window]:
+    """Append the last revealed label as an input feature (a temporally augmented classifier).
+
+    Every row of window ``w`` gets, as an extra last column, the label of the last row
+    of window ``w - 1``: the newest label known when ``w`` is served (with one-row
+    windows, the previous row's label). Source: Žliobaitė, Bifet, Read, Pfahringer &
+    Holmes (2015), "Evaluation methods and decision theory for classification of
+    streaming data with temporal dependence", section 6.
+
+    Args:
+        windows: the source's windows, in order.
+        initial: the value for the first window (the label before the stream's start, if known).
+
+    Yields:
+        The same windows with ``features`` ``(n, num_features + 1)`` float32.
+
+    Example:
+        >>> w = [Window(i, i, i + 1, np.array([i]), np.zeros((1, 1), np.float32), np.array([i % 2])) for i in range(3)]
+        >>> [float(v.features[0, 1]) for v in with_last_label(w)]
+        [0.0, 0.0, 1.0]
+    """
+    last = initial
+    for w in windows:
+        column = np.full((len(w), 1), float(last), dtype=np.float32)
+        yield replace(w, features=np.hstack([w.features, column]))
+        if len(w):
+            last = int(w.labels[-1])
 
 
 class ReplaySource:

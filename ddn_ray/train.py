@@ -196,14 +196,17 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
     """
     from ddn_ray import models, stream
 
-    nf, nc = table.features.shape[1], table.num_classes
+    lag = cfg.stream.last_label_feature
+    nf, nc = table.features.shape[1] + int(lag), table.num_classes
+    names = list(table.feature_names) + ([stream.LAST_LABEL] if lag else [])
     model = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
     learner = OnlineLearner(
         model, lambda k: models.build(cfg.model, nf, nc, seed=cfg.train.seed + 1000 * k), cfg.train, cfg.strategy,
-        cfg.drift, cfg.policy, cfg.train.seed, feature_names=list(table.feature_names),
+        cfg.drift, cfg.policy, cfg.train.seed, feature_names=names,
     )
     preds, windows, metrics, events = [], [], [], []
-    for w in stream.ReplaySource(table, cfg.stream.window_size):
+    source = stream.ReplaySource(table, cfg.stream.window_size)
+    for w in stream.with_last_label(source) if lag else source:
         x, y = torch.from_numpy(w.features), torch.from_numpy(w.labels)
         model.eval()
         with torch.no_grad():

@@ -14,6 +14,7 @@ weights to the controller, and checkpoint; replicas long-poll the controller.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def start_ray(cfg: config.JobConfig) -> bool:
     if ray.is_initialized():
         return False
     env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    # A local cluster inherits this: Serve's proxy gets 30 s (not 5) to pass its readiness check,
+    # which a loaded 2-core machine needs.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.include_dashboard,
              namespace=cfg.ray.namespace, runtime_env=env, log_to_driver=False)
     return True
@@ -57,7 +61,9 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     rss = evaluate.RssSampler().start()
     run_name = cfg.run_name or f"{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     table = datasets.load_elec2(cfg.data.path, cfg.data.max_rows)
-    nf, nc = table.features.shape[1], table.num_classes
+    lag = cfg.stream.last_label_feature  # one more input column: the last revealed label
+    nf, nc = table.features.shape[1] + int(lag), table.num_classes
+    feature_names = list(table.feature_names) + ([stream.LAST_LABEL] if lag else [])
     workers = cfg.train.num_workers
 
     # Controller: owns every version; version 0 is the seeded initial model.
@@ -79,7 +85,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         train_loop_per_worker,
         train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(),
                            "strategy": cfg.strategy.model_dump(), "drift": cfg.drift.model_dump(),
-                           "policy": cfg.policy.model_dump(), "feature_names": list(table.feature_names), "num_features": nf,
+                           "policy": cfg.policy.model_dump(), "feature_names": feature_names, "num_features": nf,
                            "num_classes": nc, "queues": queues, "controller": controller},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),
@@ -103,6 +109,11 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     else:
         source = stream.LandingDirSource(cfg.stream.landing_dir, nc, cfg.stream.window_size, ready["next_offset"],
                                          cfg.stream.poll_interval_s, cfg.stream.idle_timeout_s)
+    if lag:  # on resume from a replay, the label before the resumed offset is known
+        before = int(table.labels[ready["next_offset"] - 1]) if cfg.stream.source == "replay" and ready["next_offset"] else 0
+        windows = stream.with_last_label(source, before)
+    else:
+        windows = iter(source)
 
     served: list[stream.Window] = []
     answers: list[Any] = []
@@ -110,7 +121,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     static_windows = ready["next_window"] + cfg.report.static_windows
     try:
         total = -(-(len(table) - ready["next_offset"]) // cfg.stream.window_size) if cfg.stream.source == "replay" else None
-        for window in tqdm(source, desc="windows", unit="win", total=total, mininterval=2.0):
+        for window in tqdm(windows, desc="windows", unit="win", total=total, mininterval=2.0):
             # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
             if window.index - 1 - cfg.stream.max_lag_windows >= ready["next_window"]:
                 wait_trained(window.index - 1 - cfg.stream.max_lag_windows)

@@ -169,7 +169,8 @@ def make(name: str, params: dict[str, float] | None = None) -> Detector:
 
     Args:
         name: as in ``DriftConfig.detector``.
-        params: keyword arguments for the River detector (``{"delta": 0.002}`` for ADWIN).
+        params: keyword arguments for the River detector (``{"delta": 0.002}`` for ADWIN);
+            ignored for ``none``.
 
     Raises:
         ValueError: unknown name.
@@ -184,6 +185,8 @@ def make(name: str, params: dict[str, float] | None = None) -> Detector:
     }
     if name not in builders:
         raise ValueError(f"unknown detector {name!r}; use one of {sorted(builders)}")
+    if name == "none":
+        return NoDrift()  # no detector: its parameters (e.g. left in a YAML) are ignored
     params = dict(params or {})
     for key in ("window_size", "stat_size", "seed", "warm_start", "min_instances", "clock", "grace_period"):
         if key in params:

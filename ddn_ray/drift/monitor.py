@@ -89,7 +89,7 @@ class Monitor:
         self.k = reference_windows
         self.feature_alpha, self.correction = feature_alpha, correction
         self.mmd_permutations, self.seed = mmd_permutations, seed
-        self.feature_names = list(feature_names) if feature_names is not None else None
+        self.feature_names = [str(n) for n in feature_names] if feature_names is not None else None
         self._errors: deque[np.ndarray] = deque(maxlen=2 * reference_windows)  # per window: (n,) float
         self._inputs: deque[np.ndarray] = deque(maxlen=2 * reference_windows)  # per window: (m, d) float32
 

@@ -26,6 +26,9 @@ def ray_cluster() -> Any:
     # and lives for one test session, so the mode is set explicitly to disabled.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    # Serve's proxy must answer its readiness check within 5 s, 3 times, or it is killed and
+    # restarted; on 2 busy cores its start-up can take longer (seen here with benchmarks running).
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     shared = ROOT.parent / "shared" / "datasets"
     if shared.is_dir():
         os.environ.setdefault("DDN_RAY_DATA_DIR", str(shared))

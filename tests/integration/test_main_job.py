@@ -130,7 +130,7 @@ def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster,
     from ddn_ray import datasets
     from ddn_ray.train import replay_in_process
 
-    cfg = job_config(data={"max_rows": 2000})
+    cfg = job_config(data={"max_rows": 2000}, stream={"last_label_feature": True})  # 7 inputs over HTTP
     report = continuous.main(cfg)
     served = np.load(report["files"]["predictions"])
     expected = replay_in_process(cfg, datasets.load_elec2(cfg.data.path, cfg.data.max_rows)).predictions

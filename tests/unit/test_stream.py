@@ -77,3 +77,13 @@ def test_shards_are_equal_sized_and_disjoint(world: int) -> None:
     assert len(sizes) == 1 and sizes.pop() == 11 // world
     feats = np.concatenate([np.stack(s["features"].to_numpy(zero_copy_only=False)) for s in shards])
     assert len({tuple(r) for r in feats}) == (11 // world) * world
+
+
+def test_last_label_feature_is_the_newest_label_revealed_before_the_window() -> None:
+    t = _table(10)
+    one = list(stream.with_last_label(stream.ReplaySource(t, 1), initial=7))
+    assert [float(w.features[0, -1]) for w in one] == [7.0, *map(float, t.labels[:-1])]  # W=1: the previous row's label
+    four = list(stream.with_last_label(stream.ReplaySource(t, 4)))
+    assert all(w.features.shape == (len(w), t.features.shape[1] + 1) for w in four)
+    assert [set(w.features[:, -1].tolist()) for w in four] == [{0.0}, {float(t.labels[3])}, {float(t.labels[7])}]
+    assert np.array_equal(four[1].features[:, :-1], t.features[4:8])  # the original columns are untouched
