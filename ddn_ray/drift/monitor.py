@@ -71,6 +71,7 @@ class Monitor:
         feature_alpha: KS level after correction.
         correction: ``"bonferroni"`` or ``"bh"``.
         mmd_permutations: permutations of the MMD test; 0 skips it.
+        mmd_max_rows: rows per side given to the MMD test (a random subset beyond that).
         feature_names: names for the input columns (default ``x0, x1, ...``).
         seed: seeds the MMD permutations.
     """
@@ -84,11 +85,12 @@ class Monitor:
         mmd_permutations: int = 100,
         feature_names: Sequence[str] | None = None,
         seed: int = 0,
+        mmd_max_rows: int = 200,
     ) -> None:
         self.detector = detector
         self.k = reference_windows
         self.feature_alpha, self.correction = feature_alpha, correction
-        self.mmd_permutations, self.seed = mmd_permutations, seed
+        self.mmd_permutations, self.seed, self.mmd_max_rows = mmd_permutations, seed, mmd_max_rows
         self.feature_names = [str(n) for n in feature_names] if feature_names is not None else None
         self._errors: deque[np.ndarray] = deque(maxlen=2 * reference_windows)  # per window: (n,) float
         self._inputs: deque[np.ndarray] = deque(maxlen=2 * reference_windows)  # per window: (m, d) float32
@@ -140,7 +142,10 @@ class Monitor:
         shift = {names[j]: round(float(fd.mean_shift[j]), 4) for j in fd.moved}
         mmd2 = p = None
         if embed is not None and self.mmd_permutations > 0:
-            mmd2, p = mmd_permutation_test(embed(ref), embed(cur), self.mmd_permutations, self.seed + window)
+            rng = np.random.default_rng(self.seed + window)  # the test is O(rows^2 x permutations): subsample
+            r = ref[rng.permutation(len(ref))[: self.mmd_max_rows]]
+            c = cur[rng.permutation(len(cur))[: self.mmd_max_rows]]
+            mmd2, p = mmd_permutation_test(embed(r), embed(c), self.mmd_permutations, self.seed + window)
         return DriftSignal(
             window, offset, self.detector.name, signal.error_before, signal.error_recent, moved, ks, shift, mmd2, p
         )
