@@ -131,6 +131,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'], 'int')} / "
         f"{_fmt(run['label_delay_rows']['max'], 'int')}",
         f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
+        *_drift_lines(report.get("drift")),
         f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}",
         f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
         f"PSS {run.get('peak_pss_bytes', float('nan')) / 2**30:.2f} GiB",
@@ -263,6 +264,17 @@ def gem_metrics(r: np.ndarray, b: np.ndarray | None = None) -> dict[str, float]:
     bwt = float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)])) if t > 1 else 0.0
     fwt = float(np.mean([r[j - 1, j] - b[j] for j in range(1, t)])) if b is not None and t > 1 else float("nan")
     return {"ACC": acc, "BWT": bwt, "FWT": fwt}
+
+
+def _drift_lines(drift: Mapping[str, Any] | None) -> list[str]:
+    if not drift or drift.get("detector") in (None, "none"):
+        return []
+    decisions = ", ".join(f"{n} {k}" for k, n in sorted(drift["decisions"].items())) or "none"
+    rec = drift.get("recovery_windows") or {}
+    return [
+        f"{'drift signals (' + drift['detector'] + ')':34s} {len(drift['events'])}: {decisions} (policy {drift['policy']})",
+        f"{'recovery windows p50 / p90':34s} {_fmt(rec.get('p50'), 'int')} / {_fmt(rec.get('p90'), 'int')}",
+    ]
 
 
 class RssSampler:

@@ -248,18 +248,29 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
                  "latency_s": evaluate.percentiles(latencies, (50, 99))},
-        "drift": drift_section(cfg, summary["decisions"]),
+        "drift": drift_section(cfg, summary["decisions"], curves["dynamic (served)"]),
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
     }, curves, {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver}
 
 
-def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The controller's decision log: each drift signal with what it saw and the decision it led to."""
+def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]], served: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """The controller's decision log: each drift signal with what it saw and the decision it led to.
+
+    Each event also gets ``recovery_windows``: windows after the signal until the served
+    accuracy of a window regains 95% of its mean over the 10 windows before the signal
+    (``None``: never, or the signal came before the scored windows).
+    """
+    ids, acc = served
+    at = {int(w): i for i, w in enumerate(ids)}
     counts: dict[str, int] = {}
     for e in events:
         counts[e["decision"]] = counts.get(e["decision"], 0) + 1
-    return {"detector": cfg.drift.detector, "policy": cfg.policy.name, "decisions": counts, "events": events}
+        i = at.get(e["window"] + 1)
+        e["recovery_windows"] = evaluate.recovery_windows(acc, i) if i is not None and i >= 10 else None
+    recoveries = [e["recovery_windows"] for e in events if e["recovery_windows"] is not None]
+    return {"detector": cfg.drift.detector, "policy": cfg.policy.name, "decisions": counts,
+            "recovery_windows": evaluate.percentiles(recoveries, (50, 90)), "events": events}
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

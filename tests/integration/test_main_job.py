@@ -109,6 +109,7 @@ def test_two_workers_with_ewc_replay_and_a_drift_policy_log_decisions(ray_cluste
         assert 0 <= e["window"] < 40 and e["window"] * 100 <= e["offset"] < (e["window"] + 1) * 100
         assert set(e["ks_statistic"]) == {"period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"}
         assert set(e["features_moved"]) <= set(e["ks_statistic"]) and e["mmd_p_value"] is not None
+    assert all("recovery_windows" in e for e in d["events"]) and set(d["recovery_windows"]) == {"p50", "p90", "max"}
     acted = [e["window"] for e in d["events"] if e["decision"] == "all"]
     assert acted and d["decisions"]["all"] == len(acted)
     assert all(b - a >= 5 for a, b in zip(acted, acted[1:]))  # the cooldown holds
