@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ddn_ray import config, datasets, evaluate, models, strategy  # noqa: E402
-from ddn_ray.learner import make_optimizer  # noqa: E402
+from ddn_ray.learner import fit, make_optimizer  # noqa: E402
 
 Task = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
 
@@ -63,20 +62,6 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def fit(model, learner, cfg, x, y, epochs, gen) -> None:
-    opt = make_optimizer(cfg.train, model.parameters())
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), cfg.train.batch_size):
-            xb, yb = learner.batch(x[order[i : i + cfg.train.batch_size]], y[order[i : i + cfg.train.batch_size]], gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb) + learner.penalty(model, xb, logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-
 def run_sequence(cfg, tasks: list[Task], epochs: int, fisher_rows: int) -> tuple[np.ndarray, np.ndarray]:
     model = models.build(cfg.model, 784, 10, seed=cfg.train.seed)
     learner = strategy.build(cfg.strategy, seed=cfg.train.seed)
@@ -84,7 +69,7 @@ def run_sequence(cfg, tasks: list[Task], epochs: int, fisher_rows: int) -> tuple
     b = np.array([accuracy(model, t[2], t[3]) for t in tasks])
     r = np.zeros((len(tasks), len(tasks)))
     for i, (x, y, _, _) in enumerate(tasks):
-        fit(model, learner, cfg, x, y, epochs, gen)
+        fit(model, make_optimizer(cfg.train, model.parameters()), x, y, cfg.train.batch_size, epochs, gen, learner)
         learner.after_window(model, x[:fisher_rows], y[:fisher_rows])
         r[i] = [accuracy(model, t[2], t[3]) for t in tasks]
     return r, b
@@ -121,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = cfg0.model_copy(update={"strategy": cfg0.strategy.model_copy(update={"name": "finetune"})})
                 model = models.build(cfg.model, 784, 10, seed=args.seed)
                 x, y = torch.cat([t[0] for t in tasks]), torch.cat([t[1] for t in tasks])
-                fit(model, strategy.Finetune(), cfg, x, y, args.epochs, torch.Generator().manual_seed(args.seed))
+                fit(model, make_optimizer(cfg.train, model.parameters()), x, y, cfg.train.batch_size, args.epochs,
+                    torch.Generator().manual_seed(args.seed), strategy.Finetune())
                 acc = float(np.mean([accuracy(model, t[2], t[3]) for t in tasks]))
                 rows.append((name, {"ACC": acc, "BWT": float("nan"), "FWT": float("nan")}, time.perf_counter() - t0))
             else:

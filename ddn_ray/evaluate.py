@@ -231,12 +231,12 @@ def detection_delays(
         >>> detection_delays([120, 1030, 1100, 3000], [1000, 2000], max_delay=500)
         ([30, None], 3)
     """
-    points = sorted(drift_points)
+    points, found = sorted(drift_points), sorted(detections)
     delays: list[int | None] = []
     used: set[int] = set()
     for i, p in enumerate(points):
         end = min(p + max_delay, points[i + 1] if i + 1 < len(points) else p + max_delay)
-        hit = next((d for d in sorted(detections) if p <= d < end), None)
+        hit = next((d for d in found if p <= d < end), None)
         delays.append(None if hit is None else hit - p)
         if hit is not None:
             used.add(hit)

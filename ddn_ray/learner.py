@@ -10,8 +10,9 @@ their detectors the same values, and rank 0's decision is the one all ranks appl
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddn_ray import drift, policy, strategy
+from ddn_ray import drift, models, policy, strategy
 from ddn_ray.config import DriftConfig, PolicyConfig, StrategyConfig, TrainConfig
 from ddn_ray.policy import Decision
 from ddn_ray.strategy import Finetune, Strategy
 
-__all__ = ["OnlineLearner", "StepResult", "WindowMetrics", "make_optimizer", "make_scheduler", "prequential_step"]
+__all__ = ["OnlineLearner", "StepResult", "WindowMetrics", "fit", "make_optimizer", "make_scheduler", "prequential_step"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,49 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model  # DDP keeps the model in .module
 
 
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    strategy: Strategy,
+) -> float:
+    """Mini-batch training: ``epochs`` shuffled passes, each batch through ``strategy.batch`` and ``strategy.penalty``.
+
+    Only the parameters ``optimizer`` holds move; every gradient is cleared before each step
+    and at the end, so parameters left out of ``optimizer`` stay as they were.
+
+    Args:
+        model: the (possibly DDP-wrapped) classifier; penalties read its unwrapped parameters.
+        x: ``(n, num_features)`` float32; y: ``(n,)`` int64.
+        batch_size: rows per gradient step (before the strategy adds memory rows).
+        generator: seeds the shuffles and the strategy's sampling.
+
+    Returns:
+        The summed training loss (cross-entropy + penalty, per window row) of the last pass.
+    """
+    raw = _unwrap(model)
+    model.train()
+    loss_sum = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=generator)
+        loss_sum = 0.0
+        for i in range(0, x.shape[0], batch_size):
+            idx = order[i : i + batch_size]
+            xb, yb = strategy.batch(x[idx], y[idx], generator)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb) + strategy.penalty(raw, xb, logits)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * idx.shape[0]
+    model.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 def prequential_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -145,22 +189,8 @@ def prequential_step(
         pre_loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
         wrong = (logits.argmax(dim=1) != y).float()
     strategy = strategy if strategy is not None else Finetune()
-    raw = _unwrap(model)  # penalties read the unwrapped parameters
-    model.train()
-    train_loss_sum = 0.0
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        train_loss_sum = 0.0
-        for i in range(0, x.shape[0], batch_size):
-            idx = order[i : i + batch_size]
-            xb, yb = strategy.batch(x[idx], y[idx], generator)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb) + strategy.penalty(raw, xb, logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            train_loss_sum += float(loss.detach()) * idx.shape[0]
-    strategy.after_window(raw, x, y)
+    train_loss_sum = fit(model, optimizer, x, y, batch_size, epochs, generator, strategy)
+    strategy.after_window(_unwrap(model), x, y)
     pre_correct = float(x.shape[0] - wrong.sum())
     n, pre_loss_sum, pre_correct, train_loss_sum = _all_sum([x.shape[0], pre_loss_sum, pre_correct, train_loss_sum])
     n = max(n, 1.0)
@@ -183,17 +213,7 @@ def retrain(
         params: the parameters to update (e.g. the head's).
         x: ``(n, num_features)`` float32; y: ``(n,)`` int64.
     """
-    opt = make_optimizer(cfg, params)
-    bs = max(1, cfg.batch_size)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        for i in range(0, x.shape[0], bs):
-            idx = order[i : i + bs]
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.zero_grad(set_to_none=True)
+    fit(model, make_optimizer(cfg, params), x, y, max(1, cfg.batch_size), epochs, generator, Finetune())
 
 
 def _replays(s: Strategy) -> list[strategy.Replay]:
@@ -258,8 +278,6 @@ class OnlineLearner:
         Returns:
             The window's metrics, and the drift event (signal, decision, reason) or ``None``.
         """
-        import time
-
         t0 = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         local_batch = max(1, self.cfg.batch_size // self.world)
@@ -286,24 +304,28 @@ class OnlineLearner:
         """Carry out a decision on this rank (every rank must apply the same one)."""
         if decision is Decision.NOOP:
             return
-        x = torch.cat([r[0] for r in self.recent]) if self.recent else torch.zeros((0, 0))
-        y = torch.cat([r[1] for r in self.recent]) if self.recent else torch.zeros((0,), dtype=torch.int64)
         epochs = self.policy_cfg.retrain_epochs
         if decision is Decision.HEAD:
-            retrain(self.model, list(self.raw.head.parameters()), self.cfg, x, y, epochs, self.generator)
+            retrain(self.model, list(self.raw.head.parameters()), self.cfg, *self._recent_rows(), epochs, self.generator)
             return
         if decision in (Decision.RESET, Decision.ROLLBACK):
             self._fresh_strategy()
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters())  # moments of the old concept go
+        self.scheduler = make_scheduler(self.cfg, self.optimizer)
+        if decision is Decision.ROLLBACK:
+            return
+        x, y = self._recent_rows()
         if decision is Decision.RESET:
             self.num_resets += 1
             self.raw.load_state_dict(self.fresh(self.num_resets).state_dict())
-            memory = [(r.x, r.y) for r in _replays(self.strategy) if r.x is not None]
-            x = torch.cat([t for t in (x, *[m[0] for m in memory]) if t.numel()])
-            y = torch.cat([y, *[m[1] for m in memory]])
-        self.optimizer = make_optimizer(self.cfg, self.model.parameters())  # moments of the old concept go
-        self.scheduler = make_scheduler(self.cfg, self.optimizer)
-        if decision is not Decision.ROLLBACK:
-            retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator)
+            for memory in _replays(self.strategy):
+                if memory.x is not None:
+                    x, y = torch.cat([x, memory.x]), torch.cat([y, memory.y])
+        retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator)
+
+    def _recent_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the last ``recent_windows`` windows: ``(n, num_features)`` float32, ``(n,)`` int64."""
+        return torch.cat([r[0] for r in self.recent]), torch.cat([r[1] for r in self.recent])
 
     def _fresh_strategy(self) -> None:
         """A new strategy (no Fisher anchors or teacher from the old weights), keeping the replay memory."""
@@ -312,9 +334,10 @@ class OnlineLearner:
         for new_r, old_r in zip(_replays(self.strategy), _replays(old)):
             new_r.load_state_dict(old_r.state_dict())
 
-    def rollback(self, weights: dict[str, torch.Tensor], at_window: int, reason: str) -> dict[str, Any]:
-        """Reload served weights after the gate rejected an update; return the event to log."""
-        self.raw.load_state_dict(weights)
+    def rollback(self, weights: Mapping[str, np.ndarray], at_window: int, reason: str) -> dict[str, Any]:
+        """Reload the served version's weights (as the controller holds them) after the gate
+        rejected an update; return the event to log."""
+        models.load_numpy_state(self.raw, weights)
         self.apply(Decision.ROLLBACK)
         return {"window": at_window, "decision": Decision.ROLLBACK.value, "reason": reason}
 

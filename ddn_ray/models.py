@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from ddn_ray.config import ModelConfig
 
-__all__ = ["MLP", "build", "build_for_inference", "load_numpy_state", "state_to_numpy"]
+__all__ = ["MLP", "build", "build_for_inference", "fresh", "load_numpy_state", "state_to_numpy"]
 
 
 class MLP(nn.Module):
@@ -50,6 +50,14 @@ def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | Non
     if seed is not None:
         torch.manual_seed(seed)
     return MLP(num_features, num_classes, tuple(cfg.hidden_sizes), cfg.dropout)
+
+
+def fresh(cfg: ModelConfig, num_features: int, num_classes: int, seed: int) -> Callable[[int], nn.Module]:
+    """``fresh(k)`` builds the ``k``-th fresh model of a run (seed ``seed + 1000 * k``), the same on every rank.
+
+    A policy's reset (:class:`~ddn_ray.learner.OnlineLearner`) takes its new weights from it.
+    """
+    return lambda k: build(cfg, num_features, num_classes, seed=seed + 1000 * k)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ __all__ = [
     "Window",
     "shard_tables",
     "to_arrow",
+    "input_names",
     "with_last_label",
     "write_landing_file",
 ]
@@ -88,6 +89,11 @@ def _validate(
 
 
 LAST_LABEL = "last_label"
+
+
+def input_names(feature_names: Iterable[str], last_label: bool) -> list[str]:
+    """The model's input columns: the source's features, then ``last_label`` when :func:`with_last_label` adds it."""
+    return [*feature_names, *([LAST_LABEL] if last_label else [])]
 
 
 def with_last_label(windows: Iterable[Window], initial: int = 0) -> Iterator[Window]:

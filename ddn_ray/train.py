@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         models.load_numpy_state(model, weights)
     model = ray.train.torch.prepare_model(model)
     learner = OnlineLearner(
-        model, lambda k: models.build(mcfg, nf, nc, seed=cfg.seed + 1000 * k), cfg, StrategyConfig(**config["strategy"]),
+        model, models.fresh(mcfg, nf, nc, cfg.seed), cfg, StrategyConfig(**config["strategy"]),
         DriftConfig(**config["drift"]), PolicyConfig(**config["policy"]), cfg.seed, rank, world, config["feature_names"],
     )
     if state is not None:
@@ -139,8 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             rejected = gather(rejected, world)[0]
             if rejected is not None and learner.policy_cfg.rollback_on_reject:
                 version, weights = ray.get(controller.latest_weights.remote())
-                tensors = {k: torch.as_tensor(np.array(v)) for k, v in weights.items()}
-                events.append(learner.rollback(tensors, item.index, f"gate rejected the update ({rejected}); "
+                events.append(learner.rollback(weights, item.index, f"gate rejected the update ({rejected}); "
                                                                     f"reloaded version {version}"))
         checkpoint = None
         tmp = None
@@ -197,11 +196,11 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
     from ddn_ray import models, stream
 
     lag = cfg.stream.last_label_feature
-    nf, nc = table.features.shape[1] + int(lag), table.num_classes
-    names = list(table.feature_names) + ([stream.LAST_LABEL] if lag else [])
+    names = stream.input_names(table.feature_names, lag)
+    nf, nc = len(names), table.num_classes
     model = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
     learner = OnlineLearner(
-        model, lambda k: models.build(cfg.model, nf, nc, seed=cfg.train.seed + 1000 * k), cfg.train, cfg.strategy,
+        model, models.fresh(cfg.model, nf, nc, cfg.train.seed), cfg.train, cfg.strategy,
         cfg.drift, cfg.policy, cfg.train.seed, feature_names=names,
     )
     preds, windows, metrics, events = [], [], [], []

@@ -17,6 +17,7 @@ import argparse
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     run_name = cfg.run_name or f"{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     table = datasets.load_elec2(cfg.data.path, cfg.data.max_rows)
     lag = cfg.stream.last_label_feature  # one more input column: the last revealed label
-    nf, nc = table.features.shape[1] + int(lag), table.num_classes
-    feature_names = list(table.feature_names) + ([stream.LAST_LABEL] if lag else [])
+    feature_names = stream.input_names(table.feature_names, lag)
+    nf, nc = len(feature_names), table.num_classes
     workers = cfg.train.num_workers
 
     # Controller: owns every version; version 0 is the seeded initial model.
@@ -263,13 +264,12 @@ def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]], served: t
     """
     ids, acc = served
     at = {int(w): i for i, w in enumerate(ids)}
-    counts: dict[str, int] = {}
+    counts = Counter(e["decision"] for e in events)
     for e in events:
-        counts[e["decision"]] = counts.get(e["decision"], 0) + 1
         i = at.get(e["window"] + 1)
         e["recovery_windows"] = evaluate.recovery_windows(acc, i) if i is not None and i >= 10 else None
     recoveries = [e["recovery_windows"] for e in events if e["recovery_windows"] is not None]
-    return {"detector": cfg.drift.detector, "policy": cfg.policy.name, "decisions": counts,
+    return {"detector": cfg.drift.detector, "policy": cfg.policy.name, "decisions": dict(counts),
             "recovery_windows": evaluate.percentiles(recoveries, (50, 90)), "events": events}
 
 
