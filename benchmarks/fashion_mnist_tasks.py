@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ewc-lambda", type=float, default=1e4)
+    parser.add_argument("--ewc-lambda", type=float, default=100.0)
     parser.add_argument("--memory", type=int, default=2000, help="replay rows in total")
     parser.add_argument("--fisher-rows", type=int, default=2000, help="rows given to after_window (Fisher, reservoir)")
     parser.add_argument("--kinds", nargs="+", default=["permuted", "split"])
