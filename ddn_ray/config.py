@@ -28,6 +28,8 @@ __all__ = [
     "StreamConfig",
     "TrainConfig",
     "load",
+    "merge",
+    "nest",
     "parse_overrides",
 ]
 
@@ -234,24 +236,43 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     Raises:
         ConfigError: an item has no ``=``.
     """
-    out: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
-    return out
+        flat[key.strip()] = yaml.safe_load(raw)
+    return nest(flat)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` on top, mappings merged key by key (neither input is changed).
+
+    Example:
+        >>> merge({"train": {"lr": 0.1, "seed": 0}}, {"train": {"lr": 0.01}})
+        {'train': {'lr': 0.01, 'seed': 0}}
+    """
     merged = dict(base)
     for k, v in extra.items():
-        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged[k] = merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
     return merged
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """Turn dotted keys into nested mappings.
+
+    Example:
+        >>> nest({"train.lr": 0.01, "model.hidden_sizes": [32]})
+        {'train': {'lr': 0.01}, 'model': {'hidden_sizes': [32]}}
+    """
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
@@ -280,7 +301,7 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
         if not isinstance(raw, dict):
             raise ConfigError(f"{p} must hold a mapping at the top level, got {type(raw).__name__}")
     try:
-        return JobConfig.model_validate(_merge(raw, overrides or {}))
+        return JobConfig.model_validate(merge(raw, overrides or {}))
     except ValidationError as exc:
         lines = [
             f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
