@@ -242,10 +242,14 @@ class ControllerActor:
     """
 
     def __init__(self, replica_ttl_s: float = 30.0, keep_versions: int = 64) -> None:
-        import ray
+        from ddn_ray.metrics import ControllerMetrics
 
         self.c = Controller(store=_ray_store, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions)
         self._cond = asyncio.Condition()
+        self.metrics = ControllerMetrics()
+        self._spec: dict[str, Any] | None = None
+        self._refresher: asyncio.Task | None = None  # started on the actor's event loop by the first publish
+        self._fresh_upto = -1  # versions up to this one have had their freshness exported
 
     async def _notify(self) -> None:
         async with self._cond:
@@ -261,6 +265,9 @@ class ControllerActor:
 
     async def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
         result = self.c.publish(weights, meta)
+        self.metrics.published(result)
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self.metrics.refresh_forever())
         await self._notify()
         return result
 
@@ -283,6 +290,16 @@ class ControllerActor:
 
     async def ack(self, replica_id: str, version: int) -> None:
         self.c.ack(replica_id, version)
+        fresh = []
+        for rec in reversed(self.c.records):  # newest first, down to the last version exported
+            if rec.version <= self._fresh_upto:
+                break
+            if rec.all_served_s is not None:
+                fresh.append(rec)
+        for rec in reversed(fresh):
+            self.metrics.served(rec.all_served_s)
+        if fresh:
+            self._fresh_upto = fresh[0].version
         await self._notify()
 
     async def wait_all_serving(self, version: int, timeout_s: float) -> bool:
@@ -301,6 +318,7 @@ class ControllerActor:
 
     async def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
         self.c.trainer_progress(metrics)
+        self.metrics.progress(dict(metrics))
         await self._notify()
 
     async def wait_progress(self, window: int, timeout_s: float) -> int:
@@ -310,6 +328,13 @@ class ControllerActor:
 
     async def latest_version(self) -> int | None:
         return self.c.latest_version
+
+    async def set_model_spec(self, spec: dict[str, Any]) -> None:
+        """What replicas need to build the model: ``model`` (ModelConfig dict), ``num_features``, ``num_classes``."""
+        self._spec = dict(spec)
+
+    async def model_spec(self) -> dict[str, Any] | None:
+        return self._spec
 
     async def summary(self) -> dict[str, Any]:
         return self.c.summary()

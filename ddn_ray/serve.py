@@ -28,10 +28,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import models
 from ddn_ray.config import JobConfig, ModelConfig
+from ddn_ray.metrics import ReplicaMetrics
 
-__all__ = ["PredictRequest", "PredictResponse", "Predictor", "build_app", "check_instances"]
+__all__ = ["AppArgs", "PredictRequest", "PredictResponse", "Predictor", "app_builder", "build_app", "check_instances"]
 
 log = logging.getLogger("ray.serve")
 
@@ -69,22 +71,33 @@ def check_instances(instances: "list[list[float]]", num_features: int, max_batch
 
 
 app = FastAPI(title="ddn_ray inference")
+_metrics: "ReplicaMetrics | None" = None  # this replica's (one replica per worker process)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each bad field. The offending input is not echoed: NaN is not valid JSON."""
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    if _metrics is not None:
+        _metrics.request(422)
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 @serve.ingress(app)
 class Predictor:
-    """A Serve replica that serves the controller's latest model version.
+    """A Serve replica that serves a model version from one of two sources.
+
+    * ``controller_name`` (a running job's controller actor): the replica loads the latest
+      version before it takes traffic, then long-polls for newer ones.
+    * ``checkpoint`` (a Ray Train checkpoint of the main job: a directory or an
+      ``s3://`` / ``gs://`` URI): the replica serves that version, fixed.
+
+    The architecture and input width come from the arguments, else from the checkpoint's
+    ``meta.json`` or the controller's model spec (:meth:`ControllerActor.model_spec`).
 
     Args:
-        controller_name: the controller actor's name.
+        controller_name: the controller actor's name (ignored when ``checkpoint`` is given).
         namespace: its Ray namespace.
         model: ``ModelConfig`` as a dict.
         num_features: expected row width.
@@ -92,41 +105,68 @@ class Predictor:
         max_batch_rows: largest accepted batch.
         poll_timeout_s: long-poll timeout (seconds) towards the controller.
         start_timeout_s: how long the constructor waits for a first version.
+        checkpoint: serve this checkpoint instead of following a controller.
+
+    Raises:
+        ValueError: neither source is given, or the source does not describe the model.
+        RuntimeError: no version was published within ``start_timeout_s``.
     """
 
     async def __init__(
         self,
-        controller_name: str,
-        namespace: str,
-        model: dict[str, Any],
-        num_features: int,
-        num_classes: int,
+        controller_name: str | None = None,
+        namespace: str = "ddn_ray",
+        model: dict[str, Any] | None = None,
+        num_features: int | None = None,
+        num_classes: int | None = None,
         max_batch_rows: int = 1024,
         poll_timeout_s: float = 5.0,
         start_timeout_s: float = 120.0,
+        checkpoint: str | None = None,
     ) -> None:
         import ray
 
         torch.set_num_threads(1)
-        self._controller = ray.get_actor(controller_name, namespace=namespace)
         self._replica = serve.get_replica_context().replica_id.unique_id
-        self._model_cfg = ModelConfig(**model)
-        self._num_features, self._num_classes = num_features, num_classes
         self._max_batch_rows = max_batch_rows
         self._poll_timeout_s = poll_timeout_s
         self._current: tuple[int, torch.nn.Module] | None = None
+        self._poller: asyncio.Task | None = None
+        global _metrics
+        _metrics = self._metrics = ReplicaMetrics(self._replica)
+        self._refresher = asyncio.get_running_loop().create_task(self._metrics.refresh_forever())
+        if checkpoint is not None:
+            version, weights, spec = checkpoint_io.read(checkpoint)
+        elif controller_name is not None:
+            self._controller = ray.get_actor(controller_name, namespace=namespace)
+            spec = await self._controller.model_spec.remote() if model is None else {}
+        else:
+            raise ValueError("Predictor needs a checkpoint or a controller_name")
+        spec = {**(spec or {}), **{k: v for k, v in {"model": model, "num_features": num_features,
+                                                       "num_classes": num_classes}.items() if v is not None}}
+        missing = [k for k in ("model", "num_features", "num_classes") if k not in spec]
+        if missing:
+            raise ValueError(f"the model version source does not describe the model: missing {missing}")
+        self._model_cfg = ModelConfig(**spec["model"])
+        self._num_features, self._num_classes = int(spec["num_features"]), int(spec["num_classes"])
+        if checkpoint is not None:
+            self._install(version, weights)
+            return
         if not await self._load_next(None, start_timeout_s):
             raise RuntimeError(f"no model version was published within {start_timeout_s} s")
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    def _install(self, version: int, weights: Any) -> None:
+        model = models.build_for_inference(self._model_cfg, self._num_features, self._num_classes, weights)
+        self._current = (version, model)  # one assignment: requests see old or new, never half
+        self._metrics.serving(version)
 
     async def _load_next(self, after: int | None, timeout_s: float) -> bool:
         found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s)
         if found is None:
             return False
         version, (ref,), _meta = found
-        weights = await ref
-        model = models.build_for_inference(self._model_cfg, self._num_features, self._num_classes, weights)
-        self._current = (version, model)  # one assignment: requests see old or new, never half
+        self._install(version, await ref)
         await self._controller.ack.remote(self._replica, version)
         return True
 
@@ -142,15 +182,20 @@ class Predictor:
 
     def check_health(self) -> None:
         """Serve health check: unhealthy if the version poller died."""
-        if self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
+        if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(self, request: PredictRequest) -> PredictResponse:
-        check_instances(request.instances, self._num_features, self._max_batch_rows)
+        try:
+            check_instances(request.instances, self._num_features, self._max_batch_rows)
+        except HTTPException as exc:
+            self._metrics.request(exc.status_code)
+            raise
         version, model = self._current
         with torch.no_grad():
             probs = torch.softmax(model(torch.tensor(request.instances, dtype=torch.float32)), dim=1)
+        self._metrics.request(200, rows=len(request.instances))
         return PredictResponse(
             predictions=probs.argmax(dim=1).tolist(),
             probabilities=probs.tolist(),
@@ -178,3 +223,42 @@ def build_app(cfg: JobConfig, num_features: int, num_classes: int) -> serve.Appl
         cfg.serve.max_batch_rows,
         cfg.controller.poll_timeout_s,
     )
+
+
+class AppArgs(BaseModel):
+    """The ``args`` of the application in a Serve config file (``import_path: ddn_ray.serve:app_builder``).
+
+    Exactly one model-version source: ``checkpoint`` (a fixed version) or ``controller``
+    (follow a running job). Replicas, CPUs and autoscaling come from the config file's
+    ``deployments`` section.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    checkpoint: str | None = Field(None, description="a main-job checkpoint directory or s3:// / gs:// URI")
+    controller: str | None = Field(None, description="name of a running job's controller actor")
+    namespace: str = "ddn_ray"
+    max_batch_rows: int = Field(1024, gt=0)
+    poll_timeout_s: float = Field(5.0, gt=0)
+
+    def model_post_init(self, _context: Any) -> None:
+        if (self.checkpoint is None) == (self.controller is None):
+            raise ValueError("give exactly one model-version source: args.checkpoint or args.controller")
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder for ``serve run`` / ``serve deploy`` config files.
+
+    Example (a Serve config file)::
+
+        applications:
+          - name: ddn_ray
+            route_prefix: /
+            import_path: ddn_ray.serve:app_builder
+            args: {checkpoint: runs/storage/elec2-.../checkpoint_000045}
+
+    Raises:
+        pydantic.ValidationError: bad ``args`` (both or neither source, unknown keys).
+    """
+    a = AppArgs(**args)
+    return Predictor.bind(a.controller, a.namespace, None, None, None, a.max_batch_rows, a.poll_timeout_s,
+                          checkpoint=a.checkpoint)

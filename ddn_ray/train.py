@@ -9,7 +9,6 @@ with it, and reporting a checkpoint every ``checkpoint_every_windows`` windows.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray.config import TrainConfig
 from ddn_ray.learner import OnlineLearner, WindowMetrics, gather, make_optimizer, prequential_step
 
@@ -99,8 +99,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
-            meta = json.loads((Path(d) / "meta.json").read_text())
+            state = torch.load(Path(d) / checkpoint_io.STATE, weights_only=False)
+            meta = checkpoint_io.read_meta(d)
         model.load_state_dict(state["model"])
         next_offset, next_index, version = meta["next_offset"], meta["next_window"], meta["model_version"]
     else:
@@ -147,10 +147,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tmp = tempfile.TemporaryDirectory()
             learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
             if rank == 0:
-                state = {"model": learner.raw.state_dict(), "learner": learner_states}
-                torch.save(state, Path(tmp.name) / "state.pt")
-                meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version}
-                (Path(tmp.name) / "meta.json").write_text(json.dumps(meta))
+                meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
+                        "model": mcfg.model_dump(mode="json"), "num_features": nf, "num_classes": nc,
+                        "feature_names": config["feature_names"]}
+                checkpoint_io.write(tmp.name, learner.raw.state_dict(), learner_states, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp.name)
         if rank == 0:
             ray.get(controller.trainer_progress.remote({**asdict(metrics), "events": events}))

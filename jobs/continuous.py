@@ -71,6 +71,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     controller = ray.remote(ControllerActor).options(
         name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
     ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
+    ray.get(controller.set_model_spec.remote({"model": cfg.model.model_dump(mode="json"), "num_features": nf,
+                                              "num_classes": nc, "feature_names": feature_names}))
     init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
     ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0}))
 

@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_PORT = 18123  # pinned; the GCS port is chosen free by ray.init, the dashboard is off
+METRICS_PORT = 18124  # the node's Prometheus endpoint (ray.util.metrics), pinned
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,6 +30,7 @@ def ray_cluster() -> Any:
     # Serve's proxy must answer its readiness check within 5 s, 3 times, or it is killed and
     # restarted; on 2 busy cores its start-up can take longer (seen here with benchmarks running).
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # application metrics reach the endpoint within ~1 s
     shared = ROOT.parent / "shared" / "datasets"
     if shared.is_dir():
         os.environ.setdefault("DDN_RAY_DATA_DIR", str(shared))
@@ -40,6 +42,7 @@ def ray_cluster() -> Any:
         include_dashboard=False,
         namespace="ddn_ray",
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=METRICS_PORT,
         runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
         log_to_driver=False,
     )

@@ -13,6 +13,8 @@ from ddn_ray import models
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
 
+from conftest import METRICS_PORT, SERVE_PORT  # tests/integration/conftest.py
+
 APP, PREFIX = "http_test", "/http"
 
 
@@ -93,3 +95,76 @@ def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
         time.sleep(0.2)
     assert set(ray.get(controller.summary.remote())["replica_versions"].values()) == {latest}
     assert _versions(url, 30) == {latest}
+
+
+def _scrape(names: list[str], timeout_s: float = 30.0) -> dict[str, list[str]]:
+    """Lines of the node's Prometheus endpoint for each metric name, once all appear (or the timeout)."""
+    deadline, found = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
+        found = {n: [ln for ln in text.splitlines() if ln.startswith(n + "{") or ln.startswith(n + " ")] for n in names}
+        if all(found.values()):
+            break
+        time.sleep(1.0)
+    return found
+
+
+def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
+    ray_get = ray_cluster.get
+    cfg, controller, url = app
+    v = ray_get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=5)), {}))["version"]
+    ray_get(controller.wait_all_serving.remote(v, 20.0))
+    ray_get(controller.trainer_progress.remote({"index": 0, "num_rows": 50, "pre_accuracy": 0.75,
+                                                 "events": [{"window": 0, "decision": "all"}]}))
+    assert requests.post(f"{url}/predict", json={"instances": [[0.5] * 6] * 3}, timeout=10).status_code == 200
+    assert requests.post(f"{url}/predict", json={"instances": [[0.5] * 5]}, timeout=10).status_code == 422
+    names = ["ray_ddn_ray_model_version", "ray_ddn_ray_versions_total", "ray_ddn_ray_freshness_seconds_count",
+             "ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy", "ray_ddn_ray_rows_trained_total",
+             "ray_ddn_ray_drift_signals_total", "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total",
+             "ray_ddn_ray_request_errors_total", "ray_ddn_ray_rows_predicted_total"]
+    found = _scrape(names)
+    assert all(found.values()), [n for n, lines in found.items() if not lines]
+    value = lambda line: float(line.rsplit(" ", 1)[1])  # noqa: E731
+    assert max(value(ln) for ln in found["ray_ddn_ray_model_version"]) >= v
+    served = [ln for ln in found["ray_ddn_ray_served_model_version"] if 'replica="' in ln]
+    assert served and max(value(ln) for ln in served) >= v
+    assert any('code="422"' in ln for ln in found["ray_ddn_ray_request_errors_total"])
+    assert any('code="200"' in ln and value(ln) >= 1 for ln in found["ray_ddn_ray_requests_total"])
+    assert any('decision="all"' in ln for ln in found["ray_ddn_ray_drift_signals_total"])
+    assert any(value(ln) == 0.75 for ln in found["ray_ddn_ray_prequential_accuracy"])
+
+
+
+def test_checkpoint_source_serves_that_version_without_a_controller(ray_cluster, tmp_path) -> None:
+    from ddn_ray import checkpoint as checkpoint_io
+    from ddn_ray.config import ModelConfig
+    from ddn_ray.serve import app_builder
+
+    model = models.build(ModelConfig(hidden_sizes=(8,)), 7, 2, seed=3)
+    checkpoint_io.write(tmp_path, model.state_dict(), [{}], {
+        "next_offset": 500, "next_window": 10, "model_version": 41, "model": {"hidden_sizes": [8]},
+        "num_features": 7, "num_classes": 2, "feature_names": list("abcdefg")})
+    serve.run(app_builder({"checkpoint": str(tmp_path)}), name="ckpt_test", route_prefix="/ckpt")
+    try:
+        x = np.random.default_rng(0).random((4, 7), dtype=np.float32)
+        body = requests.post(f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": x.tolist()}, timeout=10).json()
+        assert body["model_version"] == 41
+        import torch
+
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).softmax(1).numpy()
+        np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
+        wrong = requests.post(f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": [[0.0] * 6]}, timeout=10)
+        assert wrong.status_code == 422 and "expected 7" in wrong.text
+    finally:
+        serve.delete("ckpt_test")
+
+
+def test_app_args_need_exactly_one_source() -> None:
+    from pydantic import ValidationError
+
+    from ddn_ray.serve import AppArgs
+
+    for bad in ({}, {"checkpoint": "/x", "controller": "c"}, {"checkpoint": "/x", "replicas": 2}):
+        with pytest.raises(ValidationError):
+            AppArgs(**bad)
