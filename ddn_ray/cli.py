@@ -1,7 +1,8 @@
-"""The ``ddn-ray`` command line.
+"""The ``ddn-ray`` command line: ``run``, ``tune``, ``submit``, ``serve``, ``report``.
 
-Subcommands run the job recipes in ``jobs/`` (found in the current directory, or next
-to an editable install), so the CLI and ``ray job submit`` run the very same script.
+``run`` executes a job recipe from ``jobs/`` (found in the current directory, or next to an
+editable install), so the CLI and ``ray job submit`` run the very same script. Every
+subcommand's ``--help`` ends with an example.
 
 Example:
     ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000
@@ -10,42 +11,203 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
+import shlex
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "rerender_report", "submit"]
 
-JOBS = {"run": "continuous.py"}
+EXAMPLES = {
+    "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
+    "tune": "ddn-ray tune --config jobs/configs/sweep_elec2.yaml --set num_samples=4",
+    "submit": "ddn-ray submit --address http://127.0.0.1:8265 --config jobs/configs/elec2.yaml --set data.max_rows=4000",
+    "serve": "ddn-ray serve --checkpoint runs/storage/elec2-20261122-081500/checkpoint_000044",
+    "report": "ddn-ray report runs/elec2-20261122-081500",
+}
+JOB_SCRIPTS = {"run": "continuous.py", "tune": "sweep.py"}
+SUBMIT_EXCLUDES = [".git", ".venv", "runs", "*.egg-info", "__pycache__", ".pytest_cache"]
 
 
-def _job_path(script: str) -> Path:
+def _repo_root() -> Path:
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        path = root / "jobs" / script
-        if path.is_file():
-            return path
-    raise SystemExit(f"ddn-ray: jobs/{script} not found in {Path.cwd()} or beside the package; run from the repo root")
+        if (root / "jobs" / "continuous.py").is_file():
+            return root
+    raise SystemExit(f"ddn-ray: jobs/continuous.py not found in {Path.cwd()} or beside the package; run from the repo root")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse ``argv`` and run the chosen job's recipe as ``__main__``."""
+def _run_script(script: str, rest: list[str]) -> None:
+    path = _repo_root() / "jobs" / script
+    sys.argv = [str(path), *rest]
+    runpy.run_path(str(path), run_name="__main__")
+
+
+def submit(address: str, config_path: str, overrides: list[str], script: str = "jobs/continuous.py",
+           env: dict[str, str] | None = None, working_dir: str = ".", wait: bool = True,
+           timeout_s: float = 3600.0) -> tuple[str, str]:
+    """Submit a job recipe to a running cluster through the Jobs API (``JobSubmissionClient``).
+
+    Args:
+        address: the dashboard's HTTP address, e.g. ``http://127.0.0.1:8265``.
+        config_path: the job YAML, relative to ``working_dir``.
+        overrides: ``section.field=value`` items passed as ``--set``.
+        script: the recipe, relative to ``working_dir``.
+        env: environment variables for the job (``runtime_env.env_vars``).
+        working_dir: uploaded as the job's working directory (``.gitignore`` and
+            :data:`SUBMIT_EXCLUDES` are left out).
+        wait: follow the job until it ends, printing its logs.
+        timeout_s: give up waiting after this long (the job keeps running).
+
+    Returns:
+        ``(submission_id, status)``; the status is ``PENDING``/``RUNNING`` when not waiting.
+
+    Raises:
+        FileNotFoundError: the script or config does not exist under ``working_dir``.
+        TimeoutError: the job did not end within ``timeout_s``.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    for rel in (script, config_path):
+        if not (Path(working_dir) / rel).is_file():
+            raise FileNotFoundError(f"{rel} not found under the working dir {working_dir}")
+    entrypoint = shlex.join(["python", script, "--config", config_path, *[a for o in overrides for a in ("--set", o)]])
+    client = JobSubmissionClient(address)
+    runtime_env = {"working_dir": working_dir, "excludes": SUBMIT_EXCLUDES, "env_vars": dict(env or {})}
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    print(f"submitted {job_id}: {entrypoint}", flush=True)
+    if not wait:
+        return job_id, client.get_job_status(job_id).value
+    deadline, printed = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        print(logs[printed:], end="", flush=True)
+        printed = len(logs)
+        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            return job_id, status.value
+        time.sleep(2.0)
+    raise TimeoutError(f"job {job_id} still running after {timeout_s} s (it was not stopped)")
+
+
+def rerender_report(run_dir: str | Path, write: bool = True) -> dict[str, Any]:
+    """Recompute a run's scores, table and plot from its ``report.json`` and ``predictions.npz``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` lacks ``report.json`` or ``predictions.npz``.
+    """
+    import json
+
+    import numpy as np
+
+    from ddn_ray import evaluate
+
+    run = Path(run_dir)
+    for name in ("report.json", "predictions.npz"):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run / name} not found: pass a run directory written by the main job")
+    report = json.loads((run / "report.json").read_text())
+    with np.load(run / "predictions.npz") as z:
+        rows = {k: z[k] for k in z.files}
+    if "last_revealed" not in rows:
+        raise ValueError(f"{run / 'predictions.npz'} predates last_revealed/static_prediction: re-run the job")
+    nc = report["eval_rows"].get("num_classes") or int(rows["label"].max()) + 1
+    report["scores"], curves = evaluate.score_rows(rows, report["eval_rows"]["static_windows"], nc)
+    marks = [(e["window"], e["decision"]) for e in report.get("drift", {}).get("events", [])]
+    if write:
+        report.setdefault("files", {})["plot"] = str(
+            evaluate.plot_accuracy(curves, run / "accuracy.png", f"{report['run']['name']}: served accuracy", marks))
+        evaluate.write_report(report, run / "report.json")
+    print(evaluate.format_table(report))
+    return report
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import yaml
+
+    raw = yaml.safe_load(Path(args.config or _repo_root() / "clusters" / "serve_config.yaml").read_text())
+    app = raw["applications"][0]
+    ckpt = args.checkpoint if "://" in args.checkpoint else str(Path(args.checkpoint).resolve())
+    app["args"] = {**{k: v for k, v in app.get("args", {}).items() if k not in ("checkpoint", "controller")},
+                   "checkpoint": ckpt}
+    raw["http_options"] = {**raw.get("http_options", {}), "port": args.port}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(raw, f)
+    serve_bin = str(Path(sys.executable).parent / "serve")
+    cmd = ([serve_bin, "deploy", f.name, "--address", args.address] if args.address
+           else [serve_bin, "run", f.name])
+    print(" ".join(cmd), flush=True)
+    try:
+        raise SystemExit(subprocess.call(cmd))
+    finally:
+        os.unlink(f.name)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Parse ``argv`` and run the subcommand."""
     parser = argparse.ArgumentParser(
-        prog="ddn-ray",
-        description="Dynamic deep networks on Ray.",
-        epilog="example: ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000",
+        prog="ddn-ray", description="Dynamic deep networks on Ray: train and serve on a drifting stream.",
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser(
-        "run",
-        help="the main job: continuous train-and-serve with a report",
-        epilog="example: ddn-ray run --config jobs/configs/elec2.yaml --set train.num_workers=2",
-        add_help=False,
-    )
-    run.add_argument("-h", "--help", action="store_true")
+    helps = {
+        "run": "the main job: continuous train-and-serve with a report (jobs/continuous.py)",
+        "tune": "a Ray Tune sweep of the adaptation hyperparameters (jobs/sweep.py)",
+        "submit": "submit a job recipe to a running cluster through the Jobs API",
+        "serve": "deploy the Serve app alone, serving a checkpoint (clusters/serve_config.yaml)",
+        "report": "re-render a run's report table and plot from its run directory",
+    }
+    subs = {}
+    for name, text in helps.items():
+        kw: dict[str, Any] = {"help": text, "description": text, "epilog": f"example:\n  {EXAMPLES[name]}",
+                              "formatter_class": argparse.RawDescriptionHelpFormatter}
+        if name in JOB_SCRIPTS:  # the recipe parses its own options; --help shows both
+            kw["add_help"] = False
+        subs[name] = sub.add_parser(name, **kw)
+    for name in JOB_SCRIPTS:
+        subs[name].add_argument("-h", "--help", action="store_true")
+    s = subs["submit"]
+    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"),
+                   help="the dashboard's HTTP address (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    s.add_argument("--config", default="jobs/configs/elec2.yaml", help="job YAML, relative to the working dir")
+    s.add_argument("--script", default="jobs/continuous.py", help="job recipe, relative to the working dir")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="runtime_env env_vars")
+    s.add_argument("--working-dir", default=".")
+    s.add_argument("--no-wait", action="store_true", help="print the submission id and return")
+    v = subs["serve"]
+    v.add_argument("--checkpoint", required=True, help="a main-job checkpoint directory or s3:// / gs:// URI")
+    v.add_argument("--config", default=None, help="Serve config file (default: clusters/serve_config.yaml)")
+    v.add_argument("--address", default=None, help="deploy to this cluster's dashboard (serve deploy); "
+                                                   "default: serve run on a local cluster, in the foreground")
+    v.add_argument("--port", type=int, default=8000, help="Serve HTTP port (127.0.0.1)")
+    r = subs["report"]
+    r.add_argument("run_dir", help="runs/<run name>, holding report.json and predictions.npz")
+    r.add_argument("--no-write", action="store_true", help="print the table only; keep report.json and the plot")
+
     args, rest = parser.parse_known_args(argv)
-    script = _job_path(JOBS[args.command])
-    sys.argv = [str(script), *rest, *(["--help"] if args.help else [])]
-    runpy.run_path(str(script), run_name="__main__")
+    if args.command in JOB_SCRIPTS:
+        if args.help:
+            subs[args.command].print_help()
+            print()
+        return _run_script(JOB_SCRIPTS[args.command], [*rest, *(["--help"] if args.help else [])])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "submit":
+        env = dict(item.split("=", 1) for item in args.env)
+        job_id, status = submit(args.address, args.config, args.set, args.script, env, args.working_dir,
+                                wait=not args.no_wait)
+        print(f"{job_id}: {status}")
+        if not args.no_wait and status != "SUCCEEDED":
+            raise SystemExit(1)
+        return job_id
+    if args.command == "serve":
+        return _serve(args)
+    return rerender_report(args.run_dir, write=not args.no_write)
 
 
 if __name__ == "__main__":

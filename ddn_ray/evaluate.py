@@ -79,6 +79,48 @@ def window_accuracy(y_true: np.ndarray, y_pred: np.ndarray, window: np.ndarray) 
     return ids, hits / np.bincount(inverse)
 
 
+def score_rows(rows: Mapping[str, np.ndarray], static_windows: int, num_classes: int) -> tuple[dict, dict]:
+    """Scores and per-window accuracy curves of a run's served rows (``predictions.npz``).
+
+    Args:
+        rows: arrays of equal length in stream order: ``window``, ``label``, ``prediction``
+            (the served answer, ``-1`` if the request failed), ``last_revealed`` (the newest
+            label known when the row was served) and optionally ``static_prediction``
+            (``-1`` where the static model did not answer).
+        static_windows: rows of windows before this are the static model's training data
+            and are not scored.
+        num_classes: number of classes.
+
+    Returns:
+        ``(scores, curves)``: scores by model name (see :func:`score`); curves by name,
+        each ``(window ids, accuracy)``.
+
+    Example:
+        >>> r = {"window": np.array([0, 1, 1, 2, 2]), "label": np.array([1, 0, 1, 1, 1]),
+        ...      "prediction": np.array([1, 0, 0, 1, -1]), "last_revealed": np.array([0, 1, 1, 1, 1])}
+        >>> scores, curves = score_rows(r, 1, 2)
+        >>> scores["dynamic (served)"]["accuracy"], list(curves["dynamic (served)"][1])
+        (0.6666666666666666, [0.5, 1.0])
+    """
+    win, y, pred = rows["window"], rows["label"], rows["prediction"]
+    # No-change with zero delay: the previous row's label (one the served model could not see yet).
+    prev = np.concatenate([[0], y[:-1]])
+    ev = win >= static_windows
+    ok = ev & (pred >= 0)
+    scores = {"dynamic (served)": score(y[ok], pred[ok], prev[ok], num_classes)}
+    curves = {"dynamic (served)": window_accuracy(y[ok], pred[ok], win[ok])}
+    static = rows.get("static_prediction")
+    if static is not None and (ev & (static >= 0)).any():
+        st = ev & (static >= 0)
+        scores["static (frozen after training)"] = score(y[st], static[st], prev[st], num_classes)
+        curves["static"] = window_accuracy(y[st], static[st], win[st])
+    last = rows["last_revealed"]
+    scores["no-change (same label delay)"] = score(y[ev], last[ev], prev[ev], num_classes)
+    scores["no-change (previous row, delay 0)"] = score(y[ev], prev[ev], prev[ev], num_classes)
+    curves["no-change (same delay)"] = window_accuracy(y[ev], last[ev], win[ev])
+    return scores, curves
+
+
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict[str, float | None]:
     """``{"p50": ..., "p99": ..., "max": ...}`` of ``values`` (``None`` when empty)."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)

@@ -206,32 +206,23 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
     offsets = np.concatenate([w.offsets for w in served])
     pred = np.concatenate([a.predictions for a in answers])
     ver = np.concatenate([a.versions for a in answers])
-    # No-change: the last label revealed before the window was served (same delay as the model),
-    # and the previous row's label (zero delay: uses labels the served model could not see).
+    # No-change with the model's delay: the last label revealed before the window was served.
     last_revealed = np.concatenate([np.full(len(w), served[i - 1].labels[-1] if i else 0) for i, w in enumerate(served)])
-    prev_label = np.concatenate([[0], y[:-1]])
     versions = {v["version"]: v for v in summary["versions"]}
     trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
     ev = win >= static_windows  # rows after the static model's training windows
-    ok = ev & (pred >= 0)
-    scores = {"dynamic (served)": evaluate.score(y[ok], pred[ok], prev_label[ok], nc)}
+    static_pred = np.full(len(y), -1, dtype=np.int64)
     if static_model is not None:  # None when the stream ended before the static model's training windows
         with torch.no_grad():
-            static_pred = static_model(torch.from_numpy(x[ev])).argmax(1).numpy()
-        scores["static (frozen after training)"] = evaluate.score(y[ev], static_pred, prev_label[ev], nc)
-    scores |= {
-        "no-change (same label delay)": evaluate.score(y[ev], last_revealed[ev], prev_label[ev], nc),
-        "no-change (previous row, delay 0)": evaluate.score(y[ev], prev_label[ev], prev_label[ev], nc),
-    }
+            static_pred[ev] = static_model(torch.from_numpy(x[ev])).argmax(1).numpy()
+    rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
+            "static_prediction": static_pred, "last_revealed": last_revealed}
+    scores, curves = evaluate.score_rows(rows, static_windows, nc)
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]
     errors = [e for a in answers for e in a.errors]
     progress = [p for p in summary["progress"] if p["index"] >= static_windows]
     trainer_rows = sum(p["num_rows"] for p in progress)
-    curves = {"dynamic (served)": evaluate.window_accuracy(y[ok], pred[ok], win[ok])}
-    if static_model is not None:
-        curves["static"] = evaluate.window_accuracy(y[ev], static_pred, win[ev])
-    curves["no-change (same delay)"] = evaluate.window_accuracy(y[ev], last_revealed[ev], win[ev])
     return {
         "run": {
             "name": run_name, "rows_served": int(len(y)), "rows_trained": int(rows_trained),
@@ -245,7 +236,7 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
             "replica_versions_at_end": summary["replica_versions"],
         },
         "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
-                      "static_windows": static_windows},
+                      "static_windows": static_windows, "num_classes": nc},
         "scores": scores,
         "trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1),
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
@@ -254,7 +245,7 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "drift": drift_section(cfg, summary["decisions"], curves["dynamic (served)"]),
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
-    }, curves, {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver}
+    }, curves, rows
 
 
 def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]], served: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:

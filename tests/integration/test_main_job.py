@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ddn_ray import models
+
 
 def _check_versions_and_freshness(report: dict) -> None:
     wv = report["run"]["window_versions"]
@@ -40,6 +42,21 @@ def test_main_job_on_8000_rows_beats_static(ray_cluster, continuous, job_config)
     assert Path(files["plot"]).read_bytes()[:4] == b"\x89PNG"
     ckpts = list(Path(cfg.storage_path, "slice8k").glob("checkpoint_*/meta.json"))
     assert {json.loads(p.read_text())["next_offset"] for p in ckpts} >= {8000}
+    # `ddn-ray report` recomputes the same scores from the run directory alone.
+    from ddn_ray import cli
+
+    again = cli.main(["report", str(Path(files["report"]).parent)])
+    assert again["scores"].keys() == scores.keys()
+    for name, values in scores.items():
+        assert again["scores"][name] == pytest.approx(values), name
+    # A checkpoint describes its model, so the Serve app can serve it without the job's config.
+    from ddn_ray import checkpoint as checkpoint_io
+
+    last = max(ckpts, key=lambda p: json.loads(p.read_text())["next_offset"]).parent
+    version, weights, meta = checkpoint_io.read(str(last))
+    assert meta["num_features"] == 6 and meta["num_classes"] == 2 and tuple(meta["model"]["hidden_sizes"]) == cfg.model.hidden_sizes
+    assert version == report["versions"][-1]["version"] and set(weights) == set(models.state_to_numpy(
+        models.build(cfg.model, 6, 2)))
 
 
 def test_restart_resumes_at_the_checkpointed_offset(ray_cluster, continuous, job_config) -> None:
