@@ -99,7 +99,7 @@ def score_rows(rows: Mapping[str, np.ndarray], static_windows: int, num_classes:
         >>> r = {"window": np.array([0, 1, 1, 2, 2]), "label": np.array([1, 0, 1, 1, 1]),
         ...      "prediction": np.array([1, 0, 0, 1, -1]), "last_revealed": np.array([0, 1, 1, 1, 1])}
         >>> scores, curves = score_rows(r, 1, 2)
-        >>> scores["dynamic (served)"]["accuracy"], list(curves["dynamic (served)"][1])
+        >>> scores["dynamic (served)"]["accuracy"], curves["dynamic (served)"][1].tolist()
         (0.6666666666666666, [0.5, 1.0])
     """
     win, y, pred = rows["window"], rows["label"], rows["prediction"]
