@@ -27,7 +27,7 @@ EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
     "tune": "ddn-ray tune --config jobs/configs/sweep_elec2.yaml --set num_samples=4",
     "submit": "ddn-ray submit --address http://127.0.0.1:8265 --config jobs/configs/elec2.yaml --set data.max_rows=4000",
-    "serve": "ddn-ray serve --checkpoint runs/storage/elec2-20261122-081500/checkpoint_000044",
+    "serve": "ddn-ray serve --checkpoint runs/storage/elec2-20261122-081500/checkpoint_2026-11-22_08-17-42.123456",
     "report": "ddn-ray report runs/elec2-20261122-081500",
 }
 JOB_SCRIPTS = {"run": "continuous.py", "tune": "sweep.py"}
@@ -49,7 +49,7 @@ def _run_script(script: str, rest: list[str]) -> None:
 
 def submit(address: str, config_path: str, overrides: list[str], script: str = "jobs/continuous.py",
            env: dict[str, str] | None = None, working_dir: str = ".", wait: bool = True,
-           timeout_s: float = 3600.0) -> tuple[str, str]:
+           timeout_s: float = 3600.0, headers: dict[str, str] | None = None) -> tuple[str, str]:
     """Submit a job recipe to a running cluster through the Jobs API (``JobSubmissionClient``).
 
     Args:
@@ -62,6 +62,8 @@ def submit(address: str, config_path: str, overrides: list[str], script: str = "
             :data:`SUBMIT_EXCLUDES` are left out).
         wait: follow the job until it ends, printing its logs.
         timeout_s: give up waiting after this long (the job keeps running).
+        headers: extra HTTP headers, e.g. ``{"Authorization": "Bearer <token>"}``; with
+            ``RAY_AUTH_MODE=token`` in the environment Ray adds the token itself.
 
     Returns:
         ``(submission_id, status)``; the status is ``PENDING``/``RUNNING`` when not waiting.
@@ -76,7 +78,7 @@ def submit(address: str, config_path: str, overrides: list[str], script: str = "
         if not (Path(working_dir) / rel).is_file():
             raise FileNotFoundError(f"{rel} not found under the working dir {working_dir}")
     entrypoint = shlex.join(["python", script, "--config", config_path, *[a for o in overrides for a in ("--set", o)]])
-    client = JobSubmissionClient(address)
+    client = JobSubmissionClient(address, headers=headers)
     runtime_env = {"working_dir": working_dir, "excludes": SUBMIT_EXCLUDES, "env_vars": dict(env or {})}
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     print(f"submitted {job_id}: {entrypoint}", flush=True)

@@ -254,7 +254,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
           - name: ddn_ray
             route_prefix: /
             import_path: ddn_ray.serve:app_builder
-            args: {checkpoint: runs/storage/elec2-.../checkpoint_000045}
+            args: {checkpoint: runs/storage/elec2-.../checkpoint_2026-11-22_08-17-42.123456}
 
     Raises:
         pydantic.ValidationError: bad ``args`` (both or neither source, unknown keys).

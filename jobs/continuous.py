@@ -38,13 +38,17 @@ from ddn_ray.train import WindowItem, train_loop_per_worker
 
 
 def start_ray(cfg: config.JobConfig) -> bool:
-    """Join ``RAY_ADDRESS`` or start a local cluster; return whether this call started Ray."""
+    """Join ``RAY_ADDRESS`` or start a local cluster; return whether this call started a local cluster
+    (then the job shuts Serve and Ray down at its end; a joined cluster keeps them)."""
     if ray.is_initialized():
         return False
     env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
     # A local cluster inherits this: Serve's proxy gets 30 s (not 5) to pass its readiness check,
     # which a loaded 2-core machine needs.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    if os.environ.get("RAY_ADDRESS"):  # a submitted job, or a user joining a cluster: its CPUs, its dashboard
+        ray.init(namespace=cfg.ray.namespace, log_to_driver=False)  # the job's own runtime_env applies
+        return False
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.include_dashboard,
              namespace=cfg.ray.namespace, runtime_env=env, log_to_driver=False)
     return True

@@ -1,0 +1,127 @@
+"""On a real head started with `ray start` (token auth on): the Jobs API runs the main job on a
+slice, `serve deploy` runs the Serve config file against the job's checkpoint, and the metrics
+show on the node's Prometheus endpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from conftest import PORTS, ROOT, Head  # tests/cluster/conftest.py
+
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+def _scrape(names: list[str]) -> set[str]:
+    text = requests.get(f"http://127.0.0.1:{PORTS['metrics']}/metrics", timeout=5).text
+    return {n for n in names if f"\n{n}{{" in text or f"\n{n} " in text}
+
+
+def test_unauthenticated_calls_are_refused(head: Head) -> None:
+    assert requests.get(f"{head.address}/api/jobs/", timeout=5).status_code == 401
+    assert requests.get(f"{head.address}/api/jobs/", timeout=5, headers=head.headers).ok
+
+
+@pytest.fixture(scope="module")
+def job(head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Submit the main job on a 1,500-row slice through the Jobs API and wait until it ends."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from ddn_ray import cli
+
+    client = JobSubmissionClient(head.address, headers=head.headers)
+    # Right after `ray start` the Jobs API answers "No available agent to submit job" for a while.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            probe = client.submit_job(entrypoint="python -c \"print('ready')\"")
+            break
+        except RuntimeError as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Jobs API never accepted a submission: {exc}") from exc
+            time.sleep(2.0)
+    out = tmp_path_factory.mktemp("submitted")
+    overrides = ["data.max_rows=1500", "stream.window_size=100", "report.static_windows=5", "run_name=jobs-api",
+                 f"report.output_dir={out / 'runs'}", f"storage_path={out / 'storage'}", f"serve.port={PORTS['serve']}",
+                 "train.checkpoint_every_windows=5", "drift.detector=none"]
+    job_id, status = cli.submit(head.address, "jobs/configs/elec2.yaml", overrides, env={"DDN_RAY_DATA_DIR": str(SHARED)},
+                                working_dir=str(ROOT), wait=False, headers=head.headers)
+    seen: set[str] = set()
+    names = ["ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy", "ray_ddn_ray_model_version",
+             "ray_ddn_ray_freshness_seconds_count", "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            break
+        seen |= _scrape(names)  # while the job's controller and replicas live
+        time.sleep(1.0)
+    return {"id": job_id, "status": status, "logs": client.get_job_logs(job_id), "out": out, "metrics": seen,
+            "probe": client.get_job_status(probe)}
+
+
+def test_jobs_api_runs_the_main_job(job: dict[str, Any]) -> None:
+    from ray.job_submission import JobStatus
+
+    assert job["probe"] == JobStatus.SUCCEEDED
+    assert job["status"] == JobStatus.SUCCEEDED, job["logs"][-3000:]
+    assert "dynamic (served)" in job["logs"]  # the report table, printed by the job
+    report = json.loads((job["out"] / "runs" / "jobs-api" / "report.json").read_text())
+    assert report["run"]["rows_served"] == 1500 and report["http"]["failed"] == 0
+    assert report["scores"]["dynamic (served)"]["accuracy"] > 0.55
+
+
+def test_metrics_reach_the_heads_prometheus_endpoint(job: dict[str, Any]) -> None:
+    assert job["metrics"] == {"ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy",
+                              "ray_ddn_ray_model_version", "ray_ddn_ray_freshness_seconds_count",
+                              "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total"}
+
+
+def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, job: dict[str, Any],
+                                                                     tmp_path: Path) -> None:
+    metas = {p.parent: json.loads(p.read_text()) for p in (job["out"] / "storage" / "jobs-api").glob("checkpoint_*/meta.json")}
+    assert metas, "the job wrote no checkpoint"
+    last = max(metas, key=lambda d: metas[d]["next_offset"])
+    meta = metas[last]
+    raw = yaml.safe_load((ROOT / "clusters" / "serve_config.yaml").read_text())
+    raw["applications"][0]["args"]["checkpoint"] = str(last)
+    raw["http_options"]["port"] = PORTS["serve"]
+    raw["applications"][0]["deployments"][0]["autoscaling_config"].update(min_replicas=1, initial_replicas=1,
+                                                                          max_replicas=2)
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    serve_bin = str(Path(sys.executable).parent / "serve")
+    done = subprocess.run([serve_bin, "deploy", str(path), "--address", head.address], env=head.env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    url = f"http://127.0.0.1:{PORTS['serve']}/predict"
+    deadline, body = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        try:
+            r = requests.post(url, json={"instances": [[0.5] * meta["num_features"]] * 3}, timeout=5)
+            if r.status_code == 200:
+                body = r.json()
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1.0)
+    assert body is not None, "the deployed app never answered"
+    assert body["model_version"] == meta["model_version"] and len(body["predictions"]) == 3
+    bad = requests.post(url, json={"instances": [[0.5] * (meta["num_features"] + 1)]}, timeout=5)
+    assert bad.status_code == 422 and f"expected {meta['num_features']}" in bad.text
+    status = subprocess.run([serve_bin, "status", "--address", head.address], env=head.env, capture_output=True,
+                            text=True, timeout=60)
+    assert "RUNNING" in status.stdout and "Predictor" in status.stdout
+    deadline, seen = time.monotonic() + 30, set()
+    while time.monotonic() < deadline and len(seen) < 2:
+        seen = _scrape(["ray_ddn_ray_served_model_version", "ray_ddn_ray_request_errors_total"])
+        time.sleep(1.0)
+    assert seen == {"ray_ddn_ray_served_model_version", "ray_ddn_ray_request_errors_total"}
