@@ -427,8 +427,8 @@ def format_table(summary: dict[str, Any]) -> str:
     """The results as a Markdown table, best first."""
     trials = sorted(summary["trials"], key=lambda t: -(t["score"] or -1))
     keys = list(trials[0]["settings"]) if trials else []
-    lines = [f"sweep {summary['name']} ({summary['scheduler']}), metric {summary['metric']}, "
-             f"{summary['rows']:,} rows, {summary['wall_s']:.0f} s",
+    lines = [(f"sweep {summary['name']} ({summary['scheduler']}), metric {summary['metric']}, "
+              f"{summary['rows']:,} rows, {summary['wall_s']:.0f} s"),
              "| trial | " + " | ".join(k for k in keys) + " | score | rows | wall s | status |",
              "|---" * (len(keys) + 5) + "|"]
     for t in trials:

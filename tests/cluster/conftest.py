@@ -11,36 +11,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
-
-ROOT = Path(__file__).resolve().parents[2]
-# Every port this head uses, pinned, apart from the session cluster's (18123/18124) and Ray's defaults.
-PORTS = {"gcs": 6391, "dashboard": 21265, "agent_listen": 21266, "agent_grpc": 21267, "metrics": 21268,
-         "client": 21269, "node_manager": 21270, "object_manager": 21271, "runtime_env_agent": 21272, "serve": 21800}
-WORKER_PORTS = (21300, 21399)
-
-
-@dataclass
-class Head:
-    address: str  # the dashboard / Jobs API
-    token: str
-    env: dict[str, str]  # for CLI processes that talk to this head (token auth on)
-    temp_dir: Path
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+from head_cluster import PORTS, WORKER_PORTS, Head
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark these tests and run them after the unit tier but before tests/integration starts the
+    in-process session cluster, so two Ray clusters never run at once (a session-wide hook: it
+    sees every item)."""
     for item in items:
         if "/tests/cluster/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    tier = lambda item: 2 if "/tests/integration/" in str(item.fspath) else 1 if "/tests/cluster/" in str(item.fspath) else 0
+    items.sort(key=tier)  # stable: the order within a tier is kept
 
 
 def _ours(temp_dir: Path) -> list[psutil.Process]:

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVE_PORT = 18123  # pinned; the GCS port is chosen free by ray.init, the dashboard is off
-METRICS_PORT = 18124  # the node's Prometheus endpoint (ray.util.metrics), pinned
+from session_ports import METRICS_PORT, SERVE_PORT
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,7 +20,7 @@ KUBERAY = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((CLUSTERS / "ku
 
 def _image_tags() -> set[str]:
     text = (CLUSTERS / "Dockerfile").read_text()
-    assert re.search(r"^ARG RAY_IMAGE=rayproject/ray:2\.60\.0-py311-cpu$", text, re.M)
+    assert re.search(r"^ARG RAY_IMAGE=rayproject/ray:2\.60\.0-py311-cpu$", text, re.MULTILINE)
     return set(re.findall(r"-t (\S+) \.", text))
 
 

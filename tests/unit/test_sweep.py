@@ -83,3 +83,15 @@ def test_best_yaml_is_a_job_config_the_main_job_accepts(tmp_path: Path) -> None:
     assert job.train.lr == 0.004 and job.model.hidden_sizes == (32,) and job.strategy.name == "replay"
     assert job.data.max_rows is None  # the slice is not carried over
     assert job.serve == config.load(cfg.job).serve  # untouched sections stay as the base has them
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_starts_with_its_submit_line_and_runtime_env(path: Path) -> None:
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    text = "\n".join(header)
+    assert "ray job submit --address" in text and "--working-dir ." in text and f"--config jobs/configs/{path.name}" in text
+    assert "runtime_env" in text
