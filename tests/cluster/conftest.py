@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from head_cluster import PORTS, WORKER_PORTS, Head
+from tests.cluster.head_cluster import PORTS, WORKER_PORTS, Head
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

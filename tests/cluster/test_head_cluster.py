@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from head_cluster import PORTS, ROOT, Head
+from tests.cluster.head_cluster import PORTS, ROOT, Head
 
 SHARED = ROOT.parent / "shared" / "datasets"
 
@@ -90,17 +90,19 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
     assert metas, "the job wrote no checkpoint"
     last = max(metas, key=lambda d: metas[d]["next_offset"])
     meta = metas[last]
+    # The shipped Serve config file with fewer replicas for 2 cores; `ddn-ray serve` fills in the
+    # checkpoint and the port and runs `serve deploy` against this head.
     raw = yaml.safe_load((ROOT / "clusters" / "serve_config.yaml").read_text())
-    raw["applications"][0]["args"]["checkpoint"] = str(last)
-    raw["http_options"]["port"] = PORTS["serve"]
     raw["applications"][0]["deployments"][0]["autoscaling_config"].update(min_replicas=1, initial_replicas=1,
                                                                           max_replicas=2)
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(raw))
     serve_bin = str(Path(sys.executable).parent / "serve")
-    done = subprocess.run([serve_bin, "deploy", str(path), "--address", head.address], env=head.env,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
+    done = subprocess.run([str(Path(sys.executable).parent / "ddn-ray"), "serve", "--checkpoint", str(last),
+                           "--config", str(path), "--address", head.address, "--port", str(PORTS["serve"])],
+                          env=head.env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "serve deploy" in done.stdout
     url = f"http://127.0.0.1:{PORTS['serve']}/predict"
     deadline, body = time.monotonic() + 120, None
     while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-from session_ports import METRICS_PORT, SERVE_PORT
+from tests.integration.session_ports import METRICS_PORT, SERVE_PORT
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

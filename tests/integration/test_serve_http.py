@@ -13,7 +13,7 @@ from ddn_ray import models
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
 
-from session_ports import METRICS_PORT, SERVE_PORT
+from tests.integration.session_ports import METRICS_PORT, SERVE_PORT
 
 APP, PREFIX = "http_test", "/http"
 
