@@ -15,9 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["read", "read_meta", "write"]
+__all__ = ["model_spec", "read", "read_meta", "write"]
 
 STATE, META = "state.pt", "meta.json"
+
+
+def model_spec(model_cfg: Any, num_features: int, num_classes: int, feature_names: list[str] | None) -> dict[str, Any]:
+    """What Serve needs to build the model: the ``meta.json`` keys, also held by the controller.
+
+    ``model_cfg`` is a :class:`~ddn_ray.config.ModelConfig`.
+    """
+    return {"model": model_cfg.model_dump(mode="json"), "num_features": num_features, "num_classes": num_classes,
+            "feature_names": feature_names}
 
 
 def write(directory: str | Path, model_state: dict[str, torch.Tensor], learner_states: list[dict[str, Any]],

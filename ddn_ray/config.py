@@ -27,6 +27,7 @@ __all__ = [
     "StrategyConfig",
     "StreamConfig",
     "TrainConfig",
+    "error_lines",
     "load",
     "merge",
     "nest",
@@ -275,6 +276,12 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def error_lines(exc: ValidationError) -> list[str]:
+    """One line per invalid field: ``  section.field: message (got value)``."""
+    return [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()]
+
+
 def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Load and validate a job config.
 
@@ -303,9 +310,6 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
     try:
         return JobConfig.model_validate(merge(raw, overrides or {}))
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        ]
+        lines = error_lines(exc)
         where = f" in {path}" if path else ""
         raise ConfigError(f"{len(lines)} invalid config field(s){where}:\n" + "\n".join(lines)) from None

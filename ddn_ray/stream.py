@@ -35,6 +35,7 @@ __all__ = [
     "shard_tables",
     "to_arrow",
     "input_names",
+    "iter_windows",
     "with_last_label",
     "write_landing_file",
 ]
@@ -157,6 +158,20 @@ class ReplaySource:
             x, y = self.table.features[start:end], self.table.labels[start:end]
             good = _validate(offsets, x, y, self.table.num_classes, self.quarantine)
             yield Window(index, start, end, offsets[good], x[good], y[good])
+
+
+def iter_windows(source: Iterable[Window], last_label: bool) -> Iterator[Window]:
+    """The source's windows, with the last revealed label appended as a column when ``last_label``.
+
+    A :class:`ReplaySource` resumed at offset ``o > 0`` starts from the label of row ``o - 1``
+    (known before the resume); any other source starts from 0 (see :func:`with_last_label`).
+    """
+    if not last_label:
+        return iter(source)
+    before = 0
+    if isinstance(source, ReplaySource) and source.start_offset:
+        before = int(source.table.labels[source.start_offset - 1])
+    return with_last_label(source, before)
 
 
 def to_arrow(features: np.ndarray, labels: np.ndarray) -> pa.Table:

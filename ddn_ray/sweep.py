@@ -139,7 +139,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConf
     try:
         cfg = SweepConfig.model_validate(config.merge(raw, overrides or {}))
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = config.error_lines(exc)
         raise ConfigError(f"{len(lines)} invalid sweep field(s) in {p}:\n" + "\n".join(lines)) from None
     base = _base_raw(cfg)
     sample = {k: _values(spec)[0] for k, spec in cfg.search.items()}
@@ -194,8 +194,8 @@ def run_trial(params: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from ddn_ray import datasets, models, stream
-    from ddn_ray.learner import OnlineLearner
+    from ddn_ray import datasets, stream
+    from ddn_ray.train import in_process_learner
 
     torch.set_num_threads(1)
     settings = {k: v for k, v in params.items() if not k.startswith("_")}
@@ -203,13 +203,10 @@ def run_trial(params: dict[str, Any]) -> None:
     every, with_ckpt = int(params["_every"]), bool(params["_checkpoint"])
     table = datasets.load_elec2(cfg.data.path, cfg.data.max_rows)
     lag = cfg.stream.last_label_feature
-    names = stream.input_names(table.feature_names, lag)
-    nf, nc = len(names), table.num_classes
-    model = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
-    learner = OnlineLearner(model, models.fresh(cfg.model, nf, nc, cfg.train.seed), cfg.train, cfg.strategy,
-                            cfg.drift, cfg.policy, cfg.train.seed, feature_names=names)
+    learner = in_process_learner(cfg, stream.input_names(table.feature_names, lag), table.num_classes)
+    model = learner.model
     me = tune.get_context().get_trial_id()
-    pos = {"offset": 0, "correct": 0, "rows": 0, "windows": 0, "reported": 0, "recent": [0, 0], "decisions": {},
+    pos = {"offset": 0, "correct": 0, "rows": 0, "windows": 0, "recent": [0, 0], "decisions": {},
            "owner": me, "exploited": []}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # PBT exploit or a restored trial: continue the stream where the checkpoint was
@@ -227,9 +224,7 @@ def run_trial(params: dict[str, Any]) -> None:
             learner.scheduler.base_lrs = [cfg.train.lr] * len(learner.scheduler.base_lrs)
     if pos["offset"] % cfg.stream.window_size:
         raise ValueError(f"checkpoint offset {pos['offset']} is not a multiple of window_size {cfg.stream.window_size}")
-    source = stream.ReplaySource(table, cfg.stream.window_size, pos["offset"])
-    before = int(table.labels[pos["offset"] - 1]) if pos["offset"] else 0
-    windows = stream.with_last_label(source, before) if lag else iter(source)
+    windows = stream.iter_windows(stream.ReplaySource(table, cfg.stream.window_size, pos["offset"]), lag)
 
     def report(final: bool) -> None:
         metrics = {METRIC: pos["correct"] / max(pos["rows"], 1), "recent_accuracy": pos["recent"][0] / max(pos["recent"][1], 1),
@@ -261,8 +256,7 @@ def run_trial(params: dict[str, Any]) -> None:
         pos["offset"], pos["windows"] = w.end, pos["windows"] + 1
         if w.end >= len(table):
             break
-        if pos["rows"] // every > pos["reported"]:
-            pos["reported"] = pos["rows"] // every
+        if pos["rows"] // every > (pos["rows"] - len(w)) // every:  # this window crossed a report boundary
             report(final=False)
     report(final=True)
 

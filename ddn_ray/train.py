@@ -24,6 +24,7 @@ from ddn_ray.learner import OnlineLearner, WindowMetrics, gather, make_optimizer
 
 __all__ = [
     "InProcessRun",
+    "in_process_learner",
     "WindowItem",
     "WindowMetrics",
     "make_optimizer",
@@ -148,8 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
             if rank == 0:
                 meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
-                        "model": mcfg.model_dump(mode="json"), "num_features": nf, "num_classes": nc,
-                        "feature_names": config["feature_names"]}
+                        **checkpoint_io.model_spec(mcfg, nf, nc, config["feature_names"])}
                 checkpoint_io.write(tmp.name, learner.raw.state_dict(), learner_states, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp.name)
         if rank == 0:
@@ -175,6 +175,17 @@ class InProcessRun(NamedTuple):
     events: list[dict[str, Any]]
 
 
+def in_process_learner(cfg: Any, feature_names: list[str], num_classes: int) -> OnlineLearner:
+    """A one-process (no DDP) learner for a ``JobConfig``, seeded as the job's rank 0:
+    what :func:`replay_in_process` and the Tune trials of :mod:`ddn_ray.sweep` learn with."""
+    from ddn_ray import models
+
+    nf = len(feature_names)
+    model = models.build(cfg.model, nf, num_classes, seed=cfg.train.seed)
+    return OnlineLearner(model, models.fresh(cfg.model, nf, num_classes, cfg.train.seed), cfg.train, cfg.strategy,
+                         cfg.drift, cfg.policy, cfg.train.seed, feature_names=feature_names)
+
+
 def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> InProcessRun:
     """The main job's learning protocol in one process, without Ray or HTTP.
 
@@ -193,19 +204,13 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
     Returns:
         An :class:`InProcessRun`, rows in stream order.
     """
-    from ddn_ray import models, stream
+    from ddn_ray import stream
 
     lag = cfg.stream.last_label_feature
-    names = stream.input_names(table.feature_names, lag)
-    nf, nc = len(names), table.num_classes
-    model = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
-    learner = OnlineLearner(
-        model, models.fresh(cfg.model, nf, nc, cfg.train.seed), cfg.train, cfg.strategy,
-        cfg.drift, cfg.policy, cfg.train.seed, feature_names=names,
-    )
+    learner = in_process_learner(cfg, stream.input_names(table.feature_names, lag), table.num_classes)
+    model = learner.model
     preds, windows, metrics, events = [], [], [], []
-    source = stream.ReplaySource(table, cfg.stream.window_size)
-    for w in stream.with_last_label(source) if lag else source:
+    for w in stream.iter_windows(stream.ReplaySource(table, cfg.stream.window_size), lag):
         x, y = torch.from_numpy(w.features), torch.from_numpy(w.labels)
         model.eval()
         with torch.no_grad():

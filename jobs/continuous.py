@@ -30,6 +30,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
 
+from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import config, datasets, evaluate, models, stream
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
@@ -75,8 +76,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     controller = ray.remote(ControllerActor).options(
         name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
     ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
-    ray.get(controller.set_model_spec.remote({"model": cfg.model.model_dump(mode="json"), "num_features": nf,
-                                              "num_classes": nc, "feature_names": feature_names}))
+    ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names)))
     init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
     ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0}))
 
@@ -116,11 +116,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     else:
         source = stream.LandingDirSource(cfg.stream.landing_dir, nc, cfg.stream.window_size, ready["next_offset"],
                                          cfg.stream.poll_interval_s, cfg.stream.idle_timeout_s)
-    if lag:  # on resume from a replay, the label before the resumed offset is known
-        before = int(table.labels[ready["next_offset"] - 1]) if cfg.stream.source == "replay" and ready["next_offset"] else 0
-        windows = stream.with_last_label(source, before)
-    else:
-        windows = iter(source)
+    windows = stream.iter_windows(source, lag)
 
     served: list[stream.Window] = []
     answers: list[Any] = []
