@@ -8,14 +8,14 @@ export DDN_RAY_DATA_DIR ?= $(if $(wildcard $(SHARED)),$(SHARED),)
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 CONFIG  ?= jobs/configs/elec2.yaml
 
-.PHONY: setup run test unit integration bench-freshness
+.PHONY: setup run test unit integration bench-freshness fashion-mnist bbc-news
 
 FASHION := /usr/share/datasets/fashion-mnist
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,text]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (benchmarks/fashion_mnist_tasks.py); a warning, not a failure, without apt.
@@ -28,6 +28,12 @@ setup: $(BIN)/.installed $(FASHION)
 
 run: setup  ## the main job on all of Elec2, local Ray started in-process
 	$(BIN)/ddn-ray run --config $(CONFIG)
+
+fashion-mnist: setup  ## use case: a CNN under rotation / new classes, PNG over HTTP (every variant)
+	$(BIN)/python jobs/fashion_mnist.py
+
+bbc-news: setup  ## use case: topic drift, hashed n-grams vs frozen MiniLM + head, raw text over HTTP
+	$(BIN)/python jobs/bbc_news.py
 
 test: setup  ## unit tier, then integration tier on one local Ray cluster
 	$(BIN)/python -m pytest -q

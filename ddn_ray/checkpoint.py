@@ -3,7 +3,7 @@
 A checkpoint directory holds ``state.pt`` (``{"model": state_dict, "learner": [one state
 per rank]}``) and ``meta.json``: ``next_offset``, ``next_window``, ``model_version`` and the
 model spec (``model``: ``ModelConfig`` as a dict, ``num_features``, ``num_classes``,
-``feature_names``), so a checkpoint can be served without the job's config.
+``feature_names``, ``inputs``), so a checkpoint can be served without the job's config.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ __all__ = ["model_spec", "read", "read_meta", "write"]
 STATE, META = "state.pt", "meta.json"
 
 
-def model_spec(model_cfg: Any, num_features: int, num_classes: int, feature_names: list[str] | None) -> dict[str, Any]:
+def model_spec(model_cfg: Any, num_features: int, num_classes: int, feature_names: list[str] | None,
+               inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """What Serve needs to build the model: the ``meta.json`` keys, also held by the controller.
 
-    ``model_cfg`` is a :class:`~ddn_ray.config.ModelConfig`.
+    ``model_cfg`` is a :class:`~ddn_ray.config.ModelConfig`; ``inputs`` the raw-input spec of
+    :class:`ddn_ray.scenarios.Scenario` (default ``{"kind": "table"}``: rows of numbers only).
     """
     return {"model": model_cfg.model_dump(mode="json"), "num_features": num_features, "num_classes": num_classes,
-            "feature_names": feature_names}
+            "feature_names": feature_names, "inputs": inputs or {"kind": "table"}}
 
 
 def write(directory: str | Path, model_state: dict[str, torch.Tensor], learner_states: list[dict[str, Any]],

@@ -9,12 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import requests
 
-__all__ = ["Answers", "TrafficClient"]
+__all__ = ["Answers", "TrafficClient", "instances_body"]
 
 
 @dataclass
@@ -36,20 +38,30 @@ class Answers:
     errors: list[str]
 
 
+def instances_body(offsets: np.ndarray, features: np.ndarray) -> dict[str, Any]:
+    """The ``/predict`` body: feature rows."""
+    return {"instances": features.tolist()}
+
+
 class TrafficClient:
     """Sends rows in requests of ``request_rows`` from ``num_clients`` threads.
 
     Args:
-        url: the ``/predict`` URL, e.g. ``http://127.0.0.1:8000/predict``.
+        url: the endpoint, e.g. ``http://127.0.0.1:8000/predict``.
         request_rows: rows per request.
         num_clients: concurrent requests.
         timeout_s: per-request timeout in seconds.
+        body: builds a request's JSON body from its rows' ``(offsets, features)``; the default
+            sends feature rows to ``/predict``. Raw-input endpoints take e.g. ``{"texts": [...]}``
+            looked up by offset, or ``{"png": [...]}`` (:func:`ddn_ray.images.encode_png`).
     """
 
-    def __init__(self, url: str, request_rows: int = 100, num_clients: int = 2, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, request_rows: int = 100, num_clients: int = 2, timeout_s: float = 30.0,
+                 body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body) -> None:
         self.url = url
         self.request_rows = request_rows
         self.timeout_s = timeout_s
+        self.body = body
         self._pool = ThreadPoolExecutor(max_workers=num_clients, thread_name_prefix="traffic")
         self._local = threading.local()
 
@@ -58,10 +70,10 @@ class TrafficClient:
             self._local.session = requests.Session()
         return self._local.session
 
-    def _send(self, rows: np.ndarray) -> tuple[list[int] | None, int, float, str | None]:
+    def _send(self, offsets: np.ndarray, rows: np.ndarray) -> tuple[list[int] | None, int, float, str | None]:
         t0 = time.perf_counter()
         try:
-            resp = self._session().post(self.url, json={"instances": rows.tolist()}, timeout=self.timeout_s)
+            resp = self._session().post(self.url, json=self.body(offsets, rows), timeout=self.timeout_s)
             dt = time.perf_counter() - t0
             if resp.status_code != 200:
                 return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -76,7 +88,8 @@ class TrafficClient:
         preds = np.full(n, -1, dtype=np.int64)
         versions = np.full(n, -1, dtype=np.int64)
         starts = list(range(0, n, self.request_rows))
-        results = self._pool.map(lambda s: self._send(features[s : s + self.request_rows]), starts)
+        k = self.request_rows
+        results = self._pool.map(lambda s: self._send(offsets[s : s + k], features[s : s + k]), starts)
         latencies, errors = [], []
         for s, (p, v, dt, err) in zip(starts, results):
             latencies.append(dt)

@@ -42,9 +42,30 @@ class _Frozen(BaseModel):
 class DataConfig(_Frozen):
     """Which data set feeds the stream."""
 
-    name: Literal["elec2"] = "elec2"
+    name: Literal["elec2", "fashion_mnist", "bbc_news"] = "elec2"
     path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
-    max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows")
+    max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
+    scenario: Literal["none", "rotation", "new_classes", "topic_incremental", "topic_shift"] = Field(
+        "none", description="how the stream drifts (ddn_ray.scenarios): fashion_mnist rotation / new_classes, "
+        "bbc_news topic_incremental / topic_shift; none keeps the data set's own order (elec2: time)",
+    )
+    stream_rows: int | None = Field(
+        None, gt=0, description="fashion_mnist: images drawn from the train split for the stream (None: all 60,000)"
+    )
+    phases: int = Field(5, ge=2, le=10, description="drift phases (new_classes, topic_*: one per class group)")
+    seed: int = Field(0, description="the scenario's sampling seed")
+    text_features: Literal["hashing", "minilm"] = Field(
+        "hashing", description="bbc_news: hashed word 1-2-grams, or frozen all-MiniLM-L6-v2 embeddings (extra [text])"
+    )
+    hash_features: int = Field(4096, ge=16, le=2**20, description="bbc_news hashing: feature columns")
+
+    @model_validator(mode="after")
+    def _scenario_fits_data(self) -> DataConfig:
+        allowed = {"elec2": ("none",), "fashion_mnist": ("none", "rotation", "new_classes"),
+                   "bbc_news": ("none", "topic_incremental", "topic_shift")}[self.name]
+        if self.scenario not in allowed:
+            raise ValueError(f"data.scenario {self.scenario!r} does not apply to {self.name}; use one of {allowed}")
+        return self
 
 
 class StreamConfig(_Frozen):
@@ -72,8 +93,11 @@ class StreamConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The network's architecture."""
 
+    kind: Literal["mlp", "cnn"] = Field("mlp", description="cnn: conv blocks on image rows, then the MLP layers")
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    image_shape: tuple[int, int, int] = Field((1, 28, 28), description="cnn: (channels, height, width) of a row")
+    channels: tuple[int, ...] = Field((16, 32), min_length=1, description="cnn: output channels of each conv block")
 
 
 class StrategyConfig(_Frozen):
@@ -183,6 +207,10 @@ class ServeConfig(_Frozen):
     request_rows: int = Field(100, gt=0, description="rows per HTTP request sent by the traffic client")
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
     request_timeout_s: float = Field(30.0, gt=0)
+    raw_inputs: bool = Field(
+        True, description="the traffic client sends raw inputs (PNG images, texts) to /predict_images or "
+        "/predict_text when the data has them (not with stream.last_label_feature); else feature rows to /predict",
+    )
 
 
 class ControllerConfig(_Frozen):

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "phase_accuracy",
     "accuracy",
     "cohen_kappa",
     "detection_delays",
@@ -119,6 +120,39 @@ def score_rows(rows: Mapping[str, np.ndarray], static_windows: int, num_classes:
     scores["no-change (previous row, delay 0)"] = score(y[ev], prev[ev], prev[ev], num_classes)
     curves["no-change (same delay)"] = window_accuracy(y[ev], last[ev], win[ev])
     return scores, curves
+
+
+def phase_accuracy(rows: Mapping[str, np.ndarray], static_windows: int) -> list[dict[str, Any]]:
+    """Accuracy of the served and the static model in each scenario phase (scored rows only).
+
+    Args:
+        rows: as in :func:`score_rows`, plus ``phase`` ``(n,)`` int64.
+        static_windows: rows of earlier windows are not scored.
+
+    Returns:
+        One entry per phase with scored rows: ``{"phase", "rows", "dynamic", "static"}``
+        (``static`` is ``None`` when the static model did not answer).
+
+    Example:
+        >>> r = {"window": np.array([0, 1, 1, 2]), "label": np.array([1, 0, 1, 1]), "phase": np.array([0, 0, 1, 1]),
+        ...      "prediction": np.array([1, 0, 0, 1]), "static_prediction": np.array([-1, 1, 1, 1])}
+        >>> phase_accuracy(r, 1)
+        [{'phase': 0, 'rows': 1, 'dynamic': 1.0, 'static': 0.0}, {'phase': 1, 'rows': 2, 'dynamic': 0.5, 'static': 1.0}]
+    """
+    ev = rows["window"] >= static_windows
+    out = []
+    static = rows.get("static_prediction")
+    for k in np.unique(rows["phase"][ev]):
+        m = ev & (rows["phase"] == k)
+        y, pred = rows["label"][m], rows["prediction"][m]
+        ok = pred >= 0
+        st = None
+        if static is not None and (static[m] >= 0).any():
+            sm = static[m] >= 0
+            st = accuracy(y[sm], static[m][sm])
+        out.append({"phase": int(k), "rows": int(m.sum()), "dynamic": accuracy(y[ok], pred[ok]) if ok.any() else None,
+                    "static": st})
+    return out
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict[str, float | None]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ddn_ray.config import ModelConfig
 
-__all__ = ["MLP", "build", "build_for_inference", "fresh", "load_numpy_state", "state_to_numpy"]
+__all__ = ["CNN", "MLP", "build", "build_for_inference", "fresh", "load_numpy_state", "state_to_numpy"]
 
 
 class MLP(nn.Module):
@@ -45,10 +45,60 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
+class CNN(nn.Module):
+    """A small convolutional classifier on flattened image rows (LeNet-style blocks).
+
+    Each block is ``Conv2d(3x3, padding 1) -> ReLU -> MaxPool2d(2)``; then the hidden
+    linear layers of :class:`MLP`. Rows stay flat everywhere else (streams, Ray Datasets,
+    HTTP), so the model reshapes them itself.
+
+    Args:
+        image_shape: ``(channels, height, width)`` of one image.
+        num_classes: output width (logits).
+        channels: output channels of each conv block, e.g. ``(16, 32)``.
+        hidden_sizes: width of each hidden linear layer after the conv blocks.
+        dropout: dropout probability after each hidden activation.
+
+    Shapes:
+        ``x: (batch, C*H*W) float32 -> logits: (batch, num_classes) float32``;
+        ``body(x): (batch, hidden_sizes[-1])`` (the embedding the drift tests use).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, channels: tuple[int, ...],
+                 hidden_sizes: tuple[int, ...], dropout: float = 0.0) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        layers: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        layers.append(nn.Flatten())
+        width = c * h * w
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
 def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | None = None) -> nn.Module:
-    """Build the model a config describes; with ``seed`` the initial weights are reproducible."""
+    """Build the model a config describes; with ``seed`` the initial weights are reproducible.
+
+    Raises:
+        ValueError: a ``cnn`` whose ``image_shape`` does not hold ``num_features`` values.
+    """
     if seed is not None:
         torch.manual_seed(seed)
+    if cfg.kind == "cnn":
+        c, h, w = cfg.image_shape
+        if c * h * w != num_features:
+            raise ValueError(f"model.image_shape {tuple(cfg.image_shape)} holds {c * h * w} values; rows have {num_features}")
+        return CNN(tuple(cfg.image_shape), num_classes, tuple(cfg.channels), tuple(cfg.hidden_sizes), cfg.dropout)
     return MLP(num_features, num_classes, tuple(cfg.hidden_sizes), cfg.dropout)
 
 

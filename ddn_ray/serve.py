@@ -9,10 +9,15 @@ Endpoints (under the app's route prefix):
 
 * ``POST /predict`` ``{"instances": [[f1, ..., fN], ...]}`` ->
   ``{"predictions": [...], "probabilities": [[...]], "model_version": v, "replica": id}``
-* ``GET /version`` -> ``{"model_version": v, "replica": id}``
+* ``POST /predict_images`` ``{"png": ["<base64 PNG>", ...]}`` (models whose inputs are images)
+* ``POST /predict_text`` ``{"texts": ["raw text", ...]}`` (models whose inputs are texts: the
+  replica featurizes them as the stream did, :mod:`ddn_ray.text`)
+* ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
 
-Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf,
-wrong width, empty) or 413 (more than ``max_batch_rows`` rows).
+The two raw-input routes answer like ``/predict``. Malformed requests get 422 naming the
+field (bad JSON, non-numeric, NaN/Inf, wrong width, empty, ``png[i]`` not a PNG of the
+model's size, ``texts[i]`` empty), 413 (more than ``max_batch_rows`` rows), or 400 for a
+raw-input route the model does not take.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real request model
@@ -29,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import models
+from ddn_ray import images, models, text
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.metrics import ReplicaMetrics
 
-__all__ = ["AppArgs", "PredictRequest", "PredictResponse", "Predictor", "app_builder", "build_app", "check_instances"]
+__all__ = ["AppArgs", "ImageRequest", "PredictRequest", "PredictResponse", "TextRequest", "Predictor", "app_builder", "build_app", "check_instances"]
 
 log = logging.getLogger("ray.serve")
 
@@ -45,6 +50,20 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     instances: list[list[FiniteFloat]] = Field(min_length=1)
+
+
+class ImageRequest(BaseModel):
+    """Request body of ``/predict_images``: base64-encoded PNG files, one image each."""
+
+    model_config = ConfigDict(extra="forbid")
+    png: list[str] = Field(min_length=1)
+
+
+class TextRequest(BaseModel):
+    """Request body of ``/predict_text``: raw texts, one document each."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1)
 
 
 class PredictResponse(BaseModel):
@@ -106,6 +125,8 @@ class Predictor:
         poll_timeout_s: long-poll timeout (seconds) towards the controller.
         start_timeout_s: how long the constructor waits for a first version.
         checkpoint: serve this checkpoint instead of following a controller.
+        inputs: the raw-input spec (``{"kind": "table" | "image" | "text", ...}``, see
+            :class:`ddn_ray.scenarios.Scenario`); else from the source, else ``table``.
 
     Raises:
         ValueError: neither source is given, or the source does not describe the model.
@@ -123,6 +144,7 @@ class Predictor:
         poll_timeout_s: float = 5.0,
         start_timeout_s: float = 120.0,
         checkpoint: str | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> None:
         import ray
 
@@ -149,6 +171,9 @@ class Predictor:
             raise ValueError(f"the model version source does not describe the model: missing {missing}")
         self._model_cfg = ModelConfig(**spec["model"])
         self._num_features, self._num_classes = int(spec["num_features"]), int(spec["num_classes"])
+        self._inputs: dict[str, Any] = inputs or spec.get("inputs") or {"kind": "table"}
+        if self._inputs.get("kind") == "text":  # load the featurizer (an encoder: seconds) before taking traffic
+            text.featurize(["warm-up"], self._inputs)
         if checkpoint is not None:
             self._install(version, weights)
             return
@@ -185,17 +210,11 @@ class Predictor:
         if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
-    @app.post("/predict", response_model=PredictResponse)
-    async def predict(self, request: PredictRequest) -> PredictResponse:
-        try:
-            check_instances(request.instances, self._num_features, self._max_batch_rows)
-        except HTTPException as exc:
-            self._metrics.request(exc.status_code)
-            raise
-        version, model = self._current
+    def _answer(self, x: torch.Tensor) -> PredictResponse:
+        version, model = self._current  # one read: this request's version, whatever the poller does
         with torch.no_grad():
-            probs = torch.softmax(model(torch.tensor(request.instances, dtype=torch.float32)), dim=1)
-        self._metrics.request(200, rows=len(request.instances))
+            probs = torch.softmax(model(x), dim=1)
+        self._metrics.request(200, rows=len(x))
         return PredictResponse(
             predictions=probs.argmax(dim=1).tolist(),
             probabilities=probs.tolist(),
@@ -203,13 +222,52 @@ class Predictor:
             replica=self._replica,
         )
 
+    def _reject(self, status: int, message: str) -> HTTPException:
+        self._metrics.request(status)
+        return HTTPException(status, message)
+
+    def _check_route(self, kind: str, n: int) -> None:
+        if self._inputs.get("kind") != kind:
+            raise self._reject(400, f"this model takes {self._inputs.get('kind')} inputs, not {kind}s: "
+                                    "use /predict with feature rows")
+        if n > self._max_batch_rows:
+            raise self._reject(413, f"{n} items; at most {self._max_batch_rows} per request")
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(self, request: PredictRequest) -> PredictResponse:
+        try:
+            check_instances(request.instances, self._num_features, self._max_batch_rows)
+        except HTTPException as exc:
+            self._metrics.request(exc.status_code)
+            raise
+        return self._answer(torch.tensor(request.instances, dtype=torch.float32))
+
+    @app.post("/predict_images", response_model=PredictResponse)
+    async def predict_images(self, request: ImageRequest) -> PredictResponse:
+        self._check_route("image", len(request.png))
+        try:
+            x = images.decode_png(request.png, self._inputs["shape"])
+        except ValueError as exc:
+            raise self._reject(422, str(exc)) from None
+        return self._answer(torch.from_numpy(x))
+
+    @app.post("/predict_text", response_model=PredictResponse)
+    async def predict_text(self, request: TextRequest) -> PredictResponse:
+        self._check_route("text", len(request.texts))
+        empty = [i for i, t in enumerate(request.texts) if not t.strip()]
+        if empty:
+            raise self._reject(422, f"texts[{empty[0]}] is empty")
+        return self._answer(torch.from_numpy(text.featurize(request.texts, self._inputs)))
+
     @app.get("/version")
     async def version(self) -> dict[str, Any]:
-        return {"model_version": self._current[0], "replica": self._replica}
+        return {"model_version": self._current[0], "replica": self._replica, "inputs": self._inputs}
 
 
-def build_app(cfg: JobConfig, num_features: int, num_classes: int) -> serve.Application:
-    """The Serve application for a job config (replicas and CPUs from ``cfg.serve``)."""
+def build_app(cfg: JobConfig, num_features: int, num_classes: int,
+              inputs: dict[str, Any] | None = None) -> serve.Application:
+    """The Serve application for a job config (replicas and CPUs from ``cfg.serve``; ``inputs`` as in
+    :class:`Predictor`)."""
     return Predictor.options(
         num_replicas=cfg.serve.num_replicas,
         ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
@@ -222,6 +280,7 @@ def build_app(cfg: JobConfig, num_features: int, num_classes: int) -> serve.Appl
         num_classes,
         cfg.serve.max_batch_rows,
         cfg.controller.poll_timeout_s,
+        inputs=inputs,
     )
 
 

@@ -66,7 +66,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train loop (Train v2). Runs on every worker until it reads the end-of-stream marker.
 
     ``config`` keys: ``train`` (TrainConfig as dict), ``model`` (ModelConfig as dict),
-    ``strategy``, ``drift``, ``policy`` (their configs as dicts), ``feature_names`` (optional),
+    ``strategy``, ``drift``, ``policy`` (their configs as dicts), ``feature_names`` (optional), ``inputs`` (optional raw-input spec),
     ``num_features``, ``num_classes``, ``queues`` (one ``ray.util.queue.Queue`` per rank,
     yielding :class:`WindowItem` and finally ``None``), ``controller`` (actor handle).
 
@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
             if rank == 0:
                 meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
-                        **checkpoint_io.model_spec(mcfg, nf, nc, config["feature_names"])}
+                        **checkpoint_io.model_spec(mcfg, nf, nc, config["feature_names"], config.get("inputs"))}
                 checkpoint_io.write(tmp.name, learner.raw.state_dict(), learner_states, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp.name)
         if rank == 0:

@@ -1,4 +1,5 @@
-"""The main job: continuous train-and-serve on a drifting stream (Elec2 by default).
+"""The main job: continuous train-and-serve on a drifting stream (Elec2 by default; any
+``data`` of ``ddn_ray.scenarios``: Fashion-MNIST and BBC News scenarios too).
 
 Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr=0.003 ...]
   or: ddn-ray run --config jobs/configs/elec2.yaml
@@ -31,8 +32,8 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, datasets, evaluate, models, stream
-from ddn_ray.client import TrafficClient
+from ddn_ray import config, evaluate, images, models, scenarios, stream
+from ddn_ray.client import TrafficClient, instances_body
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
 from ddn_ray.train import WindowItem, train_loop_per_worker
@@ -65,8 +66,10 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     started_ray = start_ray(cfg)
     rss = evaluate.RssSampler().start()
-    run_name = cfg.run_name or f"{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    table = datasets.load_elec2(cfg.data.path, cfg.data.max_rows)
+    scenario = "" if cfg.data.scenario == "none" else f"-{cfg.data.scenario}"
+    run_name = cfg.run_name or f"{cfg.data.name}{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    scn = scenarios.load(cfg.data)
+    table = scn.table
     lag = cfg.stream.last_label_feature  # one more input column: the last revealed label
     feature_names = stream.input_names(table.feature_names, lag)
     nf, nc = len(feature_names), table.num_classes
@@ -76,15 +79,16 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     controller = ray.remote(ControllerActor).options(
         name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
     ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
-    ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names)))
+    ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, scn.inputs)))
     init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
     ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0}))
 
     # Serve: replicas load the latest version before they take traffic.
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg, nf, nc), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/predict"
-    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s)
+    serve.run(build_app(cfg, nf, nc, scn.inputs), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    route, body = traffic_route(cfg, scn)
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}{route}"
+    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s, body)
 
     # Train: one long-lived fit(); windows arrive through one queue per rank.
     queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
@@ -93,7 +97,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(),
                            "strategy": cfg.strategy.model_dump(), "drift": cfg.drift.model_dump(),
                            "policy": cfg.policy.model_dump(), "feature_names": feature_names, "num_features": nf,
-                           "num_classes": nc, "queues": queues, "controller": controller},
+                           "num_classes": nc, "queues": queues, "controller": controller, "inputs": scn.inputs},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),
     )
@@ -169,7 +173,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             ray.shutdown()
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
     report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_model, summary, source.quarantine,
-                                        first_update_s, sync_timeouts, rows_trained, static_windows)
+                                        first_update_s, sync_timeouts, rows_trained, static_windows, scn.phase)
+    report["run"]["traffic_route"] = route
     report["run"]["peak_rss_bytes"] = rss.stop()
     report["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
     report["run"]["wall_s"] = time.monotonic() - t0
@@ -197,8 +202,21 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
         return None
 
 
+def traffic_route(cfg: config.JobConfig, scn: scenarios.Scenario) -> tuple[str, Any]:
+    """The route the traffic client calls and its request body: raw inputs (PNG images, texts)
+    when the data has them and ``serve.raw_inputs`` is on, else feature rows to ``/predict``."""
+    kind = scn.inputs["kind"]
+    if not cfg.serve.raw_inputs or cfg.stream.last_label_feature or kind == "table":
+        return "/predict", instances_body
+    if kind == "image":
+        shape = scn.inputs["shape"]
+        return "/predict_images", lambda offsets, rows: {"png": images.encode_png(rows, shape)}
+    texts = scn.texts
+    return "/predict_text", lambda offsets, rows: {"texts": [texts[i] for i in offsets]}
+
+
 def build_report(cfg, run_name, nc, served, answers, static_model, summary, quarantine,
-                 first_update_s, sync_timeouts, rows_trained, static_windows) -> tuple[dict, dict, dict]:
+                 first_update_s, sync_timeouts, rows_trained, static_windows, phase) -> tuple[dict, dict, dict]:
     """Join served answers with revealed labels; score dynamic, static and no-change."""
     y = np.concatenate([w.labels for w in served])
     x = np.concatenate([w.features for w in served])
@@ -216,7 +234,7 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         with torch.no_grad():
             static_pred[ev] = static_model(torch.from_numpy(x[ev])).argmax(1).numpy()
     rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
-            "static_prediction": static_pred, "last_revealed": last_revealed}
+            "static_prediction": static_pred, "last_revealed": last_revealed, "phase": phase[offsets]}
     scores, curves = evaluate.score_rows(rows, static_windows, nc)
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]
@@ -238,6 +256,7 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
                       "static_windows": static_windows, "num_classes": nc},
         "scores": scores,
+        "phases": evaluate.phase_accuracy(rows, static_windows),
         "trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1),
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],

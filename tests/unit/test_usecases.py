@@ -1,0 +1,153 @@
+"""Use-case building blocks without Ray: scenarios, the CNN, text features, PNG inputs, job variants."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddn_ray import config, datasets, images, models, scenarios, text
+from ddn_ray.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+def test_rotation_is_gradual_then_abrupt_and_keeps_8_bit_pixels() -> None:
+    a = scenarios.rotation_angles(1000)
+    assert (a[:200] == 0).all() and a[350] == pytest.approx(30.0) and (a[500:750] == 60).all() and (a[750:] == 180).all()
+    assert (np.diff(a[:750]) >= 0).all() and np.diff(a[:750]).max() < 1  # gradual: no jump before 75 %
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, size=(3, 784)) / 255).astype(np.float32)
+    r = scenarios.rotate(x, np.array([0.0, 180.0, 45.0]))
+    assert np.array_equal(r[0], x[0])
+    assert np.allclose(r[1].reshape(28, 28), x[1].reshape(28, 28)[::-1, ::-1], atol=1 / 255)
+    assert not np.allclose(r[2], x[2])
+    assert np.allclose(r * 255, np.rint(r * 255), atol=1e-4) and r.min() >= 0 and r.max() <= 1
+
+
+def test_new_classes_appear_phase_by_phase_without_reusing_rows() -> None:
+    labels = np.repeat(np.arange(10), 200)  # classes 0-1 are drawn in every phase: ~114 rows each
+    idx, phase = scenarios.new_class_order(labels, 10, 5, 500, np.random.default_rng(0))
+    assert len(idx) == 500 and len(set(idx.tolist())) == 500
+    for k in range(5):
+        seen = set(labels[idx[phase == k]].tolist())
+        assert max(seen) < 2 * (k + 1) and 2 * k in seen  # the phase's new classes are there, none from later
+    with pytest.raises(ValueError, match="ran out of rows"):
+        scenarios.new_class_order(labels, 10, 5, 2000, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("scenario", ["topic_incremental", "topic_shift"])
+def test_topic_scenarios_use_every_article_once(scenario: str) -> None:
+    labels = np.repeat(np.arange(5), [60, 50, 40, 55, 45])
+    idx, phase = scenarios.topic_order(labels, 5, 5, scenario, np.random.default_rng(1))
+    assert sorted(idx.tolist()) == list(range(len(labels))) and (np.diff(phase) >= 0).all()
+    counts = np.array([np.bincount(labels[idx[phase == k]], minlength=5) for k in range(5)])
+    if scenario == "topic_incremental":
+        joined = [int(np.flatnonzero(counts[:, t])[0]) for t in range(5)]
+        assert sorted(joined) == list(range(5))  # one topic joins per phase, and stays
+        assert all((counts[j:, t] > 0).all() for t, j in enumerate(joined))
+    else:
+        assert (counts > 0).sum() >= 20  # every topic in (nearly) every phase
+        assert len({int(c.argmax()) for c in counts[:4]}) == 4  # the dominant topic changes
+
+
+def test_scenarios_must_fit_their_data_set() -> None:
+    with pytest.raises(ConfigError, match="does not apply to fashion_mnist"):
+        config.load(overrides={"data": {"name": "fashion_mnist", "scenario": "topic_shift"}})
+    config.load(overrides={"data": {"name": "bbc_news", "scenario": "topic_shift"}})
+
+
+def test_cnn_takes_flat_rows_and_has_body_and_head() -> None:
+    cfg = config.ModelConfig(kind="cnn", channels=(4, 8), hidden_sizes=(16,))
+    m = models.build(cfg, 784, 10, seed=0)
+    x = torch.rand(5, 784)
+    assert m(x).shape == (5, 10) and m.body(x).shape == (5, 16) and m.head.out_features == 10
+    same = models.build(cfg, 784, 10, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), same.state_dict().values()))
+    served = models.build_for_inference(cfg, 784, 10, models.state_to_numpy(m))
+    assert torch.allclose(served(x), m.eval()(x))
+    with pytest.raises(ValueError, match="holds 784 values; rows have 100"):
+        models.build(cfg, 100, 10)
+
+
+def test_hashed_text_rows_are_stateless_and_normalised() -> None:
+    spec = text.spec_for("hashing", 256)
+    docs = ["Shares rose as the bank cut rates", "The striker scored twice", "shares ROSE as the bank cut rates!"]
+    x = text.featurize(docs, spec)
+    assert x.shape == (3, 256) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0) and np.array_equal(x[0], x[2])  # case and punctuation
+    assert np.array_equal(text.featurize(docs[1:2], spec)[0], x[1])  # a replica featurizes one text the same
+    assert len(text.feature_names(spec)) == 256
+    with pytest.raises(ValueError, match="'hashing' or 'minilm'"):
+        text.spec_for("tfidf", 10)
+
+
+def _png(pixels: np.ndarray, fmt: str = "PNG") -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_png_rows_round_trip_and_bad_images_are_named() -> None:
+    rows = (np.random.default_rng(0).integers(0, 256, size=(4, 784)) / 255).astype(np.float32)
+    assert np.array_equal(images.decode_png(images.encode_png(rows, (1, 28, 28)), (1, 28, 28)), rows)
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    assert images.decode_png([_png(rgb)], (1, 28, 28)).shape == (1, 784)  # colour is converted to grey
+    good = images.encode_png(rows[:1], (1, 28, 28))[0]
+    cases = [(["%%%"], "png[0] is not valid base64"),
+             ([good, base64.b64encode(b"not an image").decode()], "png[1] is not a readable PNG file"),
+             ([_png(np.zeros((10, 28), np.uint8))], "png[0] is 28x10 pixels; expected 28x28"),
+             ([_png(np.zeros((28, 28), np.uint8), "JPEG")], "png[0] is a JPEG image")]
+    for items, message in cases:
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            images.decode_png(items, (1, 28, 28))
+
+
+@pytest.mark.skipif(not (SHARED / "bbc" / "bbc-text.csv").is_file(), reason="needs ../shared/datasets")
+def test_bbc_news_loads_five_topics_and_has_no_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = datasets.load_bbc_news(SHARED)
+    assert len(c) == 1249 and c.class_names == ("business", "entertainment", "politics", "sport", "tech")
+    assert np.bincount(c.labels).tolist() == [298, 225, 221, 288, 217]
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="no public download"):
+        datasets.load_bbc_news()
+    bad = tmp_path / "bbc" / "bbc-text.csv"
+    bad.parent.mkdir()
+    bad.write_text("category,text\nsport,\n")
+    with pytest.raises(DataError, match="1 empty texts"):
+        datasets.load_bbc_news(tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED / "bbc" / "bbc-text.csv").is_file(), reason="needs ../shared/datasets")
+def test_bbc_scenario_keeps_raw_texts_aligned_with_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(SHARED))
+    s = scenarios.load(config.DataConfig(name="bbc_news", scenario="topic_shift", hash_features=512, max_rows=100))
+    assert s.table.features.shape == (100, 512) and len(s.texts) == 100 and s.inputs["kind"] == "text"
+    assert np.array_equal(text.featurize(s.texts[:5], s.inputs), s.table.features[:5])
+    corpus = datasets.load_bbc_news(SHARED)
+    by_text = dict(zip(corpus.texts, corpus.labels.tolist()))
+    assert [by_text[t] for t in s.texts] == s.table.labels.tolist()
+
+
+@pytest.mark.parametrize("job", ["fashion_mnist", "bbc_news"])
+def test_every_variant_of_a_use_case_job_is_a_valid_config(job: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
+    module = __import__(job)
+    path = ROOT / "jobs" / "configs" / f"{job}.yaml"
+    for name, sets in module.VARIANTS.items():
+        cfg = config.load(path, config.parse_overrides(sets))
+        assert name.split("/")[0] == cfg.data.scenario
+    with pytest.raises(SystemExit):
+        module.cli(["--variants", "no_such_variant"])
+    sys.modules.pop(job, None)
+    assert os.path.isfile(path)
