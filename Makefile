@@ -15,7 +15,7 @@ FASHION := /usr/share/datasets/fashion-mnist
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,text]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,text,control]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (benchmarks/fashion_mnist_tasks.py); a warning, not a failure, without apt.

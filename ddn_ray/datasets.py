@@ -29,10 +29,10 @@ from ddn_ray.errors import DataError
 
 __all__ = [
     "BBC_NEWS",
-    "DatasetSpec",
     "ELEC2",
     "FASHION_MNIST",
     "Corpus",
+    "DatasetSpec",
     "Table",
     "cache_dir",
     "find",

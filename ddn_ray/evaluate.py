@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "phase_accuracy",
+    "RssSampler",
     "accuracy",
     "cohen_kappa",
     "detection_delays",
-    "gem_metrics",
-    "recovery_windows",
     "format_table",
+    "gem_metrics",
     "kappa_temporal",
     "percentiles",
-    "RssSampler",
+    "phase_accuracy",
     "plot_accuracy",
+    "recovery_windows",
     "score",
     "window_accuracy",
     "write_report",

@@ -38,7 +38,7 @@ from ddn_ray import images, models, text
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.metrics import ReplicaMetrics
 
-__all__ = ["AppArgs", "ImageRequest", "PredictRequest", "PredictResponse", "TextRequest", "Predictor", "app_builder", "build_app", "check_instances"]
+__all__ = ["AppArgs", "ImageRequest", "PredictRequest", "PredictResponse", "Predictor", "TextRequest", "app_builder", "build_app", "check_instances"]
 
 log = logging.getLogger("ray.serve")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MINILM_DIM", "featurize", "feature_names", "spec_for"]
+__all__ = ["MINILM_DIM", "feature_names", "featurize", "spec_for"]
 
 MINILM_DIM = 384
 

@@ -18,12 +18,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import continuous
 import matplotlib.pyplot as plt
 import numpy as np
 import ray
 from ray import serve
 
-import continuous
 from ddn_ray import config, evaluate
 
 DYN, STATIC = "dynamic (served)", "static (frozen after training)"

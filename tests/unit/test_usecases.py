@@ -151,3 +151,30 @@ def test_every_variant_of_a_use_case_job_is_a_valid_config(job: str, monkeypatch
         module.cli(["--variants", "no_such_variant"])
     sys.modules.pop(job, None)
     assert os.path.isfile(path)
+
+
+def test_physics_schedule_drives_cartpole_and_keeps_derived_constants() -> None:
+    pytest.importorskip("gymnasium")
+    from ddn_ray import control
+
+    s = control.Schedule(((100, {"length": 0.5, "masspole": 0.1}), (200, {"length": 1.0, "masspole": 0.3})))
+    assert s.at(50) == {} and s.at(150) == pytest.approx({"length": 0.75, "masspole": 0.2})
+    r = control.rollout("CartPole-v1", 300, s, seed=0)
+    assert r.inputs.shape == (300, 5) and r.targets.shape == (300, 4) and r.physics.shape == (300, 5)
+    assert r.physics[0, 3] == pytest.approx(0.5) and r.physics[299, 3] == pytest.approx(1.0)
+    assert set(np.unique(r.inputs[:, 4])) <= {-1.0, 1.0}
+    again = control.rollout("CartPole-v1", 300, s, seed=0)
+    assert np.array_equal(r.targets, again.targets)  # reproducible from the seed
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    control.set_physics(env, {"masspole": 0.3, "length": 1.0})
+    assert env.unwrapped.total_mass == pytest.approx(1.3) and env.unwrapped.polemass_length == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="not physics constants"):
+        control.set_physics(env, {"g": 3.0})
+    w = control.worn_actuator(10, 20)
+    assert w.at(15) == {"force_mag": 7.5}
+    # The physics act on the transitions: a heavier, longer pole swings differently under the same pushes.
+    p = control.rollout("Pendulum-v1", 50, control.Schedule(((0, {"g": 15.0}),)), seed=1)
+    q = control.rollout("Pendulum-v1", 50, seed=1)
+    assert np.array_equal(p.inputs[0], q.inputs[0]) and not np.allclose(p.targets[0], q.targets[0])
