@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nab_forecaster import forecast_scores  # noqa: E402
+from nab_forecaster import forecast_scores
 
-from ddn_ray import nab  # noqa: E402
+from ddn_ray import nab
 
 NAME = "realKnownCause/machine_temperature_system_failure.csv"
 
@@ -58,8 +58,8 @@ def main() -> None:
     step_h = float((s.timestamps[1] - s.timestamps[0]) / np.timedelta64(1, "h"))
     scores = {"dynamic": forecast_scores(s.values), "static": forecast_scores(s.values, frozen_after=probation)}
     out: dict = {"series": NAME, "points": len(s.values), "probation": probation, "alarm_level": args.alarm_level}
-    lines = [f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
-             f"alarms: score >= {args.alarm_level}"]
+    lines = [(f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
+              f"alarms: score >= {args.alarm_level}")]
     for label, sc in scores.items():
         alarms = np.flatnonzero(sc >= args.alarm_level)
         alarms = alarms[alarms >= probation]  # NAB ignores the probation period
