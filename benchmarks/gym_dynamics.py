@@ -27,25 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from river import drift
 from torch import nn
 
 from ddn_ray import control
+from ddn_ray import drift as ddn_drift
 
 WINDOW, EPOCHS, BATCH, LR, STATIC_STEPS = 200, 5, 32, 1e-3, 2000
-
-
-def schedules(steps: int) -> dict[str, tuple[control.Schedule, list[tuple[str, int]]]]:
-    """Per env: physics schedule and named phases (name, first step). Gradual third, then abrupt."""
-    a, b, c = steps // 3, 2 * steps // 3, 2 * steps // 3 + 1
-    return {
-        "CartPole-v1": (control.Schedule(((a, {"length": 0.5, "masspole": 0.1}),
-                                          (b, {"length": 1.0, "masspole": 0.3, "gravity": 9.8}),
-                                          (c, {"gravity": 15.0}))),
-                        [("default", 0), ("gradual: length 0.5->1, masspole 0.1->0.3", a), ("abrupt: gravity 9.8->15", c)]),
-        "Pendulum-v1": (control.Schedule(((a, {"m": 1.0, "g": 10.0}), (b, {"m": 2.0, "g": 10.0}), (c, {"g": 15.0}))),
-                        [("default", 0), ("gradual: m 1->2", a), ("abrupt: g 10->15", c)]),
-    }
 
 
 def mlp(n_in: int, n_out: int, seed: int) -> nn.Module:
@@ -83,7 +70,8 @@ def prequential(r: control.Rollouts, freeze_after: int | None, seed: int, mu: np
 
 def dynamics_table(steps: int, seed: int) -> list[dict]:
     rows = []
-    for env_id, (sched, phases) in schedules(steps).items():
+    for env_id in ("CartPole-v1", "Pendulum-v1"):
+        sched, phases = control.physics_drift(env_id, steps)
         r = control.rollout(env_id, steps, sched, seed=seed)
         mu, sd = r.targets[:STATIC_STEPS].mean(0), r.targets[:STATIC_STEPS].std(0) + 1e-8
         xmu, xsd = r.inputs[:STATIC_STEPS].mean(0), r.inputs[:STATIC_STEPS].std(0) + 1e-8
@@ -100,39 +88,27 @@ def dynamics_table(steps: int, seed: int) -> list[dict]:
 THRESHOLDS = (100.0, 200.0, 400.0, 800.0)
 
 
-def page_hinkley(z: np.ndarray, start: int, threshold: float) -> list[int]:
-    """Steps at which River's Page-Hinkley (mean increase) fires on ``z[start:]``; it restarts after each alarm."""
-    ph = drift.PageHinkley(min_instances=200, delta=0.5, threshold=threshold, mode="up")
-    alarms = []
-    for t in range(start, len(z)):
-        ph.update(float(z[t]))
-        if ph.drift_detected:
-            alarms.append(t)
-    return alarms
-
-
 def fault_runs(steps: int, seeds: int) -> list[dict]:
     onset, end = steps // 3, 2 * steps // 3
     fit_end, watch = int(0.4 * onset), onset // 2
     out = []
     for seed in range(seeds):
-        z, runs = {}, {}
+        errs, runs = {}, {}
         for label, sched in (("fault", control.worn_actuator(onset, end)), ("healthy", control.Schedule())):
             r = control.rollout("CartPole-v1", steps, sched, seed=seed)
             mu, sd = r.targets[:fit_end].mean(0), r.targets[:fit_end].std(0) + 1e-8
             xmu, xsd = r.inputs[:fit_end].mean(0), r.inputs[:fit_end].std(0) + 1e-8
-            err = prequential(r, fit_end, seed, mu, sd, xmu, xsd)  # the healthy machine's model, then frozen
-            lres = np.log10(err + 1e-6)  # squared residuals are heavy-tailed; their log is not
-            ref = lres[fit_end:watch]  # the frozen model on healthy steps it never trained on
-            z[label], runs[label] = (lres - ref.mean()) / (ref.std() + 1e-12), r
+            # the healthy machine's model, then frozen; its residuals on steps fit_end-watch set the scale
+            errs[label], runs[label] = prequential(r, fit_end, seed, mu, sd, xmu, xsd), r
         for threshold in THRESHOLDS:
-            alarms = page_hinkley(z["fault"], watch, threshold)
+            alarms = ddn_drift.residual_alarms(errs["fault"], slice(fit_end, watch), threshold)
             after = [t for t in alarms if t >= onset]
             first = after[0] if after else None
             out.append({"seed": seed, "threshold": threshold, "delay_steps": None if first is None else first - onset,
                         "force_at_alarm": None if first is None else float(runs["fault"].physics[first, 4]),
                         "false_alarms_before_onset": sum(t < onset for t in alarms),
-                        "alarms_without_fault": len(page_hinkley(z["healthy"], watch, threshold))})
+                        "alarms_without_fault": len(ddn_drift.residual_alarms(errs["healthy"], slice(fit_end, watch),
+                                                                              threshold))})
     return out
 
 

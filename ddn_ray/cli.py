@@ -115,14 +115,21 @@ def rerender_report(run_dir: str | Path, write: bool = True) -> dict[str, Any]:
     report = json.loads((run / "report.json").read_text())
     with np.load(run / "predictions.npz") as z:
         rows = {k: z[k] for k in z.files}
-    if "last_revealed" not in rows:
+    regression = "no_change" in rows  # a regression run stores its no-change targets
+    if not regression and "last_revealed" not in rows:
         raise ValueError(f"{run / 'predictions.npz'} predates last_revealed/static_prediction: re-run the job")
-    nc = report["eval_rows"].get("num_classes") or int(rows["label"].max()) + 1
-    report["scores"], curves = evaluate.score_rows(rows, report["eval_rows"]["static_windows"], nc)
+    static_windows = report["eval_rows"]["static_windows"]
+    if regression:
+        report["scores"], curves = evaluate.score_regression_rows(rows, static_windows)
+        what = ("served one-step error", "MSE per window (standardised targets)")
+    else:
+        nc = report["eval_rows"].get("num_classes") or int(rows["label"].max()) + 1
+        report["scores"], curves = evaluate.score_rows(rows, static_windows, nc)
+        what = ("served accuracy", "accuracy per window")
     marks = [(e["window"], e["decision"]) for e in report.get("drift", {}).get("events", [])]
     if write:
         report.setdefault("files", {})["plot"] = str(
-            evaluate.plot_accuracy(curves, run / "accuracy.png", f"{report['run']['name']}: served accuracy", marks))
+            evaluate.plot_accuracy(curves, run / "accuracy.png", f"{report['run']['name']}: {what[0]}", marks, what[1]))
         evaluate.write_report(report, run / "report.json")
     print(evaluate.format_table(report))
     return report

@@ -25,7 +25,8 @@ class Answers:
 
     Attributes:
         offsets: ``(n,)`` int64 stream offsets.
-        predictions: ``(n,)`` int64 predicted class, ``-1`` where the request failed.
+        predictions: ``(n,)`` int64 predicted class, ``-1`` where the request failed; for a
+            regression model ``(n, k)`` float64 outputs, NaN where the request failed.
         versions: ``(n,)`` int64 model version that answered, ``-1`` where it failed.
         latencies_s: one entry per HTTP request, seconds.
         errors: one message per failed request.
@@ -54,14 +55,18 @@ class TrafficClient:
         body: builds a request's JSON body from its rows' ``(offsets, features)``; the default
             sends feature rows to ``/predict``. Raw-input endpoints take e.g. ``{"texts": [...]}``
             looked up by offset, or ``{"png": [...]}`` (:func:`ddn_ray.images.encode_png`).
+        outputs: a regression model's output width: answers are read from ``"outputs"``
+            instead of ``"predictions"``.
     """
 
     def __init__(self, url: str, request_rows: int = 100, num_clients: int = 2, timeout_s: float = 30.0,
-                 body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body) -> None:
+                 body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body,
+                 outputs: int | None = None) -> None:
         self.url = url
         self.request_rows = request_rows
         self.timeout_s = timeout_s
         self.body = body
+        self.outputs = outputs
         self._pool = ThreadPoolExecutor(max_workers=num_clients, thread_name_prefix="traffic")
         self._local = threading.local()
 
@@ -78,14 +83,14 @@ class TrafficClient:
             if resp.status_code != 200:
                 return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
             body = resp.json()
-            return body["predictions"], int(body["model_version"]), dt, None
+            return body["predictions" if self.outputs is None else "outputs"], int(body["model_version"]), dt, None
         except (requests.RequestException, ValueError, KeyError) as exc:
             return None, -1, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
 
     def predict(self, offsets: np.ndarray, features: np.ndarray) -> Answers:
         """Request predictions for ``features`` ``(n, num_features)`` float32, rows in order."""
         n = len(offsets)
-        preds = np.full(n, -1, dtype=np.int64)
+        preds = np.full(n, -1, dtype=np.int64) if self.outputs is None else np.full((n, self.outputs), np.nan)
         versions = np.full(n, -1, dtype=np.int64)
         starts = list(range(0, n, self.request_rows))
         k = self.request_rows

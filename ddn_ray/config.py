@@ -42,15 +42,21 @@ class _Frozen(BaseModel):
 class DataConfig(_Frozen):
     """Which data set feeds the stream."""
 
-    name: Literal["elec2", "fashion_mnist", "bbc_news"] = "elec2"
+    name: Literal["elec2", "fashion_mnist", "bbc_news", "cartpole", "pendulum"] = "elec2"
     path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
     max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
-    scenario: Literal["none", "rotation", "new_classes", "topic_incremental", "topic_shift"] = Field(
+    scenario: Literal["none", "rotation", "new_classes", "topic_incremental", "topic_shift", "physics_drift",
+                      "worn_actuator"] = Field(
         "none", description="how the stream drifts (ddn_ray.scenarios): fashion_mnist rotation / new_classes, "
-        "bbc_news topic_incremental / topic_shift; none keeps the data set's own order (elec2: time)",
+        "bbc_news topic_incremental / topic_shift, cartpole / pendulum physics_drift, cartpole worn_actuator; "
+        "none keeps the data set's own order (elec2: time) or its default physics",
     )
     stream_rows: int | None = Field(
-        None, gt=0, description="fashion_mnist: images drawn from the train split for the stream (None: all 60,000)"
+        None, gt=0, description="fashion_mnist: images drawn from the train split (None: all 60,000); "
+        "cartpole / pendulum: transitions rolled out (None: 30,000)",
+    )
+    standardize_rows: int = Field(
+        2000, gt=1, description="cartpole / pendulum: inputs and targets are standardised by their first rows"
     )
     phases: int = Field(5, ge=2, le=10, description="drift phases (new_classes, topic_*: one per class group)")
     seed: int = Field(0, description="the scenario's sampling seed")
@@ -62,7 +68,9 @@ class DataConfig(_Frozen):
     @model_validator(mode="after")
     def _scenario_fits_data(self) -> DataConfig:
         allowed = {"elec2": ("none",), "fashion_mnist": ("none", "rotation", "new_classes"),
-                   "bbc_news": ("none", "topic_incremental", "topic_shift")}[self.name]
+                   "bbc_news": ("none", "topic_incremental", "topic_shift"),
+                   "cartpole": ("none", "physics_drift", "worn_actuator"),
+                   "pendulum": ("none", "physics_drift")}[self.name]
         if self.scenario not in allowed:
             raise ValueError(f"data.scenario {self.scenario!r} does not apply to {self.name}; use one of {allowed}")
         return self
@@ -94,6 +102,9 @@ class ModelConfig(_Frozen):
     """The network's architecture."""
 
     kind: Literal["mlp", "cnn"] = Field("mlp", description="cnn: conv blocks on image rows, then the MLP layers")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="regression: real-valued outputs learned with MSE (e.g. forward dynamics)"
+    )
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     image_shape: tuple[int, int, int] = Field((1, 28, 28), description="cnn: (channels, height, width) of a row")
@@ -257,6 +268,23 @@ class JobConfig(_Frozen):
     controller: ControllerConfig = ControllerConfig()
     report: ReportConfig = ReportConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> JobConfig:
+        regression_data = self.data.name in ("cartpole", "pendulum")
+        if regression_data != (self.model.task == "regression"):
+            raise ValueError(f"data.name {self.data.name!r} needs model.task "
+                             f"{'regression' if regression_data else 'classification'}")
+        if self.model.task == "regression":
+            bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
+            if bad or self.strategy.class_balanced:
+                raise ValueError("regression learns with strategy finetune or replay (not class_balanced); "
+                                 f"got {self.strategy.name!r}")
+            if self.drift.detector == "ddm":
+                raise ValueError("drift.detector ddm needs 0/1 errors; a regression's errors are squared residuals")
+            if self.stream.last_label_feature:
+                raise ValueError("stream.last_label_feature is for classification")
+        return self
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

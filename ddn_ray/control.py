@@ -13,13 +13,23 @@ every change. Pendulum's constants are ``g``, ``m`` and ``l``. Needs ``gymnasium
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PARAMS", "Rollouts", "Schedule", "rollout", "set_physics", "worn_actuator"]
+__all__ = [
+    "ACTION_NAMES",
+    "PARAMS",
+    "STATE_NAMES",
+    "Rollouts",
+    "Schedule",
+    "physics_drift",
+    "rollout",
+    "set_physics",
+    "worn_actuator",
+]
 
 PARAMS: dict[str, tuple[str, ...]] = {
     "CartPole-v1": ("gravity", "masscart", "masspole", "length", "force_mag"),
@@ -53,6 +63,31 @@ class Schedule:
             if step >= xs[0]:
                 out[name] = float(np.interp(step, xs, ys))
         return out
+
+
+STATE_NAMES: dict[str, tuple[str, ...]] = {
+    "CartPole-v1": ("x", "x_dot", "theta", "theta_dot"),
+    "Pendulum-v1": ("cos_theta", "sin_theta", "theta_dot"),
+}
+ACTION_NAMES: dict[str, tuple[str, ...]] = {"CartPole-v1": ("push",), "Pendulum-v1": ("torque",)}
+
+
+def physics_drift(env_id: str, steps: int) -> tuple[Schedule, list[tuple[str, int]]]:
+    """The ``physics_drift`` scenario: default physics for the first third, a gradual change over
+    the second, and an abrupt one at its end. Returns the schedule and ``(phase name, first step)``.
+
+    * CartPole: ``length`` 0.5 -> 1.0 m and ``masspole`` 0.1 -> 0.3 kg, then ``gravity`` 9.8 -> 15.
+    * Pendulum: ``m`` 1 -> 2 kg, then ``g`` 10 -> 15.
+    """
+    a, b = steps // 3, 2 * steps // 3
+    if env_id == "CartPole-v1":
+        return (Schedule(((a, {"length": 0.5, "masspole": 0.1}), (b, {"length": 1.0, "masspole": 0.3, "gravity": 9.8}),
+                          (b + 1, {"gravity": 15.0}))),
+                [("default", 0), ("gradual: length 0.5->1, masspole 0.1->0.3", a), ("abrupt: gravity 9.8->15", b + 1)])
+    if env_id == "Pendulum-v1":
+        return (Schedule(((a, {"m": 1.0, "g": 10.0}), (b, {"m": 2.0, "g": 10.0}), (b + 1, {"g": 15.0}))),
+                [("default", 0), ("gradual: m 1->2", a), ("abrupt: g 10->15", b + 1)])
+    raise ValueError(f"env_id must be one of {list(PARAMS)}, got {env_id!r}")
 
 
 def worn_actuator(onset_step: int, end_step: int, healthy: float = 10.0, worn: float = 5.0) -> Schedule:
@@ -152,8 +187,3 @@ def rollout(env_id: str, steps: int, schedule: Schedule = Schedule(), seed: int 
     env.close()
     return Rollouts(np.asarray(xs, np.float32), np.asarray(ys, np.float32), np.asarray(ph), np.asarray(ep, np.int64),
                     env_id)
-
-
-def physics_table(r: Rollouts) -> Sequence[str]:
-    """Names of the columns of ``r.physics``."""
-    return PARAMS[r.env_id]

@@ -108,15 +108,18 @@ class Table:
 
     Attributes:
         features: ``(num_rows, num_features)`` float32.
-        labels: ``(num_rows,)`` int64 class ids in ``[0, num_classes)``.
+        labels: ``(num_rows,)`` int64 class ids in ``[0, num_classes)``; for a ``regression``
+            table, ``(num_rows, num_classes)`` float32 targets.
         feature_names: one name per feature column.
-        num_classes: number of classes.
+        num_classes: number of classes (regression: number of target columns, the model's outputs).
+        task: ``"classification"`` or ``"regression"``.
     """
 
     features: np.ndarray
     labels: np.ndarray
     feature_names: tuple[str, ...]
     num_classes: int
+    task: str = "classification"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -122,6 +122,63 @@ def score_rows(rows: Mapping[str, np.ndarray], static_windows: int, num_classes:
     return scores, curves
 
 
+REGRESSION_NO_CHANGE = "no-change (zero change)"
+
+
+def score_regression_rows(rows: Mapping[str, np.ndarray], static_windows: int) -> tuple[dict, dict]:
+    """Scores and per-window error curves of a regression run's served rows.
+
+    Args:
+        rows: in stream order: ``window`` ``(n,)``, ``label`` ``(n, k)`` targets, ``prediction``
+            ``(n, k)`` served outputs (NaN where a request failed), optionally ``static_prediction``
+            ``(n, k)`` (NaN where the static model did not answer) and ``no_change`` ``(n, k)``:
+            the target that means "no change" (for standardised deltas: ``-mean / std``).
+        static_windows: rows of earlier windows are not scored.
+
+    Returns:
+        ``(scores, curves)``: scores by model, ``{"mse", "mae", "rows"}`` (errors averaged over
+        the ``k`` outputs); curves by name, ``(window ids, mse per window)``.
+
+    Example:
+        >>> r = {"window": np.array([0, 1, 1]), "label": np.array([[0.0], [1.0], [2.0]]),
+        ...      "prediction": np.array([[9.0], [1.0], [1.0]]), "no_change": np.zeros((3, 1))}
+        >>> score_regression_rows(r, 1)[0]["dynamic (served)"]
+        {'mse': 0.5, 'mae': 0.5, 'rows': 2}
+    """
+    win, y = rows["window"], rows["label"]
+    ev = win >= static_windows
+    scores, curves = {}, {}
+    named = {"dynamic (served)": rows["prediction"], "static (frozen after training)": rows.get("static_prediction"),
+             REGRESSION_NO_CHANGE: rows.get("no_change")}
+    for name, pred in named.items():
+        if pred is None:
+            continue
+        ok = ev & np.isfinite(pred).all(axis=1)
+        if not ok.any():
+            continue
+        se, ae = ((pred[ok] - y[ok]) ** 2).mean(axis=1), np.abs(pred[ok] - y[ok]).mean(axis=1)
+        scores[name] = {"mse": float(se.mean()), "mae": float(ae.mean()), "rows": int(ok.sum())}
+        ids = np.unique(win[ok])
+        curves[name.split(" (")[0] if name != "dynamic (served)" else name] = (
+            ids, np.array([se[win[ok] == i].mean() for i in ids]))
+    return scores, curves
+
+
+def phase_mse(rows: Mapping[str, np.ndarray], static_windows: int) -> list[dict[str, Any]]:
+    """Like :func:`phase_accuracy` for regression: mean squared error of the served and the static model per phase."""
+    ev = rows["window"] >= static_windows
+    out = []
+    static = rows.get("static_prediction")
+    for k in np.unique(rows["phase"][ev]):
+        m = ev & (rows["phase"] == k)
+        entry: dict[str, Any] = {"phase": int(k), "rows": int(m.sum())}
+        for name, pred in (("dynamic", rows["prediction"]), ("static", static)):
+            ok = m & np.isfinite(pred).all(axis=1) if pred is not None else np.zeros_like(m)
+            entry[name] = float(((pred[ok] - rows["label"][ok]) ** 2).mean()) if ok.any() else None
+        out.append(entry)
+    return out
+
+
 def phase_accuracy(rows: Mapping[str, np.ndarray], static_windows: int) -> list[dict[str, Any]]:
     """Accuracy of the served and the static model in each scenario phase (scored rows only).
 
@@ -208,7 +265,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{_fmt(run['label_delay_rows']['max'], 'int')}",
         f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
         *_drift_lines(report.get("drift")),
-        f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}",
+        (f"{'trainer MSE before update':34s} {_fmt(report.get('trainer_pre_update_mse'))}"
+         if "trainer_pre_update_mse" in report else
+         f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}"),
         f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
         f"PSS {run.get('peak_pss_bytes', float('nan')) / 2**30:.2f} GiB",
         f"{'wall time':34s} {run['wall_s']:.1f} s",
@@ -216,8 +275,13 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"prequential scores on rows {_fmt(report['eval_rows']['start'])}-{_fmt(report['eval_rows']['end'])} "
         f"(after the static model's {report['eval_rows']['static_windows']} training windows; "
         f"the dynamic model on rows it answered)",
-        f"{'model':34s} {'accuracy':>9s} {'kappa':>8s} {'kappa_t':>8s}",
     ]
+    if any("mse" in s for s in report["scores"].values()):
+        lines.append(f"{'model':34s} {'MSE':>9s} {'MAE':>8s}")
+        for name, s in report["scores"].items():
+            lines.append(f"{name:34s} {_fmt(s['mse']):>9s} {_fmt(s['mae']):>8s}")
+        return "\n".join(lines)
+    lines.append(f"{'model':34s} {'accuracy':>9s} {'kappa':>8s} {'kappa_t':>8s}")
     for name, s in report["scores"].items():
         lines.append(f"{name:34s} {_fmt(s['accuracy'], '%'):>9s} {_fmt(s['kappa']):>8s} {_fmt(s['kappa_temporal']):>8s}")
     return "\n".join(lines)
@@ -231,11 +295,13 @@ def plot_accuracy(
     path: str | Path,
     title: str,
     decisions: Sequence[tuple[int, str]] = (),
+    ylabel: str = "accuracy per window",
 ) -> Path:
     """Plot per-window accuracy curves ``{name: (window ids, accuracy)}`` to a PNG.
 
     ``decisions`` are ``(window, decision)`` pairs (drift signals and what the policy
-    did), drawn as vertical lines coloured by decision.
+    did), drawn as vertical lines coloured by decision. With another ``ylabel`` (an error per
+    window, e.g. MSE) the y axis is logarithmic instead of ``[0, 1]``.
     """
     import matplotlib
 
@@ -254,8 +320,11 @@ def plot_accuracy(
                    label=None if decision in seen else f"drift: {decision}")
         seen.add(decision)
     ax.set_xlabel("window")
-    ax.set_ylabel("accuracy per window" + (f" (mean of {k})" if k > 1 else ""))
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel + (f" (mean of {k})" if k > 1 else ""))
+    if ylabel.startswith("accuracy"):
+        ax.set_ylim(0, 1)
+    else:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -26,7 +26,17 @@ from ddn_ray.config import DriftConfig, PolicyConfig, StrategyConfig, TrainConfi
 from ddn_ray.policy import Decision
 from ddn_ray.strategy import Finetune, Strategy
 
-__all__ = ["OnlineLearner", "StepResult", "WindowMetrics", "fit", "make_optimizer", "make_scheduler", "prequential_step"]
+__all__ = [
+    "TASKS",
+    "OnlineLearner",
+    "StepResult",
+    "WindowMetrics",
+    "fit",
+    "loss_fn",
+    "make_optimizer",
+    "make_scheduler",
+    "prequential_step",
+]
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,9 @@ class WindowMetrics:
     Attributes:
         index, start, end: the window.
         num_rows: rows trained on (all workers).
-        pre_loss: mean cross-entropy of the model *before* it learned this window.
-        pre_accuracy: accuracy of the model before it learned this window.
+        pre_loss: mean loss of the model *before* it learned this window (cross-entropy; for
+            regression the squared error per row, averaged over outputs).
+        pre_accuracy: accuracy of the model before it learned this window (NaN for regression).
         train_loss: mean training loss over the window's last epoch.
         step_s: wall time of the step in seconds (retraining included).
         lr: learning rate used for the window.
@@ -109,6 +120,22 @@ def gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
+TASKS = ("classification", "regression")
+
+
+def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss: cross-entropy on logits ``(b, C)`` vs int64 ``(b,)``, or MSE on ``(b, k)`` vs ``(b, k)``.
+
+    Raises:
+        ValueError: unknown task.
+    """
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    if task == "regression":
+        return F.mse_loss(out, y)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model  # DDP keeps the model in .module
 
@@ -122,6 +149,7 @@ def fit(
     epochs: int,
     generator: torch.Generator,
     strategy: Strategy,
+    task: str = "classification",
 ) -> float:
     """Mini-batch training: ``epochs`` shuffled passes, each batch through ``strategy.batch`` and ``strategy.penalty``.
 
@@ -130,12 +158,13 @@ def fit(
 
     Args:
         model: the (possibly DDP-wrapped) classifier; penalties read its unwrapped parameters.
-        x: ``(n, num_features)`` float32; y: ``(n,)`` int64.
+        x: ``(n, num_features)`` float32; y: ``(n,)`` int64, or ``(n, k)`` float32 for regression.
         batch_size: rows per gradient step (before the strategy adds memory rows).
         generator: seeds the shuffles and the strategy's sampling.
+        task: ``classification`` (cross-entropy) or ``regression`` (MSE), see :func:`loss_fn`.
 
     Returns:
-        The summed training loss (cross-entropy + penalty, per window row) of the last pass.
+        The summed training loss (task loss + penalty, per window row) of the last pass.
     """
     raw = _unwrap(model)
     model.train()
@@ -147,7 +176,7 @@ def fit(
             idx = order[i : i + batch_size]
             xb, yb = strategy.batch(x[idx], y[idx], generator)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb) + strategy.penalty(raw, xb, logits)
+            loss = loss_fn(task, logits, yb) + strategy.penalty(raw, xb, logits)
             model.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,6 +194,7 @@ def prequential_step(
     epochs: int,
     generator: torch.Generator,
     strategy: Strategy | None = None,
+    task: str = "classification",
 ) -> StepResult:
     """Score the model on a window, then learn from it (test-then-train).
 
@@ -174,27 +204,34 @@ def prequential_step(
         model: the (possibly DDP-wrapped) classifier.
         optimizer: its optimizer.
         x: ``(n, num_features)`` float32, this rank's rows.
-        y: ``(n,)`` int64 labels.
+        y: ``(n,)`` int64 labels, or ``(n, k)`` float32 targets for regression.
         batch_size: rows per gradient step on this rank.
         epochs: passes over the window.
         generator: seeds the per-epoch shuffle (and a strategy's sampling).
         strategy: how to learn (memory rows, penalties); :class:`~ddn_ray.strategy.Finetune` if ``None``.
+        task: ``classification`` or ``regression``. For regression the error stream ``wrong``
+            holds each row's squared error (mean over outputs) and ``pre_accuracy`` is NaN.
 
     Returns:
         A :class:`StepResult`; ``pre_*`` are measured before any update on this window.
     """
     model.eval()
     with torch.no_grad():
-        logits = model(x)
-        pre_loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
-        wrong = (logits.argmax(dim=1) != y).float()
+        out = model(x)
+        if task == "regression":
+            wrong = ((out - y) ** 2).mean(dim=1)  # (n,) squared error per row
+            pre_loss_sum = float(wrong.sum())
+        else:
+            pre_loss_sum = float(F.cross_entropy(out, y, reduction="sum"))
+            wrong = (out.argmax(dim=1) != y).float()
     strategy = strategy if strategy is not None else Finetune()
-    train_loss_sum = fit(model, optimizer, x, y, batch_size, epochs, generator, strategy)
+    train_loss_sum = fit(model, optimizer, x, y, batch_size, epochs, generator, strategy, task)
     strategy.after_window(_unwrap(model), x, y)
-    pre_correct = float(x.shape[0] - wrong.sum())
+    pre_correct = float(x.shape[0] - wrong.sum()) if task == "classification" else 0.0
     n, pre_loss_sum, pre_correct, train_loss_sum = _all_sum([x.shape[0], pre_loss_sum, pre_correct, train_loss_sum])
     n = max(n, 1.0)
-    return StepResult(int(n), pre_loss_sum / n, pre_correct / n, train_loss_sum / n, wrong)
+    accuracy = pre_correct / n if task == "classification" else math.nan
+    return StepResult(int(n), pre_loss_sum / n, accuracy, train_loss_sum / n, wrong)
 
 
 def retrain(
@@ -205,6 +242,7 @@ def retrain(
     y: torch.Tensor,
     epochs: int,
     generator: torch.Generator,
+    task: str = "classification",
 ) -> None:
     """Fit ``params`` (others frozen by omission) to ``(x, y)`` with a fresh optimizer of ``cfg``'s kind.
 
@@ -213,7 +251,7 @@ def retrain(
         params: the parameters to update (e.g. the head's).
         x: ``(n, num_features)`` float32; y: ``(n,)`` int64.
     """
-    fit(model, make_optimizer(cfg, params), x, y, max(1, cfg.batch_size), epochs, generator, Finetune())
+    fit(model, make_optimizer(cfg, params), x, y, max(1, cfg.batch_size), epochs, generator, Finetune(), task)
 
 
 def _replays(s: Strategy) -> list[strategy.Replay]:
@@ -233,6 +271,7 @@ class OnlineLearner:
         seed: base seed (this rank's shuffles use ``seed + rank``).
         rank, world: this worker's rank and the number of workers.
         feature_names: names of the input columns, for drift signals.
+        task: ``classification`` or ``regression`` (see :func:`prequential_step`).
     """
 
     def __init__(
@@ -247,7 +286,11 @@ class OnlineLearner:
         rank: int = 0,
         world: int = 1,
         feature_names: list[str] | None = None,
+        task: str = "classification",
     ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
         self.model, self.raw, self.fresh = model, _unwrap(model), fresh
         self.cfg, self.strategy_cfg, self.policy_cfg = train_cfg, strategy_cfg, policy_cfg
         self.rank, self.world, self.seed = rank, world, seed
@@ -282,7 +325,8 @@ class OnlineLearner:
         lr = self.optimizer.param_groups[0]["lr"]
         local_batch = max(1, self.cfg.batch_size // self.world)
         res = prequential_step(
-            self.model, self.optimizer, x, y, local_batch, self.cfg.epochs_per_window, self.generator, self.strategy
+            self.model, self.optimizer, x, y, local_batch, self.cfg.epochs_per_window, self.generator, self.strategy,
+            self.task,
         )
         self.scheduler.step()
         self.recent.append((x, y))
@@ -306,7 +350,8 @@ class OnlineLearner:
             return
         epochs = self.policy_cfg.retrain_epochs
         if decision is Decision.HEAD:
-            retrain(self.model, list(self.raw.head.parameters()), self.cfg, *self._recent_rows(), epochs, self.generator)
+            retrain(self.model, list(self.raw.head.parameters()), self.cfg, *self._recent_rows(), epochs, self.generator,
+                    self.task)
             return
         if decision in (Decision.RESET, Decision.ROLLBACK):
             self._fresh_strategy()
@@ -321,7 +366,7 @@ class OnlineLearner:
             for memory in _replays(self.strategy):
                 if memory.x is not None:
                     x, y = torch.cat([x, memory.x]), torch.cat([y, memory.y])
-        retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator)
+        retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator, self.task)
 
     def _recent_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of the last ``recent_windows`` windows: ``(n, num_features)`` float32, ``(n,)`` int64."""

@@ -17,6 +17,13 @@ Scenarios (positions are fractions ``f`` of the stream):
 * ``bbc_news`` / ``topic_shift``: every topic throughout, but in phase ``k`` one topic
   (seeded order) is 60 % of the articles and the others share the rest.
 
+* ``cartpole`` / ``pendulum`` (regression, :mod:`ddn_ray.control`): rows are transitions
+  ``[state, action] -> next_state - state`` rolled out while the physics drift.
+  ``physics_drift``: default, then gradual, then abrupt change (:func:`ddn_ray.control.physics_drift`);
+  ``worn_actuator`` (CartPole): ``force_mag`` weakens 10 -> 5 N over the middle third. Inputs and
+  targets are standardised by the first ``data.standardize_rows`` rows; the input spec keeps the
+  means and spreads, so a replica answers raw states and actions with raw next states.
+
 Every scenario uses every row at most once, and is reproducible from ``data.seed``.
 """
 
@@ -168,6 +175,8 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
     if cfg.name == "elec2":
         table = datasets.load_elec2(cfg.path, cfg.max_rows)
         return Scenario(table, {"kind": "table"}, np.zeros(len(table), np.int64), ("down", "up"))
+    if cfg.name in ("cartpole", "pendulum"):
+        return _control(cfg)
     if cfg.name == "fashion_mnist":
         full = datasets.load_fashion_mnist(cfg.path, "train")
         n = min(cfg.stream_rows or len(full), len(full))
@@ -205,3 +214,34 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
         table = Table(table.features[:m], table.labels[:m], table.feature_names, table.num_classes)
         phase = phase[:m]
     return Scenario(table, inputs, phase, names, raw[: len(table)] if inputs["kind"] == "text" else None)
+
+
+def _control(cfg: DataConfig) -> Scenario:
+    from ddn_ray import control
+
+    env_id = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[cfg.name]
+    n = cfg.stream_rows or 30000
+    if cfg.scenario == "physics_drift":
+        schedule, named = control.physics_drift(env_id, n)
+    elif cfg.scenario == "worn_actuator":
+        schedule = control.worn_actuator(n // 3, 2 * n // 3)
+        named = [("healthy", 0), ("wearing: force_mag 10->5 N", n // 3), ("worn: force_mag 5 N", 2 * n // 3)]
+    else:
+        schedule, named = control.Schedule(), [("default", 0)]
+    r = control.rollout(env_id, n, schedule, seed=cfg.seed)
+    k = min(cfg.standardize_rows, n)
+    xm, xs = r.inputs[:k].mean(0), r.inputs[:k].std(0) + 1e-6
+    ym, ys = r.targets[:k].mean(0), r.targets[:k].std(0) + 1e-6
+    x = ((r.inputs - xm) / xs).astype(np.float32)
+    y = ((r.targets - ym) / ys).astype(np.float32)
+    phase = (np.searchsorted([start for _, start in named[1:]], np.arange(n), side="right")).astype(np.int64)
+    states, actions = control.STATE_NAMES[env_id], control.ACTION_NAMES[env_id]
+    inputs = {"kind": "dynamics", "env": env_id, "state_names": list(states), "action_names": list(actions),
+              "x_mean": xm.tolist(), "x_std": xs.tolist(), "y_mean": ym.tolist(), "y_std": ys.tolist(),
+              "phases": [name for name, _ in named]}
+    table = Table(x, y, (*states, *actions), len(states), task="regression")
+    if cfg.max_rows is not None:
+        m = min(cfg.max_rows, n)
+        table = Table(table.features[:m], table.labels[:m], table.feature_names, table.num_classes, "regression")
+        phase = phase[:m]
+    return Scenario(table, inputs, phase, tuple(f"d_{s}" for s in states))

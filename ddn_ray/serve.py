@@ -12,6 +12,10 @@ Endpoints (under the app's route prefix):
 * ``POST /predict_images`` ``{"png": ["<base64 PNG>", ...]}`` (models whose inputs are images)
 * ``POST /predict_text`` ``{"texts": ["raw text", ...]}`` (models whose inputs are texts: the
   replica featurizes them as the stream did, :mod:`ddn_ray.text`)
+* ``POST /predict_next_state`` ``{"states": [[...]], "actions": [[...]]}`` (forward dynamics
+  models, :mod:`ddn_ray.control`) -> ``{"next_states": [[...]], "model_version": v, ...}`` in the
+  environment's units: the replica standardises the inputs and un-standardises the predicted change
+* Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
 * ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
 
 The two raw-input routes answer like ``/predict``. Malformed requests get 422 naming the
@@ -38,7 +42,20 @@ from ddn_ray import images, models, text
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.metrics import ReplicaMetrics
 
-__all__ = ["AppArgs", "ImageRequest", "PredictRequest", "PredictResponse", "Predictor", "TextRequest", "app_builder", "build_app", "check_instances"]
+__all__ = [
+    "AppArgs",
+    "DynamicsRequest",
+    "ImageRequest",
+    "NextStateResponse",
+    "PredictRequest",
+    "PredictResponse",
+    "Predictor",
+    "TextRequest",
+    "ValuesResponse",
+    "app_builder",
+    "build_app",
+    "check_instances",
+]
 
 log = logging.getLogger("ray.serve")
 
@@ -64,6 +81,31 @@ class TextRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     texts: list[str] = Field(min_length=1)
+
+
+class DynamicsRequest(BaseModel):
+    """Request body of ``/predict_next_state``: ``states`` ``(batch, state_dim)`` and ``actions``
+    ``(batch, action_dim)``, finite numbers in the environment's units."""
+
+    model_config = ConfigDict(extra="forbid")
+    states: list[list[FiniteFloat]] = Field(min_length=1)
+    actions: list[list[FiniteFloat]] = Field(min_length=1)
+
+
+class ValuesResponse(BaseModel):
+    """A regression model's answer on ``/predict``: one row of outputs per instance."""
+
+    outputs: list[list[float]]
+    model_version: int
+    replica: str
+
+
+class NextStateResponse(BaseModel):
+    """``/predict_next_state``'s answer: the predicted next state of each row."""
+
+    next_states: list[list[float]]
+    model_version: int
+    replica: str
 
 
 class PredictResponse(BaseModel):
@@ -210,11 +252,14 @@ class Predictor:
         if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
-    def _answer(self, x: torch.Tensor) -> PredictResponse:
+    def _answer(self, x: torch.Tensor) -> PredictResponse | ValuesResponse:
         version, model = self._current  # one read: this request's version, whatever the poller does
         with torch.no_grad():
-            probs = torch.softmax(model(x), dim=1)
+            out = model(x)
         self._metrics.request(200, rows=len(x))
+        if self._model_cfg.task == "regression":
+            return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica)
+        probs = torch.softmax(out, dim=1)
         return PredictResponse(
             predictions=probs.argmax(dim=1).tolist(),
             probabilities=probs.tolist(),
@@ -228,13 +273,13 @@ class Predictor:
 
     def _check_route(self, kind: str, n: int) -> None:
         if self._inputs.get("kind") != kind:
-            raise self._reject(400, f"this model takes {self._inputs.get('kind')} inputs, not {kind}s: "
+            raise self._reject(400, f"this model takes {self._inputs.get('kind')} inputs, not {kind} inputs: "
                                     "use /predict with feature rows")
         if n > self._max_batch_rows:
             raise self._reject(413, f"{n} items; at most {self._max_batch_rows} per request")
 
-    @app.post("/predict", response_model=PredictResponse)
-    async def predict(self, request: PredictRequest) -> PredictResponse:
+    @app.post("/predict", response_model=PredictResponse | ValuesResponse)
+    async def predict(self, request: PredictRequest) -> PredictResponse | ValuesResponse:
         try:
             check_instances(request.instances, self._num_features, self._max_batch_rows)
         except HTTPException as exc:
@@ -258,6 +303,26 @@ class Predictor:
         if empty:
             raise self._reject(422, f"texts[{empty[0]}] is empty")
         return self._answer(torch.from_numpy(text.featurize(request.texts, self._inputs)))
+
+    @app.post("/predict_next_state", response_model=NextStateResponse)
+    async def predict_next_state(self, request: DynamicsRequest) -> NextStateResponse:
+        spec = self._inputs
+        self._check_route("dynamics", len(request.states))
+        ns, na = len(spec["state_names"]), len(spec["action_names"])
+        if len(request.actions) != len(request.states):
+            raise self._reject(422, f"actions has {len(request.actions)} rows; states has {len(request.states)}")
+        for field, rows, width in (("states", request.states, ns), ("actions", request.actions, na)):
+            for i, row in enumerate(rows):
+                if len(row) != width:
+                    raise self._reject(422, f"{field}[{i}] has {len(row)} values; expected {width}")
+        s = torch.tensor(request.states, dtype=torch.float32)
+        raw = torch.cat([s, torch.tensor(request.actions, dtype=torch.float32)], dim=1)
+        x = (raw - torch.tensor(spec["x_mean"])) / torch.tensor(spec["x_std"])
+        version, model = self._current
+        with torch.no_grad():
+            delta = model(x.float()) * torch.tensor(spec["y_std"]) + torch.tensor(spec["y_mean"])
+        self._metrics.request(200, rows=len(s))
+        return NextStateResponse(next_states=(s + delta).tolist(), model_version=version, replica=self._replica)
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:

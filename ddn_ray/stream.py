@@ -32,10 +32,10 @@ __all__ = [
     "Quarantine",
     "ReplaySource",
     "Window",
-    "shard_tables",
-    "to_arrow",
     "input_names",
     "iter_windows",
+    "shard_tables",
+    "to_arrow",
     "with_last_label",
     "write_landing_file",
 ]
@@ -62,7 +62,7 @@ class Window:
         end: one past the last offset (exclusive).
         offsets: ``(n,)`` int64 offsets of the valid rows.
         features: ``(n, num_features)`` float32.
-        labels: ``(n,)`` int64; revealed only after the window was served.
+        labels: ``(n,)`` int64 (or ``(n, k)`` float32 regression targets); revealed only after the window was served.
     """
 
     index: int
@@ -79,13 +79,16 @@ class Window:
 def _validate(
     offsets: np.ndarray, x: np.ndarray, y: np.ndarray, num_classes: int, quarantine: Quarantine
 ) -> np.ndarray:
-    """Boolean mask of good rows; bad rows go to ``quarantine``."""
+    """Boolean mask of good rows; bad rows go to ``quarantine``. ``y`` of 2 dimensions holds
+    regression targets, which must be finite; else class ids, which must lie in ``[0, num_classes)``."""
     finite = np.isfinite(x).all(axis=1)
-    label_ok = (y >= 0) & (y < num_classes)
+    label_ok = np.isfinite(y).all(axis=1) if y.ndim == 2 else (y >= 0) & (y < num_classes)
     good = finite & label_ok
     for i in np.flatnonzero(~good):
         quarantine.offsets.append(int(offsets[i]))
-        quarantine.reasons.append("non-finite feature" if not finite[i] else f"label {int(y[i])} not in [0, {num_classes})")
+        reason = ("non-finite feature" if not finite[i] else "non-finite target" if y.ndim == 2
+                  else f"label {int(y[i])} not in [0, {num_classes})")
+        quarantine.reasons.append(reason)
     return good
 
 
@@ -175,9 +178,13 @@ def iter_windows(source: Iterable[Window], last_label: bool) -> Iterator[Window]
 
 
 def to_arrow(features: np.ndarray, labels: np.ndarray) -> pa.Table:
-    """Rows as an Arrow table: ``features`` fixed-size list<float32>, ``label`` int64."""
+    """Rows as an Arrow table: ``features`` fixed-size list<float32>; ``label`` int64, or for
+    ``(n, k)`` regression targets a fixed-size list<float32>."""
     x = np.ascontiguousarray(features, dtype=np.float32)
     feats = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    if np.ndim(labels) == 2:
+        y = np.ascontiguousarray(labels, dtype=np.float32)
+        return pa.table({"features": feats, "label": pa.FixedSizeListArray.from_arrays(pa.array(y.ravel()), y.shape[1])})
     return pa.table({"features": feats, "label": pa.array(np.asarray(labels, dtype=np.int64))})
 
 

@@ -24,9 +24,9 @@ from ddn_ray.learner import OnlineLearner, WindowMetrics, gather, make_optimizer
 
 __all__ = [
     "InProcessRun",
-    "in_process_learner",
     "WindowItem",
     "WindowMetrics",
+    "in_process_learner",
     "make_optimizer",
     "prequential_step",
     "replay_in_process",
@@ -55,8 +55,8 @@ class WindowItem:
     dataset: Any
 
 
-def _window_tensors(item: WindowItem) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [b for b in item.dataset.iter_torch_batches(batch_size=None, dtypes={FEATURES: torch.float32, LABEL: torch.int64})]
+def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [b for b in item.dataset.iter_torch_batches(batch_size=None, dtypes={FEATURES: torch.float32, LABEL: label_dtype})]
     if not rows:
         return torch.zeros((0, 0)), torch.zeros((0,), dtype=torch.int64)
     return torch.cat([b[FEATURES] for b in rows]), torch.cat([b[LABEL] for b in rows])
@@ -111,6 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     learner = OnlineLearner(
         model, models.fresh(mcfg, nf, nc, cfg.seed), cfg, StrategyConfig(**config["strategy"]),
         DriftConfig(**config["drift"]), PolicyConfig(**config["policy"]), cfg.seed, rank, world, config["feature_names"],
+        mcfg.task,
     )
     if state is not None:
         saved = state["learner"]  # one state per rank; more ranks than saved reuse the last one
@@ -125,7 +126,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         item: WindowItem | None = queue.get()
         if item is None:
             break
-        x, y = _window_tensors(item)
+        x, y = _window_tensors(item, torch.float32 if mcfg.task == "regression" else torch.int64)
         metrics, event = learner.step(item.index, item.start, item.end, x, y)
         events = [event] if event is not None else []
         next_offset, next_index = item.end, item.index + 1
@@ -163,7 +164,7 @@ class InProcessRun(NamedTuple):
     """What :func:`replay_in_process` returns.
 
     Attributes:
-        predictions: ``(num_rows,)`` int64, each row predicted before its window was learned.
+        predictions: ``(num_rows,)`` int64 (regression: ``(num_rows, k)`` float32), each row predicted before its window was learned.
         windows: ``(num_rows,)`` int64 window index of each row.
         metrics: one :class:`~ddn_ray.learner.WindowMetrics` per learned window.
         events: drift events (signal, decision, reason), as the job's report lists them.
@@ -183,7 +184,7 @@ def in_process_learner(cfg: Any, feature_names: list[str], num_classes: int) -> 
     nf = len(feature_names)
     model = models.build(cfg.model, nf, num_classes, seed=cfg.train.seed)
     return OnlineLearner(model, models.fresh(cfg.model, nf, num_classes, cfg.train.seed), cfg.train, cfg.strategy,
-                         cfg.drift, cfg.policy, cfg.train.seed, feature_names=feature_names)
+                         cfg.drift, cfg.policy, cfg.train.seed, feature_names=feature_names, task=cfg.model.task)
 
 
 def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> InProcessRun:
@@ -214,7 +215,8 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
         x, y = torch.from_numpy(w.features), torch.from_numpy(w.labels)
         model.eval()
         with torch.no_grad():
-            preds.append(model(x).argmax(1).numpy())
+            out = model(x)
+            preds.append(out.numpy() if cfg.model.task == "regression" else out.argmax(1).numpy())
         windows.append(np.full(len(w), w.index))
         if freeze_after is None or w.index < freeze_after:
             m, event = learner.step(w.index, w.start, w.end, x, y)

@@ -88,7 +88,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     serve.run(build_app(cfg, nf, nc, scn.inputs), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     route, body = traffic_route(cfg, scn)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}{route}"
-    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s, body)
+    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s, body,
+                           outputs=nc if cfg.model.task == "regression" else None)
 
     # Train: one long-lived fit(); windows arrive through one queue per rank.
     queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
@@ -173,7 +174,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             ray.shutdown()
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
     report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_model, summary, source.quarantine,
-                                        first_update_s, sync_timeouts, rows_trained, static_windows, scn.phase)
+                                        first_update_s, sync_timeouts, rows_trained, static_windows, scn)
     report["run"]["traffic_route"] = route
     report["run"]["peak_rss_bytes"] = rss.stop()
     report["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
@@ -184,7 +185,10 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     report["files"] = {"report": str(out / "report.json"), "predictions": str(out / "predictions.npz")}
     if cfg.report.plot:
         marks = [(e["window"], e["decision"]) for e in report["drift"]["events"]]
-        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: served accuracy", marks))
+        what = ("served accuracy", "accuracy per window") if cfg.model.task == "classification" else (
+            "served one-step error", "MSE per window (standardised targets)")
+        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: {what[0]}", marks,
+                                                             what[1]))
     evaluate.write_report(report, out / "report.json")
     print(evaluate.format_table(report))
     print(f"report: {report['files']}")
@@ -204,9 +208,10 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
 
 def traffic_route(cfg: config.JobConfig, scn: scenarios.Scenario) -> tuple[str, Any]:
     """The route the traffic client calls and its request body: raw inputs (PNG images, texts)
-    when the data has them and ``serve.raw_inputs`` is on, else feature rows to ``/predict``."""
+    when the data has them and ``serve.raw_inputs`` is on, else feature rows to ``/predict``
+    (also for dynamics models: the stream's rows are standardised, ``/predict`` answers in those units)."""
     kind = scn.inputs["kind"]
-    if not cfg.serve.raw_inputs or cfg.stream.last_label_feature or kind == "table":
+    if not cfg.serve.raw_inputs or cfg.stream.last_label_feature or kind in ("table", "dynamics"):
         return "/predict", instances_body
     if kind == "image":
         shape = scn.inputs["shape"]
@@ -216,8 +221,9 @@ def traffic_route(cfg: config.JobConfig, scn: scenarios.Scenario) -> tuple[str, 
 
 
 def build_report(cfg, run_name, nc, served, answers, static_model, summary, quarantine,
-                 first_update_s, sync_timeouts, rows_trained, static_windows, phase) -> tuple[dict, dict, dict]:
+                 first_update_s, sync_timeouts, rows_trained, static_windows, scn) -> tuple[dict, dict, dict]:
     """Join served answers with revealed labels; score dynamic, static and no-change."""
+    regression = cfg.model.task == "regression"
     y = np.concatenate([w.labels for w in served])
     x = np.concatenate([w.features for w in served])
     win = np.concatenate([np.full(len(w), w.index) for w in served])
@@ -225,22 +231,33 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
     pred = np.concatenate([a.predictions for a in answers])
     ver = np.concatenate([a.versions for a in answers])
     # No-change with the model's delay: the last label revealed before the window was served.
-    last_revealed = np.concatenate([np.full(len(w), served[i - 1].labels[-1] if i else 0) for i, w in enumerate(served)])
+    last_revealed = None if regression else np.concatenate(
+        [np.full(len(w), served[i - 1].labels[-1] if i else 0) for i, w in enumerate(served)])
     versions = {v["version"]: v for v in summary["versions"]}
     trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
     ev = win >= static_windows  # rows after the static model's training windows
-    static_pred = np.full(len(y), -1, dtype=np.int64)
+    static_pred = np.full(y.shape, np.nan) if regression else np.full(len(y), -1, dtype=np.int64)
     if static_model is not None:  # None when the stream ended before the static model's training windows
         with torch.no_grad():
-            static_pred[ev] = static_model(torch.from_numpy(x[ev])).argmax(1).numpy()
+            out = static_model(torch.from_numpy(x[ev]))
+            static_pred[ev] = out.numpy() if regression else out.argmax(1).numpy()
     rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
-            "static_prediction": static_pred, "last_revealed": last_revealed, "phase": phase[offsets]}
-    scores, curves = evaluate.score_rows(rows, static_windows, nc)
+            "static_prediction": static_pred, "phase": scn.phase[offsets]}
+    if regression:  # no change: next state = state, i.e. a standardised change of -mean / std
+        spec = scn.inputs
+        rows["no_change"] = np.broadcast_to(-np.array(spec["y_mean"]) / np.array(spec["y_std"]), y.shape).copy()
+        scores, curves = evaluate.score_regression_rows(rows, static_windows)
+    else:
+        rows["last_revealed"] = last_revealed
+        scores, curves = evaluate.score_rows(rows, static_windows, nc)
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]
     errors = [e for a in answers for e in a.errors]
     progress = [p for p in summary["progress"] if p["index"] >= static_windows]
     trainer_rows = sum(p["num_rows"] for p in progress)
+    trainer = ({"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}
+               if regression else
+               {"trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)})
     return {
         "run": {
             "name": run_name, "rows_served": int(len(y)), "rows_trained": int(rows_trained),
@@ -256,25 +273,53 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
                       "static_windows": static_windows, "num_classes": nc},
         "scores": scores,
-        "phases": evaluate.phase_accuracy(rows, static_windows),
-        "trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1),
+        "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
+        **({"fault": fault_section(cfg, rows, static_windows)} if cfg.data.scenario == "worn_actuator" else {}),
+        **trainer,
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
                  "latency_s": evaluate.percentiles(latencies, (50, 99))},
-        "drift": drift_section(cfg, summary["decisions"], curves["dynamic (served)"]),
+        "drift": drift_section(cfg, summary["decisions"], None if regression else curves["dynamic (served)"]),
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
     }, curves, rows
 
 
-def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]], served: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+def fault_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], static_windows: int,
+                  threshold: float = 400.0) -> dict[str, Any]:
+    """The worn-actuator alarm: Page-Hinkley on the static (healthy, frozen) model's residuals
+    (:func:`ddn_ray.drift.residual_alarms`), its delay after the fault's onset and its false alarms.
+
+    The reference scale is the first half of the healthy rows the static model did not train on.
+    """
+    from ddn_ray import drift
+
+    ok = (rows["window"] >= static_windows) & np.isfinite(rows["static_prediction"]).all(axis=1)
+    se = ((rows["static_prediction"][ok] - rows["label"][ok]) ** 2).mean(axis=1)
+    offsets, phase = rows["offset"][ok], rows["phase"][ok]
+    healthy = int((phase == 0).sum())
+    if healthy < 4:
+        return {"threshold": threshold, "error": "too few healthy rows after the static model's windows"}
+    alarms = [int(offsets[i]) for i in drift.residual_alarms(se, slice(0, healthy // 2), threshold)]
+    onset = int(offsets[healthy]) if healthy < len(offsets) else None
+    after = [a for a in alarms if onset is not None and a >= onset]
+    return {"detector": "page_hinkley on log squared residuals of the static model", "threshold": threshold,
+            "onset_offset": onset, "first_alarm_offset": after[0] if after else None,
+            "delay_rows": after[0] - onset if after else None,
+            "false_alarms_before_onset": sum(a < (onset if onset is not None else 1 << 62) for a in alarms),
+            "alarms": alarms[:50]}
+
+
+def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]],
+                  served: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
     """The controller's decision log: each drift signal with what it saw and the decision it led to.
 
     Each event also gets ``recovery_windows``: windows after the signal until the served
     accuracy of a window regains 95% of its mean over the 10 windows before the signal
-    (``None``: never, or the signal came before the scored windows).
+    (``None``: never, or the signal came before the scored windows, or ``served`` is ``None``:
+    a regression, not scored this way).
     """
-    ids, acc = served
+    ids, acc = served if served is not None else (np.zeros(0, np.int64), np.zeros(0))
     at = {int(w): i for i, w in enumerate(ids)}
     counts = Counter(e["decision"] for e in events)
     for e in events:

@@ -85,11 +85,14 @@ def run(name: str, config_path: str, variants: dict[str, list[str]], selected: l
 def summarize(report: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """The figures of one run that the comparison table shows."""
     s = report.get("scores", {})
-    acc = {k: v["accuracy"] for k, v in s.items()}
+    regression = any("mse" in v for v in s.values())
+    acc = {k: v["mse" if regression else "accuracy"] for k, v in s.items()}
+    no_change = evaluate.REGRESSION_NO_CHANGE if regression else "no-change (same label delay)"
     return {
+        "metric": "mse" if regression else "accuracy", "fault": report.get("fault"),
         "overrides": sets, "rows_scored": report["eval_rows"]["end"] - (report["eval_rows"]["start"] or 0)
         if report.get("eval_rows") else 0,
-        "dynamic": acc.get(DYN), "static": acc.get(STATIC), "no_change": acc.get("no-change (same label delay)"),
+        "dynamic": acc.get(DYN), "static": acc.get(STATIC), "no_change": acc.get(no_change),
         "kappa_dynamic": s.get(DYN, {}).get("kappa"), "phases": report.get("phases", []),
         "versions": report["run"].get("versions_published"), "http_failed": report.get("http", {}).get("failed"),
         "latency_p50_s": report.get("http", {}).get("latency_s", {}).get("p50"),
@@ -102,35 +105,51 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def _err(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def table(summary: dict[str, Any]) -> str:
-    """Markdown: one row per variant; phase columns give served / static accuracy in each phase."""
+    """Markdown: one row per variant; phase columns give served / static accuracy (or MSE) in each phase."""
     rows = summary["variants"]
+    regression = any(r.get("metric") == "mse" for r in rows.values())
+    fmt = _err if regression else _pct
+    faults = any(r.get("fault") for r in rows.values())
     ids = sorted({p["phase"] for r in rows.values() for p in r["phases"]})
     head = ["variant", "dynamic (served)", "static", "no-change", *[f"phase {k}" for k in ids],
-            "versions", "drift decisions", "wall"]
+            *(["fault alarm delay (rows)", "false alarms"] if faults else []), "versions", "drift decisions", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, r in rows.items():
-        by_id = {p["phase"]: f"{_pct(p['dynamic'])} / {_pct(p['static'])}" for p in r["phases"]}
+        by_id = {p["phase"]: f"{fmt(p['dynamic'])} / {fmt(p['static'])}" for p in r["phases"]}
         phases = [by_id.get(k, "") for k in ids]
+        fault = r.get("fault") or {}
+        fault_cells = [str(fault.get("delay_rows", "-")), str(fault.get("false_alarms_before_onset", "-"))] if faults else []
         drift = ", ".join(f"{k} {n}" for k, n in (r["drift"] or {}).items()) or "-"
-        lines.append("| " + " | ".join([v, _pct(r["dynamic"]), _pct(r["static"]), _pct(r["no_change"]), *phases,
-                                        str(r["versions"]), drift, f"{r['wall_s']:.0f} s"]) + " |")
+        lines.append("| " + " | ".join([v, fmt(r["dynamic"]), fmt(r["static"]), fmt(r["no_change"]), *phases,
+                                        *fault_cells, str(r["versions"]), drift, f"{r['wall_s']:.0f} s"]) + " |")
     lines.append("")
-    lines.append("Accuracy on the rows after the static model's training windows; phase cells: served / static.")
+    what = "MSE of the standardised one-step change" if regression else "Accuracy"
+    lines.append(f"{what} on the rows after the static model's training windows; phase cells: served / static.")
     return "\n".join(lines) + "\n"
 
 
 def plot(name: str, reports: dict[str, dict[str, Any]], cfgs: dict[str, config.JobConfig], path: Path) -> Path:
     """Served accuracy per window for every variant, static dashed, one panel per scenario."""
     groups: dict[str, list[str]] = {}
+    several = len({cfg.data.name for cfg in cfgs.values()}) > 1
     for v, cfg in cfgs.items():
-        groups.setdefault(cfg.data.scenario, []).append(v)
+        groups.setdefault(f"{cfg.data.name} {cfg.data.scenario}" if several else cfg.data.scenario, []).append(v)
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4), squeeze=False)
     for ax, (scenario, vs) in zip(axes[0], groups.items()):
         for i, v in enumerate(vs):
             rows = dict(np.load(Path(reports[v]["files"]["predictions"])))
-            _, curves = evaluate.score_rows(rows, reports[v]["eval_rows"]["static_windows"],
-                                            reports[v]["eval_rows"]["num_classes"])
+            if "no_change" in rows:
+                _, curves = evaluate.score_regression_rows(rows, reports[v]["eval_rows"]["static_windows"])
+                regression = True
+            else:
+                _, curves = evaluate.score_rows(rows, reports[v]["eval_rows"]["static_windows"],
+                                                reports[v]["eval_rows"]["num_classes"])
+                regression = False
             w, a = curves[DYN]
             ax.plot(w, a, label=f"{v} (served)", lw=1.2)
             if i == 0 and "static" in curves:
@@ -139,8 +158,12 @@ def plot(name: str, reports: dict[str, dict[str, Any]], cfgs: dict[str, config.J
             if i == 0:
                 for c in change:
                     ax.axvline(rows["window"][c], color="grey", lw=0.6, ls=":")
-        ax.set(title=f"{name}: {scenario}", xlabel="window", ylabel="accuracy per window", ylim=(0, 1))
-        ax.legend(fontsize=7, loc="lower left")
+        ax.set(title=f"{name}: {scenario}", xlabel="window")
+        if regression:
+            ax.set(ylabel="one-step MSE per window (standardised)", yscale="log")
+        else:
+            ax.set(ylabel="accuracy per window", ylim=(0, 1))
+        ax.legend(fontsize=7, loc="upper left" if regression else "lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

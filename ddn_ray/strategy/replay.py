@@ -36,7 +36,7 @@ class Replay(Finetune):
             raise ValueError(f"need memory_size >= 1 and replay_ratio >= 0, got {memory_size}, {replay_ratio}")
         self.memory_size, self.replay_ratio, self.class_balanced = memory_size, replay_ratio, class_balanced
         self.x: torch.Tensor | None = None  # (m, num_features) float32
-        self.y = torch.zeros(0, dtype=torch.int64)  # (m,)
+        self.y = torch.zeros(0, dtype=torch.int64)  # (m,) class ids, or (m, k) float32 regression targets
         self.seen: dict[int, int] = {}  # class (or -1 for all) -> rows offered to its reservoir
         self._gen = torch.Generator().manual_seed(seed)
 
@@ -58,8 +58,9 @@ class Replay(Finetune):
             n = self.seen.get(key, 0)
             self.seen[key] = n + 1
             if len(slots) < capacity:
-                self.x = x[i : i + 1].clone() if self.x is None else torch.cat([self.x, x[i : i + 1]])
-                self.y = torch.cat([self.y, y[i : i + 1]])
+                first = self.x is None  # the memory takes the rows' dtypes: class ids, or regression targets (1, k)
+                self.x = x[i : i + 1].clone() if first else torch.cat([self.x, x[i : i + 1]])
+                self.y = y[i : i + 1].clone() if first else torch.cat([self.y, y[i : i + 1]])
                 slots.append(len(self) - 1)
             else:
                 j = int(torch.randint(n + 1, (1,), generator=self._gen))

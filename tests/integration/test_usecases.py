@@ -126,3 +126,54 @@ def test_bbc_news_slice_serves_raw_text(ray_cluster, jobs_path, tmp_path, featur
         assert requests.get(f"{url}/version", timeout=30).json()["inputs"]["features"] == features
     finally:
         serve.delete("bbc_ckpt")
+
+
+def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(ray_cluster, jobs_path, tmp_path) -> None:
+    pytest.importorskip("gymnasium")
+    from ray import serve
+
+    from ddn_ray import control
+
+    variant = "worn_actuator/cartpole"
+    summary = _run("gym_dynamics", variant, tmp_path, "data.stream_rows=4500", "data.standardize_rows=1000",
+                   "report.static_windows=5", "train.checkpoint_every_windows=5")
+    report = _report(summary, variant)
+    assert report["run"]["rows_served"] == 4500 and report["http"]["failed"] == 0
+    assert report["run"]["traffic_route"] == "/predict"
+    s = report["scores"]
+    dyn, static, still = (s[k]["mse"] for k in ("dynamic (served)", "static (frozen after training)",
+                                                 "no-change (zero change)"))
+    assert dyn < still / 10  # it learned the dynamics at all
+    assert dyn < static  # and, as the actuator wears, keeps up where the healthy model cannot
+    worn = {p["phase"]: p for p in report["phases"]}[2]
+    assert worn["dynamic"] < worn["static"] / 2
+    fault = report["fault"]
+    # The healthy model's alarm comes after the onset, and none before it. (On this short slice it comes
+    # late: 1,518 rows after the onset, when the force is down to 5 N; README has the full stream's figure.)
+    assert fault["onset_offset"] == 1500 and fault["delay_rows"] is not None and fault["delay_rows"] < 3000
+    assert fault["false_alarms_before_onset"] == 0
+
+    run = Path(report["files"]["report"]).parent.name
+    url, version = _serve_last_checkpoint(tmp_path, run, "gym_ckpt")
+    try:
+        r = control.rollout("CartPole-v1", 4500, control.worn_actuator(1500, 3000), seed=0)  # the job's stream
+        states, actions = r.inputs[4000:4100, :4], r.inputs[4000:4100, 4:]
+        got = requests.post(f"{url}/predict_next_state", json={"states": states.tolist(), "actions": actions.tolist()},
+                            timeout=30)
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["model_version"] == version
+        nxt = np.array(body["next_states"])
+        true = states + r.targets[4000:4100]
+        # in the environment's units, far closer than "nothing moves"
+        assert ((nxt - true) ** 2).mean() < ((states - true) ** 2).mean() / 10
+        bad = requests.post(f"{url}/predict_next_state", json={"states": states[:2].tolist(), "actions": [[1.0, 0.0], [1.0]]},
+                            timeout=30)
+        assert bad.status_code == 422 and "actions[0] has 2 values; expected 1" in bad.text
+        short = requests.post(f"{url}/predict_next_state", json={"states": states[:2].tolist(), "actions": [[1.0]]},
+                              timeout=30)
+        assert short.status_code == 422 and "actions has 1 rows; states has 2" in short.text
+        values = requests.post(f"{url}/predict", json={"instances": [[0.0] * 5]}, timeout=30).json()
+        assert len(values["outputs"][0]) == 4 and "predictions" not in values
+    finally:
+        serve.delete("gym_ckpt")

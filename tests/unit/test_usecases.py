@@ -139,7 +139,7 @@ def test_bbc_scenario_keeps_raw_texts_aligned_with_rows(monkeypatch: pytest.Monk
     assert [by_text[t] for t in s.texts] == s.table.labels.tolist()
 
 
-@pytest.mark.parametrize("job", ["fashion_mnist", "bbc_news"])
+@pytest.mark.parametrize("job", ["fashion_mnist", "bbc_news", "gym_dynamics"])
 def test_every_variant_of_a_use_case_job_is_a_valid_config(job: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "jobs"))
     module = __import__(job)
@@ -178,3 +178,77 @@ def test_physics_schedule_drives_cartpole_and_keeps_derived_constants() -> None:
     p = control.rollout("Pendulum-v1", 50, control.Schedule(((0, {"g": 15.0}),)), seed=1)
     q = control.rollout("Pendulum-v1", 50, seed=1)
     assert np.array_equal(p.inputs[0], q.inputs[0]) and not np.allclose(p.targets[0], q.targets[0])
+
+
+def test_regression_step_learns_with_mse_and_feeds_squared_errors_to_the_detector() -> None:
+    from ddn_ray import learner, strategy
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 2)
+    cfg = config.ModelConfig(task="regression", hidden_sizes=(16,))
+    model = models.build(cfg, 3, 2, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    memory = strategy.Replay(memory_size=50)
+    losses = []
+    for _ in range(15):
+        x = torch.randn(64, 3)
+        res = learner.prequential_step(model, opt, x, x @ w, 16, 3, g, memory, task="regression")
+        losses.append(res.pre_loss)
+        assert res.wrong.shape == (64,) and res.wrong.dtype == torch.float32 and (res.wrong >= 0).all()
+        assert np.isnan(res.pre_accuracy)
+    assert losses[-1] < 0.2 * losses[0]  # it learned the linear map
+    assert memory.y.shape == (50, 2) and memory.y.dtype == torch.float32  # replay keeps targets
+    with pytest.raises(ValueError, match="task must be one of"):
+        learner.loss_fn("ranking", torch.zeros(1, 1), torch.zeros(1, 1))
+
+
+def test_regression_rows_are_validated_and_stored_as_float_lists() -> None:
+    from ddn_ray import stream
+
+    y = np.array([[0.1, 0.2], [np.nan, 0.0], [1.0, 2.0]], np.float32)
+    t = datasets.Table(np.zeros((3, 2), np.float32), y, ("a", "b"), 2, "regression")
+    src = stream.ReplaySource(t, 3)
+    (w,) = list(src)
+    assert w.labels.shape == (2, 2) and src.quarantine.reasons == ["non-finite target"]
+    tab = stream.to_arrow(w.features, w.labels)
+    assert tab.column("label").type.list_size == 2 and tab.column("label").to_pylist()[1] == [1.0, 2.0]
+
+
+def test_regression_configs_are_checked() -> None:
+    pytest.importorskip("gymnasium")
+    ok = {"data": {"name": "cartpole", "scenario": "worn_actuator"}, "model": {"task": "regression"}}
+    config.load(overrides=ok)
+    with pytest.raises(ConfigError, match="needs model.task regression"):
+        config.load(overrides={"data": {"name": "pendulum"}})
+    with pytest.raises(ConfigError, match="finetune or replay"):
+        config.load(overrides={**ok, "strategy": {"name": "ewc"}})
+    with pytest.raises(ConfigError, match="ddm needs 0/1 errors"):
+        config.load(overrides={**ok, "drift": {"detector": "ddm"}})
+    with pytest.raises(ConfigError, match="does not apply to pendulum"):
+        config.load(overrides={**ok, "data": {"name": "pendulum", "scenario": "worn_actuator"}})
+
+
+def test_control_scenario_is_standardised_on_its_first_rows() -> None:
+    pytest.importorskip("gymnasium")
+    s = scenarios.load(config.DataConfig(name="pendulum", scenario="physics_drift", stream_rows=900, standardize_rows=300))
+    t = s.table
+    assert t.task == "regression" and t.features.shape == (900, 4) and t.labels.shape == (900, 3)
+    assert np.allclose(t.features[:300].mean(0), 0, atol=1e-4) and np.allclose(t.features[:300].std(0), 1, atol=1e-3)
+    assert np.bincount(s.phase).tolist() == [300, 301, 299] and s.inputs["kind"] == "dynamics"
+    raw_first = np.array(s.inputs["x_mean"]) + t.features[0] * np.array(s.inputs["x_std"])
+    assert np.isclose(raw_first[0] ** 2 + raw_first[1] ** 2, 1.0, atol=1e-4)  # cos^2 + sin^2: units restored
+
+
+def test_dynamics_request_needs_finite_rows() -> None:
+    from pydantic import ValidationError
+
+    from ddn_ray.serve import DynamicsRequest
+
+    DynamicsRequest.model_validate({"states": [[0.0, 1.0]], "actions": [[1.0]]})
+    for body, field in (({"states": [], "actions": [[1.0]]}, "states"),
+                        ({"states": [[float("nan")]], "actions": [[1.0]]}, "states.0.0"),
+                        ({"states": [[0.0]]}, "actions")):
+        with pytest.raises(ValidationError) as err:
+            DynamicsRequest.model_validate(body)
+        assert field in {".".join(map(str, e["loc"])) for e in err.value.errors()}
