@@ -8,7 +8,7 @@ export DDN_RAY_DATA_DIR ?= $(if $(wildcard $(SHARED)),$(SHARED),)
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 CONFIG  ?= jobs/configs/elec2.yaml
 
-.PHONY: setup run test unit integration bench-freshness fashion-mnist bbc-news
+.PHONY: setup run test unit integration bench-freshness fashion-mnist bbc-news gym-dynamics
 
 FASHION := /usr/share/datasets/fashion-mnist
 
@@ -34,6 +34,9 @@ fashion-mnist: setup  ## use case: a CNN under rotation / new classes, PNG over 
 
 bbc-news: setup  ## use case: topic drift, hashed n-grams vs frozen MiniLM + head, raw text over HTTP
 	$(BIN)/python jobs/bbc_news.py
+
+gym-dynamics: setup  ## use case: forward dynamics of CartPole / Pendulum under drifting physics, worn-actuator alarm
+	$(BIN)/python jobs/gym_dynamics.py
 
 test: setup  ## unit tier, then integration tier on one local Ray cluster
 	$(BIN)/python -m pytest -q
