@@ -126,3 +126,23 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
         seen = _scrape(["ray_ddn_ray_served_model_version", "ray_ddn_ray_request_errors_total"])
         time.sleep(1.0)
     assert seen == {"ray_ddn_ray_served_model_version", "ray_ddn_ray_request_errors_total"}
+
+
+def test_a_use_case_job_runs_through_the_jobs_api(head: Head, job: dict[str, Any], tmp_path: Path) -> None:
+    """A use-case recipe (jobs/gym_dynamics.py: every variant, one after the other) submitted like the main job."""
+    pytest.importorskip("gymnasium")
+    from ray.job_submission import JobStatus
+
+    from ddn_ray import cli
+
+    overrides = ["data.stream_rows=1200", "data.standardize_rows=400", "report.static_windows=2",
+                 f"report.output_dir={tmp_path / 'runs'}", f"storage_path={tmp_path / 'storage'}",
+                 f"serve.port={PORTS['serve']}", "train.checkpoint_every_windows=3"]
+    _, status = cli.submit(head.address, "jobs/configs/gym_dynamics.yaml", overrides, script="jobs/gym_dynamics.py",
+                           working_dir=str(ROOT), wait=True, timeout_s=600, headers=head.headers)
+    assert status == JobStatus.SUCCEEDED.value
+    summary = json.loads((tmp_path / "runs" / "gym_dynamics" / "summary.json").read_text())
+    assert set(summary["variants"]) == {"physics_drift/cartpole", "physics_drift/pendulum", "worn_actuator/cartpole"}
+    for name, v in summary["variants"].items():
+        assert v["http_failed"] == 0 and v["versions"] == 6, name
+        assert v["dynamic"] < v["no_change"] / 5, name  # it learned the dynamics on the cluster too
