@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["model_spec", "read", "read_meta", "write"]
+__all__ = ["latest", "model_spec", "read", "read_meta", "write"]
 
 STATE, META = "state.pt", "meta.json"
 
@@ -68,3 +68,15 @@ def read(path: str) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
         raise ValueError(f"{path}/{META} lacks {missing}")
     weights = {k: v.detach().numpy().copy() for k, v in state["model"].items()}
     return int(meta["model_version"]), weights, meta
+
+
+def latest(run_dir: str | Path) -> Path:
+    """The checkpoint directory of a run (``<storage_path>/<run name>``) that reaches furthest into the stream.
+
+    Raises:
+        FileNotFoundError: the run wrote no checkpoint.
+    """
+    metas = list(Path(run_dir).glob(f"checkpoint_*/{META}"))
+    if not metas:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}")
+    return max(metas, key=lambda p: json.loads(p.read_text())["next_offset"]).parent

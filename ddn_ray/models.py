@@ -14,6 +14,17 @@ from ddn_ray.config import ModelConfig
 __all__ = ["CNN", "MLP", "build", "build_for_inference", "fresh", "load_numpy_state", "state_to_numpy"]
 
 
+def _hidden(width: int, hidden_sizes: tuple[int, ...], dropout: float) -> tuple[list[nn.Module], int]:
+    """``Linear -> ReLU (-> Dropout)`` per hidden size, from ``width`` inputs; returns the layers and the last width."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    return layers, width
+
+
 class MLP(nn.Module):
     """A multilayer perceptron classifier.
 
@@ -31,13 +42,7 @@ class MLP(nn.Module):
         self, num_features: int, num_classes: int, hidden_sizes: tuple[int, ...], dropout: float = 0.0
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = num_features
-        for h in hidden_sizes:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
+        layers, width = _hidden(num_features, hidden_sizes, dropout)
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
 
@@ -73,13 +78,8 @@ class CNN(nn.Module):
             layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         layers.append(nn.Flatten())
-        width = c * h * w
-        for size in hidden_sizes:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        self.body = nn.Sequential(*layers)
+        hidden, width = _hidden(c * h * w, hidden_sizes, dropout)
+        self.body = nn.Sequential(*layers, *hidden)
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ cluster, deploys the run's last checkpoint as its own Serve app, and posts two s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import serve
 
+    from ddn_ray import checkpoint
     from ddn_ray.serve import app_builder
 
     out = Path(tempfile.mkdtemp(prefix="ddn_ray_bbc_"))
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "--set", f"storage_path={out / 'storage'}", "--set", f"report.output_dir={out}",
                                 "--set", f"serve.port={args.port}"])
         run = Path(summary["variants"][variant]["report"]).parent.name
-        ckpt = max((out / "storage" / run).glob("checkpoint_*/meta.json"),
-                   key=lambda p: json.loads(p.read_text())["next_offset"]).parent
+        ckpt = checkpoint.latest(out / "storage" / run)
         serve.run(app_builder({"checkpoint": str(ckpt)}), name="bbc", route_prefix="/bbc")
         answer = requests.post(f"http://127.0.0.1:{args.port}/bbc/predict_text", json={"texts": list(DOCS)},
                                timeout=60).json()

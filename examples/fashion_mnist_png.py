@@ -10,7 +10,6 @@ base64 PNG to ``/predict_images``, the way any HTTP client would.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import serve
 
-    from ddn_ray import datasets, images
+    from ddn_ray import checkpoint, datasets, images
     from ddn_ray.serve import app_builder
 
     out = Path(tempfile.mkdtemp(prefix="ddn_ray_fashion_"))
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      "--set", f"storage_path={out / 'storage'}", "--set", f"report.output_dir={out}",
                                      "--set", f"serve.port={args.port}"])
         run = Path(summary["variants"]["rotation/finetune"]["report"]).parent.name
-        ckpt = max((out / "storage" / run).glob("checkpoint_*/meta.json"),
-                   key=lambda p: json.loads(p.read_text())["next_offset"]).parent
+        ckpt = checkpoint.latest(out / "storage" / run)
         serve.run(app_builder({"checkpoint": str(ckpt)}), name="fashion", route_prefix="/fashion")
         test = datasets.load_fashion_mnist(split="test")
         body = {"png": images.encode_png(test.features[:5], (1, 28, 28))}

@@ -14,7 +14,6 @@ Writes runs/bbc_news/summary.{md,json} and accuracy.png, and each run's own repo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import usecase
@@ -29,8 +28,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    args = usecase.parse_args(__doc__, Path(__file__).parent / "configs" / "bbc_news.yaml", VARIANTS, argv)
-    return usecase.run("bbc_news", args.config, VARIANTS, args.variants.split(","), args.set)
+    return usecase.cli("bbc_news", __doc__, VARIANTS, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Writes runs/fashion_mnist/summary.{md,json} and accuracy.png, and each run's own
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import usecase
@@ -26,8 +25,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    args = usecase.parse_args(__doc__, Path(__file__).parent / "configs" / "fashion_mnist.yaml", VARIANTS, argv)
-    return usecase.run("fashion_mnist", args.config, VARIANTS, args.variants.split(","), args.set)
+    return usecase.cli("fashion_mnist", __doc__, VARIANTS, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes runs/gym_dynamics/summary.{md,json} and accuracy.png, and each run's own 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import usecase
@@ -27,8 +26,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    args = usecase.parse_args(__doc__, Path(__file__).parent / "configs" / "gym_dynamics.yaml", VARIANTS, argv)
-    return usecase.run("gym_dynamics", args.config, VARIANTS, args.variants.split(","), args.set)
+    return usecase.cli("gym_dynamics", __doc__, VARIANTS, argv)
 
 
 if __name__ == "__main__":

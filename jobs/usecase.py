@@ -44,6 +44,12 @@ def parse_args(description: str, default_config: Path, variants: dict[str, list[
     return args
 
 
+def cli(name: str, description: str, variants: dict[str, list[str]], argv: list[str] | None = None) -> dict[str, Any]:
+    """A use-case recipe's command line: ``--config`` (default ``jobs/configs/<name>.yaml``), ``--variants``, ``--set``."""
+    args = parse_args(description, Path(__file__).parent / "configs" / f"{name}.yaml", variants, argv)
+    return run(name, args.config, variants, args.variants.split(","), args.set)
+
+
 def run(name: str, config_path: str, variants: dict[str, list[str]], selected: list[str],
         overrides: list[str]) -> dict[str, Any]:
     """Run the selected variants one after the other and write the comparison.

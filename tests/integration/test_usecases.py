@@ -43,12 +43,12 @@ def _report(summary: dict[str, Any], variant: str) -> dict[str, Any]:
 def _serve_last_checkpoint(tmp_path: Path, run: str, name: str) -> tuple[str, int]:
     from ray import serve
 
+    from ddn_ray import checkpoint
     from ddn_ray.serve import app_builder
 
-    ckpts = list((tmp_path / "storage" / run).glob("checkpoint_*/meta.json"))
-    last = max(ckpts, key=lambda p: json.loads(p.read_text())["next_offset"])
-    serve.run(app_builder({"checkpoint": str(last.parent)}), name=name, route_prefix=f"/{name}")
-    return f"http://127.0.0.1:{SERVE_PORT}/{name}", json.loads(last.read_text())["model_version"]
+    last = checkpoint.latest(tmp_path / "storage" / run)
+    serve.run(app_builder({"checkpoint": str(last)}), name=name, route_prefix=f"/{name}")
+    return f"http://127.0.0.1:{SERVE_PORT}/{name}", checkpoint.read_meta(last)["model_version"]
 
 
 def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, jobs_path, tmp_path) -> None:
