@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import norm
 from torch import nn
 
 from ddn_ray import nab
@@ -45,7 +44,6 @@ def forecast_scores(values: np.ndarray, lags: int = 16, update_every: int = 8, b
     windows = np.lib.stride_tricks.sliding_window_view(x, lags)[:-1].astype(np.float32)  # inputs for targets lags..n-1
     targets = x[lags:].astype(np.float32)
     errors = np.zeros(n)
-    scores = np.zeros(n)
     t = lags
     while t < n:
         end = min(t + update_every, n)
@@ -61,24 +59,8 @@ def forecast_scores(values: np.ndarray, lags: int = 16, update_every: int = 8, b
                 nn.functional.mse_loss(model(xs).squeeze(1), ys).backward()
                 opt.step()
         t = end
-    # Anomaly likelihood: is the recent mean error unusually high for this series so far?
-    c = np.concatenate([[0.0], np.cumsum(errors)])
-    c2 = np.concatenate([[0.0], np.cumsum(errors ** 2)])
-    for i in range(lags + short, n):
-        a = max(lags, i + 1 - long)
-        m = (c[i + 1] - c[a]) / (i + 1 - a)
-        var = max((c2[i + 1] - c2[a]) / (i + 1 - a) - m * m, 1e-6)
-        recent = (c[i + 1] - c[i + 1 - short]) / short
-        scores[i] = norm.cdf((recent - m) / np.sqrt(var))
-    if quiet_fraction > 0:  # one alarm per event: after a score >= alarm_level, stay quiet for a while
-        quiet, i = int(quiet_fraction * n), 0
-        while i < n:
-            if scores[i] >= alarm_level:
-                scores[i + 1:i + 1 + quiet] = np.minimum(scores[i + 1:i + 1 + quiet], alarm_level - 1e-6)
-                i += quiet + 1
-            else:
-                i += 1
-    return scores
+    scores = nab.anomaly_likelihood(errors, lags, short, long)
+    return nab.one_alarm_per_event(scores, alarm_level, int(quiet_fraction * n))
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Profile", "Series", "load_corpus", "load_profiles", "probation_length", "scaled_sigmoid",
-           "score_corpus", "sweep_scores"]
+__all__ = ["Profile", "Series", "anomaly_likelihood", "load_corpus", "load_profiles", "one_alarm_per_event",
+           "probation_length", "scaled_sigmoid", "score_corpus", "sweep_scores"]
 
 PROBATION_FRACTION = 0.15
 MAX_PROBATION = 750
@@ -248,3 +248,62 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, Profi
     raw = json.loads((data_dir(path) / "config" / "profiles.json").read_text())
     return {name: Profile(c["CostMatrix"]["tpWeight"], c["CostMatrix"]["fpWeight"], c["CostMatrix"]["fnWeight"])
             for name, c in raw.items()}
+
+
+def anomaly_likelihood(errors: np.ndarray, start: int = 0, short: int = 10, long: int = 1000) -> np.ndarray:
+    """Anomaly scores from a forecaster's errors: is the recent mean error unusually high so far?
+
+    Score ``i`` is the Gaussian CDF of the mean of the last ``short`` errors against the mean and
+    spread of the last ``long`` errors (both ending at ``i``): the anomaly likelihood of Ahmad,
+    Lavin, Purdy & Agha (2017), "Unsupervised real-time anomaly detection for streaming data",
+    section 4. It uses only errors up to ``i``.
+
+    Args:
+        errors: ``(n,)`` non-negative forecast errors; entries before ``start`` are not errors
+            (no forecast yet) and get score 0.
+        start: first index with an error.
+        short, long: the recent and the reference window, in points.
+
+    Returns:
+        ``(n,)`` float64 scores in ``[0, 1]``.
+
+    Example:
+        >>> e = np.concatenate([np.full(50, 0.1) + np.tile([0.0, 0.02], 25), np.full(10, 1.0)])
+        >>> s = anomaly_likelihood(e)
+        >>> bool(abs(s[40] - 0.5) < 0.05), bool(s[-1] > 0.98), bool((np.diff(s[50:]) > 0).all())
+        (True, True, True)
+    """
+    from scipy.stats import norm
+
+    n = len(errors)
+    scores = np.zeros(n)
+    c = np.concatenate([[0.0], np.cumsum(errors)])
+    c2 = np.concatenate([[0.0], np.cumsum(np.asarray(errors, dtype=np.float64) ** 2)])
+    for i in range(start + short, n):
+        a = max(start, i + 1 - long)
+        m = (c[i + 1] - c[a]) / (i + 1 - a)
+        var = max((c2[i + 1] - c2[a]) / (i + 1 - a) - m * m, 1e-6)
+        recent = (c[i + 1] - c[i + 1 - short]) / short
+        scores[i] = norm.cdf((recent - m) / np.sqrt(var))
+    return scores
+
+
+def one_alarm_per_event(scores: np.ndarray, alarm_level: float = 0.99, quiet: int = 0) -> np.ndarray:
+    """After a score at or above ``alarm_level``, cap the next ``quiet`` scores just below it.
+
+    NAB rewards the earliest detection in a window and charges every later one outside it, so
+    one alarm per event scores better than a burst. Returns a new array.
+
+    Example:
+        >>> one_alarm_per_event(np.array([0.1, 0.995, 0.999, 0.2, 0.998]), quiet=2).round(3).tolist()
+        [0.1, 0.995, 0.99, 0.2, 0.998]
+    """
+    out = np.array(scores, dtype=np.float64)
+    i, n = 0, len(out)
+    while i < n:
+        if out[i] >= alarm_level and quiet > 0:
+            out[i + 1:i + 1 + quiet] = np.minimum(out[i + 1:i + 1 + quiet], alarm_level - 1e-6)
+            i += quiet + 1
+        else:
+            i += 1
+    return out
