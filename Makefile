@@ -8,7 +8,7 @@ export DDN_RAY_DATA_DIR ?= $(if $(wildcard $(SHARED)),$(SHARED),)
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 CONFIG  ?= jobs/configs/elec2.yaml
 
-.PHONY: setup run test unit integration bench-freshness fashion-mnist bbc-news gym-dynamics
+.PHONY: setup run test unit integration bench-freshness fashion-mnist bbc-news gym-dynamics nab
 
 FASHION := /usr/share/datasets/fashion-mnist
 
@@ -37,6 +37,9 @@ bbc-news: setup  ## use case: topic drift, hashed n-grams vs frozen MiniLM + hea
 
 gym-dynamics: setup  ## use case: forward dynamics of CartPole / Pendulum under drifting physics, worn-actuator alarm
 	$(BIN)/python jobs/gym_dynamics.py
+
+nab: setup  ## use case: streaming anomaly detection on NAB series (one forecaster per run), NAB scores
+	$(BIN)/python jobs/nab.py
 
 test: setup  ## unit tier, then integration tier on one local Ray cluster
 	$(BIN)/python -m pytest -q

@@ -42,7 +42,7 @@ class _Frozen(BaseModel):
 class DataConfig(_Frozen):
     """Which data set feeds the stream."""
 
-    name: Literal["elec2", "fashion_mnist", "bbc_news", "cartpole", "pendulum"] = "elec2"
+    name: Literal["elec2", "fashion_mnist", "bbc_news", "cartpole", "pendulum", "nab"] = "elec2"
     path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
     max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
     scenario: Literal["none", "rotation", "new_classes", "topic_incremental", "topic_shift", "physics_drift",
@@ -64,13 +64,16 @@ class DataConfig(_Frozen):
         "hashing", description="bbc_news: hashed word 1-2-grams, or frozen all-MiniLM-L6-v2 embeddings (extra [text])"
     )
     hash_features: int = Field(4096, ge=16, le=2**20, description="bbc_news hashing: feature columns")
+    series: str = Field("realKnownCause/machine_temperature_system_failure.csv",
+                        description="nab: the series (<category>/<file>.csv); path is the NAB folder")
+    lags: int = Field(16, ge=1, le=1024, description="nab: past values (scaled by the file's min / max) per row")
 
     @model_validator(mode="after")
     def _scenario_fits_data(self) -> DataConfig:
         allowed = {"elec2": ("none",), "fashion_mnist": ("none", "rotation", "new_classes"),
                    "bbc_news": ("none", "topic_incremental", "topic_shift"),
                    "cartpole": ("none", "physics_drift", "worn_actuator"),
-                   "pendulum": ("none", "physics_drift")}[self.name]
+                   "pendulum": ("none", "physics_drift"), "nab": ("none",)}[self.name]
         if self.scenario not in allowed:
             raise ValueError(f"data.scenario {self.scenario!r} does not apply to {self.name}; use one of {allowed}")
         return self
@@ -271,7 +274,7 @@ class JobConfig(_Frozen):
 
     @model_validator(mode="after")
     def _task_fits(self) -> JobConfig:
-        regression_data = self.data.name in ("cartpole", "pendulum")
+        regression_data = self.data.name in ("cartpole", "pendulum", "nab")
         if regression_data != (self.model.task == "regression"):
             raise ValueError(f"data.name {self.data.name!r} needs model.task "
                              f"{'regression' if regression_data else 'classification'}")

@@ -15,6 +15,11 @@ Endpoints (under the app's route prefix):
 * ``POST /predict_next_state`` ``{"states": [[...]], "actions": [[...]]}`` (forward dynamics
   models, :mod:`ddn_ray.control`) -> ``{"next_states": [[...]], "model_version": v, ...}`` in the
   environment's units: the replica standardises the inputs and un-standardises the predicted change
+* ``POST /score_anomaly`` ``{"series": name, "values": [...]}`` (NAB forecasters): the recent values
+  of the named series, oldest first, in its units -> ``{"anomaly_score", "forecast", ...}``: the
+  replica forecasts each value's change from the ``lags`` before it and turns the errors into the
+  anomaly likelihood of the last one (:func:`ddn_ray.nab.anomaly_likelihood`); ``forecast`` is the
+  next value
 * Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
 * ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
 
@@ -30,6 +35,7 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,11 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import images, models, text
+from ddn_ray import images, models, nab, text
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.metrics import ReplicaMetrics
 
 __all__ = [
+    "AnomalyResponse",
     "AppArgs",
     "DynamicsRequest",
     "ImageRequest",
@@ -50,6 +57,7 @@ __all__ = [
     "PredictRequest",
     "PredictResponse",
     "Predictor",
+    "SeriesRequest",
     "TextRequest",
     "ValuesResponse",
     "app_builder",
@@ -90,6 +98,24 @@ class DynamicsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     states: list[list[FiniteFloat]] = Field(min_length=1)
     actions: list[list[FiniteFloat]] = Field(min_length=1)
+
+
+class SeriesRequest(BaseModel):
+    """Request body of ``/score_anomaly``: the series' name and its recent values, oldest first."""
+
+    model_config = ConfigDict(extra="forbid")
+    series: str
+    values: list[FiniteFloat] = Field(min_length=1)
+
+
+class AnomalyResponse(BaseModel):
+    """``/score_anomaly``'s answer for the last value sent."""
+
+    series: str
+    anomaly_score: float
+    forecast: float
+    model_version: int
+    replica: str
 
 
 class ValuesResponse(BaseModel):
@@ -323,6 +349,32 @@ class Predictor:
             delta = model(x.float()) * torch.tensor(spec["y_std"]) + torch.tensor(spec["y_mean"])
         self._metrics.request(200, rows=len(s))
         return NextStateResponse(next_states=(s + delta).tolist(), model_version=version, replica=self._replica)
+
+    @app.post("/score_anomaly", response_model=AnomalyResponse)
+    async def score_anomaly(self, request: SeriesRequest) -> AnomalyResponse:
+        spec = self._inputs
+        self._check_route("series", 1)
+        if request.series != spec["series"]:
+            raise self._reject(404, f"this deployment scores series {spec['series']!r}, not {request.series!r}")
+        lags, short = int(spec["lags"]), 10
+        need = lags + short + 1
+        if len(request.values) < need:
+            raise self._reject(422, f"values has {len(request.values)} points; send at least {need} "
+                                    f"({lags} lags + {short + 1} to score)")
+        if len(request.values) > self._max_batch_rows + lags:
+            raise self._reject(413, f"values has {len(request.values)} points; at most {self._max_batch_rows + lags}")
+        span = spec["hi"] - spec["lo"] if spec["hi"] > spec["lo"] else 1.0
+        x = (np.asarray(request.values, dtype=np.float32) - spec["lo"]) / span
+        windows = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(x, lags).copy())  # the last one forecasts ahead
+        version, model = self._current
+        with torch.no_grad():
+            out = model(windows)[:, 0].numpy()
+        errors = np.concatenate([np.zeros(lags), np.abs(out[:-1] - (x[lags:] - x[lags - 1 : -1]))])  # changes
+        score = float(nab.anomaly_likelihood(errors, lags, short, len(errors))[-1])
+        self._metrics.request(200, rows=len(x) - lags)
+        forecast = float((x[-1] + out[-1]) * span + spec["lo"])  # the model forecasts the change
+        return AnomalyResponse(series=request.series, anomaly_score=score, forecast=forecast,
+                               model_version=version, replica=self._replica)
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:

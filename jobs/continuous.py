@@ -209,9 +209,9 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
 def traffic_route(cfg: config.JobConfig, scn: scenarios.Scenario) -> tuple[str, Any]:
     """The route the traffic client calls and its request body: raw inputs (PNG images, texts)
     when the data has them and ``serve.raw_inputs`` is on, else feature rows to ``/predict``
-    (also for dynamics models: the stream's rows are standardised, ``/predict`` answers in those units)."""
+    (also for dynamics and series models: the stream's rows are scaled, ``/predict`` answers in those units)."""
     kind = scn.inputs["kind"]
-    if not cfg.serve.raw_inputs or cfg.stream.last_label_feature or kind in ("table", "dynamics"):
+    if not cfg.serve.raw_inputs or cfg.stream.last_label_feature or kind not in ("image", "text"):
         return "/predict", instances_body
     if kind == "image":
         shape = scn.inputs["shape"]
@@ -243,9 +243,12 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
             static_pred[ev] = out.numpy() if regression else out.argmax(1).numpy()
     rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
             "static_prediction": static_pred, "phase": scn.phase[offsets]}
-    if regression:  # no change: next state = state, i.e. a standardised change of -mean / std
+    if regression:
         spec = scn.inputs
-        rows["no_change"] = np.broadcast_to(-np.array(spec["y_mean"]) / np.array(spec["y_std"]), y.shape).copy()
+        if spec["kind"] == "dynamics":  # no change: next state = state, i.e. a standardised change of -mean / std
+            rows["no_change"] = np.broadcast_to(-np.array(spec["y_mean"]) / np.array(spec["y_std"]), y.shape).copy()
+        else:  # a series, whose target is the change from the last value: persistence predicts no change
+            rows["no_change"] = np.zeros(y.shape)
         scores, curves = evaluate.score_regression_rows(rows, static_windows)
     else:
         rows["last_revealed"] = last_revealed
@@ -275,6 +278,7 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
         "scores": scores,
         "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
         **({"fault": fault_section(cfg, rows, static_windows)} if cfg.data.scenario == "worn_actuator" else {}),
+        **({"anomaly": anomaly_section(cfg, rows, scn)} if cfg.data.name == "nab" else {}),
         **trainer,
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
@@ -308,6 +312,40 @@ def fault_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], static_win
             "delay_rows": after[0] - onset if after else None,
             "false_alarms_before_onset": sum(a < (onset if onset is not None else 1 << 62) for a in alarms),
             "alarms": alarms[:50]}
+
+
+def anomaly_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], scn: scenarios.Scenario,
+                    alarm_level: float = 0.99, quiet_fraction: float = 0.05) -> dict[str, Any]:
+    """NAB scores of this series for the served and the static forecaster.
+
+    Each point's error is the absolute difference between its served forecast (made before the
+    point's window was learned) and the point. The anomaly likelihood of those errors
+    (:func:`ddn_ray.nab.anomaly_likelihood`), with one alarm per event, is scored with the NAB
+    rules, with the threshold swept on this file alone. Every point is scored, including
+    the static model's training windows: NAB's probation covers them.
+    """
+    from ddn_ray import nab
+
+    lags, points = scn.inputs["lags"], scn.inputs["lags"] + len(scn.table)
+    series = nab.load_corpus(cfg.data.path, [cfg.data.series])[cfg.data.series]
+    series = nab.Series(series.name, series.timestamps[:points], series.values[:points],
+                        tuple(w for w in series.windows if w[1] < points))
+    profiles = nab.load_profiles(cfg.data.path)
+    out: dict[str, Any] = {"series": cfg.data.series, "points": points, "windows": len(series.windows),
+                           "alarm_level": alarm_level}
+    for name, pred in (("dynamic", rows["prediction"]), ("static", rows["static_prediction"])):
+        err = np.zeros(points)
+        at = rows["offset"] + lags
+        err[at] = np.nan_to_num(np.abs(pred[:, 0] - rows["label"][:, 0]), nan=0.0)
+        if name == "static":  # before it was frozen the static model is the served one
+            early = ~np.isfinite(pred[:, 0])
+            err[at[early]] = np.nan_to_num(np.abs(rows["prediction"][early, 0] - rows["label"][early, 0]), nan=0.0)
+        scores = nab.one_alarm_per_event(nab.anomaly_likelihood(err, lags), alarm_level, int(quiet_fraction * points))
+        probation = nab.probation_length(points)
+        out[name] = {p: round(float(nab.score_corpus({series.name: scores}, {series.name: series}, prof)["score"]), 2)
+                     for p, prof in profiles.items()}
+        out[name]["alarms"] = int((scores[probation:] >= alarm_level).sum())
+    return out
 
 
 def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]],

@@ -95,7 +95,7 @@ def summarize(report: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     acc = {k: v["mse" if regression else "accuracy"] for k, v in s.items()}
     no_change = evaluate.REGRESSION_NO_CHANGE if regression else "no-change (same label delay)"
     return {
-        "metric": "mse" if regression else "accuracy", "fault": report.get("fault"),
+        "metric": "mse" if regression else "accuracy", "fault": report.get("fault"), "anomaly": report.get("anomaly"),
         "overrides": sets, "rows_scored": report["eval_rows"]["end"] - (report["eval_rows"]["start"] or 0)
         if report.get("eval_rows") else 0,
         "dynamic": acc.get(DYN), "static": acc.get(STATIC), "no_change": acc.get(no_change),
@@ -121,18 +121,25 @@ def table(summary: dict[str, Any]) -> str:
     regression = any(r.get("metric") == "mse" for r in rows.values())
     fmt = _err if regression else _pct
     faults = any(r.get("fault") for r in rows.values())
+    anomalies = any(r.get("anomaly") for r in rows.values())
     ids = sorted({p["phase"] for r in rows.values() for p in r["phases"]})
     head = ["variant", "dynamic (served)", "static", "no-change", *[f"phase {k}" for k in ids],
-            *(["fault alarm delay (rows)", "false alarms"] if faults else []), "versions", "drift decisions", "wall"]
+            *(["fault alarm delay (rows)", "false alarms"] if faults else []),
+            *(["NAB std / low FP / low FN, served", "static"] if anomalies else []), "versions", "drift decisions", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, r in rows.items():
         by_id = {p["phase"]: f"{fmt(p['dynamic'])} / {fmt(p['static'])}" for p in r["phases"]}
         phases = [by_id.get(k, "") for k in ids]
         fault = r.get("fault") or {}
         fault_cells = [str(fault.get("delay_rows", "-")), str(fault.get("false_alarms_before_onset", "-"))] if faults else []
+        an = r.get("anomaly") or {}
+        nab_cells = [" / ".join(f"{an.get(m, {}).get(p, float('nan')):.1f}" for p in
+                                ("standard", "reward_low_FP_rate", "reward_low_FN_rate")) for m in ("dynamic", "static")
+                     ] if anomalies else []
         drift = ", ".join(f"{k} {n}" for k, n in (r["drift"] or {}).items()) or "-"
         lines.append("| " + " | ".join([v, fmt(r["dynamic"]), fmt(r["static"]), fmt(r["no_change"]), *phases,
-                                        *fault_cells, str(r["versions"]), drift, f"{r['wall_s']:.0f} s"]) + " |")
+                                        *fault_cells, *nab_cells, str(r["versions"]), drift,
+                                        f"{r['wall_s']:.0f} s"]) + " |")
     lines.append("")
     what = "MSE of the standardised one-step change" if regression else "Accuracy"
     lines.append(f"{what} on the rows after the static model's training windows; phase cells: served / static.")

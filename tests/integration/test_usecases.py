@@ -177,3 +177,41 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(r
         assert len(values["outputs"][0]) == 4 and "predictions" not in values
     finally:
         serve.delete("gym_ckpt")
+
+
+def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> None:
+    from ray import serve
+
+    from ddn_ray import nab
+
+    name = "realKnownCause/ambient_temperature_system_failure.csv"
+    summary = _run("nab", "ambient_temperature", tmp_path, "data.max_rows=1500", "report.static_windows=5",
+                   "train.checkpoint_every_windows=5")
+    report = _report(summary, "ambient_temperature")
+    assert report["run"]["rows_served"] == 1500 and report["http"]["failed"] == 0
+    assert report["scores"]["dynamic (served)"]["mse"] < report["scores"]["no-change (zero change)"]["mse"] * 10
+    anomaly = report["anomaly"]
+    assert anomaly["series"] == name and anomaly["points"] == 1516
+    for model in ("dynamic", "static"):
+        assert set(anomaly[model]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate", "alarms"}
+
+    run = Path(report["files"]["report"]).parent.name
+    url, version = _serve_last_checkpoint(tmp_path, run, "nab_ckpt")
+    try:
+        values = nab.load_corpus(None, [name])[name].values[1000:1300]
+        calm = requests.post(f"{url}/score_anomaly", json={"series": name, "values": values.tolist()}, timeout=30)
+        assert calm.status_code == 200, calm.text
+        body = calm.json()
+        assert body["model_version"] == version and 0.0 <= body["anomaly_score"] <= 1.0
+        assert abs(body["forecast"] - values[-1]) < 0.2 * (values.max() - values.min() + 1)
+        spiked = values.copy()
+        spiked[-5:] = values.max() + 5 * (values.max() - values.min() + 1)  # a sudden jump, held since 5 points
+        hot = requests.post(f"{url}/score_anomaly", json={"series": name, "values": spiked.tolist()}, timeout=30).json()
+        assert hot["anomaly_score"] > max(0.75, body["anomaly_score"] + 0.2), (hot, body)
+        other = requests.post(f"{url}/score_anomaly", json={"series": "realTweets/x.csv", "values": values.tolist()},
+                              timeout=30)
+        assert other.status_code == 404 and name in other.text
+        short = requests.post(f"{url}/score_anomaly", json={"series": name, "values": values[:20].tolist()}, timeout=30)
+        assert short.status_code == 422 and "values has 20 points; send at least 27" in short.text
+    finally:
+        serve.delete("nab_ckpt")

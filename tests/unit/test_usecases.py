@@ -139,14 +139,14 @@ def test_bbc_scenario_keeps_raw_texts_aligned_with_rows(monkeypatch: pytest.Monk
     assert [by_text[t] for t in s.texts] == s.table.labels.tolist()
 
 
-@pytest.mark.parametrize("job", ["fashion_mnist", "bbc_news", "gym_dynamics"])
+@pytest.mark.parametrize("job", ["fashion_mnist", "bbc_news", "gym_dynamics", "nab"])
 def test_every_variant_of_a_use_case_job_is_a_valid_config(job: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "jobs"))
     module = __import__(job)
     path = ROOT / "jobs" / "configs" / f"{job}.yaml"
-    for name, sets in module.VARIANTS.items():
+    for name, sets in module.VARIANTS.items():  # each is a valid config, named after its scenario or series
         cfg = config.load(path, config.parse_overrides(sets))
-        assert name.split("/")[0] == cfg.data.scenario
+        assert name.split("/")[0] in (cfg.data.scenario, Path(cfg.data.series).stem.removesuffix("_system_failure"))
     with pytest.raises(SystemExit):
         module.cli(["--variants", "no_such_variant"])
     sys.modules.pop(job, None)
@@ -252,3 +252,23 @@ def test_dynamics_request_needs_finite_rows() -> None:
         with pytest.raises(ValidationError) as err:
             DynamicsRequest.model_validate(body)
         assert field in {".".join(map(str, e["loc"])) for e in err.value.errors()}
+
+
+@pytest.mark.skipif(not (SHARED / "nab" / "labels").is_dir(), reason="needs ../shared/datasets")
+def test_nab_rows_are_lagged_scaled_values_and_the_route_body_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from ddn_ray.serve import SeriesRequest
+
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(SHARED))
+    s = scenarios.load(config.DataConfig(name="nab", series="realKnownCause/ambient_temperature_system_failure.csv",
+                                         lags=8, max_rows=500))
+    t = s.table
+    assert t.task == "regression" and t.features.shape == (500, 8) and t.labels.shape == (500, 1)
+    assert np.array_equal(t.features[1, :-1], t.features[0, 1:])
+    assert np.isclose(t.features[1, -1] - t.features[0, -1], t.labels[0, 0])  # the target is the change
+    assert 0.0 <= t.features.min() and t.features.max() <= 1.0 and s.inputs["kind"] == "series"
+    assert (s.phase == 0).all()  # all 500 rows lie in NAB's probation (the first 750 points)
+    SeriesRequest.model_validate({"series": "a.csv", "values": [1.0, 2.0]})
+    with pytest.raises(ValidationError):
+        SeriesRequest.model_validate({"series": "a.csv", "values": [float("nan")]})
