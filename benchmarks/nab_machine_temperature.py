@@ -2,11 +2,11 @@
 
 ``realKnownCause/machine_temperature_system_failure.csv``: an internal sensor of a large
 industrial machine, every 5 minutes, with 4 labelled failures (NAB's ``combined_labels.json``;
-the first one is a planned shutdown, the third the catastrophic failure). The online
-forecaster of ``benchmarks/nab_forecaster.py`` scores every point, learning from the start
-with no labels. An alarm is a score at or above ``--alarm-level``, and one alarm per event is
-kept, as in that benchmark. The same forecaster frozen after NAB's probation (the first 15 %)
-is the static baseline.
+the first one is a planned shutdown, the third the catastrophic failure). The NAB job's
+forecaster and detector (``benchmarks/nab_job_learner.py``: the job's stream and learner in
+process, ``ddn_ray.anomaly.Detector``) score every point, learning from the start with no
+labels. An alarm is a score at or above ``--alarm-level`` (the detector's alarm level). The
+same forecaster frozen after NAB's probation (the first 15 %) is the static baseline.
 
 For each labelled failure: the first alarm inside its anomaly window or in the
 ``--lookback-h`` hours before the window opens, and how long before the failure it fired.
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nab_forecaster import forecast_scores
+from nab_job_learner import series_errors
 
-from ddn_ray import nab
+from ddn_ray import anomaly, nab
 
 NAME = "realKnownCause/machine_temperature_system_failure.csv"
 
@@ -43,7 +43,7 @@ NAME = "realKnownCause/machine_temperature_system_failure.csv"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="NAB folder (default: $DDN_RAY_DATA_DIR/nab)")
-    parser.add_argument("--alarm-level", type=float, default=0.99)
+    parser.add_argument("--alarm-level", type=float, default=anomaly.Detector().alarm_level)
     parser.add_argument("--lookback-h", type=float, default=48.0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "nab_machine_temperature"))
     parser.add_argument("--plot", default=str(Path(__file__).parents[1] / "docs" / "nab_machine_temperature.png"))
@@ -56,7 +56,11 @@ def main() -> None:
     profiles = nab.load_profiles(args.data)
     probation = nab.probation_length(len(s.values))
     step_h = float((s.timestamps[1] - s.timestamps[0]) / np.timedelta64(1, "h"))
-    scores = {"dynamic": forecast_scores(s.values), "static": forecast_scores(s.values, frozen_after=probation)}
+    detector = anomaly.Detector()
+    scores = {}
+    for label in ("dynamic", "static"):
+        errors, lags = series_errors(NAME, static=label == "static", data_dir=args.data)
+        scores[label] = detector.scores(errors, s.values, lags, probation // 2)
     out: dict = {"series": NAME, "points": len(s.values), "probation": probation, "alarm_level": args.alarm_level}
     lines = [(f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
               f"alarms: score >= {args.alarm_level}")]

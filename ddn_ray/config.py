@@ -67,6 +67,8 @@ class DataConfig(_Frozen):
     series: str = Field("realKnownCause/machine_temperature_system_failure.csv",
                         description="nab: the series (<category>/<file>.csv); path is the NAB folder")
     lags: int = Field(16, ge=1, le=1024, description="nab: past values (scaled by the file's min / max) per row")
+    seasonal_width: int = Field(8, ge=0, le=256, description="nab: inputs on each side of the same phase one "
+                                "period earlier (period found on the probation's values; 0: none)")
 
     @model_validator(mode="after")
     def _scenario_fits_data(self) -> DataConfig:

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Profile", "Series", "anomaly_likelihood", "load_corpus", "load_profiles", "one_alarm_per_event",
-           "probation_length", "scaled_sigmoid", "score_corpus", "sweep_scores"]
+__all__ = ["Profile", "Series", "load_corpus", "load_profiles", "probation_length", "scaled_sigmoid", "score_corpus",
+           "score_per_file", "sweep_scores"]
 
 PROBATION_FRACTION = 0.15
 MAX_PROBATION = 750
@@ -199,6 +199,37 @@ def score_corpus(
             "fn": int(num_windows - best["tp"])}
 
 
+def score_per_file(
+    scores: Mapping[str, np.ndarray], corpus: Mapping[str, Series], profile: Profile
+) -> dict[str, float | int]:
+    """Like :func:`score_corpus`, but with the best threshold of each file for that file.
+
+    An oracle per file, so it is at least :func:`score_corpus`'s score and not comparable with
+    NAB's scoreboard, which sweeps one threshold per profile over the corpus.
+
+    Returns:
+        ``score`` (null 0, perfect 100), ``raw``, ``tp``, ``fp``, ``fn``.
+
+    Raises:
+        ValueError: as :func:`score_corpus`.
+
+    Example:
+        >>> a = Series("a.csv", np.arange(100), np.zeros(100), ((40, 49),))
+        >>> b = Series("b.csv", np.arange(100), np.zeros(100), ((60, 69),))
+        >>> sa, sb = np.zeros(100), np.zeros(100); sa[40] = 0.9; sa[20] = 0.6; sb[60] = 0.5
+        >>> round(score_corpus({"a.csv": sa, "b.csv": sb}, {"a.csv": a, "b.csv": b}, Profile())["score"], 2)
+        97.25
+        >>> score_per_file({"a.csv": sa, "b.csv": sb}, {"a.csv": a, "b.csv": b}, Profile())["score"]
+        100.0
+    """
+    parts = [score_corpus({name: scores[name]} if name in scores else {}, {name: series}, profile)
+             for name, series in corpus.items()]
+    tot = {k: sum(p[k] for p in parts) for k in ("raw", "tp", "fp", "fn")}
+    windows = tot["tp"] + tot["fn"]
+    null, perfect = -profile.fn_weight * windows, profile.tp_weight * windows
+    return {"score": float(100.0 * (tot["raw"] - null) / (perfect - null)) if windows else 0.0, **tot}
+
+
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     """The NAB folder: ``path``, else ``$DDN_RAY_DATA_DIR/nab``.
 
@@ -248,62 +279,3 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, Profi
     raw = json.loads((data_dir(path) / "config" / "profiles.json").read_text())
     return {name: Profile(c["CostMatrix"]["tpWeight"], c["CostMatrix"]["fpWeight"], c["CostMatrix"]["fnWeight"])
             for name, c in raw.items()}
-
-
-def anomaly_likelihood(errors: np.ndarray, start: int = 0, short: int = 10, long: int = 1000) -> np.ndarray:
-    """Anomaly scores from a forecaster's errors: is the recent mean error unusually high so far?
-
-    Score ``i`` is the Gaussian CDF of the mean of the last ``short`` errors against the mean and
-    spread of the last ``long`` errors (both ending at ``i``): the anomaly likelihood of Ahmad,
-    Lavin, Purdy & Agha (2017), "Unsupervised real-time anomaly detection for streaming data",
-    section 4. It uses only errors up to ``i``.
-
-    Args:
-        errors: ``(n,)`` non-negative forecast errors; entries before ``start`` are not errors
-            (no forecast yet) and get score 0.
-        start: first index with an error.
-        short, long: the recent and the reference window, in points.
-
-    Returns:
-        ``(n,)`` float64 scores in ``[0, 1]``.
-
-    Example:
-        >>> e = np.concatenate([np.full(50, 0.1) + np.tile([0.0, 0.02], 25), np.full(10, 1.0)])
-        >>> s = anomaly_likelihood(e)
-        >>> bool(abs(s[40] - 0.5) < 0.05), bool(s[-1] > 0.98), bool((np.diff(s[50:]) > 0).all())
-        (True, True, True)
-    """
-    from scipy.stats import norm
-
-    n = len(errors)
-    scores = np.zeros(n)
-    c = np.concatenate([[0.0], np.cumsum(errors)])
-    c2 = np.concatenate([[0.0], np.cumsum(np.asarray(errors, dtype=np.float64) ** 2)])
-    for i in range(start + short, n):
-        a = max(start, i + 1 - long)
-        m = (c[i + 1] - c[a]) / (i + 1 - a)
-        var = max((c2[i + 1] - c2[a]) / (i + 1 - a) - m * m, 1e-6)
-        recent = (c[i + 1] - c[i + 1 - short]) / short
-        scores[i] = norm.cdf((recent - m) / np.sqrt(var))
-    return scores
-
-
-def one_alarm_per_event(scores: np.ndarray, alarm_level: float = 0.99, quiet: int = 0) -> np.ndarray:
-    """After a score at or above ``alarm_level``, cap the next ``quiet`` scores just below it.
-
-    NAB rewards the earliest detection in a window and charges every later one outside it, so
-    one alarm per event scores better than a burst. Returns a new array.
-
-    Example:
-        >>> one_alarm_per_event(np.array([0.1, 0.995, 0.999, 0.2, 0.998]), quiet=2).round(3).tolist()
-        [0.1, 0.995, 0.99, 0.2, 0.998]
-    """
-    out = np.array(scores, dtype=np.float64)
-    i, n = 0, len(out)
-    while i < n:
-        if out[i] >= alarm_level and quiet > 0:
-            out[i + 1:i + 1 + quiet] = np.minimum(out[i + 1:i + 1 + quiet], alarm_level - 1e-6)
-            i += quiet + 1
-        else:
-            i += 1
-    return out

@@ -24,12 +24,12 @@ Scenarios (positions are fractions ``f`` of the stream):
   targets are standardised by the first ``data.standardize_rows`` rows; the input spec keeps the
   means and spreads, so a replica answers raw states and actions with raw next states.
 
-* ``nab`` (regression, :mod:`ddn_ray.nab`): one NAB series in time order, unlabelled; row ``r``
-  holds the ``data.lags`` values before point ``lags + r``, scaled by the file's min / max (NAB
-  gives detectors both), and its target is that point's change from the one before (a forecast
-  of the change never does worse than persistence by more than it learns; measured on the
-  machine temperature series: NAB standard 57.1 against 40.2 for a forecast of the value).
-  Phase 1 starts after NAB's probation.
+* ``nab`` (regression, :mod:`ddn_ray.nab`, :mod:`ddn_ray.anomaly`): one NAB series in time order,
+  unlabelled; row ``r`` holds the ``data.lags`` values before point ``lags + r``, scaled by the
+  file's min / max (NAB gives detectors both), then ``2 * data.seasonal_width`` values around the
+  same phase one period earlier (the period is found on the values of NAB's probation, which
+  are never scored; :func:`ddn_ray.anomaly.series_rows`). Its target is that point's change
+  from the one before. Phase 1 starts after NAB's probation.
 
 Every scenario uses every row at most once, and is reproducible from ``data.seed``.
 """
@@ -257,19 +257,21 @@ def _control(cfg: DataConfig) -> Scenario:
 
 
 def _nab(cfg: DataConfig) -> Scenario:
-    from ddn_ray import nab
+    from ddn_ray import anomaly, nab
 
     series = nab.load_corpus(cfg.path, [cfg.series])[cfg.series]
     v = series.values
     lo, hi = float(v.min()), float(v.max())
     x = ((v - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-    lags = cfg.lags
-    feats = np.lib.stride_tricks.sliding_window_view(x, lags)[:-1].copy()  # row r: points r .. r + lags - 1
-    target = (x[lags:] - x[lags - 1 : -1])[:, None].copy()  # the change from the last value
+    lags, width, probation = cfg.lags, cfg.seasonal_width, nab.probation_length(len(x))
+    period = anomaly.seasonal_period(x[:probation], probation // 2) if width else 0
+    period = period if period >= lags + width else 0
+    feats, target = anomaly.series_rows(x, lags, period, width)
     points = np.arange(lags, len(x))
-    phase = (points >= nab.probation_length(len(x))).astype(np.int64)
+    phase = (points >= probation).astype(np.int64)
     if cfg.max_rows is not None:
         feats, target, phase = feats[: cfg.max_rows], target[: cfg.max_rows], phase[: cfg.max_rows]
-    inputs = {"kind": "series", "series": cfg.series, "lags": lags, "lo": lo, "hi": hi, "points": len(x)}
-    names = tuple(f"lag{lags - j}" for j in range(lags))
+    inputs = {"kind": "series", "series": cfg.series, "lags": lags, "lo": lo, "hi": hi, "points": len(x),
+              "period": period, "seasonal_width": width, "probation": probation}
+    names = tuple(f"lag{lags - j}" for j in range(lags)) + tuple(f"season{j - width + 1:+d}" for j in range(2 * width))
     return Scenario(Table(feats, target, names, 1, task="regression"), inputs, phase, ("value",))

@@ -16,10 +16,10 @@ Endpoints (under the app's route prefix):
   models, :mod:`ddn_ray.control`) -> ``{"next_states": [[...]], "model_version": v, ...}`` in the
   environment's units: the replica standardises the inputs and un-standardises the predicted change
 * ``POST /score_anomaly`` ``{"series": name, "values": [...]}`` (NAB forecasters): the recent values
-  of the named series, oldest first, in its units -> ``{"anomaly_score", "forecast", ...}``: the
-  replica forecasts each value's change from the ``lags`` before it and turns the errors into the
-  anomaly likelihood of the last one (:func:`ddn_ray.nab.anomaly_likelihood`); ``forecast`` is the
-  next value
+  of the named series, oldest first, in its units -> ``{"anomaly_score", "alarm", "forecast", ...}``:
+  the replica forecasts each value's change from the inputs before it (lags and seasonal values,
+  :func:`ddn_ray.anomaly.series_rows`) and scores the last value with the job's detector
+  (:class:`ddn_ray.anomaly.Detector`) over the values sent; ``forecast`` is the next value
 * Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
 * ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
 
@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import images, models, nab, text
+from ddn_ray import anomaly, images, models, text
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.metrics import ReplicaMetrics
 
@@ -68,6 +68,7 @@ __all__ = [
 log = logging.getLogger("ray.serve")
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+DETECTOR = anomaly.Detector()  # /score_anomaly scores as the NAB job's report does
 
 
 class PredictRequest(BaseModel):
@@ -109,10 +110,11 @@ class SeriesRequest(BaseModel):
 
 
 class AnomalyResponse(BaseModel):
-    """``/score_anomaly``'s answer for the last value sent."""
+    """``/score_anomaly``'s answer for the last value sent (``alarm``: ``anomaly_score`` reaches the alarm level)."""
 
     series: str
     anomaly_score: float
+    alarm: bool
     forecast: float
     model_version: int
     replica: str
@@ -356,25 +358,31 @@ class Predictor:
         self._check_route("series", 1)
         if request.series != spec["series"]:
             raise self._reject(404, f"this deployment scores series {spec['series']!r}, not {request.series!r}")
-        lags, short = int(spec["lags"]), 10
-        need = lags + short + 1
+        # Checkpoints written before the seasonal inputs have neither key: no seasonal inputs.
+        lags, period, width = int(spec["lags"]), int(spec.get("period", 0)), int(spec.get("seasonal_width", 0))
+        first = max(lags, period + width - 1 if period else 0)  # the first value whose inputs are all sent
+        short = DETECTOR.scales[0][0]
+        need = first + short + 1
         if len(request.values) < need:
             raise self._reject(422, f"values has {len(request.values)} points; send at least {need} "
-                                    f"({lags} lags + {short + 1} to score)")
-        if len(request.values) > self._max_batch_rows + lags:
-            raise self._reject(413, f"values has {len(request.values)} points; at most {self._max_batch_rows + lags}")
+                                    f"({first} of inputs + {short + 1} to score)")
+        if len(request.values) > self._max_batch_rows + first:
+            raise self._reject(413, f"values has {len(request.values)} points; at most {self._max_batch_rows + first}")
         span = spec["hi"] - spec["lo"] if spec["hi"] > spec["lo"] else 1.0
         x = (np.asarray(request.values, dtype=np.float32) - spec["lo"]) / span
-        windows = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(x, lags).copy())  # the last one forecasts ahead
+        # Rows for every value sent and one more: the last row forecasts the next value.
+        feats, target = anomaly.series_rows(np.append(x, x[-1]), lags, period, width)
+        feats, target = feats[first - lags:], target[first - lags:, 0]
         version, model = self._current
         with torch.no_grad():
-            out = model(windows)[:, 0].numpy()
-        errors = np.concatenate([np.zeros(lags), np.abs(out[:-1] - (x[lags:] - x[lags - 1 : -1]))])  # changes
-        score = float(nab.anomaly_likelihood(errors, lags, short, len(errors))[-1])
-        self._metrics.request(200, rows=len(x) - lags)
+            out = model(torch.from_numpy(feats))[:, 0].numpy()
+        errors = np.zeros(len(x))
+        errors[first:] = np.abs(out[:-1] - target[:-1])
+        score = float(DETECTOR.scores(errors, x, first, 0)[-1])
+        self._metrics.request(200, rows=len(x) - first)
         forecast = float((x[-1] + out[-1]) * span + spec["lo"])  # the model forecasts the change
-        return AnomalyResponse(series=request.series, anomaly_score=score, forecast=forecast,
-                               model_version=version, replica=self._replica)
+        return AnomalyResponse(series=request.series, anomaly_score=score, alarm=score >= DETECTOR.alarm_level,
+                               forecast=forecast, model_version=version, replica=self._replica)
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:

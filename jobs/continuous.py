@@ -314,25 +314,25 @@ def fault_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], static_win
             "alarms": alarms[:50]}
 
 
-def anomaly_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], scn: scenarios.Scenario,
-                    alarm_level: float = 0.99, quiet_fraction: float = 0.05) -> dict[str, Any]:
+def anomaly_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], scn: scenarios.Scenario) -> dict[str, Any]:
     """NAB scores of this series for the served and the static forecaster.
 
     Each point's error is the absolute difference between its served forecast (made before the
-    point's window was learned) and the point. The anomaly likelihood of those errors
-    (:func:`ddn_ray.nab.anomaly_likelihood`), with one alarm per event, is scored with the NAB
-    rules, with the threshold swept on this file alone. Every point is scored, including
-    the static model's training windows: NAB's probation covers them.
+    point's window was learned) and the point. The job's detector (:class:`ddn_ray.anomaly.Detector`)
+    turns the errors into anomaly scores, which are scored with the NAB rules, with the
+    threshold swept on this file alone. Every point is scored, including the static model's
+    training windows: NAB's probation covers them.
     """
-    from ddn_ray import nab
+    from ddn_ray import anomaly, nab
 
     lags, points = scn.inputs["lags"], scn.inputs["lags"] + len(scn.table)
     series = nab.load_corpus(cfg.data.path, [cfg.data.series])[cfg.data.series]
     series = nab.Series(series.name, series.timestamps[:points], series.values[:points],
                         tuple(w for w in series.windows if w[1] < points))
     profiles = nab.load_profiles(cfg.data.path)
+    detector, probation = anomaly.Detector(), nab.probation_length(points)
     out: dict[str, Any] = {"series": cfg.data.series, "points": points, "windows": len(series.windows),
-                           "alarm_level": alarm_level}
+                           "period": scn.inputs["period"], "alarm_level": detector.alarm_level}
     for name, pred in (("dynamic", rows["prediction"]), ("static", rows["static_prediction"])):
         err = np.zeros(points)
         at = rows["offset"] + lags
@@ -340,11 +340,10 @@ def anomaly_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], scn: sce
         if name == "static":  # before it was frozen the static model is the served one
             early = ~np.isfinite(pred[:, 0])
             err[at[early]] = np.nan_to_num(np.abs(rows["prediction"][early, 0] - rows["label"][early, 0]), nan=0.0)
-        scores = nab.one_alarm_per_event(nab.anomaly_likelihood(err, lags), alarm_level, int(quiet_fraction * points))
-        probation = nab.probation_length(points)
+        scores = detector.scores(err, series.values, lags, probation // 2)
         out[name] = {p: round(float(nab.score_corpus({series.name: scores}, {series.name: series}, prof)["score"]), 2)
                      for p, prof in profiles.items()}
-        out[name]["alarms"] = int((scores[probation:] >= alarm_level).sum())
+        out[name]["alarms"] = int((scores[probation:] >= detector.alarm_level).sum())
     return out
 
 

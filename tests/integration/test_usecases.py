@@ -194,6 +194,7 @@ def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> 
     assert anomaly["series"] == name and anomaly["points"] == 1516
     for model in ("dynamic", "static"):
         assert set(anomaly[model]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate", "alarms"}
+    assert anomaly["period"] == 167  # hourly temperatures: a weekly period, found on the probation's values
 
     run = Path(report["files"]["report"]).parent.name
     url, version = _serve_last_checkpoint(tmp_path, run, "nab_ckpt")
@@ -202,16 +203,18 @@ def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> 
         calm = requests.post(f"{url}/score_anomaly", json={"series": name, "values": values.tolist()}, timeout=30)
         assert calm.status_code == 200, calm.text
         body = calm.json()
-        assert body["model_version"] == version and 0.0 <= body["anomaly_score"] <= 1.0
+        assert body["model_version"] == version and 0.0 <= body["anomaly_score"] <= 1.0 and body["alarm"] is False
         assert abs(body["forecast"] - values[-1]) < 0.2 * (values.max() - values.min() + 1)
         spiked = values.copy()
         spiked[-5:] = values.max() + 5 * (values.max() - values.min() + 1)  # a sudden jump, held since 5 points
         hot = requests.post(f"{url}/score_anomaly", json={"series": name, "values": spiked.tolist()}, timeout=30).json()
-        assert hot["anomaly_score"] > max(0.75, body["anomaly_score"] + 0.2), (hot, body)
+        assert hot["anomaly_score"] > max(0.75, body["anomaly_score"] + 0.2) and hot["alarm"] is True, (hot, body)
         other = requests.post(f"{url}/score_anomaly", json={"series": "realTweets/x.csv", "values": values.tolist()},
                               timeout=30)
         assert other.status_code == 404 and name in other.text
+        period = requests.get(f"{url}/version", timeout=30).json()["inputs"]["period"]
+        need = max(16, period + 8 - 1 if period else 0) + 21  # lags or a period back, then a 20-point mean
         short = requests.post(f"{url}/score_anomaly", json={"series": name, "values": values[:20].tolist()}, timeout=30)
-        assert short.status_code == 422 and "values has 20 points; send at least 27" in short.text
+        assert short.status_code == 422 and f"values has 20 points; send at least {need}" in short.text
     finally:
         serve.delete("nab_ckpt")

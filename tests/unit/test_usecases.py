@@ -262,13 +262,23 @@ def test_nab_rows_are_lagged_scaled_values_and_the_route_body_is_checked(monkeyp
 
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(SHARED))
     s = scenarios.load(config.DataConfig(name="nab", series="realKnownCause/ambient_temperature_system_failure.csv",
-                                         lags=8, max_rows=500))
+                                         lags=8, seasonal_width=2, max_rows=500))
     t = s.table
-    assert t.task == "regression" and t.features.shape == (500, 8) and t.labels.shape == (500, 1)
-    assert np.array_equal(t.features[1, :-1], t.features[0, 1:])
-    assert np.isclose(t.features[1, -1] - t.features[0, -1], t.labels[0, 0])  # the target is the change
-    assert 0.0 <= t.features.min() and t.features.max() <= 1.0 and s.inputs["kind"] == "series"
-    assert (s.phase == 0).all()  # all 500 rows lie in NAB's probation (the first 750 points)
+    assert t.task == "regression" and t.features.shape == (500, 8 + 4) and t.labels.shape == (500, 1)
+    lags = t.features[:, :8]
+    assert np.array_equal(lags[1, :-1], lags[0, 1:])
+    assert np.isclose(lags[1, -1] - lags[0, -1], t.labels[0, 0])  # the target is the change
+    assert 0.0 <= lags.min() and lags.max() <= 1.0 and s.inputs["kind"] == "series"
+    # Hourly temperatures: a daily-or-longer period is found on the probation's values, and the
+    # seasonal inputs are the values one period before each point, relative to its last value.
+    period = s.inputs["period"]
+    assert period >= 24 and s.inputs["probation"] == 750
+    r = period + 10  # a row whose seasonal inputs lie inside the series
+    x = np.r_[lags[0], lags[1:, -1]]  # the scaled series from its first point
+    point = 8 + r
+    assert np.allclose(t.features[r, 8:], x[point - period - 1 : point - period + 3] - x[point - 1], atol=1e-6)
+    assert (t.features[: period - 10, 8:] == 0).all()  # before the series reaches back a period
+    assert (s.phase == 0).all()  # all 500 rows lie in NAB's probation
     SeriesRequest.model_validate({"series": "a.csv", "values": [1.0, 2.0]})
     with pytest.raises(ValidationError):
         SeriesRequest.model_validate({"series": "a.csv", "values": [float("nan")]})
