@@ -115,8 +115,9 @@ def main() -> None:
         return " | ".join(f"{r[p]:.1f}" + (f" ({lo[p]:.1f}-{hi[p]:.1f})" if lo and hi else "") for p in profiles)
 
     k = len(args.seeds)
-    lines = [f"NAB ({len(corpus)} series), the job's learner and detector in process; scores normalised: null 0, "
-             f"perfect 100; mean of {k} seeds (min-max)",
+    title = (f"NAB ({len(corpus)} series), the job's learner and detector in process; scores normalised: null 0, "
+             f"perfect 100; mean of {k} seeds (min-max)")
+    lines = [title,
              "| detector | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles),
              f"| ours, dynamic (learns throughout) | {cells(rows['dynamic'], rows['dynamic min'], rows['dynamic max'])} |",
              f"| ours, static (frozen after probation) | {cells(rows['static'], rows['static min'], rows['static max'])} |"]

@@ -43,8 +43,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import anomaly, images, models, text
+from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.metrics import ReplicaMetrics
 

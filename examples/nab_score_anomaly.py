@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             body = {"series": SERIES, "values": s.values[end - 400 : end + 1].tolist()}
             a = requests.post(f"http://127.0.0.1:{args.port}/nab/score_anomaly", json=body, timeout=30).json()
             print(f"{str(s.timestamps[end])[:16]}  value {s.values[end]:7.2f}  forecast {a['forecast']:7.2f}  "
-                  f"anomaly score {a['anomaly_score']:.3f}")
+                  f"anomaly score {a['anomaly_score']:.3f}{'  ALARM' if a['alarm'] else ''}")
             answers.append(a)
         return answers
     finally:
