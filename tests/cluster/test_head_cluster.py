@@ -111,7 +111,7 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
             if r.status_code == 200:
                 body = r.json()
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # the proxy may hold a request while the replica starts
             pass
         time.sleep(1.0)
     assert body is not None, "the deployed app never answered"
