@@ -78,7 +78,7 @@ def head() -> Iterator[Head]:
             try:
                 if requests.get(f"{address}/api/version", timeout=2, headers={"Authorization": f"Bearer {token}"}).ok:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting
                 pass
             time.sleep(1.0)
         else:
