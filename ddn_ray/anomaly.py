@@ -118,7 +118,7 @@ def tail_probability(errors: np.ndarray, start: int, learning: int, short: int, 
         short, long: the recent and the reference window, in points.
 
     Returns:
-        ``(n,)`` float64 tail probabilities in ``(0, 0.5]``.
+        ``(n,)`` float64 tail probabilities in ``[0, 0.5]`` (0 where the Gaussian tail underflows).
 
     Example:
         >>> e = np.r_[np.zeros(4), np.tile([0.1, 0.12], 100), np.full(10, 1.0)]
