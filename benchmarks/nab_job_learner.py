@@ -67,9 +67,8 @@ def _job(args: tuple[str, int, bool, str | None, dict[str, Any]]) -> np.ndarray:
 
 def detector_scores(errors: dict[str, np.ndarray], corpus: dict[str, nab.Series],
                     detector: anomaly.Detector, lags: int = 16) -> dict[str, np.ndarray]:
-    """Scores of every series (learning time: half NAB's probation)."""
-    return {name: detector.scores(errors[name], s.values, lags, nab.probation_length(len(s.values)) // 2)
-            for name, s in corpus.items()}
+    """Scores of every series (learning time: the detector's default, half NAB's probation)."""
+    return {name: detector.scores(errors[name], s.values, lags) for name, s in corpus.items()}
 
 
 def rate(scores: dict[str, np.ndarray], corpus: dict[str, nab.Series], profiles: dict[str, nab.Profile],
@@ -103,8 +102,9 @@ def main() -> None:
         rows[kind + " min"] = {p: float(min(r[p] for r in per_seed)) for p in profiles}
         rows[kind + " max"] = {p: float(max(r[p] for r in per_seed)) for p in profiles}
     first = f"dynamic/{args.seeds[0]}"
-    rows["per-file thresholds"] = rate(detector_scores(errors[first], corpus, detector), corpus, profiles, True)
-    ablation = {"the job's detector": rate(detector_scores(errors[first], corpus, detector), corpus, profiles),
+    first_scores = detector_scores(errors[first], corpus, detector)
+    rows["per-file thresholds"] = rate(first_scores, corpus, profiles, True)
+    ablation = {"the job's detector": rate(first_scores, corpus, profiles),
                 "without seasonal inputs": rate(detector_scores(errors["no_seasonal/0"], corpus, detector), corpus,
                                                 profiles)}
     for label, change in ABLATIONS.items():

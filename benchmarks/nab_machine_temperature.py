@@ -60,7 +60,7 @@ def main() -> None:
     scores = {}
     for label in ("dynamic", "static"):
         errors, lags = series_errors(NAME, static=label == "static", data_dir=args.data)
-        scores[label] = detector.scores(errors, s.values, lags, probation // 2)
+        scores[label] = detector.scores(errors, s.values, lags)
     out: dict = {"series": NAME, "points": len(s.values), "probation": probation, "alarm_level": args.alarm_level}
     lines = [(f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
               f"alarms: score >= {args.alarm_level}")]

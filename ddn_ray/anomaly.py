@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erfc
 
+from ddn_ray.nab import probation_length
+
 __all__ = ["Detector", "log_score", "seasonal_period", "series_rows", "spatial_anomalies",
            "suppress", "tail_probability"]
 
@@ -203,7 +205,7 @@ class Detector:
     alarm_level: float = 0.5
     quiet_fraction: float = 0.01
 
-    def scores(self, errors: np.ndarray, values: np.ndarray, start: int, learning: int,
+    def scores(self, errors: np.ndarray, values: np.ndarray, start: int, learning: int | None = None,
                length: int | None = None) -> np.ndarray:
         """Anomaly scores of one series.
 
@@ -211,8 +213,8 @@ class Detector:
             errors: ``(n,)`` absolute forecast errors (0 before ``start``).
             values: ``(n,)`` the series' values (any units).
             start: first point with a forecast.
-            learning: points after ``start`` before the likelihoods and spatial anomalies speak
-                (half NAB's probation).
+            learning: points after ``start`` before the likelihoods and spatial anomalies speak;
+                default half NAB's probation of ``n`` points.
             length: the series' full length, for the quiet time (default ``n``).
 
         Returns:
@@ -230,6 +232,8 @@ class Detector:
         """
         if len(errors) != len(values):
             raise ValueError(f"errors has {len(errors)} points, values {len(values)}: one error per value")
+        if learning is None:
+            learning = probation_length(len(errors)) // 2
         parts = [log_score(tail_probability(errors, start, learning, short, long)) for short, long in self.scales]
         s = np.max(parts, axis=0)
         if self.spatial_tolerance >= 0:

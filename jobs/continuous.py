@@ -340,7 +340,7 @@ def anomaly_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], scn: sce
         if name == "static":  # before it was frozen the static model is the served one
             early = ~np.isfinite(pred[:, 0])
             err[at[early]] = np.nan_to_num(np.abs(rows["prediction"][early, 0] - rows["label"][early, 0]), nan=0.0)
-        scores = detector.scores(err, series.values, lags, probation // 2)
+        scores = detector.scores(err, series.values, lags)
         out[name] = {p: round(float(nab.score_corpus({series.name: scores}, {series.name: series}, prof)["score"]), 2)
                      for p, prof in profiles.items()}
         out[name]["alarms"] = int((scores[probation:] >= detector.alarm_level).sum())
