@@ -37,9 +37,13 @@ from ddn_ray import anomaly, config, nab, scenarios, train
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ("ARTime", "numenta", "contextOSE", "htmjava", "knncad", "relativeEntropy", "windowedGaussian", "random")
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "without spatial anomalies": {"spatial_tolerance": -1.0},
-    "one time scale (20 / 500 points)": {"scales": ((20, 500),)},
+    "without value records (spatial anomalies)": {"spatial_tolerance": -1.0},
+    "without level records": {"level_tolerance": -1.0},
+    "without error records": {"error_tolerance": -1.0},
+    "one time scale (30 / 500 points)": {"scales": ((30, 500),)},
     "without one alarm per event": {"quiet_fraction": 0.0},
+    "the previous detector (20 / 500 and 100 / 2000 points, value records only)":
+        {"scales": ((20, 500), (100, 2000)), "level_tolerance": -1.0, "error_tolerance": -1.0},
 }
 
 

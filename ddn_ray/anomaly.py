@@ -14,8 +14,11 @@ sees into per-point anomaly scores in ``[0, 1]``, using only points up to each o
    Lavin, Purdy & Agha (2017), "Unsupervised real-time anomaly detection for streaming data",
    Neurocomputing 262, section 4 (eq. 4-6), here on forecast errors instead of HTM's raw
    score, at two time scales.
-3. **Spatial anomalies** (:func:`spatial_anomalies`): a value outside every value seen so far
-   by more than ``spatial_tolerance`` of their range scores 1 (also from NAB's Numenta detector).
+3. **Records** (:func:`spatial_anomalies`): a point scores 1 when it breaks the range of
+   everything before it by a margin, a fraction of that range, in any of three signals: the
+   value itself (the "spatial anomaly" of NAB's Numenta detector), the mean of the last
+   ``level_window`` values (a level the series never held), and the forecast error (the
+   forecaster was never this wrong).
 4. **One alarm per event** (:func:`suppress`): after a score at or above ``alarm_level``, the
    next ``quiet_fraction`` of the series stays below it. NAB rewards the earliest detection in
    a window and charges every other one.
@@ -34,7 +37,7 @@ from scipy.special import erfc
 
 from ddn_ray.nab import probation_length
 
-__all__ = ["Detector", "log_score", "seasonal_period", "series_rows", "spatial_anomalies",
+__all__ = ["Detector", "log_score", "moving_mean", "seasonal_period", "series_rows", "spatial_anomalies",
            "suppress", "tail_probability"]
 
 LOG_FLOOR = 1e-10
@@ -170,6 +173,20 @@ def spatial_anomalies(values: np.ndarray, tolerance: float) -> np.ndarray:
     return (hi > lo) & ((v > hi + tol) | (v < lo - tol))
 
 
+def moving_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """``(n,)`` float64 trailing means: ``out[i]`` is the mean of ``x[max(0, i-window+1) .. i]``.
+
+    Example:
+        >>> moving_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist()
+        [1.0, 2.0, 4.0, 6.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(len(x))
+    lo = np.maximum(0, i + 1 - window)
+    return (c[i + 1] - c[lo]) / (i + 1 - lo)
+
+
 def suppress(scores: np.ndarray, level: float, quiet: int) -> np.ndarray:
     """After a score at or above ``level``, cap the next ``quiet`` scores just below it (one alarm per event).
 
@@ -195,13 +212,20 @@ class Detector:
     Attributes:
         scales: ``(short, long)`` windows in points, one error likelihood each; the score is
             their maximum.
-        spatial_tolerance: :func:`spatial_anomalies`' margin, a fraction of the range seen so far;
-            negative turns spatial anomalies off.
+        spatial_tolerance: the records' margin on the values (:func:`spatial_anomalies`), a
+            fraction of the range seen so far; negative turns these records off.
+        level_window, level_tolerance: the records of the ``level_window``-point
+            :func:`moving_mean` of the values (from the first full window on), and their margin
+            (negative: off).
+        error_tolerance: the records' margin on the forecast errors from ``start`` on (negative: off).
         alarm_level, quiet_fraction: :func:`suppress`'s level and quiet time as a fraction of the series.
     """
 
-    scales: tuple[tuple[int, int], ...] = ((20, 500), (100, 2000))
+    scales: tuple[tuple[int, int], ...] = ((30, 500), (100, 2000))
     spatial_tolerance: float = 0.03
+    level_window: int = 10
+    level_tolerance: float = 0.1
+    error_tolerance: float = 0.1
     alarm_level: float = 0.5
     quiet_fraction: float = 0.01
 
@@ -213,7 +237,7 @@ class Detector:
             errors: ``(n,)`` absolute forecast errors (0 before ``start``).
             values: ``(n,)`` the series' values (any units).
             start: first point with a forecast.
-            learning: points after ``start`` before the likelihoods and spatial anomalies speak;
+            learning: points after ``start`` before the likelihoods and the records speak;
                 default half NAB's probation of ``n`` points.
             length: the series' full length, for the quiet time (default ``n``).
 
@@ -227,8 +251,8 @@ class Detector:
             >>> rng = np.random.default_rng(0)
             >>> v = np.sin(np.arange(3000) / 10) + rng.normal(0, 0.05, 3000); v[2500] += 5
             >>> e = np.abs(np.diff(v, prepend=v[0])); s = Detector().scores(e, v, 1, 300)
-            >>> int(np.flatnonzero(s >= 0.5)[0]), float(s[2500]), bool((s[2501:2530] < 0.5).all())
-            (2500, 1.0, True)
+            >>> float(s[2500]), bool((s[2501:2530] < 0.5).all())  # one alarm for the spike
+            (1.0, True)
         """
         if len(errors) != len(values):
             raise ValueError(f"errors has {len(errors)} points, values {len(values)}: one error per value")
@@ -236,8 +260,14 @@ class Detector:
             learning = probation_length(len(errors)) // 2
         parts = [log_score(tail_probability(errors, start, learning, short, long)) for short, long in self.scales]
         s = np.max(parts, axis=0)
+        records = np.zeros(len(s), dtype=bool)
         if self.spatial_tolerance >= 0:
-            spatial = spatial_anomalies(values, self.spatial_tolerance)
-            spatial[: start + learning] = False
-            s[spatial] = 1.0
+            records |= spatial_anomalies(values, self.spatial_tolerance)
+        if self.level_tolerance >= 0:  # full windows only: a mean of 1 or 2 values is no level
+            w = self.level_window
+            records[w - 1 :] |= spatial_anomalies(moving_mean(values, w)[w - 1 :], self.level_tolerance)
+        if self.error_tolerance >= 0:
+            records[start:] |= spatial_anomalies(np.asarray(errors)[start:], self.error_tolerance)
+        records[: start + learning] = False
+        s[records] = 1.0
         return suppress(s, self.alarm_level, int(self.quiet_fraction * (length or len(s))))

@@ -183,6 +183,7 @@ def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> 
     from ray import serve
 
     from ddn_ray import nab
+    from ddn_ray.anomaly import Detector
 
     name = "realKnownCause/ambient_temperature_system_failure.csv"
     summary = _run("nab", "ambient_temperature", tmp_path, "data.max_rows=1500", "report.static_windows=5",
@@ -213,7 +214,8 @@ def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> 
                               timeout=30)
         assert other.status_code == 404 and name in other.text
         period = requests.get(f"{url}/version", timeout=30).json()["inputs"]["period"]
-        need = max(16, period + 8 - 1 if period else 0) + 21  # lags or a period back, then a 20-point mean
+        short_mean = Detector().scales[0][0]
+        need = max(16, period + 8 - 1 if period else 0) + short_mean + 1  # lags or a period back, then a mean
         short = requests.post(f"{url}/score_anomaly", json={"series": name, "values": values[:20].tolist()}, timeout=30)
         assert short.status_code == 422 and f"values has 20 points; send at least {need}" in short.text
     finally:

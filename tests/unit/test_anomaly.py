@@ -45,12 +45,29 @@ def test_spatial_anomalies_and_one_alarm_per_event() -> None:
     assert (s >= 0.5).tolist() == [True, False, False, False, True, False]
 
 
+def test_level_and_error_records() -> None:
+    """A level the series never held, and an error the forecaster never made, score 1; each can be turned off."""
+    rng = np.random.default_rng(1)
+    v = np.tile([0.0, 1.0], 1500) + rng.normal(0, 0.01, 3000)  # the 10-point mean stays near 0.5
+    v[2500:2520] = 0.9  # inside the values' range, but a level never held
+    e = np.abs(rng.normal(0, 0.01, 3000))
+    no_records = anomaly.Detector(spatial_tolerance=-1.0, level_tolerance=-1.0, error_tolerance=-1.0)
+    levels = anomaly.Detector(spatial_tolerance=-1.0, error_tolerance=-1.0)
+    assert not anomaly.spatial_anomalies(v, 0.03)[2500:2520].any()
+    assert levels.scores(e, v, 1, 300)[2500:2520].max() == 1.0
+    assert no_records.scores(e, v, 1, 300)[2500:2520].max() < 0.5
+    e[2700] = 0.1  # one error about three times the largest before it
+    errors = anomaly.Detector(spatial_tolerance=-1.0, level_tolerance=-1.0)
+    assert errors.scores(e, v, 1, 300)[2700] == 1.0 and no_records.scores(e, v, 1, 300)[2700] < 0.5
+    assert anomaly.moving_mean(np.arange(5.0), 3).tolist() == [0.0, 0.5, 1.0, 2.0, 3.0]
+
+
 def test_each_step_can_be_turned_off() -> None:
     v, e = _noisy()
     v[2500] += 5.0
-    no_spatial = anomaly.Detector(spatial_tolerance=-1.0)
+    no_spatial = anomaly.Detector(spatial_tolerance=-1.0, level_tolerance=-1.0, error_tolerance=-1.0)
     assert anomaly.Detector().scores(e, v, 1, 300)[2500] == 1.0
-    assert no_spatial.scores(e, v, 1, 300)[2500] < 0.5  # the spike's error is one point in a 20-point mean
+    assert no_spatial.scores(e, v, 1, 300)[2500] < 0.5  # the spike's error is one point in a 30-point mean
     e[2000:2200] *= 30.0  # a long burst of errors
     alarms = (anomaly.Detector().scores(e, v, 1, 300) >= 0.5).sum()
     assert (anomaly.Detector(quiet_fraction=0.0).scores(e, v, 1, 300) >= 0.5).sum() > alarms >= 1
