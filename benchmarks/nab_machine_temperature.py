@@ -10,8 +10,9 @@ same forecaster frozen after NAB's probation (the first 15 %) is the static base
 
 For each labelled failure: the first alarm inside its anomaly window or in the
 ``--lookback-h`` hours before the window opens, and how long before the failure it fired.
-Also reported: alarms elsewhere (false positives), and the file's NAB scores with the
-threshold swept on this file alone.
+Also reported: alarms elsewhere (false positives), the file's NAB scores with the
+threshold swept on this file alone, and each failure's lead for every learner seed.
+``--short-mean 20`` shows a more sensitive detector (the job's uses 30 points).
 
 Run:  python benchmarks/nab_machine_temperature.py
 Output: a table on stdout, benchmarks/results/nab_machine_temperature.{txt,json}, docs/nab_machine_temperature.png.
@@ -20,6 +21,7 @@ Output: a table on stdout, benchmarks/results/nab_machine_temperature.{txt,json}
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -45,6 +47,10 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="NAB folder (default: $DDN_RAY_DATA_DIR/nab)")
     parser.add_argument("--alarm-level", type=float, default=anomaly.Detector().alarm_level)
     parser.add_argument("--lookback-h", type=float, default=48.0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="learner seeds; the table and plot are the first one's, the leads are printed for each")
+    parser.add_argument("--short-mean", type=int, default=anomaly.Detector().scales[0][0],
+                        help="points in the detector's short error mean (default: the job's detector)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "nab_machine_temperature"))
     parser.add_argument("--plot", default=str(Path(__file__).parents[1] / "docs" / "nab_machine_temperature.png"))
     args = parser.parse_args()
@@ -56,15 +62,10 @@ def main() -> None:
     profiles = nab.load_profiles(args.data)
     probation = nab.probation_length(len(s.values))
     step_h = float((s.timestamps[1] - s.timestamps[0]) / np.timedelta64(1, "h"))
-    detector = anomaly.Detector()
-    scores = {}
-    for label in ("dynamic", "static"):
-        errors, lags = series_errors(NAME, static=label == "static", data_dir=args.data)
-        scores[label] = detector.scores(errors, s.values, lags)
-    out: dict = {"series": NAME, "points": len(s.values), "probation": probation, "alarm_level": args.alarm_level}
-    lines = [(f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
-              f"alarms: score >= {args.alarm_level}")]
-    for label, sc in scores.items():
+    base = anomaly.Detector()
+    detector = dataclasses.replace(base, scales=((args.short_mean, base.scales[0][1]), *base.scales[1:]))
+
+    def walk(sc: np.ndarray) -> dict:
         alarms = np.flatnonzero(sc >= args.alarm_level)
         alarms = alarms[alarms >= probation]  # NAB ignores the probation period
         rows, used = [], set()
@@ -78,14 +79,35 @@ def main() -> None:
                          "lead_h": None if first is None else (f - first) * step_h})
         false = [int(t) for t in alarms if t not in used]
         file_scores = {p: nab.score_corpus({NAME: sc}, {NAME: s}, prof)["score"] for p, prof in profiles.items()}
-        out[label] = {"failures": rows, "false_alarms": len(false), "nab_scores_this_file": file_scores,
-                      "alarms": [int(t) for t in alarms]}
-        lines += ["", f"{label} forecaster: {len(false)} alarms away from the failures; NAB scores of this file "
-                  f"(threshold swept on it alone): " + ", ".join(f"{p} {v:.1f}" for p, v in file_scores.items()),
-                  f"{'failure':>7}  {'labelled at':<16}  {'window opens':<16}  {'first alarm':<16}  {'lead':>8}"]
-        for r in rows:
+        return {"failures": rows, "false_alarms": len(false), "nab_scores_this_file": file_scores,
+                "alarms": [int(t) for t in alarms]}
+
+    scores, by_seed = {}, {}
+    for label in ("dynamic", "static"):
+        for seed in args.seeds:
+            errors, lags = series_errors(NAME, seed=seed, static=label == "static", data_dir=args.data)
+            sc = detector.scores(errors, s.values, lags)
+            by_seed[(label, seed)] = walk(sc)
+            scores.setdefault(label, sc)
+    out: dict = {"series": NAME, "points": len(s.values), "probation": probation, "alarm_level": args.alarm_level,
+                 "detector": dataclasses.asdict(detector), "seeds": args.seeds}
+    lines = [(f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
+              f"alarms: score >= {args.alarm_level}; short error mean {args.short_mean} points; table: seed "
+              f"{args.seeds[0]}")]
+    for label in scores:
+        first = by_seed[(label, args.seeds[0])]
+        out[label] = {**first, "by_seed": {str(seed): by_seed[(label, seed)] for seed in args.seeds[1:]}}
+        rows, file_scores = first["failures"], first["nab_scores_this_file"]
+        lines += ["", f"{label} forecaster: {first['false_alarms']} alarms away from the failures; NAB scores of "
+                  f"this file (threshold swept on it alone): " + ", ".join(f"{p} {v:.1f}" for p, v in file_scores.items()),
+                  (f"{'failure':>7}  {'labelled at':<16}  {'window opens':<16}  {'first alarm':<16}  {'lead':>8}  "
+                   f"lead, seeds {' / '.join(map(str, args.seeds))}")]
+        for k, r in enumerate(rows):
             lead = "missed" if r["lead_h"] is None else f"{r['lead_h']:.1f} h"
-            lines.append(f"{r['failure']:>7}  {r['at']:<16}  {r['window_opens']:<16}  {r['first_alarm'] or '-':<16}  {lead:>8}")
+            leads = [by_seed[(label, seed)]["failures"][k]["lead_h"] for seed in args.seeds]
+            each = " / ".join("-" if v is None else f"{v:.1f}" for v in leads)
+            lines.append(f"{r['failure']:>7}  {r['at']:<16}  {r['window_opens']:<16}  {r['first_alarm'] or '-':<16}  "
+                         f"{lead:>8}  {each}")
     lines.append(f"\nwall time {time.monotonic() - t0:.0f} s")
     text = "\n".join(lines)
     print(text)
