@@ -133,10 +133,9 @@ def tail_probability(errors: np.ndarray, start: int, learning: int, short: int, 
     """
     n = len(errors)
     e = np.where(np.arange(n) < start, 0.0, np.nan_to_num(np.asarray(errors, dtype=np.float64)))
-    c = np.concatenate([[0.0], np.cumsum(e)])
     i = np.arange(n)
-    lo = np.maximum(start, i + 1 - short)
-    a = np.where(i >= start, (c[i + 1] - c[lo]) / np.maximum(i + 1 - lo, 1), 0.0)
+    a = np.zeros(n)
+    a[start:] = moving_mean(e[start:], short)
     ca, ca2 = np.concatenate([[0.0], np.cumsum(a)]), np.concatenate([[0.0], np.cumsum(a * a)])
     ref = np.maximum(start, i - long)
     count = np.maximum(i - ref, 1)
