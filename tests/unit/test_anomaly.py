@@ -65,14 +65,14 @@ def test_level_and_error_records() -> None:
 def test_each_step_can_be_turned_off() -> None:
     v, e = _noisy()
     v[2500] += 5.0
-    no_spatial = anomaly.Detector(spatial_tolerance=-1.0, level_tolerance=-1.0, error_tolerance=-1.0)
+    no_records = anomaly.Detector(spatial_tolerance=-1.0, level_tolerance=-1.0, error_tolerance=-1.0)
     assert anomaly.Detector().scores(e, v, 1, 300)[2500] == 1.0
-    assert no_spatial.scores(e, v, 1, 300)[2500] < 0.5  # the spike's error is one point in a 30-point mean
+    assert no_records.scores(e, v, 1, 300)[2500] < 0.5  # the spike's error is one point in a 30-point mean
     e[2000:2200] *= 30.0  # a long burst of errors
     alarms = (anomaly.Detector().scores(e, v, 1, 300) >= 0.5).sum()
     assert (anomaly.Detector(quiet_fraction=0.0).scores(e, v, 1, 300) >= 0.5).sum() > alarms >= 1
     with pytest.raises(ValueError, match="one error per value"):
-        no_spatial.scores(e[:-1], v, 1, 300)
+        no_records.scores(e[:-1], v, 1, 300)
 
 
 def test_seasonal_period_and_rows() -> None:
