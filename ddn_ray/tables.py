@@ -1,0 +1,372 @@
+"""A user's table as a stream: files read through pyarrow, cut into windows of named records.
+
+Two sources yield :class:`RecordWindow` objects (offsets count every row, bad ones too):
+
+* :class:`FileSource`: one file, a directory, or a glob, on any filesystem pyarrow reads
+  (local paths, ``file://``, ``s3://``, ``gs://``, ``hdfs://``, ...), as Parquet, CSV or JSON lines.
+  Without ``order_by`` it streams record batches (``pyarrow.dataset.Dataset.to_batches``): only
+  the current batch and one window are in memory. With ``order_by`` the needed columns are read
+  once, whole, and sorted (``Table.sort_by``) before the first window.
+* :class:`LandingDirSource`: a directory that a producer fills with such files while the job
+  runs; each new file is read once, whole, in name order (names starting with ``.`` are
+  in-progress writes). The stream ends after ``idle_timeout_s`` without a new file.
+
+Both check every file's columns before reading its rows, and stop with a :class:`DataError`
+naming the file and the column. :class:`TabularStream` then does the streaming part: rows that
+:meth:`ddn_ray.features.Featurizer.check` refuses are quarantined with their offsets and
+reasons; the rest are served as JSON records, and only then revealed to the featurizer and the trainer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from ddn_ray.errors import DataError
+from ddn_ray.features import Featurizer
+from ddn_ray.stream import Quarantine, Window
+
+__all__ = ["FORMATS", "FileSource", "LandingDirSource", "RecordWindow", "TabularStream", "featurizer_for", "infer_format",
+           "resolve", "source_for"]
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
+           ".ndjson": "json"}
+_GLOB = set("*?[")
+
+
+@dataclass(frozen=True)
+class RecordWindow:
+    """A window of raw rows.
+
+    Attributes:
+        index: window number, from 0.
+        start, end: the ``[start, end)`` offsets it covers.
+        offsets: ``(n,)`` int64 offsets of its rows (all of them, or the valid ones after :meth:`TabularStream.windows`).
+        table: the rows, with the source's columns.
+    """
+
+    index: int
+    start: int
+    end: int
+    offsets: np.ndarray
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def infer_format(path: str, given: str | None = None) -> str:
+    """``given``, or the format a file suffix names (``.parquet``/``.pq``, ``.csv``, ``.json``/``.jsonl``/``.ndjson``).
+
+    Raises:
+        DataError: no format given and the suffix names none.
+    """
+    if given:
+        return given
+    fmt = FORMATS.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise DataError(f"cannot tell the format of {path} from its suffix; set data.format (parquet, csv or json)")
+    return fmt
+
+
+def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str], str]:
+    """The filesystem, the files (sorted) and the format of a file, directory or glob.
+
+    ``${VAR}`` and ``~`` are expanded. A path without a scheme is local.
+
+    Raises:
+        DataError: nothing is there, no file matches, or the format cannot be told.
+    """
+    uri = os.path.expanduser(os.path.expandvars(uri))
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"data.source.uri {uri!r}: {exc}") from exc
+    parts = path.split("/")
+    glob_at = next((i for i, p in enumerate(parts) if _GLOB & set(p)), None)
+    if glob_at is not None:
+        base = "/".join(parts[:glob_at]) or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"data.source.uri {uri!r}: no such file or directory")
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+                           and (fmt is not None or os.path.splitext(i.path)[1].lower() in FORMATS))
+        else:
+            files = [path]
+    if not files:
+        raise DataError(f"data.source.uri {uri!r} matches no file")
+    return fs, files, infer_format(files[0], fmt)
+
+
+def _file_format(fmt: str) -> pads.FileFormat:
+    if fmt == "csv":  # an empty CSV cell is a missing value in a string column too (Arrow's default reads "")
+        return pads.CsvFileFormat(convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    return {"parquet": pads.ParquetFileFormat(), "json": pads.JsonFileFormat()}[fmt]
+
+
+def _check_columns(path: str, schema: pa.Schema, columns: Sequence[str], numeric: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (the file has {schema.names})")
+    for c in numeric:
+        t = schema.field(c).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)):
+            raise DataError(f"{path}: column {c!r} is {t}, expected numbers (list it in data.categorical, or fix the file)")
+
+
+def _dataset(fs: pafs.FileSystem, files: list[str], fmt: str, columns: Sequence[str],
+             numeric: Sequence[str]) -> pads.Dataset:
+    """A pyarrow dataset over ``files`` whose every file was checked for ``columns``."""
+    try:
+        ds = pads.dataset(files, format=_file_format(fmt), filesystem=fs)
+        for frag in ds.get_fragments():
+            _check_columns(frag.path, frag.physical_schema, columns, numeric)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{files[0] if len(files) == 1 else 'a file of ' + repr(files[:3])} does not parse as "
+                        f"{fmt}: {exc}") from exc
+    return ds
+
+
+class _Windows:
+    """Cut a sequence of Arrow tables into windows of ``window_size`` rows, skipping rows before ``start_offset``."""
+
+    def __init__(self, window_size: int, start_offset: int, max_rows: int | None) -> None:
+        if window_size <= 0:
+            raise ValueError(f"window_size must be > 0, got {window_size}")
+        self.window_size, self.start_offset, self.max_rows = window_size, start_offset, max_rows
+
+    def cut(self, tables: Iterator[pa.Table]) -> Iterator[RecordWindow]:
+        buf: list[pa.Table] = []
+        buffered, offset = 0, 0  # offset of the first buffered row
+        index = self.start_offset // self.window_size
+        limit = self.max_rows if self.max_rows is not None else math.inf
+
+        def flush(take: int) -> RecordWindow | None:
+            nonlocal buf, buffered, offset, index
+            whole = pa.concat_tables(buf, promote_options="permissive") if len(buf) > 1 else buf[0]
+            rows, rest = whole.slice(0, take), whole.slice(take)
+            start, offset = offset, offset + take
+            buf, buffered = ([rest] if rest.num_rows else []), buffered - take
+            if offset <= self.start_offset:
+                return None
+            w = RecordWindow(index, start, offset, np.arange(start, offset, dtype=np.int64), rows)
+            index += 1
+            return w
+
+        for t in tables:
+            t = t.slice(0, int(min(t.num_rows, limit - offset - buffered)))
+            if t.num_rows:
+                buf.append(t)
+                buffered += t.num_rows
+            while buffered >= self.window_size:
+                if (w := flush(self.window_size)) is not None:
+                    yield w
+            if offset + buffered >= limit:
+                break
+        if buffered and (w := flush(buffered)) is not None:
+            yield w
+
+
+class FileSource:
+    """Replay a file, directory or glob as windows (see the module doc for what is read when).
+
+    Args:
+        uri: local path or pyarrow filesystem URI; a directory or a glob takes every matching file, in name order.
+        columns: the columns to read (features, label, id, order_by); every file must have them.
+        numeric: of those, the ones that must hold numbers.
+        window_size: rows per window (the last may be shorter).
+        format: ``parquet``, ``csv`` or ``json``; ``None`` infers it from the first file's suffix.
+        order_by: sort the rows by this column first (reads the columns whole); ``None`` keeps file order.
+        start_offset: resume here (a window boundary of an earlier run).
+        max_rows: stop after this many rows.
+        batch_rows: rows per record batch read.
+
+    Raises:
+        DataError: (at construction) nothing matches, a file does not parse, or lacks a column, or a
+            numeric column holds something else; the message names the file and the column.
+    """
+
+    def __init__(self, *, uri: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
+                 format: str | None = None, order_by: str | None = None, start_offset: int = 0,
+                 max_rows: int | None = None, batch_rows: int = 65536) -> None:
+        self.fs, self.files, self.format = resolve(uri, format)
+        self.columns = list(dict.fromkeys([*columns, *([order_by] if order_by else [])]))
+        self.dataset = _dataset(self.fs, self.files, self.format, self.columns, numeric)
+        self.order_by, self.batch_rows = order_by, batch_rows
+        self.cutter = _Windows(window_size, start_offset, max_rows)
+        self.start_offset = start_offset
+
+    def count_rows(self) -> int:
+        """Rows in the source (reads Parquet footers; scans CSV and JSON files)."""
+        return int(self.dataset.count_rows())
+
+    def _tables(self) -> Iterator[pa.Table]:
+        try:
+            if self.order_by is not None:
+                yield self.dataset.to_table(columns=self.columns).sort_by(self.order_by)
+                return
+            for batch in self.dataset.to_batches(columns=self.columns, batch_size=self.batch_rows):
+                yield pa.Table.from_batches([batch])
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"reading {self.files if len(self.files) > 1 else self.files[0]}: {exc}") from exc
+
+    def __iter__(self) -> Iterator[RecordWindow]:
+        return self.cutter.cut(self._tables())
+
+
+class LandingDirSource:
+    """Follow a directory that a producer fills with files of the user's columns.
+
+    Args:
+        path: the directory (local path or pyarrow filesystem URI).
+        columns, numeric, window_size, start_offset, max_rows: as :class:`FileSource`.
+        format: the files' format; ``None``: every file whose suffix names one, each read as its suffix says.
+        poll_interval_s: how often to list the directory, in seconds.
+        idle_timeout_s: end of stream after this many seconds with no new file.
+
+    Raises:
+        DataError: (while iterating) a file does not parse or lacks a column; the message names it.
+    """
+
+    def __init__(self, *, path: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
+                 format: str | None = None, start_offset: int = 0, max_rows: int | None = None,
+                 poll_interval_s: float = 0.5, idle_timeout_s: float = 30.0) -> None:
+        path = os.path.expanduser(os.path.expandvars(path))
+        self.fs, self.path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(),
+                                                                                    os.path.abspath(path))
+        self.columns, self.numeric, self.format = list(columns), list(numeric), format
+        self.poll_interval_s, self.idle_timeout_s = poll_interval_s, idle_timeout_s
+        self.cutter = _Windows(window_size, start_offset, max_rows)
+        self.start_offset = start_offset
+        self.files_read: list[str] = []
+
+    def _new_files(self, seen: set[str]) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+                      and i.path not in seen and (self.format or os.path.splitext(i.path)[1].lower() in FORMATS))
+
+    def _tables(self) -> Iterator[pa.Table]:
+        seen: set[str] = set()
+        last_new = time.monotonic()
+        while True:
+            new = self._new_files(seen)
+            for f in new:
+                seen.add(f)
+                yield _dataset(self.fs, [f], infer_format(f, self.format), self.columns, self.numeric).to_table(
+                    columns=self.columns)
+                self.files_read.append(f)
+            if new:
+                last_new = time.monotonic()
+            elif time.monotonic() - last_new > self.idle_timeout_s:
+                return
+            else:
+                time.sleep(self.poll_interval_s)
+
+    def __iter__(self) -> Iterator[RecordWindow]:
+        return self.cutter.cut(self._tables())
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # NaN in a numeric column is a missing value; JSON has no NaN
+    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+
+
+class TabularStream:
+    """The streaming part of a user's table: quarantine, records to serve, then reveal.
+
+    Args:
+        source: a :class:`FileSource` or :class:`LandingDirSource`.
+        featurizer: the preprocessing state, fitted here on revealed windows only.
+        id_column: a column carried into every request and answer (``None``: none).
+    """
+
+    def __init__(self, *, source: FileSource | LandingDirSource, featurizer: Featurizer,
+                 id_column: str | None = None) -> None:
+        self.source, self.featurizer, self.id_column = source, featurizer, id_column
+        self.quarantine = Quarantine()
+        self.record_columns = [*featurizer.numeric, *featurizer.categorical, *([id_column] if id_column else [])]
+
+    def windows(self) -> Iterator[RecordWindow]:
+        """The source's windows with only the rows :meth:`Featurizer.check` accepts; the others are quarantined."""
+        for w in self.source:
+            good, reasons = self.featurizer.check(w.table)
+            if not good.all():
+                self.quarantine.offsets += w.offsets[~good].tolist()
+                self.quarantine.reasons += reasons
+                w = RecordWindow(w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)))
+            yield w
+
+    def records(self, window: RecordWindow) -> list[dict[str, Any]]:
+        """The window's rows as JSON records of the feature columns (and the id): what a client sends."""
+        rows = window.table.select(self.record_columns).to_pylist()
+        return [{k: _json_value(v) for k, v in r.items()} for r in rows]
+
+    def ids(self, window: RecordWindow) -> list[str] | None:
+        if self.id_column is None:
+            return None
+        return [None if v is None else str(v) for v in window.table[self.id_column].to_pylist()]
+
+    def reveal(self, window: RecordWindow) -> Window:
+        """The labels arrive: fit the featurizer on the window, then featurize it for training.
+
+        Returns:
+            A :class:`~ddn_ray.stream.Window` of ``(n, width)`` float32 inputs and ``(n,)`` int64 class ids
+            (``(n, 1)`` float32 targets for regression), after this window's rows were fitted.
+        """
+        self.featurizer.update(window.table)
+        x = self.featurizer.transform(window.table)
+        y = self.featurizer.label_ids(window.table)
+        return Window(window.index, window.start, window.end, window.offsets, x, y)
+
+
+def featurizer_for(data: Any, task: str) -> Featurizer:
+    """The featurizer a ``DataConfig`` with a ``source`` describes, not yet fitted.
+
+    Without ``data.categorical``, a table source's string and dictionary columns are the categorical
+    features (read from the first file's schema); a landing dir's features are then all numeric.
+
+    Raises:
+        DataError: the table cannot be read or lacks a feature column.
+    """
+    categorical = data.categorical
+    if categorical is None:
+        categorical = ()
+        if data.source.kind == "table":
+            fs, files, fmt = resolve(data.source.uri, data.format)
+            schema = _dataset(fs, files[:1], fmt, [*data.features, data.label], ()).schema
+            categorical = tuple(c for c in data.features if pa.types.is_string(schema.field(c).type)
+                                or pa.types.is_large_string(schema.field(c).type)
+                                or pa.types.is_dictionary(schema.field(c).type) or pa.types.is_boolean(schema.field(c).type))
+    numeric = [c for c in data.features if c not in categorical]
+    return Featurizer(numeric=numeric, categorical=list(categorical), label=data.label, task=task,
+                      classes=list(data.classes), allow_new_classes=data.allow_new_classes, missing=data.missing,
+                      scaling=data.scaling, max_categories=data.max_categories, id_column=data.id)
+
+
+def source_for(data: Any, featurizer: Featurizer, *, window_size: int,
+               start_offset: int = 0) -> FileSource | LandingDirSource:
+    """The source a ``DataConfig`` with a ``source`` describes, reading the featurizer's columns (and id, order_by)."""
+    columns = [*featurizer.numeric, *featurizer.categorical, data.label, *([data.id] if data.id else [])]
+    common: dict[str, Any] = {"columns": columns, "numeric": featurizer.numeric, "window_size": window_size,
+                              "format": data.format, "start_offset": start_offset, "max_rows": data.max_rows}
+    if data.source.kind == "table":
+        return FileSource(uri=data.source.uri, order_by=data.order_by, **common)
+    return LandingDirSource(path=data.source.path, poll_interval_s=data.source.poll_interval_s,
+                            idle_timeout_s=data.source.idle_timeout_s, **common)

@@ -1,0 +1,132 @@
+"""User tables as streams: pyarrow readers, files / dirs / globs / URIs, bad files named, reveal after serving."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from ddn_ray import tables
+from ddn_ray.errors import DataError
+from ddn_ray.features import Featurizer
+
+
+def _rows(n: int, start: int = 0) -> pa.Table:
+    i = np.arange(start, start + n)
+    return pa.table({"id": [f"r{k}" for k in i], "t": (i[::-1]).astype(np.int64), "amount": i.astype(float),
+                     "region": [["n", "s", "e"][k % 3] for k in i], "y": [["no", "yes"][k % 2] for k in i]})
+
+
+def _write(table: pa.Table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = tables.infer_format(str(path))
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        pacsv.write_csv(table, path)
+    else:
+        path.write_text("".join(__import__("json").dumps(r) + "\n" for r in table.to_pylist()))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_each_format_streams_the_same_windows(tmp_path: Path, suffix: str) -> None:
+    f = _write(_rows(25), tmp_path / f"data{suffix}")
+    src = tables.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10,
+                            batch_rows=7)
+    ws = list(src)
+    assert [(w.start, w.end) for w in ws] == [(0, 10), (10, 20), (20, 25)] and src.count_rows() == 25
+    assert ws[1].table["amount"].to_pylist() == [float(k) for k in range(10, 20)]
+    assert ws[2].offsets.tolist() == list(range(20, 25))
+
+
+def test_directory_glob_and_file_uri_read_every_file_in_name_order(tmp_path: Path) -> None:
+    for k in range(3):
+        _write(_rows(5, 5 * k), tmp_path / "d" / f"part-{k}.parquet")
+    _write(_rows(5), tmp_path / "d" / ".in-progress.parquet")
+    cols: dict = {"columns": ["amount"], "numeric": ["amount"], "window_size": 4}
+    by_dir = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=str(tmp_path / "d"), **cols)]
+    by_glob = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=str(tmp_path / "d" / "part-*.parquet"), **cols)]
+    by_uri = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=f"file://{tmp_path}/d", **cols)]
+    assert by_dir == by_glob == by_uri and [v for w in by_dir for v in w] == [float(k) for k in range(15)]
+
+
+def test_order_by_resume_and_max_rows(tmp_path: Path) -> None:
+    f = _write(_rows(30), tmp_path / "x.csv")
+    src = tables.FileSource(uri=str(f), columns=["amount"], numeric=["amount"], window_size=10, order_by="t",
+                            start_offset=10, max_rows=25)
+    ws = list(src)
+    assert [(w.index, w.start, w.end) for w in ws] == [(1, 10, 20), (2, 20, 25)]
+    assert ws[0].table["amount"].to_pylist()[0] == 19.0  # sorted by t, which runs backwards
+
+
+def test_bad_files_stop_at_start_naming_file_and_column(tmp_path: Path) -> None:
+    f = _write(_rows(5), tmp_path / "a.parquet")
+    with pytest.raises(DataError, match=r"a\.parquet: missing column 'income'"):
+        tables.FileSource(uri=str(f), columns=["income"], window_size=2)
+    with pytest.raises(DataError, match=r"column 'region' is string, expected numbers"):
+        tables.FileSource(uri=str(f), columns=["region"], numeric=["region"], window_size=2)
+    broken = tmp_path / "b.parquet"
+    broken.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(DataError, match=r"b\.parquet does not parse"):
+        tables.FileSource(uri=str(broken), columns=["amount"], window_size=2)
+    with pytest.raises(DataError, match="no such file"):
+        tables.FileSource(uri=str(tmp_path / "nope.csv"), columns=["amount"], window_size=2)
+    with pytest.raises(DataError, match="set data.format"):
+        tables.FileSource(uri=str(_write(_rows(2), tmp_path / "c.csv").rename(tmp_path / "c.dat")),
+                          columns=["amount"], window_size=2)
+
+
+def test_landing_dir_reads_files_as_they_arrive(tmp_path: Path) -> None:
+    land = tmp_path / "land"
+    land.mkdir()
+
+    def produce() -> None:
+        for k in range(3):
+            time.sleep(0.1)
+            _write(_rows(7, 7 * k), land / f"part-{k:03d}.csv" if k == 1 else land / f"part-{k:03d}.parquet")
+
+    threading.Thread(target=produce, daemon=True).start()
+    src = tables.LandingDirSource(path=str(land), columns=["amount", "y"], numeric=["amount"], window_size=5,
+                                  poll_interval_s=0.05, idle_timeout_s=1.0)
+    ws = list(src)
+    assert [(w.start, w.end) for w in ws] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 21)]
+    assert [v for w in ws for v in w.table["amount"].to_pylist()] == [float(k) for k in range(21)]
+    assert len(src.files_read) == 3
+
+
+def test_tabular_stream_quarantines_then_reveals_after_serving(tmp_path: Path) -> None:
+    t = _rows(6).set_column(2, "amount", pa.array([0.0, None, 2.0, 3.0, 4.0, 5.0]))
+    t = t.set_column(4, "y", pa.array(["no", "yes", "maybe", "no", None, "yes"]))
+    f = _write(t, tmp_path / "q.parquet")
+    feat = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"],
+                      missing="quarantine", max_categories=4)
+    ts = tables.TabularStream(source=tables.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
+                                                       numeric=["amount"], window_size=3),
+                              featurizer=feat, id_column="id")
+    served = []
+    for w in ts.windows():
+        recs = ts.records(w)
+        assert all(set(r) == {"amount", "region", "id"} for r in recs)  # no label in what is served
+        served.append(([r["id"] for r in recs], feat.rows_seen))
+        revealed = ts.reveal(w)
+        assert revealed.features.shape == (len(w), feat.width) and revealed.labels.dtype == np.int64
+    assert served == [(["r0"], 0), (["r3", "r5"], 1)]  # each window served before it was fitted
+    assert ts.quarantine.offsets == [1, 2, 4]
+    assert ts.quarantine.reasons[0] == "missing value in amount" and "declared classes" in ts.quarantine.reasons[1]
+
+
+def test_an_empty_csv_cell_is_a_missing_value_not_an_empty_string(tmp_path: Path) -> None:
+    f = tmp_path / "gaps.csv"
+    f.write_text("amount,region,y\n1.5,n,yes\n,,\n2.5,s,no\n")
+    (w,) = tables.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10)
+    assert w.table["region"].to_pylist() == ["n", None, "s"] and w.table["y"].to_pylist() == ["yes", None, "no"]
+    fz = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"])
+    good, reasons = fz.check(w.table)
+    assert good.tolist() == [True, False, True] and reasons == ["missing label y"]
