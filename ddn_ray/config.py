@@ -19,6 +19,7 @@ __all__ = [
     "DataConfig",
     "DriftConfig",
     "JobConfig",
+    "LandingDirConfig",
     "ModelConfig",
     "PolicyConfig",
     "RayConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "ServeConfig",
     "StrategyConfig",
     "StreamConfig",
+    "TableSourceConfig",
     "TrainConfig",
     "error_lines",
     "load",
@@ -39,10 +41,48 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class DataConfig(_Frozen):
-    """Which data set feeds the stream."""
+class TableSourceConfig(_Frozen):
+    """A user's table: one file, a directory or a glob, local or any pyarrow filesystem URI (``${VAR}`` expanded)."""
 
-    name: Literal["elec2", "fashion_mnist", "bbc_news", "cartpole", "pendulum", "nab"] = "elec2"
+    kind: Literal["table"] = "table"
+    uri: str = Field(min_length=1, description="e.g. data/loans.parquet, data/*.csv, s3://bucket/loans/")
+
+
+class LandingDirConfig(_Frozen):
+    """A directory that a producer fills with files of the user's columns while the job runs."""
+
+    kind: Literal["landing_dir"] = "landing_dir"
+    path: str = Field(min_length=1, description="the directory, local or a pyarrow filesystem URI")
+    poll_interval_s: float = Field(0.5, gt=0, description="how often to look for new files")
+    idle_timeout_s: float = Field(30.0, gt=0, description="end of stream after this long with no new file")
+
+
+class DataConfig(_Frozen):
+    """Which data feeds the stream: a user's table (``source``), or a built-in use case (``name``)."""
+
+    name: Literal["elec2", "fashion_mnist", "bbc_news", "cartpole", "pendulum", "nab"] | None = Field(
+        "elec2", description="a built-in use case; left out (None) when source is given")
+    source: TableSourceConfig | LandingDirConfig | None = Field(
+        None, discriminator="kind", description="a user's table: {kind: table, uri: ...} or {kind: landing_dir, path: ...}")
+    format: Literal["parquet", "csv", "json"] | None = Field(
+        None, description="source files' format (json: JSON lines); None: from each file's suffix")
+    features: tuple[str, ...] = Field((), description="source: the input columns")
+    categorical: tuple[str, ...] | None = Field(
+        None, description="source: which features are categorical; None: the string / dictionary columns")
+    label: str | None = Field(None, description="source: the label column (classes, or a float with task regression)")
+    classes: tuple[str | int, ...] = Field(
+        (), description="source: classes known at the start, in id order (quote YAML words like 'yes' / 'no')")
+    allow_new_classes: bool = Field(
+        False, description="source: a label never seen grows the output layer; else its row is quarantined")
+    order_by: str | None = Field(None, description="source table: sort rows by this column (read whole); None: file order")
+    id: str | None = Field(None, description="source: an id column carried into every request, answer and the report")
+    missing: Literal["impute", "quarantine"] = Field(
+        "impute", description="source: a missing feature is imputed (running mean + indicator; unknown category) "
+        "or its row quarantined")
+    scaling: Literal["standard", "none"] = Field("standard", description="source: numeric features scaled by the "
+                                                  "running mean / std of revealed rows, or left as they are")
+    max_categories: int = Field(32, ge=2, le=4096, description="source: one-hot slots per categorical column, "
+                                "the unknown slot included")
     path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
     max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
     scenario: Literal["none", "rotation", "new_classes", "topic_incremental", "topic_shift", "physics_drift",
@@ -70,14 +110,43 @@ class DataConfig(_Frozen):
     seasonal_width: int = Field(8, ge=0, le=256, description="nab: inputs on each side of the same phase one "
                                 "period earlier (period found on the probation's values; 0: none)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_or_name(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("source") is not None:
+            if raw.get("name") is not None:
+                raise ValueError("give data.source (a user's table) or data.name (a built-in use case), not both")
+            return {**raw, "name": None}
+        return raw
+
     @model_validator(mode="after")
     def _scenario_fits_data(self) -> DataConfig:
+        if self.source is not None:
+            return self._table_fits()
+        if self.name is None:
+            raise ValueError("data needs a source (a user's table) or a name (a built-in use case)")
         allowed = {"elec2": ("none",), "fashion_mnist": ("none", "rotation", "new_classes"),
                    "bbc_news": ("none", "topic_incremental", "topic_shift"),
                    "cartpole": ("none", "physics_drift", "worn_actuator"),
                    "pendulum": ("none", "physics_drift"), "nab": ("none",)}[self.name]
         if self.scenario not in allowed:
             raise ValueError(f"data.scenario {self.scenario!r} does not apply to {self.name}; use one of {allowed}")
+        return self
+
+    def _table_fits(self) -> DataConfig:
+        if not self.features or not self.label:
+            raise ValueError("data.source needs data.features (the input columns) and data.label")
+        named = [*self.features, self.label, *([self.id] if self.id else []), *([self.order_by] if self.order_by else [])]
+        twice = sorted({c for c in named if named.count(c) > 1} - ({self.order_by} if self.order_by == self.id else set()))
+        if twice:
+            raise ValueError(f"data: column(s) {twice} named in more than one role (features, label, id, order_by)")
+        unknown = sorted(set(self.categorical or ()) - set(self.features))
+        if unknown:
+            raise ValueError(f"data.categorical {unknown} are not in data.features")
+        if self.order_by and isinstance(self.source, LandingDirConfig):
+            raise ValueError("data.order_by is for a table source; a landing dir is read in file-name order")
+        if self.scenario != "none":
+            raise ValueError("data.scenario is for built-in use cases; a user's table streams in its own order")
         return self
 
 
@@ -106,7 +175,14 @@ class StreamConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The network's architecture."""
 
-    kind: Literal["mlp", "cnn"] = Field("mlp", description="cnn: conv blocks on image rows, then the MLP layers")
+    kind: Literal["mlp", "cnn"] = Field("mlp", description="a built-in builder (ddn_ray.models.BUILDERS); "
+                                        "cnn: conv blocks on image rows, then the MLP layers")
+    builder: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="a user's model: 'package.module:function', "
+        "called as function(num_features, num_classes, model_config) -> nn.Module with .body and .head "
+        "(ddn_ray.models); None: the built-in kind")
+    options: dict[str, Any] = Field(default_factory=dict, description="the user builder's own settings, "
+                                    "read from model_config.options")
     task: Literal["classification", "regression"] = Field(
         "classification", description="regression: real-valued outputs learned with MSE (e.g. forward dynamics)"
     )
@@ -276,8 +352,10 @@ class JobConfig(_Frozen):
 
     @model_validator(mode="after")
     def _task_fits(self) -> JobConfig:
+        if self.data.source is not None:
+            self._table_fits()
         regression_data = self.data.name in ("cartpole", "pendulum", "nab")
-        if regression_data != (self.model.task == "regression"):
+        if self.data.name is not None and regression_data != (self.model.task == "regression"):
             raise ValueError(f"data.name {self.data.name!r} needs model.task "
                              f"{'regression' if regression_data else 'classification'}")
         if self.model.task == "regression":
@@ -290,6 +368,26 @@ class JobConfig(_Frozen):
             if self.stream.last_label_feature:
                 raise ValueError("stream.last_label_feature is for classification")
         return self
+
+
+    def _table_fits(self) -> None:
+        d = self.data
+        if self.model.task == "regression" and (d.classes or d.allow_new_classes):
+            raise ValueError("data.classes / data.allow_new_classes are for classification; model.task is regression")
+        if self.model.task == "classification" and not d.classes and not d.allow_new_classes:
+            raise ValueError("a classification table needs data.classes, or data.allow_new_classes: true "
+                             "(the classes then grow as labels are revealed)")
+        if d.allow_new_classes:
+            bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
+            if self.train.num_workers != 1 or bad:
+                raise ValueError("data.allow_new_classes grows the output layer: it needs train.num_workers 1 and "
+                                 f"strategy finetune or replay (got {self.train.num_workers} workers, "
+                                 f"{self.strategy.name!r})")
+        if self.stream.last_label_feature or self.stream.source != "replay":
+            raise ValueError("with data.source, the source is set there (not stream.source), and "
+                             "stream.last_label_feature is for built-in tables")
+        if self.model.kind == "cnn" and self.model.builder is None:
+            raise ValueError("model.kind cnn reads image rows; a table's rows are featurized columns (use mlp or a builder)")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

@@ -1,7 +1,27 @@
-"""Model builders. A model is rebuilt anywhere (worker, replica, driver) from its spec."""
+"""Model builders: a registry of ``"module:function"`` names. A model is rebuilt anywhere
+(worker, replica, driver) from its spec.
+
+**The builder contract.** A builder is ``function(num_features, num_classes, cfg) -> nn.Module``
+(``cfg``: the :class:`~ddn_ray.config.ModelConfig`; a user's settings are in ``cfg.options``).
+The module maps ``(batch, num_features)`` float32 to ``(batch, num_classes)`` float32 logits (or
+regression outputs) as ``forward(x) == head(body(x))``, where
+
+* ``body`` is the module that gives the embedding ``(batch, d)`` float32 (the drift monitor's
+  MMD test reads it), and
+* ``head`` is an ``nn.Linear(d, num_classes)``: the parameters the policy's ``head`` retraining
+  level trains, and the layer that :func:`grow_head` widens when a new class appears.
+
+The built-in ``mlp`` and ``cnn`` follow it and are registered in :data:`BUILDERS` the same way
+(``model.kind: mlp`` is ``model.builder: ddn_ray.models:mlp``). A user's module is imported by
+name wherever the model is built: installed, on ``PYTHONPATH``, in the current directory, or
+shipped with ``ray job submit --working-dir``.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -11,7 +31,10 @@ from torch import nn
 
 from ddn_ray.config import ModelConfig
 
-__all__ = ["CNN", "MLP", "build", "build_for_inference", "fresh", "load_numpy_state", "state_to_numpy"]
+__all__ = ["BUILDERS", "CNN", "MLP", "build", "build_for_inference", "cnn", "fresh", "grow_head", "load_numpy_state",
+           "mlp", "output_width", "predict", "resolve", "state_to_numpy"]
+
+Builder = Callable[[int, int, ModelConfig], nn.Module]
 
 
 def _hidden(width: int, hidden_sizes: tuple[int, ...], dropout: float) -> tuple[list[nn.Module], int]:
@@ -86,28 +109,106 @@ class CNN(nn.Module):
         return self.head(self.body(x))
 
 
-def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | None = None) -> nn.Module:
-    """Build the model a config describes; with ``seed`` the initial weights are reproducible.
-
-    Raises:
-        ValueError: a ``cnn`` whose ``image_shape`` does not hold ``num_features`` values.
-    """
-    if seed is not None:
-        torch.manual_seed(seed)
-    if cfg.kind == "cnn":
-        c, h, w = cfg.image_shape
-        if c * h * w != num_features:
-            raise ValueError(f"model.image_shape {tuple(cfg.image_shape)} holds {c * h * w} values; rows have {num_features}")
-        return CNN(tuple(cfg.image_shape), num_classes, tuple(cfg.channels), tuple(cfg.hidden_sizes), cfg.dropout)
+def mlp(num_features: int, num_classes: int, cfg: ModelConfig) -> MLP:
+    """The built-in ``mlp``: :class:`MLP` with ``cfg.hidden_sizes`` and ``cfg.dropout``."""
     return MLP(num_features, num_classes, tuple(cfg.hidden_sizes), cfg.dropout)
 
 
-def fresh(cfg: ModelConfig, num_features: int, num_classes: int, seed: int) -> Callable[[int], nn.Module]:
+def cnn(num_features: int, num_classes: int, cfg: ModelConfig) -> CNN:
+    """The built-in ``cnn``: :class:`CNN` on rows of ``cfg.image_shape`` images.
+
+    Raises:
+        ValueError: ``image_shape`` does not hold ``num_features`` values.
+    """
+    c, h, w = cfg.image_shape
+    if c * h * w != num_features:
+        raise ValueError(f"model.image_shape {tuple(cfg.image_shape)} holds {c * h * w} values; rows have {num_features}")
+    return CNN(tuple(cfg.image_shape), num_classes, tuple(cfg.channels), tuple(cfg.hidden_sizes), cfg.dropout)
+
+
+BUILDERS: dict[str, str] = {"mlp": "ddn_ray.models:mlp", "cnn": "ddn_ray.models:cnn"}
+
+
+def resolve(name: str) -> Builder:
+    """The builder a ``"package.module:function"`` name (or a built-in kind of :data:`BUILDERS`) names.
+
+    The module is imported as is; if that fails, once more with the current directory on ``sys.path``
+    (a user's ``my_models.py`` beside the config, or a job's ``--working-dir``).
+
+    Raises:
+        ValueError: the name is not of that form, or the module cannot be imported.
+        TypeError: the module has no such callable.
+    """
+    name = BUILDERS.get(name, name)
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model.builder {name!r} must be 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as first:
+        if os.getcwd() in sys.path:
+            raise ValueError(f"model.builder {name!r}: cannot import {module_name!r} ({first}); install it, put it on "
+                             "PYTHONPATH, or ship it with ray job submit --working-dir") from None
+        sys.path.append(os.getcwd())
+        return resolve(name)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise TypeError(f"model.builder {name!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | None = None) -> nn.Module:
+    """Build the model a config describes (``cfg.builder``, else the built-in ``cfg.kind``); with ``seed`` the
+    initial weights are reproducible.
+
+    Raises:
+        ValueError: the builder cannot be imported, its head has not ``num_classes`` outputs, or a ``cnn``
+            whose ``image_shape`` does not hold ``num_features`` values.
+        TypeError: the name is not callable, or its module breaks the contract (no ``body`` / ``head``,
+            a head that is not an ``nn.Linear``).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    name = cfg.builder or cfg.kind
+    model = resolve(name)(num_features, num_classes, cfg)
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "body", None), nn.Module) or not isinstance(
+            getattr(model, "head", None), nn.Linear):
+        raise TypeError(f"model.builder {name!r} must return an nn.Module with a .body module and an nn.Linear "
+                         f".head (forward(x) == head(body(x))); got {type(model).__name__}")
+    if model.head.out_features != num_classes:
+        raise ValueError(f"model.builder {name!r}: head has {model.head.out_features} outputs; expected {num_classes}")
+    return model
+
+
+def grow_head(model: nn.Module, num_classes: int, seed: int) -> None:
+    """Widen ``model.head`` (an ``nn.Linear``) to ``num_classes`` outputs in place, keeping the rows it had.
+
+    The new rows get ``nn.Linear``'s default initialisation, seeded by ``seed + num_classes``, so every
+    rank grows alike. A rebuilt optimizer must follow (the head's parameters are new tensors).
+
+    Raises:
+        ValueError: ``num_classes`` is smaller than the head's output width.
+    """
+    old: nn.Linear = model.head
+    if num_classes < old.out_features:
+        raise ValueError(f"cannot shrink the head from {old.out_features} to {num_classes} outputs")
+    if num_classes == old.out_features:
+        return
+    torch.manual_seed(seed + num_classes)
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        new.weight[: old.out_features] = old.weight
+        if old.bias is not None:
+            new.bias[: old.out_features] = old.bias
+    model.head = new
+
+
+def fresh(cfg: ModelConfig, num_features: int, num_classes: int, seed: int) -> Callable[..., nn.Module]:
     """``fresh(k)`` builds the ``k``-th fresh model of a run (seed ``seed + 1000 * k``), the same on every rank.
 
     A policy's reset (:class:`~ddn_ray.learner.OnlineLearner`) takes its new weights from it.
     """
-    return lambda k: build(cfg, num_features, num_classes, seed=seed + 1000 * k)
+    return lambda k, classes=num_classes: build(cfg, num_features, classes, seed=seed + 1000 * k)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
@@ -146,3 +247,16 @@ def build_for_inference(
         tensors = {k: torch.from_numpy(v) for k, v in state.items()}
     model.load_state_dict(tensors, assign=True)
     return model.eval()
+
+
+def output_width(weights: Mapping[str, np.ndarray]) -> int:
+    """The output width of a state dict of the builder contract: rows of ``head.weight``."""
+    return int(weights["head.weight"].shape[0])
+
+
+def predict(model: nn.Module, x: np.ndarray, task: str) -> np.ndarray:
+    """A model's answers for ``x`` ``(n, num_features)`` float32: ``(n,)`` int64 classes, or ``(n, k)`` float64
+    outputs for ``task == "regression"`` (no gradients; the model should be in eval mode)."""
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+    return out.double().numpy() if task == "regression" else out.argmax(1).numpy()
