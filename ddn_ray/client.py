@@ -57,16 +57,20 @@ class TrafficClient:
             looked up by offset, or ``{"png": [...]}`` (:func:`ddn_ray.images.encode_png`).
         outputs: a regression model's output width: answers are read from ``"outputs"``
             instead of ``"predictions"``.
+        answer_key: the answer's field holding the class ids (or outputs) per row; default
+            ``"predictions"`` (``"outputs"`` for regression). Named records are answered with
+            class names in ``"predictions"`` and their ids in ``"class_ids"``.
     """
 
     def __init__(self, url: str, request_rows: int = 100, num_clients: int = 2, timeout_s: float = 30.0,
                  body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body,
-                 outputs: int | None = None) -> None:
+                 outputs: int | None = None, answer_key: str | None = None) -> None:
         self.url = url
         self.request_rows = request_rows
         self.timeout_s = timeout_s
         self.body = body
         self.outputs = outputs
+        self.answer_key = answer_key or ("predictions" if outputs is None else "outputs")
         self._pool = ThreadPoolExecutor(max_workers=num_clients, thread_name_prefix="traffic")
         self._local = threading.local()
 
@@ -75,7 +79,7 @@ class TrafficClient:
             self._local.session = requests.Session()
         return self._local.session
 
-    def _send(self, offsets: np.ndarray, rows: np.ndarray) -> tuple[list[int] | None, int, float, str | None]:
+    def _send(self, offsets: np.ndarray, rows: Any) -> tuple[list[int] | None, int, float, str | None]:
         t0 = time.perf_counter()
         try:
             resp = self._session().post(self.url, json=self.body(offsets, rows), timeout=self.timeout_s)
@@ -83,12 +87,13 @@ class TrafficClient:
             if resp.status_code != 200:
                 return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
             body = resp.json()
-            return body["predictions" if self.outputs is None else "outputs"], int(body["model_version"]), dt, None
+            return body[self.answer_key], int(body["model_version"]), dt, None
         except (requests.RequestException, ValueError, KeyError) as exc:
             return None, -1, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
 
-    def predict(self, offsets: np.ndarray, features: np.ndarray) -> Answers:
-        """Request predictions for ``features`` ``(n, num_features)`` float32, rows in order."""
+    def predict(self, offsets: np.ndarray, features: Any) -> Answers:
+        """Request predictions for ``features`` (``(n, num_features)`` float32, or any sequence of ``n`` rows
+        that ``body`` encodes, e.g. named records), rows in order."""
         n = len(offsets)
         preds = np.full(n, -1, dtype=np.int64) if self.outputs is None else np.full((n, self.outputs), np.nan)
         versions = np.full(n, -1, dtype=np.int64)

@@ -29,15 +29,23 @@ class Gate(enum.Enum):
     REJECT_SHAPE = "reject_shape"
 
 
-def check_update(weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None) -> Gate:
+def _same_or_grown(new: tuple[int, ...], old: tuple[int, ...], grow: bool) -> bool:
+    return new == old or (grow and len(new) == len(old) >= 1 and new[1:] == old[1:] and new[0] > old[0])
+
+
+def check_update(weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None,
+                 grow: bool = False) -> Gate:
     """Gate an update: every tensor finite, and keys/shapes equal to the reference version's.
 
     Args:
         weights: the candidate ``state_dict`` as numpy arrays.
         reference: the current version's arrays, or ``None`` for the first version.
+        grow: the update declares more classes than the reference: a tensor may then have a larger
+            first dimension (the head's new rows, :func:`ddn_ray.models.grow_head`), all else equal.
     """
     if reference is not None and (
-        weights.keys() != reference.keys() or any(weights[k].shape != reference[k].shape for k in weights)
+        weights.keys() != reference.keys()
+        or any(not _same_or_grown(weights[k].shape, reference[k].shape, grow) for k in weights)
     ):
         return Gate.REJECT_SHAPE
     for v in weights.values():
@@ -113,6 +121,7 @@ class Controller:
         self.records: list[VersionRecord] = []
         self.rejected: list[dict[str, Any]] = []
         self._weights: dict[int, tuple[Any, Mapping[str, np.ndarray]]] = {}
+        self._preprocessing: dict[int, dict[str, Any] | None] = {}  # the featurizer state each version learned with
         self._replicas: dict[str, float] = {}  # replica id -> last seen
         self._replica_version: dict[str, int] = {}
         self.trainer: dict[str, Any] | None = None
@@ -124,8 +133,16 @@ class Controller:
     def latest_version(self) -> int | None:
         return self.records[-1].version if self.records else None
 
-    def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
+                preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Gate and store an update.
+
+        Args:
+            weights: the ``state_dict`` as numpy arrays.
+            meta: what the trainer says of it (``window``, ``trained_end_offset``, ``parent``, ``num_classes``, ...).
+                A ``num_classes`` above the current version's lets the head grow (see :func:`check_update`).
+            preprocessing: the featurizer state the weights were trained with
+                (:meth:`ddn_ray.features.Featurizer.state_dict`), served with them; ``None`` for built-in tables.
 
         Returns:
             ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
@@ -135,15 +152,19 @@ class Controller:
         meta = dict(meta or {})
         latest = self.latest_version
         reference = self._weights[latest][1] if latest is not None else None
-        decision = check_update(weights, reference)
+        before = self.records[-1].meta.get("num_classes") if self.records else None
+        grow = before is not None and int(meta.get("num_classes", before)) > int(before)
+        decision = check_update(weights, reference, grow)
         if decision is not Gate.ACCEPT:
             self.rejected.append({"decision": decision.value, "at_version": latest, "meta": meta})
             return {"accepted": False, "version": latest, "decision": decision.value}
         parent = meta.get("parent", latest)
         version = max(v for v in (latest, parent, -1) if v is not None) + 1
         self._weights[version] = self._store(weights)
+        self._preprocessing[version] = dict(preprocessing) if preprocessing is not None else None
         for old in [v for v in self._weights if v <= version - self.keep_versions]:
             del self._weights[old]
+            self._preprocessing.pop(old, None)
         self.records.append(VersionRecord(version, parent, now, meta, self.live_replicas()))
         return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
 
@@ -161,6 +182,10 @@ class Controller:
     def weights(self, version: int | None = None) -> tuple[int, Mapping[str, np.ndarray]]:
         v, _ = self.handle(version)
         return v, self._weights[v][1]
+
+    def preprocessing(self, version: int) -> dict[str, Any] | None:
+        """The featurizer state ``version`` was trained with (``None``: rows need no featurizing)."""
+        return self._preprocessing.get(version)
 
     def record(self, version: int) -> VersionRecord:
         for r in reversed(self.records):
@@ -198,8 +223,11 @@ class Controller:
         return {r: v for r, v in self._replica_version.items() if r in live}
 
     # trainer --------------------------------------------------------------
-    def trainer_ready(self, next_offset: int, next_window: int, version: int | None) -> None:
-        self.trainer = {"next_offset": next_offset, "next_window": next_window, "version": version}
+    def trainer_ready(self, next_offset: int, next_window: int, version: int | None,
+                      preprocessing: Mapping[str, Any] | None = None) -> None:
+        """The trainer starts at ``next_offset`` (a resume: the checkpoint's, with its featurizer state)."""
+        self.trainer = {"next_offset": next_offset, "next_window": next_window, "version": version,
+                        "preprocessing": dict(preprocessing) if preprocessing is not None else None}
 
     def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
         """Record a window's metrics; its drift events (signal + decision) go to the decision log."""
@@ -263,8 +291,9 @@ class ControllerActor:
                 return predicate()
         return True
 
-    async def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        result = self.c.publish(weights, meta)
+    async def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
+                      preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        result = self.c.publish(weights, meta, preprocessing)
         self.metrics.published(result)
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(self.metrics.refresh_forever())
@@ -275,8 +304,13 @@ class ControllerActor:
         """By value: for a trainer starting up or the report's static baseline."""
         return self.c.weights()
 
-    async def wait_for_version(self, replica_id: str, after: int | None, timeout_s: float) -> tuple[int, list[Any], dict] | None:
-        """Long-poll: return ``(version, [weights ref], meta)`` once a version newer than ``after`` exists.
+    async def preprocessing(self, version: int) -> dict[str, Any] | None:
+        """The featurizer state ``version`` was trained with (the report's static baseline freezes it)."""
+        return self.c.preprocessing(version)
+
+    async def wait_for_version(self, replica_id: str, after: int | None, timeout_s: float
+                               ) -> tuple[int, list[Any], dict, dict | None] | None:
+        """Long-poll: return ``(version, [weights ref], meta, preprocessing)`` once a version newer than ``after`` exists.
 
         The ref sits in a list so Ray does not resolve it here; the replica fetches
         it zero-copy from the object store. Returns ``None`` on timeout.
@@ -286,7 +320,7 @@ class ControllerActor:
         if not await self._wait(newer, timeout_s):
             return None
         version, ref = self.c.handle()
-        return version, [ref], self.c.record(version).meta
+        return version, [ref], self.c.record(version).meta, self.c.preprocessing(version)
 
     async def ack(self, replica_id: str, version: int) -> None:
         self.c.ack(replica_id, version)
@@ -308,8 +342,9 @@ class ControllerActor:
     async def num_live_replicas(self) -> int:
         return len(self.c.live_replicas())
 
-    async def trainer_ready(self, next_offset: int, next_window: int, version: int | None) -> None:
-        self.c.trainer_ready(next_offset, next_window, version)
+    async def trainer_ready(self, next_offset: int, next_window: int, version: int | None,
+                            preprocessing: Mapping[str, Any] | None = None) -> None:
+        self.c.trainer_ready(next_offset, next_window, version, preprocessing)
         await self._notify()
 
     async def wait_trainer_ready(self, timeout_s: float) -> dict[str, Any] | None:

@@ -368,6 +368,30 @@ class OnlineLearner:
                     x, y = torch.cat([x, memory.x]), torch.cat([y, memory.y])
         retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator, self.task)
 
+    @property
+    def num_classes(self) -> int:
+        """The model's output width (the head's ``out_features``)."""
+        return int(self.raw.head.out_features)
+
+    def grow_outputs(self, num_classes: int) -> bool:
+        """New classes were revealed: widen the head (:func:`ddn_ray.models.grow_head`) to ``num_classes`` outputs.
+
+        The optimizer and its schedule restart (the head's parameters are new tensors); a later
+        reset builds fresh models of the new width. Only for one worker without DDP and strategies
+        that keep no per-parameter state (finetune, replay; the config checks this).
+
+        Returns:
+            Whether the head grew.
+        """
+        if num_classes <= self.num_classes:
+            return False
+        models.grow_head(self.raw, num_classes, self.seed)
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters())
+        self.scheduler = make_scheduler(self.cfg, self.optimizer)
+        old_fresh = self.fresh
+        self.fresh = lambda k: old_fresh(k, num_classes)
+        return True
+
     def _recent_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of the last ``recent_windows`` windows: ``(n, num_features)`` float32, ``(n,)`` int64."""
         return torch.cat([r[0] for r in self.recent]), torch.cat([r[1] for r in self.recent])

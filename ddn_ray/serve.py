@@ -9,6 +9,12 @@ Endpoints (under the app's route prefix):
 
 * ``POST /predict`` ``{"instances": [[f1, ..., fN], ...]}`` ->
   ``{"predictions": [...], "probabilities": [[...]], "model_version": v, "replica": id}``
+* ``POST /predict`` ``{"records": [{"amount": 1200, "region": "north"}, ...]}`` (models of a user's table,
+  :mod:`ddn_ray.features`): the replica featurizes the named columns with the preprocessing state of the
+  version it serves -> ``{"predictions": [class names], "class_ids": [...], "probabilities": [[...]],
+  "ids": [...], "model_version": v, ...}`` (``ids``: the table's id column, when it has one); a missing or
+  unknown column or a value of the wrong type is a 422 naming ``records[i].column``
+* ``GET /schema`` -> the columns a record takes, by kind, and the classes (also in ``/version`` and the OpenAPI)
 * ``POST /predict_images`` ``{"png": ["<base64 PNG>", ...]}`` (models whose inputs are images)
 * ``POST /predict_text`` ``{"texts": ["raw text", ...]}`` (models whose inputs are texts: the
   replica featurizes them as the stream did, :mod:`ddn_ray.text`)
@@ -40,12 +46,13 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from ddn_ray import anomaly, images, models, text
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray.config import JobConfig, ModelConfig
+from ddn_ray.features import Featurizer, RecordError, records_table
 from ddn_ray.metrics import ReplicaMetrics
 
 __all__ = [
@@ -57,6 +64,7 @@ __all__ = [
     "PredictRequest",
     "PredictResponse",
     "Predictor",
+    "RecordsResponse",
     "SeriesRequest",
     "TextRequest",
     "ValuesResponse",
@@ -71,11 +79,22 @@ FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 DETECTOR = anomaly.Detector()  # /score_anomaly scores as the NAB job's report does
 
 
+Value = str | int | float | bool | None
+
+
 class PredictRequest(BaseModel):
-    """Request body. ``instances``: ``(batch, num_features)`` finite numbers."""
+    """Request body: exactly one of ``instances`` (``(batch, num_features)`` finite numbers) or ``records``
+    (one object of named columns per row, for a model of a user's table; ``GET /schema`` lists the columns)."""
 
     model_config = ConfigDict(extra="forbid")
-    instances: list[list[FiniteFloat]] = Field(min_length=1)
+    instances: list[list[FiniteFloat]] | None = Field(None, min_length=1)
+    records: list[dict[str, Value]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PredictRequest":
+        if (self.instances is None) == (self.records is None):
+            raise ValueError("send exactly one of 'instances' (rows of numbers) or 'records' (objects of named columns)")
+        return self
 
 
 class ImageRequest(BaseModel):
@@ -121,11 +140,24 @@ class AnomalyResponse(BaseModel):
 
 
 class ValuesResponse(BaseModel):
-    """A regression model's answer on ``/predict``: one row of outputs per instance."""
+    """A regression model's answer on ``/predict``: one row of outputs per instance (``ids`` for records)."""
 
     outputs: list[list[float]]
     model_version: int
     replica: str
+    ids: list[str | None] | None = None
+
+
+class RecordsResponse(BaseModel):
+    """The answer to ``records``: the class of each row by name (``None``: an output not yet given a class),
+    its id, the class probabilities in ``class_ids`` order (``GET /schema`` lists the classes)."""
+
+    predictions: list[Value]
+    class_ids: list[int]
+    probabilities: list[list[float]]
+    model_version: int
+    replica: str
+    ids: list[str | None] | None = None
 
 
 class NextStateResponse(BaseModel):
@@ -170,6 +202,45 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if _metrics is not None:
         _metrics.request(422)
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+_record_schema: dict[str, Any] | None = None  # this replica's table record (components.schemas.Record)
+_openapi_cache: dict[str, Any] | None = None
+
+
+def _openapi() -> dict[str, Any]:
+    """The app's OpenAPI, with this replica's ``Record`` when it serves a table.
+
+    Set as ``app.openapi`` before :func:`serve.ingress` copies the app: the copy the replica serves keeps
+    this module-level function (pickled by reference), which reads this process's module state.
+    """
+    global _openapi_cache
+    if _openapi_cache is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        if _record_schema is not None:
+            spec.setdefault("components", {}).setdefault("schemas", {})["Record"] = _record_schema
+            body = spec["components"]["schemas"].get("PredictRequest", {}).get("properties", {})
+            for option in body.get("records", {}).get("anyOf", []):
+                if option.get("type") == "array":
+                    option["items"] = {"$ref": "#/components/schemas/Record"}
+        _openapi_cache = spec
+    return _openapi_cache
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _openapi_with_records(featurizer: Featurizer) -> None:
+    """Describe the record of this replica's table in the app's OpenAPI (``components.schemas.Record``)."""
+    global _record_schema, _openapi_cache
+    number, text_ = {"type": "number", "nullable": True}, {"type": ["string", "number", "boolean"], "nullable": True}
+    _record_schema = {"type": "object", "additionalProperties": False,
+                      "required": [*featurizer.numeric, *featurizer.categorical],
+                      "properties": {**{c: number for c in featurizer.numeric},
+                                     **{c: text_ for c in featurizer.categorical}}}
+    _openapi_cache = None
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
@@ -222,13 +293,14 @@ class Predictor:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._max_batch_rows = max_batch_rows
         self._poll_timeout_s = poll_timeout_s
-        self._current: tuple[int, torch.nn.Module] | None = None
+        self._current: tuple[int, torch.nn.Module, Featurizer | None] | None = None
         self._poller: asyncio.Task | None = None
         global _metrics
         _metrics = self._metrics = ReplicaMetrics(self._replica)
         self._refresher = asyncio.get_running_loop().create_task(self._metrics.refresh_forever())
         if checkpoint is not None:
             version, weights, spec = checkpoint_io.read(checkpoint)
+            preprocessing = spec.get("preprocessing")
         elif controller_name is not None:
             self._controller = ray.get_actor(controller_name, namespace=namespace)
             spec = await self._controller.model_spec.remote() if model is None else {}
@@ -244,24 +316,31 @@ class Predictor:
         self._inputs: dict[str, Any] = inputs or spec.get("inputs") or {"kind": "table"}
         if self._inputs.get("kind") == "text":  # load the featurizer (an encoder: seconds) before taking traffic
             text.featurize(["warm-up"], self._inputs)
+        self._openapi_done = False
         if checkpoint is not None:
-            self._install(version, weights)
+            self._install(version, weights, preprocessing, spec)
             return
         if not await self._load_next(None, start_timeout_s):
             raise RuntimeError(f"no model version was published within {start_timeout_s} s")
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
-    def _install(self, version: int, weights: Any) -> None:
-        model = models.build_for_inference(self._model_cfg, self._num_features, self._num_classes, weights)
-        self._current = (version, model)  # one assignment: requests see old or new, never half
+    def _install(self, version: int, weights: Any, preprocessing: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        num_classes = int((meta or {}).get("num_classes", self._num_classes))  # the head may have grown
+        model = models.build_for_inference(self._model_cfg, self._num_features, num_classes, weights)
+        featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
+        self._current = (version, model, featurizer)  # one assignment: requests see old or new, never half
+        if featurizer is not None and not self._openapi_done:
+            _openapi_with_records(featurizer)
+            self._openapi_done = True
         self._metrics.serving(version)
 
     async def _load_next(self, after: int | None, timeout_s: float) -> bool:
         found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s)
         if found is None:
             return False
-        version, (ref,), _meta = found
-        self._install(version, await ref)
+        version, (ref,), meta, preprocessing = found
+        self._install(version, await ref, preprocessing, meta)
         await self._controller.ack.remote(self._replica, version)
         return True
 
@@ -280,13 +359,36 @@ class Predictor:
         if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
-    def _answer(self, x: torch.Tensor) -> PredictResponse | ValuesResponse:
-        version, model = self._current  # one read: this request's version, whatever the poller does
+    def _answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None
+                ) -> PredictResponse | ValuesResponse | RecordsResponse:
+        version, model, featurizer = self._current  # one read: this request's version, whatever the poller does
+        ids = None
+        if records is not None:
+            if featurizer is None:
+                raise self._reject(400, "this model takes 'instances' (rows of numbers), not 'records'")
+            if len(records) > self._max_batch_rows:
+                raise self._reject(413, f"records has {len(records)} rows; at most {self._max_batch_rows} per request")
+            optional = [featurizer.id_column] if featurizer.id_column else []
+            try:
+                table = records_table(records, featurizer.numeric, featurizer.categorical, optional)
+            except RecordError as exc:
+                raise self._reject(422, str(exc)) from None
+            good, reasons = featurizer.check(table, labels=False)
+            if not good.all():
+                i = int(np.flatnonzero(~good)[0])
+                raise self._reject(422, f"records[{i}]: {reasons[0]}")
+            x = torch.from_numpy(featurizer.transform(table))
+            ids = table[featurizer.id_column].to_pylist() if optional else None
         with torch.no_grad():
             out = model(x)
         self._metrics.request(200, rows=len(x))
         if self._model_cfg.task == "regression":
-            return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica)
+            return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids)
+        if records is not None:
+            probs = torch.softmax(out, dim=1)
+            class_ids = probs.argmax(dim=1).tolist()
+            return RecordsResponse(predictions=featurizer.class_names(class_ids), class_ids=class_ids,
+                                   probabilities=probs.tolist(), model_version=version, replica=self._replica, ids=ids)
         probs = torch.softmax(out, dim=1)
         return PredictResponse(
             predictions=probs.argmax(dim=1).tolist(),
@@ -306,8 +408,12 @@ class Predictor:
         if n > self._max_batch_rows:
             raise self._reject(413, f"{n} items; at most {self._max_batch_rows} per request")
 
-    @app.post("/predict", response_model=PredictResponse | ValuesResponse)
-    async def predict(self, request: PredictRequest) -> PredictResponse | ValuesResponse:
+    @app.post("/predict", response_model=PredictResponse | RecordsResponse | ValuesResponse)
+    async def predict(self, request: PredictRequest) -> PredictResponse | RecordsResponse | ValuesResponse:
+        if request.records is not None:
+            return self._answer(None, request.records)
+        if self._current[2] is not None:
+            raise self._reject(400, "this model featurizes named columns: send 'records' (GET /schema lists them)")
         try:
             check_instances(request.instances, self._num_features, self._max_batch_rows)
         except HTTPException as exc:
@@ -346,7 +452,7 @@ class Predictor:
         s = torch.tensor(request.states, dtype=torch.float32)
         raw = torch.cat([s, torch.tensor(request.actions, dtype=torch.float32)], dim=1)
         x = (raw - torch.tensor(spec["x_mean"])) / torch.tensor(spec["x_std"])
-        version, model = self._current
+        version, model, _ = self._current
         with torch.no_grad():
             delta = model(x.float()) * torch.tensor(spec["y_std"]) + torch.tensor(spec["y_mean"])
         self._metrics.request(200, rows=len(s))
@@ -373,7 +479,7 @@ class Predictor:
         # Rows for every value sent and one more: the last row forecasts the next value.
         feats, target = anomaly.series_rows(np.append(x, x[-1]), lags, period, width)
         feats, target = feats[first - lags:], target[first - lags:, 0]
-        version, model = self._current
+        version, model, _ = self._current
         with torch.no_grad():
             out = model(torch.from_numpy(feats))[:, 0].numpy()
         errors = np.zeros(len(x))
@@ -386,7 +492,17 @@ class Predictor:
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:
-        return {"model_version": self._current[0], "replica": self._replica, "inputs": self._inputs}
+        version, _, featurizer = self._current
+        return {"model_version": version, "replica": self._replica, "inputs": self._inputs,
+                **({"schema": featurizer.schema()} if featurizer is not None else {})}
+
+    @app.get("/schema")
+    async def schema(self) -> dict[str, Any]:
+        """The record a request sends (columns by kind, the missing-value rule) and the classes of this version."""
+        version, _, featurizer = self._current
+        if featurizer is None:
+            raise self._reject(404, f"this model takes rows of {self._num_features} numbers ('instances'), no records")
+        return {"model_version": version, **featurizer.schema()}
 
 
 def build_app(cfg: JobConfig, num_features: int, num_classes: int,

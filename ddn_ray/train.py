@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray.config import TrainConfig
+from ddn_ray.config import JobConfig
 from ddn_ray.learner import OnlineLearner, WindowMetrics, gather, make_optimizer, prequential_step
 
 __all__ = [
     "InProcessRun",
     "WindowItem",
     "WindowMetrics",
+    "WorkerArgs",
     "in_process_learner",
     "make_optimizer",
     "prequential_step",
@@ -47,12 +48,43 @@ class WindowItem:
         end: offset one past its last row (exclusive).
         dataset: this rank's ``ray.data.Dataset`` with columns ``features``
             (fixed-size list of float32) and ``label`` (int64).
+        preprocessing: the featurizer state these rows were featurized with (a user's table,
+            :meth:`ddn_ray.features.Featurizer.state_dict`); it travels with the version trained on them.
+            ``None`` for built-in tables.
+        num_classes: the output width the rows' labels need (it grows with ``data.allow_new_classes``).
     """
 
     index: int
     start: int
     end: int
     dataset: Any
+    preprocessing: dict[str, Any] | None = None
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What every Train worker gets (``train_loop_config={"args": WorkerArgs(...)}``).
+
+    Attributes:
+        job: the validated job config.
+        feature_names: the model's input columns.
+        num_classes: the output width at the start (a checkpoint's own width wins on resume).
+        queues: one ``ray.util.queue.Queue`` per rank, yielding :class:`WindowItem` and finally ``None``.
+        controller: the controller actor's handle.
+        inputs: the raw-input spec Serve featurizes requests with (``checkpoint.model_spec``).
+    """
+
+    job: JobConfig
+    feature_names: list[str]
+    num_classes: int
+    queues: list[Any]
+    controller: Any
+    inputs: dict[str, Any] | None = None
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
 
 
 def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,15 +97,14 @@ def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) ->
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train loop (Train v2). Runs on every worker until it reads the end-of-stream marker.
 
-    ``config`` keys: ``train`` (TrainConfig as dict), ``model`` (ModelConfig as dict),
-    ``strategy``, ``drift``, ``policy`` (their configs as dicts), ``feature_names`` (optional), ``inputs`` (optional raw-input spec),
-    ``num_features``, ``num_classes``, ``queues`` (one ``ray.util.queue.Queue`` per rank,
-    yielding :class:`WindowItem` and finally ``None``), ``controller`` (actor handle).
+    ``config["args"]`` is a :class:`WorkerArgs`.
 
     Resumes from ``ray.train.get_checkpoint()`` when there is one: weights, and every
-    rank's learner state (optimizer, schedule, strategy, detector, policy), stream offset, window index and model version;
-    otherwise starts from the controller's latest version. Rank 0 tells the controller where it resumes
-    (``trainer_ready``) so the stream starts there.
+    rank's learner state (optimizer, schedule, strategy, detector, policy), stream offset, window index,
+    model version and featurizer state; otherwise starts from the controller's latest version. Rank 0
+    tells the controller where it resumes (``trainer_ready``, with the checkpoint's featurizer state)
+    so the stream starts there. Each version is published with the featurizer state of the last
+    window it learned, and a window that needs more outputs widens the head first.
     """
     import ray
     import ray.train
@@ -81,51 +112,56 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.data import DataContext
 
     from ddn_ray import models
-    from ddn_ray.config import DriftConfig, ModelConfig, PolicyConfig, StrategyConfig
 
     torch.set_num_threads(1)
     ctx_data = DataContext.get_current()
     ctx_data.enable_progress_bars = False
     ctx_data.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    cfg = TrainConfig(**config["train"])
-    controller = config["controller"]
+    args: WorkerArgs = config["args"]
+    job, controller = args.job, args.controller
+    cfg, mcfg, nf, nc = job.train, job.model, args.num_features, args.num_classes
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    queue = config["queues"][rank]
+    queue = args.queues[rank]
 
-    mcfg, nf, nc = ModelConfig(**config["model"]), config["num_features"], config["num_classes"]
-    model = models.build(mcfg, nf, nc, seed=cfg.seed)
-    next_offset, next_index, version, state = 0, 0, None, None
+    next_offset, next_index, version, state, preprocessing = 0, 0, None, None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / checkpoint_io.STATE, weights_only=False)
             meta = checkpoint_io.read_meta(d)
+        nc = int(meta.get("num_classes", nc))  # the head may have grown before the checkpoint
+        model = models.build(mcfg, nf, nc, seed=cfg.seed)
         model.load_state_dict(state["model"])
         next_offset, next_index, version = meta["next_offset"], meta["next_window"], meta["model_version"]
+        preprocessing = meta.get("preprocessing")
     else:
+        model = models.build(mcfg, nf, nc, seed=cfg.seed)
         version, weights = ray.get(controller.latest_weights.remote())
         models.load_numpy_state(model, weights)
     model = ray.train.torch.prepare_model(model)
     learner = OnlineLearner(
-        model, models.fresh(mcfg, nf, nc, cfg.seed), cfg, StrategyConfig(**config["strategy"]),
-        DriftConfig(**config["drift"]), PolicyConfig(**config["policy"]), cfg.seed, rank, world, config["feature_names"],
-        mcfg.task,
+        model, models.fresh(mcfg, nf, nc, cfg.seed), cfg, job.strategy, job.drift, job.policy, cfg.seed, rank, world,
+        args.feature_names, mcfg.task,
     )
     if state is not None:
         saved = state["learner"]  # one state per rank; more ranks than saved reuse the last one
         learner.load_state_dict(saved[min(rank, len(saved) - 1)])
     if rank == 0:
         if ckpt is not None:  # serve the restored weights, not the job's fresh initial version
-            meta = {"window": next_index - 1, "trained_end_offset": next_offset, "parent": version, "resumed": True}
-            version = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta))["version"]
-        ray.get(controller.trainer_ready.remote(next_offset, next_index, version))
+            meta = {"window": next_index - 1, "trained_end_offset": next_offset, "parent": version, "resumed": True,
+                    "num_classes": learner.num_classes}
+            version = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))["version"]
+        ray.get(controller.trainer_ready.remote(next_offset, next_index, version, preprocessing))
 
     while True:
         item: WindowItem | None = queue.get()
         if item is None:
             break
+        if item.num_classes is not None:
+            learner.grow_outputs(item.num_classes)
+        preprocessing = item.preprocessing if item.preprocessing is not None else preprocessing
         x, y = _window_tensors(item, torch.float32 if mcfg.task == "regression" else torch.int64)
         metrics, event = learner.step(item.index, item.start, item.end, x, y)
         events = [event] if event is not None else []
@@ -134,8 +170,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             rejected = None
             if rank == 0:
                 meta = {"window": item.index, "trained_end_offset": item.end, "pre_accuracy": metrics.pre_accuracy,
-                        "parent": version, "decision": event["decision"] if event else None}
-                result = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta))
+                        "parent": version, "decision": event["decision"] if event else None,
+                        "num_classes": learner.num_classes}
+                result = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))
                 version = result["version"] if result["accepted"] else version
                 rejected = None if result["accepted"] else result["decision"]
             rejected = gather(rejected, world)[0]
@@ -150,7 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
             if rank == 0:
                 meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
-                        **checkpoint_io.model_spec(mcfg, nf, nc, config["feature_names"], config.get("inputs"))}
+                        **checkpoint_io.model_spec(mcfg, nf, learner.num_classes, args.feature_names, args.inputs),
+                        "preprocessing": preprocessing}
                 checkpoint_io.write(tmp.name, learner.raw.state_dict(), learner_states, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp.name)
         if rank == 0:

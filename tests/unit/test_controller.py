@@ -106,7 +106,8 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
     c.trainer_ready(300, 3, 7)
     c.trainer_progress({"index": 3, "num_rows": 100})
     s = c.summary()
-    assert c.windows_done == 3 and s["trainer"] == {"next_offset": 300, "next_window": 3, "version": 7}
+    assert c.windows_done == 3 and s["trainer"] == {"next_offset": 300, "next_window": 3, "version": 7,
+                                                   "preprocessing": None}
     assert s["progress"] == [{"index": 3, "num_rows": 100}] and s["decisions"] == []
     event = {"window": 4, "offset": 417, "detector": "ADWIN", "decision": "all", "reason": "error 0.1 -> 0.3"}
     c.trainer_progress({"index": 4, "num_rows": 100, "events": [event]})
@@ -121,3 +122,23 @@ def test_large_but_finite_float32_weights_are_accepted() -> None:
     big["a"][-1] = -np.inf
     assert check_update(big, None) is Gate.REJECT_NON_FINITE
     assert check_update({"d": np.array([1e308, 1e308])}, None) is Gate.ACCEPT
+
+
+def test_the_head_may_grow_only_when_the_update_declares_more_classes() -> None:
+    c = Controller()
+    two = {"body.w": np.ones((4, 3)), "head.weight": np.ones((2, 4)), "head.bias": np.zeros(2)}
+    three = {"body.w": np.ones((4, 3)), "head.weight": np.ones((3, 4)), "head.bias": np.zeros(3)}
+    c.publish(two, {"num_classes": 2})
+    assert c.publish(three, {"num_classes": 2})["decision"] == Gate.REJECT_SHAPE.value  # grown but undeclared
+    assert c.publish(three, {"num_classes": 3})["accepted"]
+    wider_body = {**three, "body.w": np.ones((4, 5))}
+    assert check_update(wider_body, three, grow=True) is Gate.REJECT_SHAPE  # only the first dimension may grow
+    assert check_update(two, three, grow=True) is Gate.REJECT_SHAPE  # never shrinks
+
+
+def test_each_version_keeps_the_preprocessing_it_was_trained_with() -> None:
+    c = Controller(keep_versions=2)
+    for k in range(3):
+        c.publish({"a": np.zeros(1)}, {}, {"rows_seen": 10 * k})
+    assert c.preprocessing(2) == {"rows_seen": 20} and c.preprocessing(1) == {"rows_seen": 10}
+    assert c.preprocessing(0) is None  # dropped with its weights

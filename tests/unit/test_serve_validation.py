@@ -14,7 +14,7 @@ from ddn_ray.serve import PredictRequest, check_instances
         ({"instances": [[1.0, "x"]]}, "instances.0.1"),
         ({"instances": [[1.0, float("nan")]]}, "instances.0.1"),
         ({"instances": [[float("inf")]]}, "instances.0.0"),
-        ({"rows": [[1.0]]}, "instances"),
+        ({"rows": [[1.0]]}, "rows"),
         ({"instances": [[1.0]], "extra": 1}, "extra"),
         ({"instances": [1.0]}, "instances.0"),
     ],
