@@ -41,10 +41,12 @@ def _repo_root() -> Path:
     raise SystemExit(f"ddn-ray: jobs/continuous.py not found in {Path.cwd()} or beside the package; run from the repo root")
 
 
-def _run_script(script: str, rest: list[str]) -> None:
+def _run_script(script: str, rest: list[str]) -> Any:
+    """Run a recipe from ``jobs/`` as ``python jobs/<script>`` would, and return what its ``cli`` returns."""
     path = _repo_root() / "jobs" / script
     sys.argv = [str(path), *rest]
-    runpy.run_path(str(path), run_name="__main__")
+    module = runpy.run_path(str(path), run_name="ddn_ray_recipe")  # not __main__: its cli() is called here
+    return module["cli"](rest)
 
 
 def submit(address: str, config_path: str, overrides: list[str], script: str = "jobs/continuous.py",

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray import serve
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -32,11 +31,11 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, images, models, scenarios, stream
-from ddn_ray.client import TrafficClient, instances_body
+from ddn_ray import config, evaluate, feeds, models, scenarios, stream
+from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
-from ddn_ray.train import WindowItem, train_loop_per_worker
+from ddn_ray.train import WindowItem, WorkerArgs, train_loop_per_worker
 
 
 def start_ray(cfg: config.JobConfig) -> bool:
@@ -66,39 +65,34 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     started_ray = start_ray(cfg)
     rss = evaluate.RssSampler().start()
-    scenario = "" if cfg.data.scenario == "none" else f"-{cfg.data.scenario}"
-    run_name = cfg.run_name or f"{cfg.data.name}{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
-    scn = scenarios.load(cfg.data)
-    table = scn.table
-    lag = cfg.stream.last_label_feature  # one more input column: the last revealed label
-    feature_names = stream.input_names(table.feature_names, lag)
-    nf, nc = len(feature_names), table.num_classes
-    workers = cfg.train.num_workers
+    feed = feeds.feed_for(cfg)  # a user's table (data.source) or a built-in stream (data.name)
+    run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    feature_names, nc = feed.feature_names, feed.num_classes
+    nf, workers = len(feature_names), cfg.train.num_workers
 
     # Controller: owns every version; version 0 is the seeded initial model.
     controller = ray.remote(ControllerActor).options(
         name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
     ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
-    ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, scn.inputs)))
+    ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, feed.inputs)))
     init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
-    ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0}))
+    ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0,
+                                                                    "num_classes": nc}, feed.initial_preprocessing()))
 
     # Serve: replicas load the latest version before they take traffic.
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg, nf, nc, scn.inputs), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    route, body = traffic_route(cfg, scn)
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}{route}"
-    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s, body,
-                           outputs=nc if cfg.model.task == "regression" else None)
+    serve.run(build_app(cfg, nf, nc, feed.inputs), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}{feed.route}"
+    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s, feed.body,
+                           outputs=nc if cfg.model.task == "regression" else None, answer_key=feed.answer_key)
 
     # Train: one long-lived fit(); windows arrive through one queue per rank.
     queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
+    args = WorkerArgs(job=cfg, feature_names=feature_names, num_classes=nc, queues=queues, controller=controller,
+                      inputs=feed.inputs)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.train.model_dump(), "model": cfg.model.model_dump(),
-                           "strategy": cfg.strategy.model_dump(), "drift": cfg.drift.model_dump(),
-                           "policy": cfg.policy.model_dump(), "feature_names": feature_names, "num_features": nf,
-                           "num_classes": nc, "queues": queues, "controller": controller, "inputs": scn.inputs},
+        train_loop_config={"args": args},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),
     )
@@ -116,20 +110,16 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         ready = ray.get(controller.wait_trainer_ready.remote(5.0))
         if ready is None and not fit_thread.is_alive():
             raise RuntimeError(f"the trainer failed to start: {fit.get('error')!r}")
-    if cfg.stream.source == "replay":
-        source = stream.ReplaySource(table, cfg.stream.window_size, ready["next_offset"])
-    else:
-        source = stream.LandingDirSource(cfg.stream.landing_dir, nc, cfg.stream.window_size, ready["next_offset"],
-                                         cfg.stream.poll_interval_s, cfg.stream.idle_timeout_s)
-    windows = stream.iter_windows(source, lag)
+    feed.start(next_offset=ready["next_offset"], preprocessing=ready.get("preprocessing"))
 
     served: list[stream.Window] = []
     answers: list[Any] = []
+    static_preds: list[np.ndarray | None] = []
+    ids: list[list[str | None]] = []
     static_model, first_update_s, sync_timeouts, rows_trained = None, None, 0, 0
     static_windows = ready["next_window"] + cfg.report.static_windows
     try:
-        total = -(-(len(table) - ready["next_offset"]) // cfg.stream.window_size) if cfg.stream.source == "replay" else None
-        for window in tqdm(windows, desc="windows", unit="win", total=total, mininterval=2.0):
+        for window in tqdm(feed.windows(), desc="windows", unit="win", total=feed.total_windows(), mininterval=2.0):
             # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
             if window.index - 1 - cfg.stream.max_lag_windows >= ready["next_window"]:
                 wait_trained(window.index - 1 - cfg.stream.max_lag_windows)
@@ -138,19 +128,27 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 sync_timeouts += 1
             elif first_update_s is None and latest >= 1:
                 first_update_s = time.monotonic() - t0
-            if window.index == static_windows:
+            if window.index == static_windows:  # freeze the static baseline: weights and preprocessing
                 wait_trained(static_windows - 1)
-                _, weights = ray.get(controller.latest_weights.remote())
-                static_model = models.load_numpy_state(models.build(cfg.model, nf, nc), weights).eval()
+                version, weights = ray.get(controller.latest_weights.remote())
+                feed.snapshot_static(ray.get(controller.preprocessing.remote(version)))
+                static_model = models.load_numpy_state(
+                    models.build(cfg.model, nf, models.output_width(weights)), weights).eval()
             if not len(window):
                 continue
             # 2. Serve the features before the labels exist anywhere in the system.
-            answers.append(client.predict(window.offsets, window.features))
-            served.append(window)
+            answers.append(client.predict(*feed.request(window)))
             # 3. Reveal the labels: the window goes to training as Ray Dataset shards.
-            for rank, shard in enumerate(stream.shard_tables(window, workers)):
-                queues[rank].put(WindowItem(window.index, window.start, window.end, ray.data.from_arrow(shard)))
-            rows_trained += (len(window) // workers) * workers
+            revealed = feed.reveal(window)
+            w = revealed.window
+            served.append(w)
+            ids.append(feed.ids(window) or [])
+            static_preds.append(None if static_model is None else
+                                models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task))
+            for rank, shard in enumerate(stream.shard_tables(w, workers)):
+                queues[rank].put(WindowItem(w.index, w.start, w.end, ray.data.from_arrow(shard),
+                                            revealed.preprocessing, revealed.num_classes))
+            rows_trained += (len(w) // workers) * workers
         for q in queues:
             q.put(None)
         fit_thread.join()
@@ -173,9 +171,11 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             serve.shutdown()
             ray.shutdown()
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
-    report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_model, summary, source.quarantine,
-                                        first_update_s, sync_timeouts, rows_trained, static_windows, scn)
-    report["run"]["traffic_route"] = route
+    report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_preds, summary, feed,
+                                        first_update_s, sync_timeouts, rows_trained, static_windows)
+    if any(ids):
+        rows["id"] = np.array([i for chunk in ids for i in chunk], dtype=object).astype(str)
+    report["run"]["traffic_route"] = feed.route
     report["run"]["peak_rss_bytes"] = rss.stop()
     report["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
     report["run"]["wall_s"] = time.monotonic() - t0
@@ -186,7 +186,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     if cfg.report.plot:
         marks = [(e["window"], e["decision"]) for e in report["drift"]["events"]]
         what = ("served accuracy", "accuracy per window") if cfg.model.task == "classification" else (
-            "served one-step error", "MSE per window (standardised targets)")
+            "served one-step error", "MSE per window")
         report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: {what[0]}", marks,
                                                              what[1]))
     evaluate.write_report(report, out / "report.json")
@@ -206,53 +206,41 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
         return None
 
 
-def traffic_route(cfg: config.JobConfig, scn: scenarios.Scenario) -> tuple[str, Any]:
-    """The route the traffic client calls and its request body: raw inputs (PNG images, texts)
-    when the data has them and ``serve.raw_inputs`` is on, else feature rows to ``/predict``
-    (also for dynamics and series models: the stream's rows are scaled, ``/predict`` answers in those units)."""
-    kind = scn.inputs["kind"]
-    if not cfg.serve.raw_inputs or cfg.stream.last_label_feature or kind not in ("image", "text"):
-        return "/predict", instances_body
-    if kind == "image":
-        shape = scn.inputs["shape"]
-        return "/predict_images", lambda offsets, rows: {"png": images.encode_png(rows, shape)}
-    texts = scn.texts
-    return "/predict_text", lambda offsets, rows: {"texts": [texts[i] for i in offsets]}
-
-
-def build_report(cfg, run_name, nc, served, answers, static_model, summary, quarantine,
-                 first_update_s, sync_timeouts, rows_trained, static_windows, scn) -> tuple[dict, dict, dict]:
+def build_report(cfg: config.JobConfig, run_name: str, nc: int, served: list[stream.Window], answers: list[Any],
+                 static_preds: list[np.ndarray | None], summary: dict[str, Any], feed: feeds.TableFeed | feeds.ScenarioFeed,
+                 first_update_s: float | None, sync_timeouts: int, rows_trained: int,
+                 static_windows: int) -> tuple[dict, dict, dict]:
     """Join served answers with revealed labels; score dynamic, static and no-change."""
     regression = cfg.model.task == "regression"
     y = np.concatenate([w.labels for w in served])
-    x = np.concatenate([w.features for w in served])
     win = np.concatenate([np.full(len(w), w.index) for w in served])
     offsets = np.concatenate([w.offsets for w in served])
     pred = np.concatenate([a.predictions for a in answers])
     ver = np.concatenate([a.versions for a in answers])
     # No-change with the model's delay: the last label revealed before the window was served.
-    last_revealed = None if regression else np.concatenate(
-        [np.full(len(w), served[i - 1].labels[-1] if i else 0) for i, w in enumerate(served)])
+    last_revealed = np.concatenate([np.broadcast_to(served[i - 1].labels[-1] if i else np.zeros_like(w.labels[:1])[0],
+                                                    w.labels.shape) for i, w in enumerate(served)])
     versions = {v["version"]: v for v in summary["versions"]}
     trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
-    ev = win >= static_windows  # rows after the static model's training windows
-    static_pred = np.full(y.shape, np.nan) if regression else np.full(len(y), -1, dtype=np.int64)
-    if static_model is not None:  # None when the stream ended before the static model's training windows
-        with torch.no_grad():
-            out = static_model(torch.from_numpy(x[ev]))
-            static_pred[ev] = out.numpy() if regression else out.argmax(1).numpy()
+    # The static model's answers exist from its freeze on (rows after its training windows).
+    static_pred = np.concatenate([
+        (p.reshape(w.labels.shape) if regression else p) if p is not None else
+        (np.full(w.labels.shape, np.nan) if regression else np.full(len(w), -1, dtype=np.int64))
+        for w, p in zip(served, static_preds)])
     rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
-            "static_prediction": static_pred, "phase": scn.phase[offsets]}
+            "static_prediction": static_pred, "phase": feed.phase(offsets)}
     if regression:
-        spec = scn.inputs
+        spec = feed.inputs
         if spec["kind"] == "dynamics":  # no change: next state = state, i.e. a standardised change of -mean / std
             rows["no_change"] = np.broadcast_to(-np.array(spec["y_mean"]) / np.array(spec["y_std"]), y.shape).copy()
+        elif spec["kind"] == "records":  # a user's target: the last one revealed before the window was served
+            rows["no_change"] = last_revealed.astype(np.float64)
         else:  # a series, whose target is the change from the last value: persistence predicts no change
             rows["no_change"] = np.zeros(y.shape)
         scores, curves = evaluate.score_regression_rows(rows, static_windows)
     else:
         rows["last_revealed"] = last_revealed
-        scores, curves = evaluate.score_rows(rows, static_windows, nc)
+        scores, curves = evaluate.score_rows(rows, static_windows, int(max(nc, y.max(initial=0) + 1)))
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]
     errors = [e for a in answers for e in a.errors]
@@ -261,9 +249,11 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
     trainer = ({"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}
                if regression else
                {"trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)})
+    quarantine = feed.quarantine
+    ev = win >= static_windows
     return {
         "run": {
-            "name": run_name, "rows_served": int(len(y)), "rows_trained": int(rows_trained),
+            "name": run_name, "rows_served": len(y), "rows_trained": int(rows_trained),
             "windows": len(served), "window_size": cfg.stream.window_size,
             "rows_quarantined": len(quarantine), "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
             "versions_published": len(summary["versions"]) - 1, "versions_rejected": len(summary["rejected"]),
@@ -273,12 +263,13 @@ def build_report(cfg, run_name, nc, served, answers, static_model, summary, quar
             "window_versions": [[w.index, int(a.versions.min()), int(a.versions.max())] for w, a in zip(served, answers)],
             "replica_versions_at_end": summary["replica_versions"],
         },
+        "data": feed.summary(),
         "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
                       "static_windows": static_windows, "num_classes": nc},
         "scores": scores,
         "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
         **({"fault": fault_section(cfg, rows, static_windows)} if cfg.data.scenario == "worn_actuator" else {}),
-        **({"anomaly": anomaly_section(cfg, rows, scn)} if cfg.data.name == "nab" else {}),
+        **({"anomaly": anomaly_section(cfg, rows, feed.scenario)} if cfg.data.name == "nab" else {}),
         **trainer,
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],

@@ -1,0 +1,202 @@
+"""Bring your own data: ``ddn-ray run --config`` on tables no loader knows, written by the tests.
+
+One classification run on a drifting CSV (numeric and string columns, missing values, string
+labels, bad rows, shuffled file order) is shared by the tests that check its report, its HTTP
+answers from a checkpoint, and its resume; a regression table runs with a user's model builder;
+a landing directory receives parquet files while the job runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import requests
+import yaml
+from ray import serve
+
+from ddn_ray import checkpoint as checkpoint_io
+from ddn_ray import cli
+from ddn_ray.serve import app_builder
+from tests.integration import byo_streams
+from tests.integration.session_ports import SERVE_PORT
+
+ROWS, FIRST_RUN_ROWS, WINDOW = 3000, 2000, 100
+BAD_LABELS = {150: "maybe", 1234: None}  # offsets (after ordering) of rows the stream must quarantine
+
+
+def _write_config(path: Path, data: dict[str, Any], tmp: Path, **sections: Any) -> Path:
+    cfg = {
+        "run_name": sections.pop("run_name"),
+        "storage_path": str(tmp / "storage"),
+        "data": data,
+        "stream": {"window_size": WINDOW},
+        "serve": {"port": SERVE_PORT, "num_replicas": 1},
+        "report": {"output_dir": str(tmp / "runs"), "static_windows": 5},
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _run(config: Path, *overrides: str) -> dict[str, Any]:
+    sets = [a for o in overrides for a in ("--set", o)]
+    return cli.main(["run", "--config", str(config), *sets])
+
+
+@pytest.fixture(scope="module")
+def loans(ray_cluster, tmp_path_factory) -> dict[str, Any]:
+    """A 3,000-row loans CSV in shuffled order (``order_by: created_at`` restores it); drift at row 1,000;
+    the first run streams 2,000 rows and checkpoints every 10 windows."""
+    tmp = tmp_path_factory.mktemp("loans")
+    table = byo_streams.loans(ROWS, seed=3, drift_at=1 / 3)
+    labels = table["defaulted"].to_pylist()
+    for offset, label in BAD_LABELS.items():
+        labels[offset] = label
+    table = table.set_column(table.schema.get_field_index("defaulted"), "defaulted", pa.array(labels, pa.string()))
+    shuffled = table.take(np.random.default_rng(0).permutation(ROWS))
+    pacsv.write_csv(shuffled, tmp / "loans.csv")
+    data = {"source": {"kind": "table", "uri": str(tmp / "loans.csv")},
+            "features": ["amount", "term_months", "region", "channel"], "categorical": ["region", "channel"],
+            "label": "defaulted", "classes": ["no", "yes"], "order_by": "created_at", "id": "loan_id"}
+    config = _write_config(tmp / "loans.yaml", data, tmp, run_name="loans", train={"checkpoint_every_windows": 10})
+    report = _run(config, f"data.max_rows={FIRST_RUN_ROWS}")
+    return {"tmp": tmp, "config": config, "report": report, "table": table}
+
+
+def test_loans_csv_runs_end_to_end_and_beats_static(loans) -> None:
+    report = loans["report"]
+    run = report["run"]
+    assert run["windows"] == FIRST_RUN_ROWS // WINDOW and run["versions_published"] == run["windows"]
+    assert report["http"]["failed"] == 0 and report["http"]["requests"] > 0
+    # The two bad labels were quarantined with their offsets, never served nor trained on.
+    quarantined = dict(run["quarantined"])
+    assert set(quarantined) == {o for o in BAD_LABELS if o < FIRST_RUN_ROWS}
+    assert "not in the declared classes" in quarantined[150] and "missing label" in quarantined[1234]
+    assert run["rows_served"] == FIRST_RUN_ROWS - len(quarantined)
+    scores = report["scores"]
+    assert scores["dynamic (served)"]["accuracy"] > scores["static (frozen after training)"]["accuracy"] + 0.1
+    assert scores["dynamic (served)"]["accuracy"] > scores["no-change (same label delay)"]["accuracy"] + 0.1
+    data = report["data"]
+    assert data["classes"] == ["no", "yes"] and data["vocabulary_sizes"] == {"region": 4, "channel": 3}
+    assert data["rows_fitted"] == run["rows_served"]
+    # order_by restored the creation order; the id column went through every request and into the report.
+    ids = np.load(Path(report["files"]["predictions"]), allow_pickle=False)["id"]
+    expected = [i for o, i in enumerate(loans["table"]["loan_id"].to_pylist()[:FIRST_RUN_ROWS]) if o not in quarantined]
+    assert ids.tolist() == expected
+
+
+@pytest.fixture(scope="module")
+def checkpoint_app(loans) -> tuple[str, str]:
+    """The first run's last checkpoint, served alone over HTTP (``ddn_ray.serve:app_builder``)."""
+    metas = list(Path(loans["tmp"], "storage", "loans").glob("checkpoint_*/meta.json"))
+    last = max(metas, key=lambda p: json.loads(p.read_text())["next_offset"]).parent
+    serve.run(app_builder({"checkpoint": str(last)}), name="byo_ckpt", route_prefix="/byo")
+    yield f"http://127.0.0.1:{SERVE_PORT}/byo", str(last)
+    serve.delete("byo_ckpt")
+
+
+def _record(**over: Any) -> dict[str, Any]:
+    return {"loan_id": "new-1", "amount": 3100.0, "term_months": 36, "region": "north", "channel": "web", **over}
+
+
+def test_checkpoint_serves_named_records_with_class_names_and_ids(checkpoint_app) -> None:
+    url, last = checkpoint_app
+    records = [_record(), _record(loan_id="new-2", amount=None, region="atlantis")]  # missing value, unseen category
+    r = requests.post(f"{url}/predict", json={"records": records}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ids"] == ["new-1", "new-2"] and set(body["predictions"]) <= {"no", "yes"}
+    assert all(abs(sum(p) - 1.0) < 1e-5 for p in body["probabilities"])
+    version, _, meta = checkpoint_io.read(last)
+    assert body["model_version"] == version
+    # The replica featurizes with the checkpoint's state: its vocabularies, not refitted on requests.
+    state = meta["preprocessing"]
+    assert sorted(state["vocabularies"]["region"]) == sorted(byo_streams.REGIONS)
+    schema = requests.get(f"{url}/schema", timeout=10).json()
+    assert schema["classes"] == ["no", "yes"] and set(schema["numeric"]) == {"amount", "term_months"}
+    assert requests.get(f"{url}/version", timeout=10).json()["schema"]["categorical"] == ["region", "channel"]
+    api = requests.get(f"{url}/openapi.json", timeout=10).json()
+    assert "Record" in api["components"]["schemas"]
+
+
+@pytest.mark.parametrize("bad,status,needle", [
+    ({"records": [_record(), {k: v for k, v in _record().items() if k != "region"}]}, 422, "records[1].region"),
+    ({"records": [_record(amount="1200")]}, 422, "records[0].amount"),
+    ({"records": [_record(colour="red")]}, 422, "records[0].colour"),
+    ({"records": [_record(), 7]}, 422, '"records",1'),
+    ({"records": []}, 422, "records"),
+])
+def test_bad_records_are_422_naming_row_and_column_and_replica_stays_up(checkpoint_app, bad, status, needle) -> None:
+    url, _ = checkpoint_app
+    r = requests.post(f"{url}/predict", json=bad, timeout=10)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+    assert requests.post(f"{url}/predict", json={"records": [_record()]}, timeout=10).status_code == 200
+
+
+def test_resumed_run_keeps_the_vocabularies_and_scaling(loans) -> None:
+    first = loans["report"]
+    again = _run(loans["config"], f"data.max_rows={ROWS}")
+    # Resumed at the last checkpoint (window 20, offset 2,000), with its featurizer state:
+    # rows fitted keep counting from the first run's, and no class or category was re-learned.
+    assert again["run"]["window_versions"][0][0] == FIRST_RUN_ROWS // WINDOW
+    assert again["run"]["rows_served"] == ROWS - FIRST_RUN_ROWS
+    assert again["data"]["rows_fitted"] == first["data"]["rows_fitted"] + again["run"]["rows_served"]
+    assert again["data"]["vocabulary_sizes"] == first["data"]["vocabulary_sizes"]
+    assert again["scores"]["dynamic (served)"]["accuracy"] > 0.75
+
+
+def test_regression_table_with_a_user_model_builder(ray_cluster, tmp_path) -> None:
+    pq.write_table(byo_streams.demand(1500), tmp_path / "demand.parquet")
+    data = {"source": {"kind": "table", "uri": f"file://{tmp_path}/demand.parquet"},
+            "features": ["price", "promo"], "label": "units"}  # promo: categorical from its string type
+    model = {"task": "regression", "builder": "tests.integration.user_models:residual_mlp",
+             "options": {"width": 24, "blocks": 2}}
+    config = _write_config(tmp_path / "demand.yaml", data, tmp_path, run_name="demand", model=model)
+    report = _run(config)
+    assert report["run"]["windows"] == 15 and report["http"]["failed"] == 0
+    assert report["data"]["categorical"] == ["promo"] and report["data"]["numeric"] == ["price"]
+    scores = report["scores"]
+    # The slope turns gradually: the learning model keeps up, the frozen one drifts away.
+    assert scores["dynamic (served)"]["mse"] < 0.5 * scores["static (frozen after training)"]["mse"]
+    ckpt = max(Path(tmp_path, "storage", "demand").glob("checkpoint_*/meta.json")).parent
+    _, weights, meta = checkpoint_io.read(str(ckpt))
+    assert meta["model"]["builder"] == "tests.integration.user_models:residual_mlp"
+    assert any(k.startswith("body.2.fc") for k in weights)  # the user's residual blocks were trained and saved
+
+
+def test_landing_dir_receives_parquet_files_while_the_job_runs(ray_cluster, tmp_path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    table = byo_streams.loans(1200, seed=5, drift_at=0.5)
+    done = threading.Event()
+
+    def produce() -> None:  # six files of 200 rows, written as a producer would: to a dot name, then renamed
+        for i in range(6):
+            part = table.slice(200 * i, 200)
+            pq.write_table(part, landing / f".part-{i:03d}.parquet")
+            (landing / f".part-{i:03d}.parquet").rename(landing / f"part-{i:03d}.parquet")
+            time.sleep(1.0)
+        done.set()
+
+    producer = threading.Thread(target=produce, daemon=True)
+    data = {"source": {"kind": "landing_dir", "path": str(landing), "poll_interval_s": 0.2, "idle_timeout_s": 6.0},
+            "features": ["amount", "term_months", "region", "channel"], "categorical": ["region", "channel"],
+            "label": "defaulted", "allow_new_classes": True, "id": "loan_id"}  # classes learned as they appear
+    config = _write_config(tmp_path / "landing.yaml", data, tmp_path, run_name="landing")
+    producer.start()
+    report = _run(config)
+    producer.join(timeout=30)
+    assert done.is_set()
+    assert report["data"]["files_read"] == 6 and report["run"]["rows_served"] == 1200
+    assert report["run"]["windows"] == 12 and report["http"]["failed"] == 0
+    assert sorted(report["data"]["classes"]) == ["no", "yes"]
