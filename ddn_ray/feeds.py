@@ -77,7 +77,8 @@ class TableFeed:
         job: the job config; ``job.data.source`` must be set.
 
     Raises:
-        ddn_ray.errors.DataError: the table cannot be read, or lacks a feature column (named).
+        ddn_ray.errors.DataError: the table cannot be read, a file lacks a column or holds the wrong type
+            in a numeric one (the file and the column named); checked here, before anything starts.
     """
 
     route = "/predict"
@@ -92,6 +93,8 @@ class TableFeed:
         self._stream: tables.TabularStream | None = None
         self._static: Featurizer | None = None
         self._first_offset = 0
+        # Stop at start, before Ray Train or Serve start, on a file that does not parse or lacks a column.
+        self._source = tables.source_for(job.data, self.featurizer, window_size=job.stream.window_size)
 
     @property
     def quarantine(self) -> stream.Quarantine:

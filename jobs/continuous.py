@@ -34,6 +34,7 @@ from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import config, evaluate, feeds, models, scenarios, stream
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
+from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
 from ddn_ray.train import WindowItem, WorkerArgs, train_loop_per_worker
 
@@ -63,9 +64,9 @@ def storage_path(cfg: config.JobConfig) -> str:
 def main(cfg: config.JobConfig) -> dict[str, Any]:
     """Run the job end to end and return its report (also written as JSON + PNG)."""
     t0 = time.monotonic()
+    feed = feeds.feed_for(cfg)  # a user's table (data.source) or a built-in stream (data.name); checked first
     started_ray = start_ray(cfg)
     rss = evaluate.RssSampler().start()
-    feed = feeds.feed_for(cfg)  # a user's table (data.source) or a built-in stream (data.name)
     run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"
     feature_names, nc = feed.feature_names, feed.num_classes
     nf, workers = len(feature_names), cfg.train.num_workers
@@ -101,6 +102,11 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     fit_thread.start()
 
     def wait_trained(window: int) -> None:
+        """Wait for the trainer to finish ``window``, or the last window sent before it (an empty window,
+        every row quarantined, is never sent)."""
+        window = min(window, last_sent)
+        if window < ready["next_window"]:
+            return  # nothing sent yet in this run
         while ray.get(controller.wait_progress.remote(window, 5.0)) < window:
             if not fit_thread.is_alive():
                 raise RuntimeError(f"the trainer stopped before window {window}: {fit.get('error')!r}")
@@ -111,6 +117,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         if ready is None and not fit_thread.is_alive():
             raise RuntimeError(f"the trainer failed to start: {fit.get('error')!r}")
     feed.start(next_offset=ready["next_offset"], preprocessing=ready.get("preprocessing"))
+    last_sent = ready["next_window"] - 1  # the last window index the trainer was given
 
     served: list[stream.Window] = []
     answers: list[Any] = []
@@ -149,6 +156,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 queues[rank].put(WindowItem(w.index, w.start, w.end, ray.data.from_arrow(shard),
                                             revealed.preprocessing, revealed.num_classes))
             rows_trained += (len(w) // workers) * workers
+            last_sent = w.index
         for q in queues:
             q.put(None)
         fit_thread.join()
@@ -166,10 +174,14 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
 
     if not served:
         rss.stop()
-        print(f"nothing to serve: run {run_name!r} had already trained up to offset {ready['next_offset']:,}")
         if started_ray:
             serve.shutdown()
             ray.shutdown()
+        bad = feed.quarantine
+        if len(bad):  # nothing was trained on: say why, with the first offsets and reasons
+            first = "; ".join(f"offset {o}: {r}" for o, r in list(zip(bad.offsets, bad.reasons))[:3])
+            raise DataError(f"every row of the stream was quarantined ({len(bad):,} rows), e.g. {first}")
+        print(f"nothing to serve: run {run_name!r} had already trained up to offset {ready['next_offset']:,}")
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
     report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_preds, summary, feed,
                                         first_update_s, sync_timeouts, rows_trained, static_windows)

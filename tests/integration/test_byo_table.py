@@ -30,7 +30,9 @@ from tests.integration import byo_streams
 from tests.integration.session_ports import SERVE_PORT
 
 ROWS, FIRST_RUN_ROWS, WINDOW = 3000, 2000, 100
-BAD_LABELS = {150: "maybe", 1234: None}  # offsets (after ordering) of rows the stream must quarantine
+# Offsets (after ordering) of rows the stream must quarantine: an unknown class, and a whole window
+# (12) of missing labels, which is neither served nor trained and must not stall the stream.
+BAD_LABELS = {150: "maybe", **dict.fromkeys(range(1200, 1300))}
 
 
 def _write_config(path: Path, data: dict[str, Any], tmp: Path, **sections: Any) -> Path:
@@ -75,13 +77,15 @@ def loans(ray_cluster, tmp_path_factory) -> dict[str, Any]:
 def test_loans_csv_runs_end_to_end_and_beats_static(loans) -> None:
     report = loans["report"]
     run = report["run"]
-    assert run["windows"] == FIRST_RUN_ROWS // WINDOW and run["versions_published"] == run["windows"]
+    assert run["windows"] == FIRST_RUN_ROWS // WINDOW - 1 and run["versions_published"] == run["windows"]
+    assert 12 not in [w for w, _, _ in run["window_versions"]]
     assert report["http"]["failed"] == 0 and report["http"]["requests"] > 0
-    # The two bad labels were quarantined with their offsets, never served nor trained on.
-    quarantined = dict(run["quarantined"])
-    assert set(quarantined) == {o for o in BAD_LABELS if o < FIRST_RUN_ROWS}
-    assert "not in the declared classes" in quarantined[150] and "missing label" in quarantined[1234]
-    assert run["rows_served"] == FIRST_RUN_ROWS - len(quarantined)
+    # The bad labels were quarantined with their offsets and reasons, never served nor trained on.
+    assert run["rows_quarantined"] == len(BAD_LABELS) == 101
+    quarantined = dict(run["quarantined"])  # the first 100
+    assert list(quarantined) == sorted(BAD_LABELS)[:100]
+    assert "not in the declared classes" in quarantined[150] and quarantined[1200] == "missing label defaulted"
+    assert run["rows_served"] == run["rows_trained"] == FIRST_RUN_ROWS - len(BAD_LABELS)
     scores = report["scores"]
     assert scores["dynamic (served)"]["accuracy"] > scores["static (frozen after training)"]["accuracy"] + 0.1
     assert scores["dynamic (served)"]["accuracy"] > scores["no-change (same label delay)"]["accuracy"] + 0.1
@@ -90,7 +94,7 @@ def test_loans_csv_runs_end_to_end_and_beats_static(loans) -> None:
     assert data["rows_fitted"] == run["rows_served"]
     # order_by restored the creation order; the id column went through every request and into the report.
     ids = np.load(Path(report["files"]["predictions"]), allow_pickle=False)["id"]
-    expected = [i for o, i in enumerate(loans["table"]["loan_id"].to_pylist()[:FIRST_RUN_ROWS]) if o not in quarantined]
+    expected = [i for o, i in enumerate(loans["table"]["loan_id"].to_pylist()[:FIRST_RUN_ROWS]) if o not in BAD_LABELS]
     assert ids.tolist() == expected
 
 
@@ -155,15 +159,17 @@ def test_resumed_run_keeps_the_vocabularies_and_scaling(loans) -> None:
     assert again["scores"]["dynamic (served)"]["accuracy"] > 0.75
 
 
-def test_regression_table_with_a_user_model_builder(ray_cluster, tmp_path) -> None:
+def test_regression_table_with_a_user_model_builder_on_two_workers(ray_cluster, tmp_path) -> None:
     pq.write_table(byo_streams.demand(1500), tmp_path / "demand.parquet")
     data = {"source": {"kind": "table", "uri": f"file://{tmp_path}/demand.parquet"},
             "features": ["price", "promo"], "label": "units"}  # promo: categorical from its string type
     model = {"task": "regression", "builder": "tests.integration.user_models:residual_mlp",
              "options": {"width": 24, "blocks": 2}}
-    config = _write_config(tmp_path / "demand.yaml", data, tmp_path, run_name="demand", model=model)
+    config = _write_config(tmp_path / "demand.yaml", data, tmp_path, run_name="demand", model=model,
+                           train={"num_workers": 2})  # two DDP ranks, each trained on its shard of every window
     report = _run(config)
     assert report["run"]["windows"] == 15 and report["http"]["failed"] == 0
+    assert report["run"]["rows_trained"] == report["run"]["rows_served"] == 1500
     assert report["data"]["categorical"] == ["promo"] and report["data"]["numeric"] == ["price"]
     scores = report["scores"]
     # The slope turns gradually: the learning model keeps up, the frozen one drifts away.
@@ -200,3 +206,30 @@ def test_landing_dir_receives_parquet_files_while_the_job_runs(ray_cluster, tmp_
     assert report["data"]["files_read"] == 6 and report["run"]["rows_served"] == 1200
     assert report["run"]["windows"] == 12 and report["http"]["failed"] == 0
     assert sorted(report["data"]["classes"]) == ["no", "yes"]
+
+
+def test_a_file_without_a_feature_column_stops_at_start_naming_file_and_column(ray_cluster, tmp_path) -> None:
+    from ddn_ray.errors import DataError
+
+    good = byo_streams.loans(300, seed=1)
+    pacsv.write_csv(good, tmp_path / "a.csv")
+    pacsv.write_csv(good.drop_columns(["channel"]), tmp_path / "b.csv")
+    data = {"source": {"kind": "table", "uri": str(tmp_path / "*.csv")}, "features": ["amount", "region", "channel"],
+            "label": "defaulted", "classes": ["no", "yes"]}
+    config = _write_config(tmp_path / "bad.yaml", data, tmp_path, run_name="bad")
+    with pytest.raises(DataError, match=r"b\.csv: missing column 'channel'"):
+        _run(config)
+    assert not (tmp_path / "storage" / "bad").exists()  # refused before Ray Train started
+
+
+def test_a_stream_whose_every_row_is_bad_fails_with_the_reasons_and_trains_on_nothing(ray_cluster, tmp_path) -> None:
+    from ddn_ray.errors import DataError
+
+    table = byo_streams.loans(300, seed=2)
+    table = table.set_column(table.schema.get_field_index("defaulted"), "defaulted", pa.array(["maybe"] * 300))
+    pq.write_table(table, tmp_path / "all_bad.parquet")
+    data = {"source": {"kind": "table", "uri": str(tmp_path / "all_bad.parquet")},
+            "features": ["amount", "region"], "label": "defaulted", "classes": ["no", "yes"]}
+    config = _write_config(tmp_path / "all_bad.yaml", data, tmp_path, run_name="all_bad")
+    with pytest.raises(DataError, match=r"every row of the stream was quarantined \(300 rows\), e.g. offset 0: label not"):
+        _run(config)
