@@ -210,6 +210,8 @@ class Featurizer:
         reasons: list[str | None] = [None] * n
 
         def refuse(mask: np.ndarray, why: str) -> None:
+            if not mask.any():
+                return
             for i in np.flatnonzero(mask):
                 if reasons[i] is None:
                     reasons[i] = why
@@ -241,18 +243,19 @@ class Featurizer:
     # fitting --------------------------------------------------------------
     def update(self, table: pa.Table) -> None:
         """Fit on revealed rows (already :meth:`check`-ed): running moments, vocabularies, new classes."""
-        for j, c in enumerate(self.numeric):
-            v = self._floats(table[c])
-            v = v[np.isfinite(v)]
-            if not len(v):
-                continue
-            # Chan, Golub & LeVeque (1979): merge the batch's moments into the running ones.
-            n_a, n_b = self.count[j], len(v)
-            mean_b, m2_b = float(v.mean()), float(((v - v.mean()) ** 2).sum())
-            delta, n = mean_b - self.mean[j], n_a + n_b
-            self.mean[j] += delta * n_b / n
-            self.m2[j] += m2_b + delta**2 * n_a * n_b / n
-            self.count[j] = n
+        if self.numeric:
+            # Chan, Golub & LeVeque (1979): merge the batch's moments into the running ones, all columns
+            # at once; a column's missing values are left out of its moments.
+            x = np.column_stack([self._floats(table[c]) for c in self.numeric])
+            finite = np.isfinite(x)
+            n_a, n_b = self.count, finite.sum(axis=0)
+            n = n_a + n_b
+            mean_b = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(n_b, 1)
+            m2_b = (np.where(finite, x - mean_b, 0.0) ** 2).sum(axis=0)
+            delta, share = mean_b - self.mean, n_b / np.maximum(n, 1)
+            self.mean = self.mean + delta * share
+            self.m2 = self.m2 + m2_b + delta**2 * n_a * share
+            self.count = n
         for c in self.categorical:
             vocab = self.vocabularies[c]
             seen = set(vocab)
@@ -276,8 +279,10 @@ class Featurizer:
     @staticmethod
     def _floats(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """A numeric column as float64, nulls as NaN."""
-        arr = pc.cast(col, pa.float64())
-        return np.asarray(pc.fill_null(arr, math.nan).to_numpy(zero_copy_only=False), np.float64)
+        arr = col if col.type == pa.float64() else pc.cast(col, pa.float64())
+        if arr.null_count:
+            arr = pc.fill_null(arr, math.nan)
+        return np.asarray(arr.to_numpy(zero_copy_only=False), np.float64)
 
     def transform(self, table: pa.Table) -> np.ndarray:
         """The model's inputs for ``table``'s rows: ``(n, width)`` float32 (see the module doc)."""

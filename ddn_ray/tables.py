@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -282,10 +283,16 @@ class LandingDirSource:
         return self.cutter.cut(self._tables())
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # NaN in a numeric column is a missing value; JSON has no NaN
-    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+def _json_column(col: pa.ChunkedArray) -> list[Any]:
+    """A column as JSON values: NaN as null (JSON has no NaN), other non-JSON types (dates, decimals) as strings."""
+    t = col.type
+    if pa.types.is_floating(t):
+        values = col.to_pylist()
+        return [None if v != v else v for v in values] if pc.any(pc.is_nan(col)).as_py() else values
+    if pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t) \
+            or pa.types.is_null(t):
+        return col.to_pylist()
+    return pc.cast(col, pa.string()).to_pylist()
 
 
 class TabularStream:
@@ -315,8 +322,8 @@ class TabularStream:
 
     def records(self, window: RecordWindow) -> list[dict[str, Any]]:
         """The window's rows as JSON records of the feature columns (and the id): what a client sends."""
-        rows = window.table.select(self.record_columns).to_pylist()
-        return [{k: _json_value(v) for k, v in r.items()} for r in rows]
+        columns = [_json_column(window.table[c]) for c in self.record_columns]  # column-wise: no per-value Python
+        return [dict(zip(self.record_columns, row)) for row in zip(*columns)]
 
     def ids(self, window: RecordWindow) -> list[str] | None:
         if self.id_column is None:
