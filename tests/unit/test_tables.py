@@ -130,3 +130,25 @@ def test_an_empty_csv_cell_is_a_missing_value_not_an_empty_string(tmp_path: Path
     fz = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"])
     good, reasons = fz.check(w.table)
     assert good.tolist() == [True, False, True] and reasons == ["missing label y"]
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+
+
+@pytest.mark.skipif(not (SHARED / "elec2").is_dir(), reason="needs ../shared/datasets")
+def test_elec2_as_a_user_table_gives_the_built_in_windows_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ddn_ray import config, datasets, stream
+
+    monkeypatch.setenv("DDN_RAY_DATA_DIR", str(SHARED))
+    cfg = config.load(Path(__file__).parents[2] / "jobs" / "configs" / "elec2_table.yaml",
+                      {"data": {"max_rows": 3000}})
+    fz = tables.featurizer_for(cfg.data, cfg.model.task)
+    generic = tables.TabularStream(source=tables.source_for(cfg.data, fz, window_size=50), featurizer=fz)
+    built_in = stream.iter_windows(stream.ReplaySource(datasets.load_elec2(SHARED, 3000), 50, 0), False)
+    n = 0
+    for raw, want in zip(generic.windows(), built_in, strict=True):
+        got = generic.reveal(raw)
+        assert np.array_equal(got.features, want.features) and np.array_equal(got.labels, want.labels)
+        assert got.features.dtype == np.float32 and got.labels.dtype == np.int64
+        n += 1
+    assert n == 60 and len(generic.quarantine) == 0
