@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "rerender_report", "submit"]
+__all__ = ["console", "main", "rerender_report", "submit"]
 
 EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
@@ -158,8 +158,17 @@ def _serve(args: argparse.Namespace) -> None:
         os.unlink(f.name)
 
 
+def console() -> None:
+    """The ``ddn-ray`` console script: :func:`main`, exit status 0 unless a subcommand fails.
+
+    (``sys.exit(main())`` would print a returned report or job id to stderr and exit 1.)
+    """
+    main()
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Parse ``argv`` and run the subcommand."""
+    """Parse ``argv`` and run the subcommand; return what it gives (``run``: the report, ``tune``: the sweep's
+    summary, ``submit``: the job id, ``report``: the re-rendered report)."""
     parser = argparse.ArgumentParser(
         prog="ddn-ray", description="Dynamic deep networks on Ray: train and serve on a drifting stream.",
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()), formatter_class=argparse.RawDescriptionHelpFormatter,

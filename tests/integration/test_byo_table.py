@@ -9,6 +9,8 @@ a landing directory receives parquet files while the job runs.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -96,6 +98,11 @@ def test_loans_csv_runs_end_to_end_and_beats_static(loans) -> None:
     ids = np.load(Path(report["files"]["predictions"]), allow_pickle=False)["id"]
     expected = [i for o, i in enumerate(loans["table"]["loan_id"].to_pylist()[:FIRST_RUN_ROWS]) if o not in BAD_LABELS]
     assert ids.tolist() == expected
+    # The console script re-renders the report from the run directory alone, and exits 0.
+    done = subprocess.run([str(Path(sys.executable).parent / "ddn-ray"), "report", "--no-write",
+                           str(Path(report["files"]["report"]).parent)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{report['scores']['dynamic (served)']['accuracy']:.2%}" in done.stdout
 
 
 @pytest.fixture(scope="module")
