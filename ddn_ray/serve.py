@@ -90,11 +90,13 @@ class PredictRequest(BaseModel):
     instances: list[list[FiniteFloat]] | None = Field(None, min_length=1)
     records: list[dict[str, Value]] | None = Field(None, min_length=1)
 
-    @model_validator(mode="after")
-    def _one_of(self) -> "PredictRequest":
-        if (self.instances is None) == (self.records is None):
-            raise ValueError("send exactly one of 'instances' (rows of numbers) or 'records' (objects of named columns)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and (raw.get("instances") is None) == (raw.get("records") is None):
+            raise ValueError("send exactly one of 'instances' (rows of numbers) or 'records' (objects of named "
+                             f"columns); got {sorted(raw)}"[:300])
+        return raw
 
 
 class ImageRequest(BaseModel):

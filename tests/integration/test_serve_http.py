@@ -46,7 +46,7 @@ def _versions(url: str, n: int = 20) -> set[int]:
         ('{"instances": [[0.1, NaN, 0.3, 0.4, 0.5, 0.6]]}', 422, "finite number"),
         ('{"instances": [[0.1, Infinity, 0.3, 0.4, 0.5, 0.6]]}', 422, "finite number"),
         ('{"instances": []}', 422, "at least 1 item"),
-        ('{"rows": [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]}', 422, '"instances"'),
+        ('{"rows": [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]}', 422, "exactly one of 'instances'"),
         ('{"instances": ' + str([[0.5] * 6] * 9) + "}", 413, "at most 8"),
     ],
 )

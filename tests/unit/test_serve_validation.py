@@ -14,7 +14,6 @@ from ddn_ray.serve import PredictRequest, check_instances
         ({"instances": [[1.0, "x"]]}, "instances.0.1"),
         ({"instances": [[1.0, float("nan")]]}, "instances.0.1"),
         ({"instances": [[float("inf")]]}, "instances.0.0"),
-        ({"rows": [[1.0]]}, "rows"),
         ({"instances": [[1.0]], "extra": 1}, "extra"),
         ({"instances": [1.0]}, "instances.0"),
     ],
@@ -23,6 +22,14 @@ def test_malformed_bodies_name_the_field(body: dict, field: str) -> None:
     with pytest.raises(ValidationError) as err:
         PredictRequest.model_validate(body)
     assert field in {".".join(map(str, e["loc"])) for e in err.value.errors()}
+
+
+@pytest.mark.parametrize("body,got", [({"rows": [[1.0]]}, "['rows']"),
+                                      ({"instances": [[1.0]], "records": [{"a": 1}]}, "['instances', 'records']")])
+def test_a_body_needs_exactly_one_of_instances_or_records_and_is_told_what_came(body: dict, got: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        PredictRequest.model_validate(body)
+    assert "send exactly one of 'instances'" in str(err.value) and "'records'" in str(err.value) and got in str(err.value)
 
 
 def test_ints_are_numbers_strings_are_not() -> None:
