@@ -37,10 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, datasets, stream, tables  # noqa: E402
-from ddn_ray.client import instances_body  # noqa: E402
-from ddn_ray.features import Featurizer, records_table  # noqa: E402
-from ddn_ray.serve import PredictRequest  # noqa: E402
+from ddn_ray import config, stream, tables
+from ddn_ray.client import instances_body
+from ddn_ray.features import Featurizer, records_table
+from ddn_ray.serve import PredictRequest
+from ddn_ray.usecases import datasets
 
 CONFIGS = {"built-in (data.name: elec2)": ROOT / "jobs" / "configs" / "elec2.yaml",
            "generic (data.source: table)": ROOT / "jobs" / "configs" / "elec2_table.yaml"}

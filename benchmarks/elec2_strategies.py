@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, datasets, evaluate  # noqa: E402
-from ddn_ray.train import replay_in_process  # noqa: E402
+from ddn_ray import config, evaluate
+from ddn_ray.train import replay_in_process
+from ddn_ray.usecases import datasets
 
 
 def river_windowed(make, x: np.ndarray, y: np.ndarray, names: tuple[str, ...], window: int) -> np.ndarray:

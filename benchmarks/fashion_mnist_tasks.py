@@ -31,13 +31,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, datasets, evaluate, models, strategy  # noqa: E402
-from ddn_ray.learner import fit, make_optimizer  # noqa: E402
+from ddn_ray import config, evaluate, models, strategy
+from ddn_ray.learner import fit, make_optimizer
+from ddn_ray.stream import Table
+from ddn_ray.usecases import datasets
 
 Task = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
 
 
-def make_tasks(kind: str, train: datasets.Table, test: datasets.Table, per_task: int, seed: int) -> list[Task]:
+def make_tasks(kind: str, train: Table, test: Table, per_task: int, seed: int) -> list[Task]:
     rng = np.random.default_rng(seed)
     tasks = []
     for t in range(5):
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{kind} ({'domain' if kind == 'permuted' else 'class'}-incremental)")
         print("| strategy | ACC | BWT | FWT | wall s |")
         print("|---|---|---|---|---|")
-        fmt = lambda v: "—" if np.isnan(v) else f"{100 * v:+.1f}"  # noqa: E731
+        fmt = lambda v: "—" if np.isnan(v) else f"{100 * v:+.1f}"
         for name, m, dt in rows:
             print(f"| {name} | {100 * m['ACC']:.1f} | {fmt(m['BWT'])} | {fmt(m['FWT'])} | {dt:.0f} |")
 

@@ -1,7 +1,7 @@
 """Forward dynamics under drifting physics (gymnasium), in process: dynamic vs static, and a worn-actuator alarm.
 
 Groundwork for the control use case (no Ray here yet). Rollouts come from
-``ddn_ray.control.rollout`` with the physics changing on a schedule; a model learns
+``ddn_ray.usecases.control.rollout`` with the physics changing on a schedule; a model learns
 ``[state, action] -> next_state - state`` window by window, test-then-train.
 
 1. One-step prediction error (MSE on targets standardised by the first 2,000 steps, so 1.0 is
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddn_ray import control
 from ddn_ray import drift as ddn_drift
+from ddn_ray.usecases import control
 
 WINDOW, EPOCHS, BATCH, LR, STATIC_STEPS = 200, 5, 32, 1e-3, 2000
 

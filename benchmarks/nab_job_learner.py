@@ -1,10 +1,10 @@
 """The NAB job's detector on all 58 series, in process: NAB scores beside the published scoreboard.
 
-Each series goes through ``jobs/configs/nab.yaml``'s stream (``ddn_ray.scenarios``: 16 lags and
+Each series goes through ``jobs/configs/nab.yaml``'s stream (``ddn_ray.usecases.scenarios``: 16 lags and
 the seasonal inputs, windows of 64) and the same ``OnlineLearner`` as the Ray job's workers
 (``train.replay_in_process``: row for row what the job serves with one worker). The served
-forecasts' absolute errors become anomaly scores with ``ddn_ray.anomaly.Detector``, and the
-scores are rated with the NAB rules (``ddn_ray.nab``): one threshold per profile for the whole
+forecasts' absolute errors become anomaly scores with ``ddn_ray.usecases.anomaly.Detector``, and the
+scores are rated with the NAB rules (``ddn_ray.usecases.nab``): one threshold per profile for the whole
 corpus, as NAB's scoreboard does. Also printed, as an oracle that is not comparable with the
 scoreboard: the best threshold of each file (the issue asked for it).
 
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddn_ray import anomaly, config, nab, scenarios, train
+from ddn_ray import config, train
+from ddn_ray.usecases import anomaly, nab, scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ("ARTime", "numenta", "contextOSE", "htmjava", "knncad", "relativeEntropy", "windowedGaussian", "random")

@@ -4,7 +4,7 @@
 industrial machine, every 5 minutes, with 4 labelled failures (NAB's ``combined_labels.json``;
 the first one is a planned shutdown, the third the catastrophic failure). The NAB job's
 forecaster and detector (``benchmarks/nab_job_learner.py``: the job's stream and learner in
-process, ``ddn_ray.anomaly.Detector``) score every point, learning from the start with no
+process, ``ddn_ray.usecases.anomaly.Detector``) score every point, learning from the start with no
 labels. An alarm is a score at or above ``--alarm-level`` (the detector's alarm level). The
 same forecaster frozen after NAB's probation (the first 15 %) is the static baseline.
 
@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from nab_job_learner import series_errors
 
-from ddn_ray import anomaly, nab
+from ddn_ray.usecases import anomaly, nab
 
 NAME = "realKnownCause/machine_temperature_system_failure.csv"
 

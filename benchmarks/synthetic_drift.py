@@ -32,8 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, datasets, evaluate  # noqa: E402
-from ddn_ray.train import replay_in_process  # noqa: E402
+from ddn_ray import config, evaluate
+from ddn_ray.stream import Table
+from ddn_ray.train import replay_in_process
 
 DETECTORS = ["adwin", "page_hinkley", "kswin", "ddm"]
 POLICIES = ["none", "head", "all", "reset", "level"]
@@ -50,7 +51,7 @@ def concepts(name: str, seed: int) -> list:
     return [synth.RandomRBF(seed_model=seed + k, seed_sample=seed, n_features=10) for k in range(3)]
 
 
-def make_table(name: str, rows: int, drifts: list[int], width: int, seed: int) -> datasets.Table:
+def make_table(name: str, rows: int, drifts: list[int], width: int, seed: int) -> Table:
     """Draw the stream and standardise features with the first 1,000 rows' mean and std (the past only)."""
     from river.datasets import synth
 
@@ -65,7 +66,7 @@ def make_table(name: str, rows: int, drifts: list[int], width: int, seed: int) -
     names = tuple(str(k) for k in sorted(xs[0]))
     x = np.array([[float(r[k]) for k in sorted(xs[0])] for r in xs], dtype=np.float32)
     mu, sd = x[:1000].mean(0), x[:1000].std(0) + 1e-6
-    return datasets.Table(((x - mu) / sd).astype(np.float32), np.array(ys, dtype=np.int64), names, int(max(ys)) + 1)
+    return Table(((x - mu) / sd).astype(np.float32), np.array(ys, dtype=np.int64), names, int(max(ys)) + 1)
 
 
 def main(argv: list[str] | None = None) -> None:

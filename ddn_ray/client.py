@@ -54,7 +54,7 @@ class TrafficClient:
         timeout_s: per-request timeout in seconds.
         body: builds a request's JSON body from its rows' ``(offsets, features)``; the default
             sends feature rows to ``/predict``. Raw-input endpoints take e.g. ``{"texts": [...]}``
-            looked up by offset, or ``{"png": [...]}`` (:func:`ddn_ray.images.encode_png`).
+            looked up by offset, or ``{"png": [...]}`` (:func:`ddn_ray.usecases.images.encode_png`).
         outputs: a regression model's output width: answers are read from ``"outputs"``
             instead of ``"predictions"``.
         answer_key: the answer's field holding the class ids (or outputs) per row; default

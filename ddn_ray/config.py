@@ -87,7 +87,7 @@ class DataConfig(_Frozen):
     max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
     scenario: Literal["none", "rotation", "new_classes", "topic_incremental", "topic_shift", "physics_drift",
                       "worn_actuator"] = Field(
-        "none", description="how the stream drifts (ddn_ray.scenarios): fashion_mnist rotation / new_classes, "
+        "none", description="how the stream drifts (ddn_ray.usecases.scenarios): fashion_mnist rotation / new_classes, "
         "bbc_news topic_incremental / topic_shift, cartpole / pendulum physics_drift, cartpole worn_actuator; "
         "none keeps the data set's own order (elec2: time) or its default physics",
     )

@@ -6,29 +6,29 @@ A feed hides where rows come from and how they become model inputs, so the loop 
 * :class:`TableFeed`: a user's table or landing directory described by ``data.source``
   (:mod:`ddn_ray.tables`); requests carry named records, and the preprocessing state
   (:class:`ddn_ray.features.Featurizer`) is fitted on each window only when its labels are revealed.
-* :class:`ScenarioFeed`: the built-in streams (:mod:`ddn_ray.scenarios`); requests carry the
-  stream's feature rows (or raw images / texts), which need no fitted state.
+* :class:`ddn_ray.usecases.builtin.ScenarioFeed`: the built-in streams (:func:`ddn_ray.usecases.feed`);
+  requests carry the stream's feature rows (or raw images / texts), which need no fitted state.
 
 Per window the loop calls :meth:`Feed.request` (what the traffic client sends, before any label
 exists in the system), then :meth:`Feed.reveal` (the labels arrive: the window as model inputs and
 targets, with the preprocessing state and output width the trainer must use), then
-:meth:`Feed.static_inputs` (the same rows as the frozen static baseline sees them).
+:meth:`Feed.static_inputs` (the same rows as the frozen static baseline sees them). The report asks it
+for :meth:`Feed.no_change` (a regression's no-change baseline) and :meth:`Feed.report_extras`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ddn_ray import config, images, scenarios, stream, tables
-from ddn_ray.client import instances_body
+from ddn_ray import config, stream, tables
 from ddn_ray.features import Featurizer
 
-__all__ = ["Feed", "Reveal", "ScenarioFeed", "TableFeed", "feed_for"]
+__all__ = ["Feed", "Reveal", "TableFeed"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Feed(Protocol):
     def static_inputs(self, window: Any, revealed: Reveal) -> np.ndarray: ...
     def ids(self, window: Any) -> list[str | None] | None: ...
     def phase(self, offsets: np.ndarray) -> np.ndarray: ...
+    def no_change(self, labels: np.ndarray, last_revealed: np.ndarray) -> np.ndarray: ...
+    def report_extras(self, rows: dict[str, np.ndarray], static_windows: int) -> dict[str, Any]: ...
     def summary(self) -> dict[str, Any]: ...
 
 
@@ -154,6 +156,13 @@ class TableFeed:
     def phase(self, offsets: np.ndarray) -> np.ndarray:
         return np.zeros(len(offsets), np.int64)  # a user's table declares no phases
 
+    def no_change(self, labels: np.ndarray, last_revealed: np.ndarray) -> np.ndarray:
+        """A user's target: the last one revealed before the window was served."""
+        return last_revealed.astype(np.float64)
+
+    def report_extras(self, rows: dict[str, np.ndarray], static_windows: int) -> dict[str, Any]:
+        return {}
+
     def summary(self) -> dict[str, Any]:
         f = self.featurizer
         files = getattr(self._source, "files_read", None)
@@ -163,90 +172,3 @@ class TableFeed:
                 "vocabulary_sizes": {c: len(v) for c, v in f.vocabularies.items()},
                 "unknown_values": f.unknown_values, "rows_fitted": f.rows_seen,
                 **({"files_read": len(files)} if files is not None else {})}
-
-
-class ScenarioFeed:
-    """A built-in stream (``data.name``): rows replayed from a shipped data set, or a landing
-    directory of ``features`` / ``label`` parquet files (``stream.source: landing_dir``)."""
-
-    def __init__(self, *, job: config.JobConfig) -> None:
-        self.job = job
-        self.scenario = scenarios.load(job.data)
-        self.table = self.scenario.table
-        self.lag = job.stream.last_label_feature  # one more input column: the last revealed label
-        self.feature_names = stream.input_names(self.table.feature_names, self.lag)
-        self.num_classes = self.table.num_classes
-        self.inputs = self.scenario.inputs
-        self.answer_key = None
-        self.route, self._body = self._route()
-        self._source: Any = None
-
-    def _route(self) -> tuple[str, Callable[[np.ndarray, Any], dict[str, Any]]]:
-        """Raw inputs (PNG images, texts) when the data has them and ``serve.raw_inputs`` is on, else feature
-        rows to ``/predict`` (also for dynamics and series models: the stream's rows are scaled, ``/predict``
-        answers in those units)."""
-        kind = self.inputs["kind"]
-        if not self.job.serve.raw_inputs or self.lag or kind not in ("image", "text"):
-            return "/predict", instances_body
-        if kind == "image":
-            shape = self.inputs["shape"]
-            return "/predict_images", lambda offsets, rows: {"png": images.encode_png(rows, shape)}
-        texts = self.scenario.texts
-        return "/predict_text", lambda offsets, rows: {"texts": [texts[i] for i in offsets]}
-
-    @property
-    def quarantine(self) -> stream.Quarantine:
-        return self._source.quarantine if self._source is not None else stream.Quarantine()
-
-    def run_stem(self) -> str:
-        scenario = "" if self.job.data.scenario == "none" else f"-{self.job.data.scenario}"
-        return f"{self.job.data.name}{scenario}"
-
-    def initial_preprocessing(self) -> dict[str, Any] | None:
-        return None
-
-    def start(self, *, next_offset: int, preprocessing: dict[str, Any] | None) -> None:
-        s = self.job.stream
-        if s.source == "replay":
-            self._source = stream.ReplaySource(self.table, s.window_size, next_offset)
-        else:
-            self._source = stream.LandingDirSource(s.landing_dir, self.num_classes, s.window_size, next_offset,
-                                                   s.poll_interval_s, s.idle_timeout_s)
-        self._first_offset = next_offset
-
-    def total_windows(self) -> int | None:
-        if self.job.stream.source != "replay":
-            return None
-        return -(-(len(self.table) - self._first_offset) // self.job.stream.window_size)
-
-    def windows(self) -> Iterator[stream.Window]:
-        return stream.iter_windows(self._source, self.lag)
-
-    def request(self, window: stream.Window) -> tuple[np.ndarray, np.ndarray]:
-        return window.offsets, window.features
-
-    def body(self, offsets: np.ndarray, rows: Any) -> dict[str, Any]:
-        return self._body(offsets, rows)
-
-    def reveal(self, window: stream.Window) -> Reveal:
-        return Reveal(window)
-
-    def snapshot_static(self, preprocessing: dict[str, Any] | None) -> None:
-        pass
-
-    def static_inputs(self, window: stream.Window, revealed: Reveal) -> np.ndarray:
-        return window.features
-
-    def ids(self, window: stream.Window) -> list[str | None] | None:
-        return None
-
-    def phase(self, offsets: np.ndarray) -> np.ndarray:
-        return self.scenario.phase[offsets]
-
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.job.data.name, "scenario": self.job.data.scenario}
-
-
-def feed_for(job: config.JobConfig) -> TableFeed | ScenarioFeed:
-    """The feed ``job.data`` describes: a user's table when ``data.source`` is set, else a built-in stream."""
-    return TableFeed(job=job) if job.data.source is not None else ScenarioFeed(job=job)

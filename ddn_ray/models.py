@@ -19,9 +19,6 @@ shipped with ``ray job submit --working-dir``.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -29,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddn_ray import registry
 from ddn_ray.config import ModelConfig
 
 __all__ = ["BUILDERS", "CNN", "MLP", "build", "build_for_inference", "cnn", "fresh", "grow_head", "load_numpy_state",
@@ -140,20 +138,9 @@ def resolve(name: str) -> Builder:
         TypeError: the module has no such callable.
     """
     name = BUILDERS.get(name, name)
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"model.builder {name!r} must be 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as first:
-        if os.getcwd() in sys.path:
-            raise ValueError(f"model.builder {name!r}: cannot import {module_name!r} ({first}); install it, put it on "
-                             "PYTHONPATH, or ship it with ray job submit --working-dir") from None
-        sys.path.append(os.getcwd())
-        return resolve(name)
-    fn = getattr(module, attr, None)
+    fn = registry.load(name, what="model.builder")
     if not callable(fn):
-        raise TypeError(f"model.builder {name!r}: {module_name} has no callable {attr!r}")
+        raise TypeError(f"model.builder {name!r}: {name.partition(':')[0]} has no callable {name.partition(':')[2]!r}")
     return fn
 
 

@@ -15,68 +15,59 @@ Endpoints (under the app's route prefix):
   "ids": [...], "model_version": v, ...}`` (``ids``: the table's id column, when it has one); a missing or
   unknown column or a value of the wrong type is a 422 naming ``records[i].column``
 * ``GET /schema`` -> the columns a record takes, by kind, and the classes (also in ``/version`` and the OpenAPI)
-* ``POST /predict_images`` ``{"png": ["<base64 PNG>", ...]}`` (models whose inputs are images)
-* ``POST /predict_text`` ``{"texts": ["raw text", ...]}`` (models whose inputs are texts: the
-  replica featurizes them as the stream did, :mod:`ddn_ray.text`)
-* ``POST /predict_next_state`` ``{"states": [[...]], "actions": [[...]]}`` (forward dynamics
-  models, :mod:`ddn_ray.control`) -> ``{"next_states": [[...]], "model_version": v, ...}`` in the
-  environment's units: the replica standardises the inputs and un-standardises the predicted change
-* ``POST /score_anomaly`` ``{"series": name, "values": [...]}`` (NAB forecasters): the recent values
-  of the named series, oldest first, in its units -> ``{"anomaly_score", "alarm", "forecast", ...}``:
-  the replica forecasts each value's change from the inputs before it (lags and seasonal values,
-  :func:`ddn_ray.anomaly.series_rows`) and scores the last value with the job's detector
-  (:class:`ddn_ray.anomaly.Detector`) over the values sent; ``forecast`` is the next value
+* Routes a use case adds for its raw inputs (:class:`InputRoutes`, named by the input spec's ``routes``):
+  the built-in ones (:mod:`ddn_ray.usecases.routes`) are ``POST /predict_images`` (base64 PNG files),
+  ``/predict_text`` (raw texts), ``/predict_next_state`` (states and actions of a dynamics model) and
+  ``/score_anomaly`` (a NAB series' recent values). A replica serves only the routes of its model's inputs.
 * Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
 * ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
 
-The two raw-input routes answer like ``/predict``. Malformed requests get 422 naming the
-field (bad JSON, non-numeric, NaN/Inf, wrong width, empty, ``png[i]`` not a PNG of the
-model's size, ``texts[i]`` empty), 413 (more than ``max_batch_rows`` rows), or 400 for a
-raw-input route the model does not take.
+Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf, wrong width, empty),
+413 (more than ``max_batch_rows`` rows), or 400 (rows of numbers to a model of named records, or the
+other way round).
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real request model
 # type on the route methods, or it reads `request` as a query parameter.
 import asyncio
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from ddn_ray import anomaly, images, models, text
 from ddn_ray import checkpoint as checkpoint_io
+from ddn_ray import models, registry
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer, RecordError, records_table
 from ddn_ray.metrics import ReplicaMetrics
 
 __all__ = [
-    "AnomalyResponse",
     "AppArgs",
-    "DynamicsRequest",
-    "ImageRequest",
-    "NextStateResponse",
+    "FiniteFloat",
+    "InputRoutes",
     "PredictRequest",
     "PredictResponse",
     "Predictor",
     "RecordsResponse",
-    "SeriesRequest",
-    "TextRequest",
+    "Replica",
     "ValuesResponse",
     "app_builder",
     "build_app",
     "check_instances",
+    "current_replica",
 ]
 
 log = logging.getLogger("ray.serve")
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-DETECTOR = anomaly.Detector()  # /score_anomaly scores as the NAB job's report does
 
 
 Value = str | int | float | bool | None
@@ -99,48 +90,6 @@ class PredictRequest(BaseModel):
         return raw
 
 
-class ImageRequest(BaseModel):
-    """Request body of ``/predict_images``: base64-encoded PNG files, one image each."""
-
-    model_config = ConfigDict(extra="forbid")
-    png: list[str] = Field(min_length=1)
-
-
-class TextRequest(BaseModel):
-    """Request body of ``/predict_text``: raw texts, one document each."""
-
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1)
-
-
-class DynamicsRequest(BaseModel):
-    """Request body of ``/predict_next_state``: ``states`` ``(batch, state_dim)`` and ``actions``
-    ``(batch, action_dim)``, finite numbers in the environment's units."""
-
-    model_config = ConfigDict(extra="forbid")
-    states: list[list[FiniteFloat]] = Field(min_length=1)
-    actions: list[list[FiniteFloat]] = Field(min_length=1)
-
-
-class SeriesRequest(BaseModel):
-    """Request body of ``/score_anomaly``: the series' name and its recent values, oldest first."""
-
-    model_config = ConfigDict(extra="forbid")
-    series: str
-    values: list[FiniteFloat] = Field(min_length=1)
-
-
-class AnomalyResponse(BaseModel):
-    """``/score_anomaly``'s answer for the last value sent (``alarm``: ``anomaly_score`` reaches the alarm level)."""
-
-    series: str
-    anomaly_score: float
-    alarm: bool
-    forecast: float
-    model_version: int
-    replica: str
-
-
 class ValuesResponse(BaseModel):
     """A regression model's answer on ``/predict``: one row of outputs per instance (``ids`` for records)."""
 
@@ -160,14 +109,6 @@ class RecordsResponse(BaseModel):
     model_version: int
     replica: str
     ids: list[str | None] | None = None
-
-
-class NextStateResponse(BaseModel):
-    """``/predict_next_state``'s answer: the predicted next state of each row."""
-
-    next_states: list[list[float]]
-    model_version: int
-    replica: str
 
 
 class PredictResponse(BaseModel):
@@ -206,43 +147,52 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
-_record_schema: dict[str, Any] | None = None  # this replica's table record (components.schemas.Record)
-_openapi_cache: dict[str, Any] | None = None
+@dataclass(frozen=True)
+class InputRoutes:
+    """What a use case adds to every replica that serves its models: routes for its raw inputs.
 
+    A replica includes ``router`` when its input spec names this object (``inputs["routes"]``, a
+    ``"package.module:attribute"`` name, :mod:`ddn_ray.registry`), so the engine imports no use case. A
+    route handler takes the replica with ``Depends(current_replica)`` and answers through its public
+    methods (:meth:`Predictor.answer`, :meth:`Predictor.current`, :meth:`Predictor.reject`, ...).
 
-def _openapi() -> dict[str, Any]:
-    """The app's OpenAPI, with this replica's ``Record`` when it serves a table.
-
-    Set as ``app.openapi`` before :func:`serve.ingress` copies the app: the copy the replica serves keeps
-    this module-level function (pickled by reference), which reads this process's module state.
+    Attributes:
+        router: the routes (paths relative to the app's route prefix).
+        warm_up: called once with the input spec before the replica takes traffic (e.g. load a text
+            encoder); ``None``: nothing to load.
     """
-    global _openapi_cache
-    if _openapi_cache is None:
-        from fastapi.openapi.utils import get_openapi
 
-        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        if _record_schema is not None:
-            spec.setdefault("components", {}).setdefault("schemas", {})["Record"] = _record_schema
-            body = spec["components"]["schemas"].get("PredictRequest", {}).get("properties", {})
-            for option in body.get("records", {}).get("anyOf", []):
-                if option.get("type") == "array":
-                    option["items"] = {"$ref": "#/components/schemas/Record"}
-        _openapi_cache = spec
-    return _openapi_cache
+    router: APIRouter
+    warm_up: Callable[[Mapping[str, Any]], None] | None = None
 
 
-app.openapi = _openapi  # type: ignore[method-assign]
-
-
-def _openapi_with_records(featurizer: Featurizer) -> None:
-    """Describe the record of this replica's table in the app's OpenAPI (``components.schemas.Record``)."""
-    global _record_schema, _openapi_cache
+def _record_schema(featurizer: Featurizer) -> dict[str, Any]:
+    """The record of a replica's table in the OpenAPI (``components.schemas.Record``)."""
     number, text_ = {"type": "number", "nullable": True}, {"type": ["string", "number", "boolean"], "nullable": True}
-    _record_schema = {"type": "object", "additionalProperties": False,
-                      "required": [*featurizer.numeric, *featurizer.categorical],
-                      "properties": {**{c: number for c in featurizer.numeric},
-                                     **{c: text_ for c in featurizer.categorical}}}
-    _openapi_cache = None
+    return {"type": "object", "additionalProperties": False,
+            "required": [*featurizer.numeric, *featurizer.categorical],
+            "properties": {**{c: number for c in featurizer.numeric}, **{c: text_ for c in featurizer.categorical}}}
+
+
+class Replica(Protocol):
+    """What an :class:`InputRoutes` handler may use of the replica serving its request (:class:`Predictor`)."""
+
+    @property
+    def inputs(self) -> dict[str, Any]: ...
+    @property
+    def replica_id(self) -> str: ...
+    @property
+    def max_batch_rows(self) -> int: ...
+    def current(self) -> tuple[int, torch.nn.Module]: ...
+    def check_batch(self, n: int) -> None: ...
+    def served(self, rows: int) -> None: ...
+    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None) -> BaseModel: ...
+    def reject(self, status: int, message: str) -> HTTPException: ...
+
+
+def current_replica() -> Replica:
+    """The replica serving this request: a FastAPI dependency for :class:`InputRoutes` handlers."""
+    return serve.get_replica_context().servable_object
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
@@ -268,8 +218,8 @@ class Predictor:
         poll_timeout_s: long-poll timeout (seconds) towards the controller.
         start_timeout_s: how long the constructor waits for a first version.
         checkpoint: serve this checkpoint instead of following a controller.
-        inputs: the raw-input spec (``{"kind": "table" | "image" | "text", ...}``, see
-            :class:`ddn_ray.scenarios.Scenario`); else from the source, else ``table``.
+        inputs: the raw-input spec (``{"kind": ..., "routes": "package.module:attribute", ...}``, the
+            routes an :class:`InputRoutes`); else from the source, else ``{"kind": "table"}``.
 
     Raises:
         ValueError: neither source is given, or the source does not describe the model.
@@ -316,9 +266,15 @@ class Predictor:
         self._model_cfg = ModelConfig(**spec["model"])
         self._num_features, self._num_classes = int(spec["num_features"]), int(spec["num_classes"])
         self._inputs: dict[str, Any] = inputs or spec.get("inputs") or {"kind": "table"}
-        if self._inputs.get("kind") == "text":  # load the featurizer (an encoder: seconds) before taking traffic
-            text.featurize(["warm-up"], self._inputs)
-        self._openapi_done = False
+        self._routes: InputRoutes | None = None
+        if self._inputs.get("routes"):
+            self._routes = registry.load(self._inputs["routes"], what="inputs.routes")
+            if not isinstance(self._routes, InputRoutes):
+                raise TypeError(f"inputs.routes {self._inputs['routes']!r} is not an InputRoutes")
+            if self._routes.warm_up is not None:  # e.g. a text encoder: seconds, before taking traffic
+                self._routes.warm_up(self._inputs)
+        self._record_schema: dict[str, Any] | None = None
+        self._openapi_spec: dict[str, Any] | None = None
         if checkpoint is not None:
             self._install(version, weights, preprocessing, spec)
             return
@@ -332,10 +288,34 @@ class Predictor:
         model = models.build_for_inference(self._model_cfg, self._num_features, num_classes, weights)
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
         self._current = (version, model, featurizer)  # one assignment: requests see old or new, never half
-        if featurizer is not None and not self._openapi_done:
-            _openapi_with_records(featurizer)
-            self._openapi_done = True
+        if featurizer is not None and self._record_schema is None:
+            self._record_schema = _record_schema(featurizer)
+            self._openapi_spec = None
         self._metrics.serving(version)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this after the constructor: the app with this model's input routes and OpenAPI."""
+        served: FastAPI = self.app
+        if self._routes is not None:
+            served.include_router(self._routes.router)
+        served.openapi = self._openapi  # type: ignore[method-assign]
+        return served
+
+    def _openapi(self) -> dict[str, Any]:
+        """The app's OpenAPI, with this replica's ``Record`` when it serves a table."""
+        if self._openapi_spec is None:
+            from fastapi.openapi.utils import get_openapi
+
+            served = self.app
+            spec = get_openapi(title=served.title, version=served.version, routes=served.routes)
+            if self._record_schema is not None:
+                spec.setdefault("components", {}).setdefault("schemas", {})["Record"] = self._record_schema
+                body = spec["components"]["schemas"].get("PredictRequest", {}).get("properties", {})
+                for option in body.get("records", {}).get("anyOf", []):
+                    if option.get("type") == "array":
+                        option["items"] = {"$ref": "#/components/schemas/Record"}
+            self._openapi_spec = spec
+        return self._openapi_spec
 
     async def _load_next(self, after: int | None, timeout_s: float) -> bool:
         found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s)
@@ -361,24 +341,26 @@ class Predictor:
         if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
-    def _answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None
+    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None
                 ) -> PredictResponse | ValuesResponse | RecordsResponse:
+        """The answer to ``x``: ``(batch, num_features)`` float32 model inputs, or ``records`` featurized by the
+        served version's preprocessing; a classifier's classes and probabilities, a regression's outputs."""
         version, model, featurizer = self._current  # one read: this request's version, whatever the poller does
         ids = None
         if records is not None:
             if featurizer is None:
-                raise self._reject(400, "this model takes 'instances' (rows of numbers), not 'records'")
+                raise self.reject(400, "this model takes 'instances' (rows of numbers), not 'records'")
             if len(records) > self._max_batch_rows:
-                raise self._reject(413, f"records has {len(records)} rows; at most {self._max_batch_rows} per request")
+                raise self.reject(413, f"records has {len(records)} rows; at most {self._max_batch_rows} per request")
             optional = [featurizer.id_column] if featurizer.id_column else []
             try:
                 table = records_table(records, featurizer.numeric, featurizer.categorical, optional)
             except RecordError as exc:
-                raise self._reject(422, str(exc)) from None
+                raise self.reject(422, str(exc)) from None
             good, reasons = featurizer.check(table, labels=False)
             if not good.all():
                 i = int(np.flatnonzero(~good)[0])
-                raise self._reject(422, f"records[{i}]: {reasons[0]}")
+                raise self.reject(422, f"records[{i}]: {reasons[0]}")
             x = torch.from_numpy(featurizer.transform(table))
             ids = table[featurizer.id_column].to_pylist() if optional else None
         with torch.no_grad():
@@ -399,98 +381,52 @@ class Predictor:
             replica=self._replica,
         )
 
-    def _reject(self, status: int, message: str) -> HTTPException:
+    def reject(self, status: int, message: str) -> HTTPException:
+        """The error to raise for a refused request, counted in the replica's metrics."""
         self._metrics.request(status)
         return HTTPException(status, message)
 
-    def _check_route(self, kind: str, n: int) -> None:
-        if self._inputs.get("kind") != kind:
-            raise self._reject(400, f"this model takes {self._inputs.get('kind')} inputs, not {kind} inputs: "
-                                    "use /predict with feature rows")
+    # The surface an InputRoutes handler uses (with Depends(current_replica)).
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The raw-input spec of the model this replica serves."""
+        return self._inputs
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica
+
+    @property
+    def max_batch_rows(self) -> int:
+        return self._max_batch_rows
+
+    def current(self) -> tuple[int, torch.nn.Module]:
+        """``(version, model)`` read once: use both for one request, whatever the poller swaps in meanwhile."""
+        version, model, _ = self._current
+        return version, model
+
+    def check_batch(self, n: int) -> None:
+        """Raises the 413 :class:`HTTPException` when ``n`` items exceed ``max_batch_rows``."""
         if n > self._max_batch_rows:
-            raise self._reject(413, f"{n} items; at most {self._max_batch_rows} per request")
+            raise self.reject(413, f"{n} items; at most {self._max_batch_rows} per request")
+
+    def served(self, rows: int) -> None:
+        """Count an answered request of ``rows`` rows (a handler that answers without :meth:`answer`)."""
+        self._metrics.request(200, rows=rows)
 
     @app.post("/predict", response_model=PredictResponse | RecordsResponse | ValuesResponse)
     async def predict(self, request: PredictRequest) -> PredictResponse | RecordsResponse | ValuesResponse:
         if request.records is not None:
-            return self._answer(None, request.records)
+            return self.answer(None, request.records)
         if self._current[2] is not None:
-            raise self._reject(400, "this model featurizes named columns: send 'records' (GET /schema lists them)")
+            raise self.reject(400, "this model featurizes named columns: send 'records' (GET /schema lists them)")
         try:
             check_instances(request.instances, self._num_features, self._max_batch_rows)
         except HTTPException as exc:
             self._metrics.request(exc.status_code)
             raise
-        return self._answer(torch.tensor(request.instances, dtype=torch.float32))
-
-    @app.post("/predict_images", response_model=PredictResponse)
-    async def predict_images(self, request: ImageRequest) -> PredictResponse:
-        self._check_route("image", len(request.png))
-        try:
-            x = images.decode_png(request.png, self._inputs["shape"])
-        except ValueError as exc:
-            raise self._reject(422, str(exc)) from None
-        return self._answer(torch.from_numpy(x))
-
-    @app.post("/predict_text", response_model=PredictResponse)
-    async def predict_text(self, request: TextRequest) -> PredictResponse:
-        self._check_route("text", len(request.texts))
-        empty = [i for i, t in enumerate(request.texts) if not t.strip()]
-        if empty:
-            raise self._reject(422, f"texts[{empty[0]}] is empty")
-        return self._answer(torch.from_numpy(text.featurize(request.texts, self._inputs)))
-
-    @app.post("/predict_next_state", response_model=NextStateResponse)
-    async def predict_next_state(self, request: DynamicsRequest) -> NextStateResponse:
-        spec = self._inputs
-        self._check_route("dynamics", len(request.states))
-        ns, na = len(spec["state_names"]), len(spec["action_names"])
-        if len(request.actions) != len(request.states):
-            raise self._reject(422, f"actions has {len(request.actions)} rows; states has {len(request.states)}")
-        for field, rows, width in (("states", request.states, ns), ("actions", request.actions, na)):
-            for i, row in enumerate(rows):
-                if len(row) != width:
-                    raise self._reject(422, f"{field}[{i}] has {len(row)} values; expected {width}")
-        s = torch.tensor(request.states, dtype=torch.float32)
-        raw = torch.cat([s, torch.tensor(request.actions, dtype=torch.float32)], dim=1)
-        x = (raw - torch.tensor(spec["x_mean"])) / torch.tensor(spec["x_std"])
-        version, model, _ = self._current
-        with torch.no_grad():
-            delta = model(x.float()) * torch.tensor(spec["y_std"]) + torch.tensor(spec["y_mean"])
-        self._metrics.request(200, rows=len(s))
-        return NextStateResponse(next_states=(s + delta).tolist(), model_version=version, replica=self._replica)
-
-    @app.post("/score_anomaly", response_model=AnomalyResponse)
-    async def score_anomaly(self, request: SeriesRequest) -> AnomalyResponse:
-        spec = self._inputs
-        self._check_route("series", 1)
-        if request.series != spec["series"]:
-            raise self._reject(404, f"this deployment scores series {spec['series']!r}, not {request.series!r}")
-        # Checkpoints written before the seasonal inputs have neither key: no seasonal inputs.
-        lags, period, width = int(spec["lags"]), int(spec.get("period", 0)), int(spec.get("seasonal_width", 0))
-        first = max(lags, period + width - 1 if period else 0)  # the first value whose inputs are all sent
-        short = DETECTOR.scales[0][0]
-        need = first + short + 1
-        if len(request.values) < need:
-            raise self._reject(422, f"values has {len(request.values)} points; send at least {need} "
-                                    f"({first} of inputs + {short + 1} to score)")
-        if len(request.values) > self._max_batch_rows + first:
-            raise self._reject(413, f"values has {len(request.values)} points; at most {self._max_batch_rows + first}")
-        span = spec["hi"] - spec["lo"] if spec["hi"] > spec["lo"] else 1.0
-        x = (np.asarray(request.values, dtype=np.float32) - spec["lo"]) / span
-        # Rows for every value sent and one more: the last row forecasts the next value.
-        feats, target = anomaly.series_rows(np.append(x, x[-1]), lags, period, width)
-        feats, target = feats[first - lags:], target[first - lags:, 0]
-        version, model, _ = self._current
-        with torch.no_grad():
-            out = model(torch.from_numpy(feats))[:, 0].numpy()
-        errors = np.zeros(len(x))
-        errors[first:] = np.abs(out[:-1] - target[:-1])
-        score = float(DETECTOR.scores(errors, x, first, 0)[-1])
-        self._metrics.request(200, rows=len(x) - first)
-        forecast = float((x[-1] + out[-1]) * span + spec["lo"])  # the model forecasts the change
-        return AnomalyResponse(series=request.series, anomaly_score=score, alarm=score >= DETECTOR.alarm_level,
-                               forecast=forecast, model_version=version, replica=self._replica)
+        return self.answer(torch.tensor(request.instances, dtype=torch.float32))
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:
@@ -503,7 +439,7 @@ class Predictor:
         """The record a request sends (columns by kind, the missing-value rule) and the classes of this version."""
         version, _, featurizer = self._current
         if featurizer is None:
-            raise self._reject(404, f"this model takes rows of {self._num_features} numbers ('instances'), no records")
+            raise self.reject(404, f"this model takes rows of {self._num_features} numbers ('instances'), no records")
         return {"model_version": version, **featurizer.schema()}
 
 

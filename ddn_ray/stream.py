@@ -24,13 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ddn_ray.datasets import Table
 from ddn_ray.errors import DataError
 
 __all__ = [
     "LandingDirSource",
     "Quarantine",
     "ReplaySource",
+    "Table",
     "Window",
     "input_names",
     "iter_windows",
@@ -39,6 +39,29 @@ __all__ = [
     "with_last_label",
     "write_landing_file",
 ]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A labelled table in stream order.
+
+    Attributes:
+        features: ``(num_rows, num_features)`` float32.
+        labels: ``(num_rows,)`` int64 class ids in ``[0, num_classes)``; for a ``regression``
+            table, ``(num_rows, num_classes)`` float32 targets.
+        feature_names: one name per feature column.
+        num_classes: number of classes (regression: number of target columns, the model's outputs).
+        task: ``"classification"`` or ``"regression"``.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    feature_names: tuple[str, ...]
+    num_classes: int
+    task: str = "classification"
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
 
 
 @dataclass
@@ -139,7 +162,6 @@ class ReplaySource:
 
     Example:
         >>> import numpy as np
-        >>> from ddn_ray.datasets import Table
         >>> t = Table(np.zeros((5, 2), np.float32), np.array([0, 1, 0, 1, 1]), ("a", "b"), 2)
         >>> [(w.start, w.end) for w in ReplaySource(t, window_size=2)]
         [(0, 2), (2, 4), (4, 5)]

@@ -68,6 +68,8 @@ class SweepConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "sweep"
     job: str = Field(description="the base job YAML; every trial starts from it")
+    stream: str = Field("ddn_ray.usecases:stream_table", description="the 'package.module:function' "
+                        "(JobConfig) -> ddn_ray.stream.Table that loads the stream every trial replays")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys fixed for every trial and the best YAML")
     max_rows: int | None = Field(None, gt=0, description="trials replay only the first max_rows rows (not written to the best YAML)")
     search: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -194,14 +196,14 @@ def run_trial(params: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from ddn_ray import datasets, stream
+    from ddn_ray import registry, stream
     from ddn_ray.train import in_process_learner
 
     torch.set_num_threads(1)
     settings = {k: v for k, v in params.items() if not k.startswith("_")}
     cfg = trial_job_config(params["_base"], settings, params["_max_rows"])
     every, with_ckpt = int(params["_every"]), bool(params["_checkpoint"])
-    table = datasets.load_elec2(cfg.data.path, cfg.data.max_rows)
+    table = registry.load(params["_stream"], what="sweep.stream")(cfg)
     lag = cfg.stream.last_label_feature
     learner = in_process_learner(cfg, stream.input_names(table.feature_names, lag), table.num_classes)
     model = learner.model
@@ -292,7 +294,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from ddn_ray import datasets
+    from ddn_ray import registry
 
     t0 = time.monotonic()
     started = False
@@ -301,13 +303,13 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         started = True
     base = _base_raw(cfg)
     probe = trial_job_config(base, cfg.overrides, cfg.max_rows)
-    # Trials run in other processes: hand them the data file's absolute path.
-    data_path = str(datasets.find(datasets.ELEC2, probe.data.path).resolve())
-    total_rows = len(datasets.load_elec2(data_path, cfg.max_rows))
+    total_rows = len(registry.load(cfg.stream, what="sweep.stream")(probe))
     max_t = math.ceil(total_rows / cfg.report_every_rows)
     space: dict[str, Any] = {k: domain(v, k) for k, v in cfg.search.items()}
     space |= {k: v for k, v in cfg.overrides.items()}
-    space |= {"data.path": data_path, "train.seed": probe.train.seed, "_base": base, "_max_rows": cfg.max_rows,
+    if probe.data.path is not None and "://" not in probe.data.path:  # trials run in their own directories
+        space["data.path"] = str(Path(probe.data.path).expanduser().resolve())
+    space |= {"train.seed": probe.train.seed, "_base": base, "_max_rows": cfg.max_rows, "_stream": cfg.stream,
               "_every": cfg.report_every_rows, "_checkpoint": cfg.scheduler.name == "pbt"}
     storage = str(Path(cfg.storage_path).expanduser().resolve()) if "://" not in cfg.storage_path else cfg.storage_path
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -236,7 +236,7 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
 
     Args:
         cfg: a ``JobConfig``.
-        table: a :class:`ddn_ray.datasets.Table`.
+        table: a :class:`ddn_ray.stream.Table`.
         freeze_after: learn only the first this many windows, then predict with the
             frozen model (the static baseline); ``None`` learns them all.
 

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import serve
 
-    from ddn_ray import checkpoint, datasets, images
+    from ddn_ray import checkpoint
     from ddn_ray.serve import app_builder
+    from ddn_ray.usecases import datasets, images
 
     out = Path(tempfile.mkdtemp(prefix="ddn_ray_fashion_"))
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import serve
 
-    from ddn_ray import checkpoint, control
+    from ddn_ray import checkpoint
     from ddn_ray.serve import app_builder
+    from ddn_ray.usecases import control
 
     out = Path(tempfile.mkdtemp(prefix="ddn_ray_gym_"))
     variant = "worn_actuator/cartpole"

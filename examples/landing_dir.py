@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, datasets, stream  # noqa: E402
+from ddn_ray import config, stream
+from ddn_ray.usecases import datasets
 
 
 def produce(directory: Path, rows: int, rows_per_file: int, interval_s: float) -> None:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     producer = threading.Thread(target=produce, args=(landing, args.rows, args.rows_per_file, args.interval_s), daemon=True)
     producer.start()
     overrides = config.parse_overrides(
-        [f"stream.source=landing_dir", f"stream.landing_dir={landing}", "stream.idle_timeout_s=5", *args.set]
+        ["stream.source=landing_dir", f"stream.landing_dir={landing}", "stream.idle_timeout_s=5", *args.set]
     )
     report = continuous.main(config.load(ROOT / "jobs" / "configs" / "elec2.yaml", overrides))
     producer.join()

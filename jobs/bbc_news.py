@@ -1,7 +1,7 @@
 """Use case: text classification with topic drift on BBC News (Greene & Cunningham 2006).
 
 Serve replicas answer raw text over HTTP (``/predict_text``) and featurize it as the stream
-did. Two scenarios (``ddn_ray.scenarios``): topics arriving one at a time
+did. Two scenarios (``ddn_ray.usecases.scenarios``): topics arriving one at a time
 (``topic_incremental``) and a shifting topic mix (``topic_shift``). Two models: an MLP on
 hashed word 1-2-grams learned from scratch, and transfer learning: a frozen pretrained
 sentence encoder (all-MiniLM-L6-v2, from the ``[text]`` extra) with an MLP head fine-tuned on

@@ -1,5 +1,5 @@
 """The main job: continuous train-and-serve on a drifting stream (Elec2 by default; any
-``data`` of ``ddn_ray.scenarios``: Fashion-MNIST and BBC News scenarios too).
+``data`` of ``ddn_ray.usecases.scenarios``: Fashion-MNIST and BBC News scenarios too).
 
 Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr=0.003 ...]
   or: ddn-ray run --config jobs/configs/elec2.yaml
@@ -31,7 +31,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, scenarios, stream
+from ddn_ray import config, evaluate, feeds, models, stream, usecases
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
 from ddn_ray.errors import DataError
@@ -64,7 +64,8 @@ def storage_path(cfg: config.JobConfig) -> str:
 def main(cfg: config.JobConfig) -> dict[str, Any]:
     """Run the job end to end and return its report (also written as JSON + PNG)."""
     t0 = time.monotonic()
-    feed = feeds.feed_for(cfg)  # a user's table (data.source) or a built-in stream (data.name); checked first
+    # A user's table (data.source) or a built-in use case's stream (data.name); checked before Ray starts.
+    feed = feeds.TableFeed(job=cfg) if cfg.data.source is not None else usecases.feed(cfg)
     started_ray = start_ray(cfg)
     rss = evaluate.RssSampler().start()
     run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -219,7 +220,7 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
 
 
 def build_report(cfg: config.JobConfig, run_name: str, nc: int, served: list[stream.Window], answers: list[Any],
-                 static_preds: list[np.ndarray | None], summary: dict[str, Any], feed: feeds.TableFeed | feeds.ScenarioFeed,
+                 static_preds: list[np.ndarray | None], summary: dict[str, Any], feed: feeds.Feed,
                  first_update_s: float | None, sync_timeouts: int, rows_trained: int,
                  static_windows: int) -> tuple[dict, dict, dict]:
     """Join served answers with revealed labels; score dynamic, static and no-change."""
@@ -242,13 +243,7 @@ def build_report(cfg: config.JobConfig, run_name: str, nc: int, served: list[str
     rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
             "static_prediction": static_pred, "phase": feed.phase(offsets)}
     if regression:
-        spec = feed.inputs
-        if spec["kind"] == "dynamics":  # no change: next state = state, i.e. a standardised change of -mean / std
-            rows["no_change"] = np.broadcast_to(-np.array(spec["y_mean"]) / np.array(spec["y_std"]), y.shape).copy()
-        elif spec["kind"] == "records":  # a user's target: the last one revealed before the window was served
-            rows["no_change"] = last_revealed.astype(np.float64)
-        else:  # a series, whose target is the change from the last value: persistence predicts no change
-            rows["no_change"] = np.zeros(y.shape)
+        rows["no_change"] = feed.no_change(y, last_revealed)
         scores, curves = evaluate.score_regression_rows(rows, static_windows)
     else:
         rows["last_revealed"] = last_revealed
@@ -280,8 +275,7 @@ def build_report(cfg: config.JobConfig, run_name: str, nc: int, served: list[str
                       "static_windows": static_windows, "num_classes": nc},
         "scores": scores,
         "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
-        **({"fault": fault_section(cfg, rows, static_windows)} if cfg.data.scenario == "worn_actuator" else {}),
-        **({"anomaly": anomaly_section(cfg, rows, feed.scenario)} if cfg.data.name == "nab" else {}),
+        **feed.report_extras(rows, static_windows),
         **trainer,
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
         "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
@@ -290,64 +284,6 @@ def build_report(cfg: config.JobConfig, run_name: str, nc: int, served: list[str
         "versions": summary["versions"][-5:],
         "config": cfg.model_dump(mode="json"),
     }, curves, rows
-
-
-def fault_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], static_windows: int,
-                  threshold: float = 400.0) -> dict[str, Any]:
-    """The worn-actuator alarm: Page-Hinkley on the static (healthy, frozen) model's residuals
-    (:func:`ddn_ray.drift.residual_alarms`), its delay after the fault's onset and its false alarms.
-
-    The reference scale is the first half of the healthy rows the static model did not train on.
-    """
-    from ddn_ray import drift
-
-    ok = (rows["window"] >= static_windows) & np.isfinite(rows["static_prediction"]).all(axis=1)
-    se = ((rows["static_prediction"][ok] - rows["label"][ok]) ** 2).mean(axis=1)
-    offsets, phase = rows["offset"][ok], rows["phase"][ok]
-    healthy = int((phase == 0).sum())
-    if healthy < 4:
-        return {"threshold": threshold, "error": "too few healthy rows after the static model's windows"}
-    alarms = [int(offsets[i]) for i in drift.residual_alarms(se, slice(0, healthy // 2), threshold)]
-    onset = int(offsets[healthy]) if healthy < len(offsets) else None
-    after = [a for a in alarms if onset is not None and a >= onset]
-    return {"detector": "page_hinkley on log squared residuals of the static model", "threshold": threshold,
-            "onset_offset": onset, "first_alarm_offset": after[0] if after else None,
-            "delay_rows": after[0] - onset if after else None,
-            "false_alarms_before_onset": sum(a < (onset if onset is not None else 1 << 62) for a in alarms),
-            "alarms": alarms[:50]}
-
-
-def anomaly_section(cfg: config.JobConfig, rows: dict[str, np.ndarray], scn: scenarios.Scenario) -> dict[str, Any]:
-    """NAB scores of this series for the served and the static forecaster.
-
-    Each point's error is the absolute difference between its served forecast (made before the
-    point's window was learned) and the point. The job's detector (:class:`ddn_ray.anomaly.Detector`)
-    turns the errors into anomaly scores, which are scored with the NAB rules, with the
-    threshold swept on this file alone. Every point is scored, including the static model's
-    training windows: NAB's probation covers them.
-    """
-    from ddn_ray import anomaly, nab
-
-    lags, points = scn.inputs["lags"], scn.inputs["lags"] + len(scn.table)
-    series = nab.load_corpus(cfg.data.path, [cfg.data.series])[cfg.data.series]
-    series = nab.Series(series.name, series.timestamps[:points], series.values[:points],
-                        tuple(w for w in series.windows if w[1] < points))
-    profiles = nab.load_profiles(cfg.data.path)
-    detector, probation = anomaly.Detector(), nab.probation_length(points)
-    out: dict[str, Any] = {"series": cfg.data.series, "points": points, "windows": len(series.windows),
-                           "period": scn.inputs["period"], "alarm_level": detector.alarm_level}
-    for name, pred in (("dynamic", rows["prediction"]), ("static", rows["static_prediction"])):
-        err = np.zeros(points)
-        at = rows["offset"] + lags
-        err[at] = np.nan_to_num(np.abs(pred[:, 0] - rows["label"][:, 0]), nan=0.0)
-        if name == "static":  # before it was frozen the static model is the served one
-            early = ~np.isfinite(pred[:, 0])
-            err[at[early]] = np.nan_to_num(np.abs(rows["prediction"][early, 0] - rows["label"][early, 0]), nan=0.0)
-        scores = detector.scores(err, series.values, lags)
-        out[name] = {p: round(float(nab.score_corpus({series.name: scores}, {series.name: series}, prof)["score"]), 2)
-                     for p, prof in profiles.items()}
-        out[name]["alarms"] = int((scores[probation:] >= detector.alarm_level).sum())
-    return out
 
 
 def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]],

@@ -1,7 +1,7 @@
 """Use case: image classification under drift on Fashion-MNIST (Xiao, Rasul & Vollgraf 2017).
 
 A small CNN learns on the stream while Serve replicas answer PNG images over HTTP
-(``/predict_images``). Two scenarios (``ddn_ray.scenarios``): covariate drift (rotation,
+(``/predict_images``). Two scenarios (``ddn_ray.usecases.scenarios``): covariate drift (rotation,
 gradual then abrupt) and class-incremental (new classes appear). Each runs with plain
 fine-tuning and with forgetting strategies; every run also scores the static CNN, frozen
 after the first ``report.static_windows`` windows.

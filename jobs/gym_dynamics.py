@@ -3,7 +3,7 @@
 A behaviour policy's transitions stream in as windows; Train workers fit an MLP to
 ``[state, action] -> next_state - state`` (MSE, standardised), test-then-train; Serve replicas
 answer ``/predict`` (standardised rows) and ``/predict_next_state`` (raw states and actions).
-Scenarios (``ddn_ray.control``): ``physics_drift`` (default, gradual, then abrupt change of the
+Scenarios (``ddn_ray.usecases.control``): ``physics_drift`` (default, gradual, then abrupt change of the
 constants) and ``worn_actuator`` (CartPole's force weakening 10 -> 5 N), where the static model,
 frozen on the healthy machine, also raises a fault alarm from its residuals
 (``ddn_ray.drift.residual_alarms``).

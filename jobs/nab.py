@@ -2,7 +2,7 @@
 
 One series per run, in time order and without labels: Serve replicas forecast each point
 before it is revealed, Train workers learn it, and the report turns the served forecast errors
-into anomaly likelihoods and NAB scores (``ddn_ray.nab``), for the learning forecaster and the
+into anomaly likelihoods and NAB scores (``ddn_ray.usecases.nab``), for the learning forecaster and the
 static one frozen after NAB's probation. A deployed checkpoint scores recent values of its
 series over HTTP (``POST /score_anomaly``).
 

@@ -145,8 +145,8 @@ def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster,
     """The served model at window w is exactly the model trained on windows 0..w-1."""
     import numpy as np
 
-    from ddn_ray import datasets
     from ddn_ray.train import replay_in_process
+    from ddn_ray.usecases import datasets
 
     cfg = job_config(data={"max_rows": 2000}, stream={"last_label_feature": True})  # 7 inputs over HTTP
     report = continuous.main(cfg)

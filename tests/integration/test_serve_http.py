@@ -12,7 +12,6 @@ from ray import serve
 from ddn_ray import models
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
-
 from tests.integration.session_ports import METRICS_PORT, SERVE_PORT
 
 APP, PREFIX = "http_test", "/http"
@@ -124,7 +123,7 @@ def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
              "ray_ddn_ray_request_errors_total", "ray_ddn_ray_rows_predicted_total"]
     found = _scrape(names)
     assert all(found.values()), [n for n, lines in found.items() if not lines]
-    value = lambda line: float(line.rsplit(" ", 1)[1])  # noqa: E731
+    value = lambda line: float(line.rsplit(" ", 1)[1])
     assert max(value(ln) for ln in found["ray_ddn_ray_model_version"]) >= v
     served = [ln for ln in found["ray_ddn_ray_served_model_version"] if 'replica="' in ln]
     assert served and max(value(ln) for ln in served) >= v

@@ -54,7 +54,7 @@ def _serve_last_checkpoint(tmp_path: Path, run: str, name: str) -> tuple[str, in
 def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, jobs_path, tmp_path) -> None:
     from ray import serve
 
-    from ddn_ray import datasets, images
+    from ddn_ray.usecases import datasets, images
 
     summary = _run("fashion_mnist", "rotation/finetune", tmp_path, "data.stream_rows=1600", "report.static_windows=8",
                    "train.checkpoint_every_windows=4")
@@ -86,9 +86,12 @@ def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, j
         small = requests.post(f"{url}/predict_images", json={"png": images.encode_png(x[:1, :196], (1, 14, 14))},
                               timeout=30)
         assert small.status_code == 422 and "expected 28x28" in small.text
-        wrong = requests.post(f"{url}/predict_text", json={"texts": ["a coat"]}, timeout=30)
-        assert wrong.status_code == 400 and "takes image inputs" in wrong.text
-        assert requests.get(f"{url}/version", timeout=30).json()["inputs"] == {"kind": "image", "shape": [1, 28, 28]}
+        # A replica serves only its model's input routes (ddn_ray.usecases.routes:IMAGES), in the OpenAPI too.
+        assert requests.post(f"{url}/predict_text", json={"texts": ["a coat"]}, timeout=30).status_code == 404
+        assert requests.get(f"{url}/version", timeout=30).json()["inputs"] == {
+            "kind": "image", "shape": [1, 28, 28], "routes": "ddn_ray.usecases.routes:IMAGES"}
+        paths = requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+        assert "/predict_images" in paths and "/predict_text" not in paths and "/score_anomaly" not in paths
     finally:
         serve.delete("fm_ckpt")
 
@@ -122,7 +125,7 @@ def test_bbc_news_slice_serves_raw_text(ray_cluster, jobs_path, tmp_path, featur
         assert empty.status_code == 422 and "texts[1] is empty" in empty.text
         typed = requests.post(f"{url}/predict_text", json={"texts": [3]}, timeout=30)
         assert typed.status_code == 422 and "texts" in typed.text
-        assert requests.post(f"{url}/predict_images", json={"png": ["aGVsbG8="]}, timeout=30).status_code == 400
+        assert requests.post(f"{url}/predict_images", json={"png": ["aGVsbG8="]}, timeout=30).status_code == 404
         assert requests.get(f"{url}/version", timeout=30).json()["inputs"]["features"] == features
     finally:
         serve.delete("bbc_ckpt")
@@ -132,7 +135,7 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(r
     pytest.importorskip("gymnasium")
     from ray import serve
 
-    from ddn_ray import control
+    from ddn_ray.usecases import control
 
     variant = "worn_actuator/cartpole"
     summary = _run("gym_dynamics", variant, tmp_path, "data.stream_rows=4500", "data.standardize_rows=1000",
@@ -182,8 +185,8 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(r
 def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> None:
     from ray import serve
 
-    from ddn_ray import nab
-    from ddn_ray.anomaly import Detector
+    from ddn_ray.usecases import nab
+    from ddn_ray.usecases.anomaly import Detector
 
     name = "realKnownCause/ambient_temperature_system_failure.csv"
     summary = _run("nab", "ambient_temperature", tmp_path, "data.max_rows=1500", "report.static_windows=5",

@@ -1,4 +1,4 @@
-"""The NAB job's detector (ddn_ray.anomaly): no look-ahead, each step does what it says, and it beats chance on NAB."""
+"""The NAB job's detector (ddn_ray.usecases.anomaly): no look-ahead, each step does what it says, and it beats chance on NAB."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddn_ray import anomaly, nab
+from ddn_ray.usecases import anomaly, nab
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddn_ray import datasets
 from ddn_ray.errors import DataError
+from ddn_ray.usecases import datasets
 
 CSV = b"period,nswprice,nswdemand,vicprice,vicdemand,transfer,class\n0,0.1,0.2,0.3,0.4,0.5,1\n0.5,0.2,0.2,0.3,0.4,0.5,0\n"
 

@@ -53,9 +53,9 @@ def test_a_user_builder_is_imported_by_name_with_its_options() -> None:
 
 
 @pytest.mark.parametrize("name,error,needle", [
-    ("no_colon", ValueError, "must be 'package.module:function'"),
+    ("no_colon", ValueError, "must be 'package.module:attribute'"),
     ("ddn_ray.no_such_module:f", ValueError, "cannot import 'ddn_ray.no_such_module'"),
-    ("tests.unit.test_models:missing", TypeError, "no callable 'missing'"),
+    ("tests.unit.test_models:missing", TypeError, "has no 'missing'"),
     ("tests.unit.test_models:NOT_CALLABLE", TypeError, "no callable 'NOT_CALLABLE'"),
 ])
 def test_bad_builder_names_are_refused_with_the_name(name: str, error: type, needle: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddn_ray import nab
+from ddn_ray.usecases import nab
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab"
 STD = nab.Profile(1.0, 0.11, 1.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ddn_ray import stream
-from ddn_ray.datasets import Table
+from ddn_ray.stream import Table
 
 
 def _table(n: int = 10, nf: int = 3) -> Table:

@@ -137,7 +137,8 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 @pytest.mark.skipif(not (SHARED / "elec2").is_dir(), reason="needs ../shared/datasets")
 def test_elec2_as_a_user_table_gives_the_built_in_windows_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ddn_ray import config, datasets, stream
+    from ddn_ray import config, stream
+    from ddn_ray.usecases import datasets
 
     monkeypatch.setenv("DDN_RAY_DATA_DIR", str(SHARED))
     cfg = config.load(Path(__file__).parents[2] / "jobs" / "configs" / "elec2_table.yaml",

@@ -95,7 +95,7 @@ def test_no_prediction_uses_a_label_revealed_after_it(name: str, window: int) ->
     """DESIGN.md's no-leakage invariant: flipping labels from row k on changes no prediction up to row k."""
     import numpy as np
 
-    from ddn_ray.datasets import Table
+    from ddn_ray.stream import Table
     from ddn_ray.train import replay_in_process
 
     rng = np.random.default_rng(0)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddn_ray import config, datasets, images, models, scenarios, text
+from ddn_ray import config, models
 from ddn_ray.errors import ConfigError, DataError
+from ddn_ray.stream import Table
+from ddn_ray.usecases import datasets, images, scenarios, text
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -155,7 +157,7 @@ def test_every_variant_of_a_use_case_job_is_a_valid_config(job: str, monkeypatch
 
 def test_physics_schedule_drives_cartpole_and_keeps_derived_constants() -> None:
     pytest.importorskip("gymnasium")
-    from ddn_ray import control
+    from ddn_ray.usecases import control
 
     s = control.Schedule(((100, {"length": 0.5, "masspole": 0.1}), (200, {"length": 1.0, "masspole": 0.3})))
     assert s.at(50) == {} and s.at(150) == pytest.approx({"length": 0.75, "masspole": 0.2})
@@ -207,7 +209,7 @@ def test_regression_rows_are_validated_and_stored_as_float_lists() -> None:
     from ddn_ray import stream
 
     y = np.array([[0.1, 0.2], [np.nan, 0.0], [1.0, 2.0]], np.float32)
-    t = datasets.Table(np.zeros((3, 2), np.float32), y, ("a", "b"), 2, "regression")
+    t = Table(np.zeros((3, 2), np.float32), y, ("a", "b"), 2, "regression")
     src = stream.ReplaySource(t, 3)
     (w,) = list(src)
     assert w.labels.shape == (2, 2) and src.quarantine.reasons == ["non-finite target"]
@@ -243,7 +245,7 @@ def test_control_scenario_is_standardised_on_its_first_rows() -> None:
 def test_dynamics_request_needs_finite_rows() -> None:
     from pydantic import ValidationError
 
-    from ddn_ray.serve import DynamicsRequest
+    from ddn_ray.usecases.routes import DynamicsRequest
 
     DynamicsRequest.model_validate({"states": [[0.0, 1.0]], "actions": [[1.0]]})
     for body, field in (({"states": [], "actions": [[1.0]]}, "states"),
@@ -258,7 +260,7 @@ def test_dynamics_request_needs_finite_rows() -> None:
 def test_nab_rows_are_lagged_scaled_values_and_the_route_body_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
-    from ddn_ray.serve import SeriesRequest
+    from ddn_ray.usecases.routes import SeriesRequest
 
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(SHARED))
     s = scenarios.load(config.DataConfig(name="nab", series="realKnownCause/ambient_temperature_system_failure.csv",

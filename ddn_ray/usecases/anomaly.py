@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erfc
 
-from ddn_ray.nab import probation_length
+from ddn_ray.usecases.nab import probation_length
 
 __all__ = ["Detector", "log_score", "moving_mean", "seasonal_period", "series_rows", "spatial_anomalies",
            "suppress", "tail_probability"]

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ddn_ray.errors import DataError
+from ddn_ray.stream import Table
 
 __all__ = [
     "BBC_NEWS",
@@ -33,7 +34,6 @@ __all__ = [
     "FASHION_MNIST",
     "Corpus",
     "DatasetSpec",
-    "Table",
     "cache_dir",
     "find",
     "load_bbc_news",
@@ -100,29 +100,6 @@ FASHION_MNIST = {  # Xiao, Rasul & Vollgraf (2017); the .gz files as published (
         "t10k-labels-idx1-ubyte": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
     }.items()
 }
-
-
-@dataclass(frozen=True)
-class Table:
-    """A labelled table in stream order.
-
-    Attributes:
-        features: ``(num_rows, num_features)`` float32.
-        labels: ``(num_rows,)`` int64 class ids in ``[0, num_classes)``; for a ``regression``
-            table, ``(num_rows, num_classes)`` float32 targets.
-        feature_names: one name per feature column.
-        num_classes: number of classes (regression: number of target columns, the model's outputs).
-        task: ``"classification"`` or ``"regression"``.
-    """
-
-    features: np.ndarray
-    labels: np.ndarray
-    feature_names: tuple[str, ...]
-    num_classes: int
-    task: str = "classification"
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 def cache_dir() -> Path:

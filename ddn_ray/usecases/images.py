@@ -1,7 +1,7 @@
 """Images over HTTP: PNG bytes (base64 in JSON) to and from flattened pixel rows.
 
 Pixel rows are float32 in ``[0, 1]`` (``value / 255``), grey images ``(1, H, W)`` flattened
-row-major, as :func:`ddn_ray.datasets.load_fashion_mnist` gives them. 8-bit greyscale PNG
+row-major, as :func:`ddn_ray.usecases.datasets.load_fashion_mnist` gives them. 8-bit greyscale PNG
 (ISO/IEC 15948) holds exactly these values, so a row survives the round trip unchanged
 when it is a multiple of 1/255.
 """

@@ -17,18 +17,18 @@ Scenarios (positions are fractions ``f`` of the stream):
 * ``bbc_news`` / ``topic_shift``: every topic throughout, but in phase ``k`` one topic
   (seeded order) is 60 % of the articles and the others share the rest.
 
-* ``cartpole`` / ``pendulum`` (regression, :mod:`ddn_ray.control`): rows are transitions
+* ``cartpole`` / ``pendulum`` (regression, :mod:`ddn_ray.usecases.control`): rows are transitions
   ``[state, action] -> next_state - state`` rolled out while the physics drift.
-  ``physics_drift``: default, then gradual, then abrupt change (:func:`ddn_ray.control.physics_drift`);
+  ``physics_drift``: default, then gradual, then abrupt change (:func:`ddn_ray.usecases.control.physics_drift`);
   ``worn_actuator`` (CartPole): ``force_mag`` weakens 10 -> 5 N over the middle third. Inputs and
   targets are standardised by the first ``data.standardize_rows`` rows; the input spec keeps the
   means and spreads, so a replica answers raw states and actions with raw next states.
 
-* ``nab`` (regression, :mod:`ddn_ray.nab`, :mod:`ddn_ray.anomaly`): one NAB series in time order,
+* ``nab`` (regression, :mod:`ddn_ray.usecases.nab`, :mod:`ddn_ray.usecases.anomaly`): one NAB series in time order,
   unlabelled; row ``r`` holds the ``data.lags`` values before point ``lags + r``, scaled by the
   file's min / max (NAB gives detectors both), then ``2 * data.seasonal_width`` values around the
   same phase one period earlier (the period is found on the values of NAB's probation, which
-  are never scored; :func:`ddn_ray.anomaly.series_rows`). Its target is that point's change
+  are never scored; :func:`ddn_ray.usecases.anomaly.series_rows`). Its target is that point's change
   from the one before. Phase 1 starts after NAB's probation.
 
 Every scenario uses every row at most once, and is reproducible from ``data.seed``.
@@ -40,9 +40,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ddn_ray import datasets, text
 from ddn_ray.config import DataConfig
-from ddn_ray.datasets import Table
+from ddn_ray.stream import Table
+from ddn_ray.usecases import datasets, text
 
 __all__ = ["Scenario", "load", "new_class_order", "rotate", "rotation_angles", "topic_order"]
 
@@ -55,8 +55,9 @@ class Scenario(NamedTuple):
     Attributes:
         table: the rows in stream order.
         inputs: the input spec Serve replicas featurize raw requests with, e.g.
-            ``{"kind": "image", "shape": [1, 28, 28]}`` or ``{"kind": "text", "features":
-            "hashing", "n_features": 4096}``; ``{"kind": "table"}`` for plain rows.
+            ``{"kind": "image", "shape": [1, 28, 28], "routes": ...}`` or ``{"kind": "text", "features":
+            "hashing", "n_features": 4096, "routes": ...}``; ``{"kind": "table"}`` for plain rows. ``routes``
+            names the :class:`ddn_ray.serve.InputRoutes` of :mod:`ddn_ray.usecases.routes` that serve them.
         phase: ``(num_rows,)`` int64, the scenario phase of each row (0 when there is none).
         class_names: the name of each class id.
         texts: ``text`` inputs: the raw text of each row (what a client sends to Serve).
@@ -90,7 +91,7 @@ def rotate(images: np.ndarray, angles_deg: np.ndarray, shape: tuple[int, int, in
 
     Returns:
         ``(n, C*H*W)`` float32 in ``[0, 1]``, rounded to multiples of 1/255 (8-bit pixels, so a
-        PNG carries them exactly, see :mod:`ddn_ray.images`).
+        PNG carries them exactly, see :mod:`ddn_ray.usecases.images`).
     """
     from scipy import ndimage
 
@@ -201,7 +202,7 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
                 x = rotate(x, angles)
                 phase = np.searchsorted([0.2, 0.5, 0.75], np.arange(n) / n, side="right").astype(np.int64)
         table = Table(x, full.labels[idx], full.feature_names, full.num_classes)
-        inputs = {"kind": "image", "shape": list(IMAGE_SHAPE)}
+        inputs = {"kind": "image", "shape": list(IMAGE_SHAPE), "routes": "ddn_ray.usecases.routes:IMAGES"}
         names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     else:  # bbc_news
         corpus = datasets.load_bbc_news(cfg.path)
@@ -218,6 +219,7 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
         table = Table(x, corpus.labels[idx], text.feature_names(inputs), len(corpus.class_names))
         names = corpus.class_names
         raw = tuple(corpus.texts[i] for i in idx)
+        inputs = {**inputs, "routes": "ddn_ray.usecases.routes:TEXTS"}
     if cfg.max_rows is not None:
         m = min(cfg.max_rows, len(table))
         table = Table(table.features[:m], table.labels[:m], table.feature_names, table.num_classes)
@@ -226,7 +228,7 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
 
 
 def _control(cfg: DataConfig) -> Scenario:
-    from ddn_ray import control
+    from ddn_ray.usecases import control
 
     env_id = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[cfg.name]
     n = cfg.stream_rows or 30000
@@ -247,7 +249,7 @@ def _control(cfg: DataConfig) -> Scenario:
     states, actions = control.STATE_NAMES[env_id], control.ACTION_NAMES[env_id]
     inputs = {"kind": "dynamics", "env": env_id, "state_names": list(states), "action_names": list(actions),
               "x_mean": xm.tolist(), "x_std": xs.tolist(), "y_mean": ym.tolist(), "y_std": ys.tolist(),
-              "phases": [name for name, _ in named]}
+              "phases": [name for name, _ in named], "routes": "ddn_ray.usecases.routes:DYNAMICS"}
     table = Table(x, y, (*states, *actions), len(states), task="regression")
     if cfg.max_rows is not None:
         m = min(cfg.max_rows, n)
@@ -257,7 +259,7 @@ def _control(cfg: DataConfig) -> Scenario:
 
 
 def _nab(cfg: DataConfig) -> Scenario:
-    from ddn_ray import anomaly, nab
+    from ddn_ray.usecases import anomaly, nab
 
     series = nab.load_corpus(cfg.path, [cfg.series])[cfg.series]
     v = series.values
@@ -272,6 +274,7 @@ def _nab(cfg: DataConfig) -> Scenario:
     if cfg.max_rows is not None:
         feats, target, phase = feats[: cfg.max_rows], target[: cfg.max_rows], phase[: cfg.max_rows]
     inputs = {"kind": "series", "series": cfg.series, "lags": lags, "lo": lo, "hi": hi, "points": len(x),
-              "period": period, "seasonal_width": width, "probation": probation}
+              "period": period, "seasonal_width": width, "probation": probation,
+              "routes": "ddn_ray.usecases.routes:SERIES"}
     names = tuple(f"lag{lags - j}" for j in range(lags)) + tuple(f"season{j - width + 1:+d}" for j in range(2 * width))
     return Scenario(Table(feats, target, names, 1, task="regression"), inputs, phase, ("value",))
