@@ -273,7 +273,6 @@ class Predictor:
                 raise TypeError(f"inputs.routes {self._inputs['routes']!r} is not an InputRoutes")
             if self._routes.warm_up is not None:  # e.g. a text encoder: seconds, before taking traffic
                 self._routes.warm_up(self._inputs)
-        self._record_schema: dict[str, Any] | None = None
         self._openapi_spec: dict[str, Any] | None = None
         if checkpoint is not None:
             self._install(version, weights, preprocessing, spec)
@@ -288,9 +287,6 @@ class Predictor:
         model = models.build_for_inference(self._model_cfg, self._num_features, num_classes, weights)
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
         self._current = (version, model, featurizer)  # one assignment: requests see old or new, never half
-        if featurizer is not None and self._record_schema is None:
-            self._record_schema = _record_schema(featurizer)
-            self._openapi_spec = None
         self._metrics.serving(version)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -302,14 +298,16 @@ class Predictor:
         return served
 
     def _openapi(self) -> dict[str, Any]:
-        """The app's OpenAPI, with this replica's ``Record`` when it serves a table."""
+        """The app's OpenAPI, with this replica's ``Record`` when it serves a table (a replica takes requests
+        only once a version is in, and a table's columns stay those of its first version)."""
         if self._openapi_spec is None:
             from fastapi.openapi.utils import get_openapi
 
             served = self.app
             spec = get_openapi(title=served.title, version=served.version, routes=served.routes)
-            if self._record_schema is not None:
-                spec.setdefault("components", {}).setdefault("schemas", {})["Record"] = self._record_schema
+            featurizer = self._current[2] if self._current is not None else None
+            if featurizer is not None:
+                spec.setdefault("components", {}).setdefault("schemas", {})["Record"] = _record_schema(featurizer)
                 body = spec["components"]["schemas"].get("PredictRequest", {}).get("properties", {})
                 for option in body.get("records", {}).get("anyOf", []):
                     if option.get("type") == "array":
