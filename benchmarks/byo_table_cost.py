@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from ddn_ray import config, stream, tables
 from ddn_ray.client import instances_body
-from ddn_ray.features import Featurizer, records_table
+from ddn_ray.features import Featurizer
 from ddn_ray.serve import PredictRequest
 from ddn_ray.usecases import datasets
 
@@ -98,9 +98,9 @@ def replica_side(cfg: config.JobConfig, repeats: int) -> dict[str, tuple[float, 
     def records() -> int:
         for b in bodies_r:
             req = PredictRequest.model_validate_json(b)
-            t = records_table(req.records, state.numeric, state.categorical)
-            state.check(t, labels=False)
-            state.transform(t)
+            rows, _ = state.read_records(req.records)
+            state.check(rows, labels=False)
+            state.transform(rows)
         return len(bodies_r)
 
     return {"built-in": _best(instances, repeats), "generic": _best(records, repeats)}

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -49,7 +50,7 @@ import pyarrow.compute as pc
 
 from ddn_ray.errors import DataError
 
-__all__ = ["Featurizer", "RecordError", "records_table"]
+__all__ = ["Featurizer", "RecordError", "Rows", "records_table"]
 
 UNKNOWN = "<unknown>"
 MISSING_SUFFIX = "__missing"
@@ -64,6 +65,72 @@ class RecordError(DataError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows as a :class:`Featurizer` reads them: every column converted once, then used by check, fit and transform.
+
+    Build it with :meth:`Featurizer.rows` (from an Arrow table) or :meth:`Featurizer.read_records` (from a
+    request's JSON records); every :class:`Featurizer` method also takes a table and converts it itself. A
+    stream converts each batch it reads once and slices it into windows (:meth:`slice` is a view).
+
+    Attributes:
+        numeric: ``(n, k)`` float64, the featurizer's numeric columns in order, NaN where a value is missing.
+        categorical: ``(n,)`` object arrays, each categorical column's values as strings (``None`` where missing).
+        label: the label column as Arrow (``None``: rows without labels, e.g. a request's).
+        label_values: ``(n,)`` the label as numpy: a regression target as float64 (NaN where missing), a
+            class as the column's values (object for strings; float64 with NaN for ints with gaps).
+        class_ids: ``(classes_version, (n,) int64 ids)`` when the classes cannot grow: the label ids
+            computed once at conversion, used while the featurizer's classes are that version.
+    """
+
+    numeric: np.ndarray
+    categorical: Mapping[str, np.ndarray] = field(default_factory=dict)
+    label: pa.Array | pa.ChunkedArray | None = None
+    label_values: np.ndarray | None = None
+    class_ids: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.numeric.shape[0])
+
+    def slice(self, start: int, stop: int) -> Rows:
+        """Rows ``[start, stop)``, without copying."""
+        return Rows(numeric=self.numeric[start:stop], categorical={c: v[start:stop] for c, v in self.categorical.items()},
+                    label=None if self.label is None else self.label.slice(start, stop - start),
+                    label_values=None if self.label_values is None else self.label_values[start:stop],
+                    class_ids=None if self.class_ids is None else (self.class_ids[0], self.class_ids[1][start:stop]))
+
+    def filter(self, keep: np.ndarray) -> Rows:
+        """The rows where ``keep`` (``(n,)`` bool) is true."""
+        return Rows(numeric=self.numeric[keep], categorical={c: v[keep] for c, v in self.categorical.items()},
+                    label=None if self.label is None else self.label.filter(pa.array(keep)),
+                    label_values=None if self.label_values is None else self.label_values[keep],
+                    class_ids=None if self.class_ids is None else (self.class_ids[0], self.class_ids[1][keep]))
+
+    @staticmethod
+    def concat(parts: Sequence[Rows]) -> Rows:
+        """The rows of ``parts`` one after the other (their columns must match)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        label = None
+        if first.label is not None:
+            label = pa.chunked_array([c for p in parts for c in (p.label.chunks if isinstance(p.label, pa.ChunkedArray)
+                                                                 else [p.label])])
+        versions = {None if p.class_ids is None else p.class_ids[0] for p in parts}
+        class_ids = None
+        if len(versions) == 1 and first.class_ids is not None:
+            class_ids = (first.class_ids[0], np.concatenate([p.class_ids[1] for p in parts]))
+        return Rows(numeric=np.concatenate([p.numeric for p in parts]),
+                    categorical={c: np.concatenate([p.categorical[c] for p in parts]) for c in first.categorical},
+                    label=label, label_values=None if first.label_values is None
+                    else np.concatenate([p.label_values for p in parts]), class_ids=class_ids)
+
+
+def _strings(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A categorical column as strings: a number or bool as Arrow's cast writes it (``3`` and ``"3"`` are one value)."""
+    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
 def _is_number(v: Any) -> bool:
@@ -170,6 +237,8 @@ class Featurizer:
         self.vocabularies: dict[str, list[str]] = {c: [] for c in self.categorical}
         self.rows_seen = 0
         self.unknown_values = 0  # revealed values that found the vocabulary full
+        self._slot_maps: dict[str, tuple[int, dict[str, int]]] = {}
+        self._classes_version = 0  # bumped whenever classes change: Rows.class_ids of another version are stale
 
     # schema ---------------------------------------------------------------
     @property
@@ -198,68 +267,144 @@ class Featurizer:
                 "classes": self.classes if self.task == "classification" else None, "missing": self.missing,
                 "vocabularies": self.vocabularies}
 
+    # reading --------------------------------------------------------------
+    def rows(self, table: pa.Table) -> Rows:
+        """Convert ``table``'s feature (and label, when it has it) columns once, for the methods below."""
+        n = table.num_rows
+        x = np.empty((n, len(self.numeric)), np.float64)
+        for j, c in enumerate(self.numeric):
+            x[:, j] = self._floats(table[c])
+        categorical = {c: _strings(table[c]).to_numpy(zero_copy_only=False) for c in self.categorical}
+        label = values = ids = None
+        if self.label is not None and self.label in table.column_names:
+            label = table[self.label]
+            values = self._floats(label) if self.task == "regression" else label.to_numpy(zero_copy_only=False)
+            if self.task == "classification" and not self.allow_new_classes:
+                ids = (self._classes_version, self._class_ids(values))
+        return Rows(numeric=x, categorical=categorical, label=label, label_values=values, class_ids=ids)
+
+    def _rows(self, data: pa.Table | Rows) -> Rows:
+        return data if isinstance(data, Rows) else self.rows(data)
+
+    def read_records(self, records: Sequence[Any]) -> tuple[Rows, list[str | None] | None]:
+        """A request's JSON records as :class:`Rows` and their ids (``None`` without an id column).
+
+        Records of exactly the schema's columns, finite numbers and string categories (the usual
+        request) are read column-wise; any other request goes through :func:`records_table`, which
+        names the first record and column that does not fit.
+
+        Raises:
+            RecordError: as :func:`records_table`.
+        """
+        fast = self._read_plain_records(records)
+        if fast is not None:
+            return fast
+        optional = [self.id_column] if self.id_column else []
+        table = records_table(records, self.numeric, self.categorical, optional)
+        return self.rows(table), (table[self.id_column].to_pylist() if self.id_column else None)
+
+    def _read_plain_records(self, records: Sequence[Any]) -> tuple[Rows, list[str | None] | None] | None:
+        required = set(self.numeric) | set(self.categorical)
+        with_id = required | {self.id_column} if self.id_column else required
+        if not all(type(r) is dict and (r.keys() == required or r.keys() == with_id) for r in records):
+            return None
+        values = [[r[c] for c in self.numeric] for r in records]
+        if not {type(v) for row in values for v in row} <= {float, int}:  # not bool, str or None
+            return None
+        x = np.array(values, np.float64).reshape(len(records), len(self.numeric))
+        if not np.isfinite(x).all():
+            return None
+        categorical = {}
+        for c in self.categorical:
+            col = [r[c] for r in records]
+            if not all(type(v) is str for v in col):
+                return None
+            categorical[c] = np.array(col, object)
+        ids = None
+        if self.id_column:
+            ids = [None if (v := r.get(self.id_column)) is None else str(v) for r in records]
+        return Rows(numeric=x, categorical=categorical), ids
+
     # validation -----------------------------------------------------------
-    def check(self, table: pa.Table, labels: bool = True) -> tuple[np.ndarray, list[str]]:
+    def check(self, data: pa.Table | Rows, labels: bool = True) -> tuple[np.ndarray, list[str]]:
         """Which rows may be served and learned (``labels=False``: only the features, as a replica checks a request).
+
+        Args:
+            data: an Arrow table with the feature (and label) columns, or its :class:`Rows`.
+            labels: check the label column too.
 
         Returns:
             ``(good (n,) bool, reason for each bad row)``: a missing feature under ``missing="quarantine"``,
             a non-finite number, a missing label, or a class not known and not allowed to grow.
         """
-        n = table.num_rows
+        r = self._rows(data)
+        n = len(r)
+        x = r.numeric
+        quarantine = self.missing == "quarantine"
+        bad_x = (not np.isfinite(x).all()) if quarantine else bool(np.isinf(x).any())
+        bad_cat = quarantine and any(np.equal(v, None).any() for v in r.categorical.values())
+        check_labels = self.label is not None and labels
+        if check_labels and r.label is None:
+            raise ValueError(f"the rows have no label column {self.label!r}")
+        ids = None
+        if check_labels and self.task == "classification" and not self.allow_new_classes:
+            ids = self._label_ids(r)
+        bad_y = check_labels and (
+            (self.task == "regression" and not np.isfinite(r.label_values).all())
+            or (self.task == "classification" and (r.label.null_count > 0 or (ids is not None and (ids < 0).any()))))
+        if not (bad_x or bad_cat or bad_y):  # the usual window: no per-row work
+            return np.ones(n, bool), []
         reasons: list[str | None] = [None] * n
 
         def refuse(mask: np.ndarray, why: str) -> None:
-            if not mask.any():
-                return
             for i in np.flatnonzero(mask):
                 if reasons[i] is None:
                     reasons[i] = why
 
-        for c in self.numeric:
-            v = self._floats(table[c])
-            missing = np.isnan(v)
-            refuse(np.isinf(v), f"non-finite value in {c}")
-            if self.missing == "quarantine":
-                refuse(missing, f"missing value in {c}")
-        if self.missing == "quarantine":
-            for c in self.categorical:
-                refuse(np.asarray(table[c].is_null().to_numpy(zero_copy_only=False)), f"missing value in {c}")
-        if self.label is not None and labels:
-            col = table[self.label]
+        for j, c in enumerate(self.numeric):
+            refuse(np.isinf(x[:, j]), f"non-finite value in {c}")
+            if quarantine:
+                refuse(np.isnan(x[:, j]), f"missing value in {c}")
+        if quarantine:
+            for c, v in r.categorical.items():
+                refuse(np.equal(v, None), f"missing value in {c}")
+        if check_labels:
             if self.task == "regression":
-                y = self._floats(col)
-                refuse(~np.isfinite(y), f"missing or non-finite target {self.label}")
+                refuse(~np.isfinite(r.label_values), f"missing or non-finite target {self.label}")
             else:
-                labels = col.to_pylist()
-                refuse(np.array([v is None for v in labels], bool), f"missing label {self.label}")
-                if not self.allow_new_classes:
-                    known = set(self.classes)
-                    refuse(np.array([v is not None and v not in known for v in labels], bool),
-                           "label not in the declared classes (data.classes; or set data.allow_new_classes)")
-        good = np.array([r is None for r in reasons], bool)
-        return good, [r for r in reasons if r is not None]
+                refuse(np.asarray(r.label.is_null().to_numpy(zero_copy_only=False)), f"missing label {self.label}")
+                if ids is not None:
+                    refuse(ids < 0, "label not in the declared classes (data.classes; or set data.allow_new_classes)")
+        good = np.array([why is None for why in reasons], bool)
+        return good, [why for why in reasons if why is not None]
 
     # fitting --------------------------------------------------------------
-    def update(self, table: pa.Table) -> None:
+    def update(self, data: pa.Table | Rows) -> None:
         """Fit on revealed rows (already :meth:`check`-ed): running moments, vocabularies, new classes."""
+        r = self._rows(data)
         if self.numeric:
             # Chan, Golub & LeVeque (1979): merge the batch's moments into the running ones, all columns
             # at once; a column's missing values are left out of its moments.
-            x = np.column_stack([self._floats(table[c]) for c in self.numeric])
+            x = r.numeric
             finite = np.isfinite(x)
-            n_a, n_b = self.count, finite.sum(axis=0)
+            if finite.all():  # the usual window
+                n_b = np.full(x.shape[1], x.shape[0], np.int64)
+                mean_b = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+                m2_b = ((x - mean_b) ** 2).sum(axis=0)
+            else:
+                n_b = finite.sum(axis=0)
+                mean_b = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(n_b, 1)
+                m2_b = (np.where(finite, x - mean_b, 0.0) ** 2).sum(axis=0)
+            n_a = self.count
             n = n_a + n_b
-            mean_b = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(n_b, 1)
-            m2_b = (np.where(finite, x - mean_b, 0.0) ** 2).sum(axis=0)
             delta, share = mean_b - self.mean, n_b / np.maximum(n, 1)
             self.mean = self.mean + delta * share
             self.m2 = self.m2 + m2_b + delta**2 * n_a * share
             self.count = n
-        for c in self.categorical:
+        for c, col in r.categorical.items():
             vocab = self.vocabularies[c]
             seen = set(vocab)
-            for v in pc.unique(pc.cast(table[c], pa.string())).to_pylist():
+            for v in dict.fromkeys(col.tolist()):  # in order of first appearance
                 if v is None or v in seen:
                     continue
                 if len(vocab) < self.max_categories - 1:
@@ -269,11 +414,12 @@ class Featurizer:
                     self.unknown_values += 1
         if self.label is not None and self.task == "classification" and self.allow_new_classes:
             known = set(self.classes)
-            for v in table[self.label].to_pylist():
+            for v in dict.fromkeys(r.label.to_pylist()):
                 if v is not None and v not in known:
                     self.classes.append(v)
                     known.add(v)
-        self.rows_seen += table.num_rows
+                    self._classes_version += 1
+        self.rows_seen += len(r)
 
     # transforming ---------------------------------------------------------
     @staticmethod
@@ -284,15 +430,46 @@ class Featurizer:
             arr = pc.fill_null(arr, math.nan)
         return np.asarray(arr.to_numpy(zero_copy_only=False), np.float64)
 
-    def transform(self, table: pa.Table) -> np.ndarray:
-        """The model's inputs for ``table``'s rows: ``(n, width)`` float32 (see the module doc)."""
-        n = table.num_rows
+    def _label_ids(self, r: Rows) -> np.ndarray:
+        if r.class_ids is not None and r.class_ids[0] == self._classes_version:
+            return r.class_ids[1]
+        return self._class_ids(r.label_values)
+
+    def _class_ids(self, values: np.ndarray) -> np.ndarray:
+        """``(n,)`` int64: each label's index in ``classes``, ``-1`` for a label not known (or missing).
+
+        ``values`` is :attr:`Rows.label_values`; labels and classes compare as Python values do (``1 == 1.0``).
+        """
+        ids = np.full(len(values), -1, np.int64)
+        if len(self.classes) <= 64:  # a comparison per class; numpy's == is elementwise, also for strings
+            for i, c in enumerate(self.classes):
+                hit = values == c
+                if np.ndim(hit):
+                    ids[hit] = i
+            return ids
+        lookup = {v: i for i, v in enumerate(self.classes)}
+        return np.array([lookup.get(v, -1) for v in values.tolist()], np.int64)
+
+    def _slots(self, column: str) -> dict[str, int]:
+        """A categorical column's value -> one-hot slot (from 1), rebuilt only when its vocabulary grew."""
+        vocab = self.vocabularies[column]
+        cached = self._slot_maps.get(column)
+        if cached is None or cached[0] != len(vocab):
+            cached = (len(vocab), {v: k + 1 for k, v in enumerate(vocab)})
+            self._slot_maps[column] = cached
+        return cached[1]
+
+    def transform(self, data: pa.Table | Rows) -> np.ndarray:
+        """The model's inputs for the rows: ``(n, width)`` float32 (see the module doc)."""
+        r = self._rows(data)
+        n = len(r)
         out = np.zeros((n, self.width), np.float32)
         k = len(self.numeric)
         if k:
-            x = np.column_stack([self._floats(table[c]) for c in self.numeric])
+            x = r.numeric
             missing = np.isnan(x)
-            x = np.where(missing, self.mean, x)
+            if missing.any():
+                x = np.where(missing, self.mean, x)
             if self.scaling == "standard":
                 std = np.sqrt(np.where(self.count > 1, self.m2 / np.maximum(self.count - 1, 1), 1.0))
                 std = np.where(std > 1e-12, std, 1.0)
@@ -301,27 +478,28 @@ class Featurizer:
             if self.missing == "impute":
                 out[:, k : 2 * k] = missing
         at = k * (2 if self.missing == "impute" else 1)
-        for c in self.categorical:
-            vocab = self.vocabularies[c]
-            col = pc.cast(table[c], pa.string())
-            slot = pc.index_in(col, value_set=pa.array(vocab, pa.string())) if vocab else pa.nulls(n, pa.int32())
-            idx = np.asarray(pc.fill_null(pc.add(slot, 1), 0).to_numpy(zero_copy_only=False), np.int64)
-            out[np.arange(n), at + idx] = 1.0
+        rows = np.arange(n)
+        for c, col in r.categorical.items():
+            slots = self._slots(c)
+            idx = np.fromiter((slots.get(v, 0) for v in col.tolist()), np.int64, n)  # 0: the unknown slot
+            out[rows, at + idx] = 1.0
             at += self.max_categories
         return out
 
-    def label_ids(self, table: pa.Table) -> np.ndarray:
+    def label_ids(self, data: pa.Table | Rows) -> np.ndarray:
         """Class ids ``(n,)`` int64 (``-1`` for a class not known), or regression targets ``(n, 1)`` float32.
 
         Raises:
-            ValueError: the featurizer has no label column.
+            ValueError: the featurizer has no label column, or the rows do not have it.
         """
         if self.label is None:
             raise ValueError("this featurizer has no label column")
+        r = self._rows(data)
+        if r.label is None:
+            raise ValueError(f"the rows have no label column {self.label!r}")
         if self.task == "regression":
-            return self._floats(table[self.label]).astype(np.float32).reshape(-1, 1)
-        ids = {v: i for i, v in enumerate(self.classes)}
-        return np.array([ids.get(v, -1) for v in table[self.label].to_pylist()], np.int64)
+            return r.label_values.astype(np.float32).reshape(-1, 1)
+        return self._label_ids(r)
 
     def class_names(self, ids: Sequence[int]) -> list[Any]:
         """The class of each id (``None`` for an output not yet given a class)."""
@@ -349,6 +527,8 @@ class Featurizer:
             if state[key] != getattr(self, key):
                 raise ValueError(f"preprocessing state has {key}={state[key]!r}; this featurizer has {getattr(self, key)!r}")
         self.classes = list(state["classes"])
+        self._slot_maps = {}
+        self._classes_version += 1
         self.count = np.array(state["count"], np.int64)
         self.mean = np.array(state["mean"], np.float64)
         self.m2 = np.array(state["m2"], np.float64)

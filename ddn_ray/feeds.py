@@ -148,7 +148,7 @@ class TableFeed:
 
     def static_inputs(self, window: tables.RecordWindow, revealed: Reveal) -> np.ndarray:
         assert self._static is not None, "call snapshot_static() first"
-        return self._static.transform(window.table)
+        return self._static.transform(window.rows if window.rows is not None else window.table)
 
     def ids(self, window: tables.RecordWindow) -> list[str | None] | None:
         return self._stream.ids(window)

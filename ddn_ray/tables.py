@@ -23,7 +23,7 @@ import fnmatch
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from ddn_ray.errors import DataError
-from ddn_ray.features import Featurizer
+from ddn_ray.features import Featurizer, Rows
 from ddn_ray.stream import Quarantine, Window
 
 __all__ = ["FORMATS", "FileSource", "LandingDirSource", "RecordWindow", "TabularStream", "featurizer_for", "infer_format",
@@ -55,6 +55,8 @@ class RecordWindow:
         start, end: the ``[start, end)`` offsets it covers.
         offsets: ``(n,)`` int64 offsets of its rows (all of them, or the valid ones after :meth:`TabularStream.windows`).
         table: the rows, with the source's columns.
+        rows: the featurizer's view of ``table`` (each column converted once): sliced from the batch read when the
+            source has ``prepare``, else set by :meth:`TabularStream.windows`.
     """
 
     index: int
@@ -62,6 +64,7 @@ class RecordWindow:
     end: int
     offsets: np.ndarray
     table: pa.Table
+    rows: Rows | None = None
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -136,8 +139,11 @@ def _dataset(fs: pafs.FileSystem, files: list[str], fmt: str, columns: Sequence[
     """A pyarrow dataset over ``files`` whose every file was checked for ``columns``."""
     try:
         ds = pads.dataset(files, format=_file_format(fmt), filesystem=fs)
-        for frag in ds.get_fragments():
-            _check_columns(frag.path, frag.physical_schema, columns, numeric)
+        if len(files) == 1:  # the dataset's schema is the file's: no second read
+            _check_columns(files[0], ds.schema, columns, numeric)
+        else:
+            for frag in ds.get_fragments():
+                _check_columns(frag.path, frag.physical_schema, columns, numeric)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{files[0] if len(files) == 1 else 'a file of ' + repr(files[:3])} does not parse as "
                         f"{fmt}: {exc}") from exc
@@ -145,35 +151,46 @@ def _dataset(fs: pafs.FileSystem, files: list[str], fmt: str, columns: Sequence[
 
 
 class _Windows:
-    """Cut a sequence of Arrow tables into windows of ``window_size`` rows, skipping rows before ``start_offset``."""
+    """Cut a sequence of Arrow tables into windows of ``window_size`` rows, skipping rows before ``start_offset``.
 
-    def __init__(self, window_size: int, start_offset: int, max_rows: int | None) -> None:
+    With ``prepare`` (a featurizer's :meth:`~ddn_ray.features.Featurizer.rows`), each table read is
+    converted once, whole, and every window carries its slice of it (``RecordWindow.rows``).
+    """
+
+    def __init__(self, window_size: int, start_offset: int, max_rows: int | None,
+                 prepare: Callable[[pa.Table], Rows] | None = None) -> None:
         if window_size <= 0:
             raise ValueError(f"window_size must be > 0, got {window_size}")
-        self.window_size, self.start_offset, self.max_rows = window_size, start_offset, max_rows
+        self.window_size, self.start_offset, self.max_rows, self.prepare = window_size, start_offset, max_rows, prepare
 
     def cut(self, tables: Iterator[pa.Table]) -> Iterator[RecordWindow]:
-        buf: list[pa.Table] = []
+        buf: list[tuple[pa.Table, Rows | None]] = []
         buffered, offset = 0, 0  # offset of the first buffered row
         index = self.start_offset // self.window_size
         limit = self.max_rows if self.max_rows is not None else math.inf
 
         def flush(take: int) -> RecordWindow | None:
             nonlocal buf, buffered, offset, index
-            whole = pa.concat_tables(buf, promote_options="permissive") if len(buf) > 1 else buf[0]
+            if len(buf) > 1:
+                whole = pa.concat_tables([t for t, _ in buf], promote_options="permissive")
+                prepared = None if self.prepare is None else Rows.concat([r for _, r in buf])
+            else:
+                whole, prepared = buf[0]
             rows, rest = whole.slice(0, take), whole.slice(take)
             start, offset = offset, offset + take
-            buf, buffered = ([rest] if rest.num_rows else []), buffered - take
+            buf = [(rest, None if prepared is None else prepared.slice(take, whole.num_rows))] if rest.num_rows else []
+            buffered -= take
             if offset <= self.start_offset:
                 return None
-            w = RecordWindow(index, start, offset, np.arange(start, offset, dtype=np.int64), rows)
+            w = RecordWindow(index, start, offset, np.arange(start, offset, dtype=np.int64), rows,
+                             None if prepared is None else prepared.slice(0, take))
             index += 1
             return w
 
         for t in tables:
             t = t.slice(0, int(min(t.num_rows, limit - offset - buffered)))
             if t.num_rows:
-                buf.append(t)
+                buf.append((t, None if self.prepare is None else self.prepare(t)))
                 buffered += t.num_rows
             while buffered >= self.window_size:
                 if (w := flush(self.window_size)) is not None:
@@ -197,6 +214,7 @@ class FileSource:
         start_offset: resume here (a window boundary of an earlier run).
         max_rows: stop after this many rows.
         batch_rows: rows per record batch read.
+        prepare: converts each batch read once (a featurizer's ``rows``); windows carry their slice.
 
     Raises:
         DataError: (at construction) nothing matches, a file does not parse, or lacks a column, or a
@@ -205,12 +223,13 @@ class FileSource:
 
     def __init__(self, *, uri: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
                  format: str | None = None, order_by: str | None = None, start_offset: int = 0,
-                 max_rows: int | None = None, batch_rows: int = 65536) -> None:
+                 max_rows: int | None = None, batch_rows: int = 65536,
+                 prepare: Callable[[pa.Table], Rows] | None = None) -> None:
         self.fs, self.files, self.format = resolve(uri, format)
         self.columns = list(dict.fromkeys([*columns, *([order_by] if order_by else [])]))
         self.dataset = _dataset(self.fs, self.files, self.format, self.columns, numeric)
         self.order_by, self.batch_rows = order_by, batch_rows
-        self.cutter = _Windows(window_size, start_offset, max_rows)
+        self.cutter = _Windows(window_size, start_offset, max_rows, prepare)
         self.start_offset = start_offset
 
     def count_rows(self) -> int:
@@ -236,7 +255,7 @@ class LandingDirSource:
 
     Args:
         path: the directory (local path or pyarrow filesystem URI).
-        columns, numeric, window_size, start_offset, max_rows: as :class:`FileSource`.
+        columns, numeric, window_size, start_offset, max_rows, prepare: as :class:`FileSource`.
         format: the files' format; ``None``: every file whose suffix names one, each read as its suffix says.
         poll_interval_s: how often to list the directory, in seconds.
         idle_timeout_s: end of stream after this many seconds with no new file.
@@ -247,13 +266,14 @@ class LandingDirSource:
 
     def __init__(self, *, path: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
                  format: str | None = None, start_offset: int = 0, max_rows: int | None = None,
-                 poll_interval_s: float = 0.5, idle_timeout_s: float = 30.0) -> None:
+                 poll_interval_s: float = 0.5, idle_timeout_s: float = 30.0,
+                 prepare: Callable[[pa.Table], Rows] | None = None) -> None:
         path = os.path.expanduser(os.path.expandvars(path))
         self.fs, self.path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(),
                                                                                     os.path.abspath(path))
         self.columns, self.numeric, self.format = list(columns), list(numeric), format
         self.poll_interval_s, self.idle_timeout_s = poll_interval_s, idle_timeout_s
-        self.cutter = _Windows(window_size, start_offset, max_rows)
+        self.cutter = _Windows(window_size, start_offset, max_rows, prepare)
         self.start_offset = start_offset
         self.files_read: list[str] = []
 
@@ -309,21 +329,40 @@ class TabularStream:
         self.source, self.featurizer, self.id_column = source, featurizer, id_column
         self.quarantine = Quarantine()
         self.record_columns = [*featurizer.numeric, *featurizer.categorical, *([id_column] if id_column else [])]
+        self._numeric = set(featurizer.numeric)
 
     def windows(self) -> Iterator[RecordWindow]:
         """The source's windows with only the rows :meth:`Featurizer.check` accepts; the others are quarantined."""
         for w in self.source:
-            good, reasons = self.featurizer.check(w.table)
+            rows = w.rows if w.rows is not None else self.featurizer.rows(w.table)
+            good, reasons = self.featurizer.check(rows)
             if not good.all():
                 self.quarantine.offsets += w.offsets[~good].tolist()
                 self.quarantine.reasons += reasons
-                w = RecordWindow(w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)))
+                w = RecordWindow(w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)),
+                                 rows.filter(good))
+            else:
+                w = RecordWindow(w.index, w.start, w.end, w.offsets, w.table, rows)
             yield w
 
+    def _rows(self, window: RecordWindow) -> Rows:
+        return window.rows if window.rows is not None else self.featurizer.rows(window.table)
+
     def records(self, window: RecordWindow) -> list[dict[str, Any]]:
-        """The window's rows as JSON records of the feature columns (and the id): what a client sends."""
-        columns = [_json_column(window.table[c]) for c in self.record_columns]  # column-wise: no per-value Python
-        return [dict(zip(self.record_columns, row)) for row in zip(*columns)]
+        """The window's rows as JSON records of the feature columns (and the id): what a client sends.
+
+        Numeric values are sent as the floats the featurizer reads (``null`` where missing).
+        """
+        x = self._rows(window).numeric
+        numeric = x.tolist()  # column-wise conversions: no per-value Python but the dicts
+        if np.isnan(x).any():
+            numeric = [[None if math.isnan(v) else v for v in row] for row in numeric]
+        others = [c for c in self.record_columns if c not in self._numeric]
+        if not others:
+            return [dict(zip(self.record_columns, row)) for row in numeric]
+        names = [*self.featurizer.numeric, *others]
+        columns = zip(*[_json_column(window.table[c]) for c in others])
+        return [dict(zip(names, (*row, *rest))) for row, rest in zip(numeric, columns)]
 
     def ids(self, window: RecordWindow) -> list[str] | None:
         if self.id_column is None:
@@ -337,9 +376,10 @@ class TabularStream:
             A :class:`~ddn_ray.stream.Window` of ``(n, width)`` float32 inputs and ``(n,)`` int64 class ids
             (``(n, 1)`` float32 targets for regression), after this window's rows were fitted.
         """
-        self.featurizer.update(window.table)
-        x = self.featurizer.transform(window.table)
-        y = self.featurizer.label_ids(window.table)
+        rows = self._rows(window)
+        self.featurizer.update(rows)
+        x = self.featurizer.transform(rows)
+        y = self.featurizer.label_ids(rows)
         return Window(window.index, window.start, window.end, window.offsets, x, y)
 
 
@@ -372,7 +412,8 @@ def source_for(data: Any, featurizer: Featurizer, *, window_size: int,
     """The source a ``DataConfig`` with a ``source`` describes, reading the featurizer's columns (and id, order_by)."""
     columns = [*featurizer.numeric, *featurizer.categorical, data.label, *([data.id] if data.id else [])]
     common: dict[str, Any] = {"columns": columns, "numeric": featurizer.numeric, "window_size": window_size,
-                              "format": data.format, "start_offset": start_offset, "max_rows": data.max_rows}
+                              "format": data.format, "start_offset": start_offset, "max_rows": data.max_rows,
+                              "prepare": featurizer.rows}
     if data.source.kind == "table":
         return FileSource(uri=data.source.uri, order_by=data.order_by, **common)
     return LandingDirSource(path=data.source.path, poll_interval_s=data.source.poll_interval_s,

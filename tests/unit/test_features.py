@@ -7,6 +7,8 @@ import pickle
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ddn_ray.features import Featurizer, RecordError, records_table
 
@@ -106,6 +108,33 @@ def test_records_name_the_row_and_column(records: list, field: str) -> None:
         records_table(records, numeric=["a"], categorical=["c"])
     assert err.value.field == field and str(err.value).startswith(field)
     assert pickle.loads(pickle.dumps(err.value)).field == field  # crosses actors
+    with pytest.raises(RecordError) as err:  # what a replica calls: the same error, whichever path read them
+        Featurizer(numeric=["a"], categorical=["c"]).read_records(records)
+    assert err.value.field == field
+
+
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, width=32),
+                   st.sampled_from(["n", "s", "3", ""]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"a": _VALUE, "b": _VALUE, "c": _VALUE}, optional={"id": _VALUE}),
+                min_size=1, max_size=8))
+def test_records_read_column_wise_featurize_as_records_table(records: list) -> None:
+    """The column-wise path a replica takes for plain records agrees with :func:`records_table` on any request."""
+    f = Featurizer(numeric=["a", "b"], categorical=["c"], id_column="id", max_categories=4)
+    f.update(_table(a=[1.0, 5.0], b=[0.0, 2.0], c=["n", "s"]))
+    try:
+        table = records_table(records, numeric=["a", "b"], categorical=["c"], optional=["id"])
+    except RecordError as exc:
+        with pytest.raises(RecordError) as err:
+            f.read_records(records)
+        assert err.value.field == exc.field
+        return
+    rows, ids = f.read_records(records)
+    np.testing.assert_array_equal(f.transform(rows), f.transform(table))
+    assert ids == table["id"].to_pylist()
+    assert f.check(rows, labels=False)[0].tolist() == f.check(table, labels=False)[0].tolist()
 
 
 def test_records_accept_nulls_and_an_id() -> None:

@@ -153,3 +153,23 @@ def test_elec2_as_a_user_table_gives_the_built_in_windows_bit_for_bit(monkeypatc
         assert got.features.dtype == np.float32 and got.labels.dtype == np.int64
         n += 1
     assert n == 60 and len(generic.quarantine) == 0
+
+
+def test_batches_converted_once_give_the_windows_of_per_window_conversion(tmp_path: Path) -> None:
+    """Windows that cross record batches (7 rows each) carry the same Rows as converting each window's table."""
+    t = _rows(40).set_column(2, "amount", pa.array([None if k % 9 == 4 else float(k) for k in range(40)]))
+    f = _write(t, tmp_path / "b.parquet")
+    feat = Featurizer(numeric=["amount", "t"], categorical=["region"], label="y", classes=["no", "yes"], max_categories=3)
+    src = tables.FileSource(uri=str(f), columns=["amount", "t", "region", "y"], numeric=["amount", "t"],
+                            window_size=10, batch_rows=7, prepare=feat.rows)
+    windows = list(src)
+    assert [len(w) for w in windows] == [10, 10, 10, 10]
+    for w in windows:
+        assert w.rows is not None
+        direct = feat.rows(w.table)
+        np.testing.assert_array_equal(w.rows.numeric, direct.numeric)
+        assert w.rows.categorical["region"].tolist() == direct.categorical["region"].tolist()
+        assert w.rows.label.to_pylist() == direct.label.to_pylist()
+        np.testing.assert_array_equal(feat.label_ids(w.rows), feat.label_ids(direct))
+        np.testing.assert_array_equal(feat.transform(w.rows), feat.transform(direct))
+        feat.update(w.rows)
