@@ -25,7 +25,7 @@ def model_spec(model_cfg: Any, num_features: int, num_classes: int, feature_name
     """What Serve needs to build the model: the ``meta.json`` keys, also held by the controller.
 
     ``model_cfg`` is a :class:`~ddn_ray.config.ModelConfig`; ``inputs`` the raw-input spec of
-    :class:`ddn_ray.usecases.scenarios.Scenario` (default ``{"kind": "table"}``: rows of numbers only).
+    :class:`ddn_ray.usecase.Scenario` (default ``{"kind": "table"}``: rows of numbers only).
     """
     return {"model": model_cfg.model_dump(mode="json"), "num_features": num_features, "num_classes": num_classes,
             "feature_names": feature_names, "inputs": inputs or {"kind": "table"}}

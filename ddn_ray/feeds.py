@@ -6,7 +6,7 @@ A feed hides where rows come from and how they become model inputs, so the loop 
 * :class:`TableFeed`: a user's table or landing directory described by ``data.source``
   (:mod:`ddn_ray.tables`); requests carry named records, and the preprocessing state
   (:class:`ddn_ray.features.Featurizer`) is fitted on each window only when its labels are revealed.
-* :class:`ddn_ray.usecases.builtin.ScenarioFeed`: the built-in streams (:func:`ddn_ray.usecases.feed`);
+* :class:`ddn_ray.usecases.builtin.ScenarioFeed`: the built-in streams (:func:`ddn_ray.usecase.feed`);
   requests carry the stream's feature rows (or raw images / texts), which need no fitted state.
 
 Per window the loop calls :meth:`Feed.request` (what the traffic client sends, before any label

@@ -68,7 +68,7 @@ class SweepConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "sweep"
     job: str = Field(description="the base job YAML; every trial starts from it")
-    stream: str = Field("ddn_ray.usecases:stream_table", description="the 'package.module:function' "
+    stream: str = Field("ddn_ray.usecase:stream_table", description="the 'package.module:function' "
                         "(JobConfig) -> ddn_ray.stream.Table that loads the stream every trial replays")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys fixed for every trial and the best YAML")
     max_rows: int | None = Field(None, gt=0, description="trials replay only the first max_rows rows (not written to the best YAML)")

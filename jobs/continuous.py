@@ -31,7 +31,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, stream, usecases
+from ddn_ray import config, evaluate, feeds, models, stream, usecase
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
 from ddn_ray.errors import DataError
@@ -65,7 +65,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     """Run the job end to end and return its report (also written as JSON + PNG)."""
     t0 = time.monotonic()
     # A user's table (data.source) or a built-in use case's stream (data.name); checked before Ray starts.
-    feed = feeds.TableFeed(job=cfg) if cfg.data.source is not None else usecases.feed(cfg)
+    feed = feeds.TableFeed(job=cfg) if cfg.data.source is not None else usecase.feed(cfg)
     started_ray = start_ray(cfg)
     rss = evaluate.RssSampler().start()
     run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,107 +1,12 @@
-"""The built-in use cases, outside the engine: each one adds what it needs through :class:`UseCase`.
+"""The built-in use cases, outside the engine; each plugs in through :class:`ddn_ray.usecase.UseCase`.
 
-The engine modules (stream, features, tables, train, serve, controller, evaluate, the main job) import
-nothing from this package. A use case plugs in at three places:
+* :mod:`~ddn_ray.usecases.builtin`: the use cases ``data.name`` finds (Elec2, Fashion-MNIST, BBC News,
+  CartPole / Pendulum dynamics, NAB) and the main job's feed of their streams;
+* :mod:`~ddn_ray.usecases.routes`: their raw-input Serve routes (PNG, text, next state, anomaly scores);
+* the data and models they use: :mod:`~ddn_ray.usecases.datasets`, :mod:`~ddn_ray.usecases.scenarios`,
+  :mod:`~ddn_ray.usecases.images`, :mod:`~ddn_ray.usecases.text`, :mod:`~ddn_ray.usecases.control`,
+  :mod:`~ddn_ray.usecases.nab`, :mod:`~ddn_ray.usecases.anomaly`.
 
-* **the stream**: :meth:`UseCase.scenario` turns ``data`` into the rows the job replays and the input
-  spec replicas featurize raw requests with (:class:`~ddn_ray.usecases.scenarios.Scenario`); the spec
-  names the use case's extra Serve routes (``inputs["routes"]``, :mod:`ddn_ray.usecases.routes`);
-* **the traffic**: :meth:`UseCase.client_route`, the route and body a traffic client sends raw inputs with;
-* **the report**: :meth:`UseCase.no_change` (the no-change baseline of a regression) and
-  :meth:`UseCase.report_extras` (sections only this use case has: NAB scores, the fault alarm).
-
-:func:`get` finds a use case by ``data.name`` (:data:`BUILT_IN`, ``"package.module:attribute"`` names
-loaded only when asked for); :func:`feed` is the main job's feed of a built-in stream.
+Nothing in the engine or the main job imports this package; :mod:`ddn_ray.usecase` names its parts as
+``"package.module:attribute"`` strings and loads them when a job asks for them.
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-import numpy as np
-
-from ddn_ray import registry
-from ddn_ray.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ddn_ray.config import DataConfig, JobConfig
-    from ddn_ray.stream import Table
-    from ddn_ray.usecases.builtin import ScenarioFeed
-    from ddn_ray.usecases.scenarios import Scenario
-
-__all__ = ["BUILT_IN", "BodyFn", "UseCase", "feed", "get", "stream_table"]
-
-BodyFn = Callable[[np.ndarray, Any], dict[str, Any]]
-"""``(offsets (n,) int64, rows) -> request body`` for a window's rows."""
-
-BUILT_IN: dict[str, str] = {
-    "elec2": "ddn_ray.usecases.builtin:ELEC2",
-    "fashion_mnist": "ddn_ray.usecases.builtin:FASHION_MNIST",
-    "bbc_news": "ddn_ray.usecases.builtin:BBC_NEWS",
-    "cartpole": "ddn_ray.usecases.builtin:GYM_DYNAMICS",
-    "pendulum": "ddn_ray.usecases.builtin:GYM_DYNAMICS",
-    "nab": "ddn_ray.usecases.builtin:NAB",
-}
-
-
-@runtime_checkable
-class UseCase(Protocol):
-    """What a built-in use case adds to the engine (see the module doc)."""
-
-    def scenario(self, data: DataConfig) -> Scenario:
-        """The stream ``data`` describes: its rows in stream order, phases and input spec.
-
-        Raises:
-            ddn_ray.errors.DataError: the data set is missing or malformed.
-        """
-        ...
-
-    def client_route(self, scenario: Scenario, job: JobConfig) -> tuple[str, BodyFn] | None:
-        """The route and request body for raw inputs (images, texts) when ``job.serve.raw_inputs`` is on;
-        ``None``: the client sends the stream's feature rows to ``/predict``."""
-        ...
-
-    def no_change(self, scenario: Scenario, labels: np.ndarray) -> np.ndarray:
-        """A regression's no-change forecast for ``labels`` (same shape, float64), in the targets' units."""
-        ...
-
-    def report_extras(self, *, job: JobConfig, scenario: Scenario, rows: dict[str, np.ndarray],
-                      static_windows: int) -> dict[str, Any]:
-        """Report sections only this use case has, from the served rows joined with their labels
-        (``rows``: the columns of ``predictions.npz``)."""
-        ...
-
-
-def get(name: str) -> UseCase:
-    """The built-in use case of ``data.name``.
-
-    Raises:
-        ddn_ray.errors.ConfigError: no use case has that name.
-    """
-    if name not in BUILT_IN:
-        raise ConfigError(f"data.name {name!r} is not a built-in use case; one of {sorted(BUILT_IN)}, "
-                          "or describe your own table with data.source")
-    usecase = registry.load(BUILT_IN[name], what="use case")
-    if not isinstance(usecase, UseCase):
-        raise TypeError(f"{BUILT_IN[name]} is not a UseCase")
-    return usecase
-
-
-def feed(job: JobConfig) -> ScenarioFeed:
-    """The main job's feed of the built-in stream ``job.data.name`` (:class:`ddn_ray.feeds.Feed`)."""
-    from ddn_ray.usecases.builtin import ScenarioFeed
-
-    return ScenarioFeed(job=job, usecase=get(job.data.name or ""))
-
-
-def stream_table(job: JobConfig) -> Table:
-    """The rows of the built-in stream ``job.data`` in stream order: what a Tune trial replays
-    (:class:`ddn_ray.sweep.SweepConfig` ``stream``).
-
-    Raises:
-        ddn_ray.errors.ConfigError: ``job.data`` names no built-in use case.
-    """
-    if job.data.source is not None:
-        raise ConfigError("a sweep replays a built-in stream (data.name); give sweep.stream a loader of your table")
-    return get(job.data.name or "").scenario(job.data).table

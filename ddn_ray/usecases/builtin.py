@@ -1,4 +1,4 @@
-"""The built-in use cases (:class:`ddn_ray.usecases.UseCase`) and the feed of their streams.
+"""The built-in use cases (:class:`ddn_ray.usecase.UseCase`) and the feed of their streams.
 
 * :data:`ELEC2`: electricity prices, rows of numbers (``/predict``).
 * :data:`FASHION_MNIST`: images; the traffic client may send PNG files (``/predict_images``).
@@ -18,8 +18,8 @@ import numpy as np
 from ddn_ray import config, drift, stream
 from ddn_ray.client import instances_body
 from ddn_ray.feeds import Reveal
-from ddn_ray.usecases import BodyFn, UseCase, anomaly, images, nab, scenarios
-from ddn_ray.usecases.scenarios import Scenario
+from ddn_ray.usecase import BodyFn, Scenario, UseCase
+from ddn_ray.usecases import anomaly, images, nab, scenarios
 
 __all__ = ["BBC_NEWS", "ELEC2", "FASHION_MNIST", "GYM_DYNAMICS", "NAB", "BuiltinUseCase", "ScenarioFeed",
            "anomaly_section", "fault_section"]
@@ -85,7 +85,7 @@ class ScenarioFeed:
 
     Args:
         job: the job config.
-        usecase: the use case of ``job.data.name`` (:func:`ddn_ray.usecases.get`).
+        usecase: the use case of ``job.data.name`` (:func:`ddn_ray.usecase.get`).
 
     Raises:
         ddn_ray.errors.DataError: the data set is missing or malformed.

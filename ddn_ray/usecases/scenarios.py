@@ -36,38 +36,17 @@ Every scenario uses every row at most once, and is reproducible from ``data.seed
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
 
 import numpy as np
 
 from ddn_ray.config import DataConfig
 from ddn_ray.stream import Table
+from ddn_ray.usecase import Scenario
 from ddn_ray.usecases import datasets, text
 
-__all__ = ["Scenario", "load", "new_class_order", "rotate", "rotation_angles", "topic_order"]
+__all__ = ["load", "new_class_order", "rotate", "rotation_angles", "topic_order"]
 
 IMAGE_SHAPE = (1, 28, 28)
-
-
-class Scenario(NamedTuple):
-    """A stream and how its raw inputs look.
-
-    Attributes:
-        table: the rows in stream order.
-        inputs: the input spec Serve replicas featurize raw requests with, e.g.
-            ``{"kind": "image", "shape": [1, 28, 28], "routes": ...}`` or ``{"kind": "text", "features":
-            "hashing", "n_features": 4096, "routes": ...}``; ``{"kind": "table"}`` for plain rows. ``routes``
-            names the :class:`ddn_ray.serve.InputRoutes` of :mod:`ddn_ray.usecases.routes` that serve them.
-        phase: ``(num_rows,)`` int64, the scenario phase of each row (0 when there is none).
-        class_names: the name of each class id.
-        texts: ``text`` inputs: the raw text of each row (what a client sends to Serve).
-    """
-
-    table: Table
-    inputs: dict[str, Any]
-    phase: np.ndarray
-    class_names: tuple[str, ...]
-    texts: tuple[str, ...] | None = None
 
 
 def rotation_angles(n: int) -> np.ndarray:
