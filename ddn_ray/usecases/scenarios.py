@@ -36,7 +36,6 @@ Every scenario uses every row at most once, and is reproducible from ``data.seed
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ddn_ray.config import DataConfig
