@@ -13,7 +13,7 @@ the same windows, bit for bit (``tests/unit/test_tables.py``).
 2. **Replica side, no Ray**: per request of 50 rows, what a replica does before the model:
    parse an ``instances`` body (pydantic) against check + featurize a ``records`` body.
 3. **The main job** (Ray, HTTP, Train, controller) on all of Elec2 with
-   ``jobs/configs/elec2.yaml`` and with ``jobs/configs/elec2_table.yaml`` in this process,
+   ``jobs/configs/elec2_builtin.yaml`` and with ``jobs/configs/elec2.yaml`` (the default) in this process,
    ``--rounds`` times each with the order reversed every other round (load on this machine drifts
    over minutes): the median wall time, time per window, versions, served accuracy.
 
@@ -43,8 +43,8 @@ from ddn_ray.features import Featurizer
 from ddn_ray.serve import PredictRequest
 from ddn_ray.usecases import datasets
 
-CONFIGS = {"built-in (data.name: elec2)": ROOT / "jobs" / "configs" / "elec2.yaml",
-           "generic (data.source: table)": ROOT / "jobs" / "configs" / "elec2_table.yaml"}
+CONFIGS = {"built-in (data.name: elec2)": ROOT / "jobs" / "configs" / "elec2_builtin.yaml",
+           "generic (data.source: table)": ROOT / "jobs" / "configs" / "elec2.yaml"}
 
 
 def _best(fn: Any, repeats: int) -> tuple[float, int]:

@@ -45,7 +45,7 @@ def river_windowed(make, x: np.ndarray, y: np.ndarray, names: tuple[str, ...], w
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2_builtin.yaml"))
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 50, 500], help="label-reveal window sizes W")
     parser.add_argument("--eval-from", type=int, default=2000)
     parser.add_argument("--methods", nargs="+", default=["finetune:none:none", "finetune:adwin:all",

@@ -71,7 +71,7 @@ def make_table(name: str, rows: int, drifts: list[int], width: int, seed: int) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2_builtin.yaml"))
     parser.add_argument("--streams", nargs="+", default=["SEA", "Agrawal", "RandomRBF"])
     parser.add_argument("--rows", type=int, default=12_000)
     parser.add_argument("--drifts", type=int, nargs=2, default=[4000, 8000])

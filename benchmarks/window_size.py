@@ -1,6 +1,6 @@
 """Choose the window size: served accuracy on all of Elec2 against the label delay it implies.
 
-    python benchmarks/window_size.py [--sizes 25 50 100 250 500 1000] [--config jobs/configs/elec2.yaml]
+    python benchmarks/window_size.py [--sizes 25 50 100 250 500 1000] [--config jobs/configs/elec2_builtin.yaml]
 
 A window's labels are revealed only after the whole window was served, so a row
 waits between 1 and W rows for its label to reach training (plus the publish).
@@ -31,7 +31,7 @@ from ddn_ray.usecases import datasets
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "elec2_builtin.yaml"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 250, 500, 1000])
     parser.add_argument("--eval-from", type=int, default=500, help="score rows from this offset on (as the job)")
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,13 +91,16 @@ def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str
     ``${VAR}`` and ``~`` are expanded. A path without a scheme is local.
 
     Raises:
-        DataError: nothing is there, no file matches, or the format cannot be told.
+        DataError: a ``${VAR}`` is not set, nothing is there, no file matches, or the format cannot be told.
     """
-    uri = os.path.expanduser(os.path.expandvars(uri))
+    given, uri = uri, os.path.expanduser(os.path.expandvars(uri))
+    unset = re.search(r"\$\{?(\w+)", uri)  # expandvars leaves a variable that is not set as it is
+    if unset:
+        raise DataError(f"data.source.uri {given!r}: environment variable {unset[1]} is not set")
     try:
         fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"data.source.uri {uri!r}: {exc}") from exc
+        raise DataError(f"data.source.uri {given!r}: {exc}") from exc
     parts = path.split("/")
     glob_at = next((i for i, p in enumerate(parts) if _GLOB & set(p)), None)
     if glob_at is not None:

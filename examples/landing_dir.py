@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = config.parse_overrides(
         ["stream.source=landing_dir", f"stream.landing_dir={landing}", "stream.idle_timeout_s=5", *args.set]
     )
-    report = continuous.main(config.load(ROOT / "jobs" / "configs" / "elec2.yaml", overrides))
+    report = continuous.main(config.load(ROOT / "jobs" / "configs" / "elec2_builtin.yaml", overrides))
     producer.join()
     return report
 

@@ -63,10 +63,11 @@ def continuous() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def job_config(tmp_path_factory: pytest.TempPathFactory):
-    """Build the main job's config from jobs/configs/elec2.yaml with fresh test paths and the pinned port."""
+    """Build the main job's config from jobs/configs/elec2.yaml (``file=`` another one there) with fresh test
+    paths and the pinned port."""
     from ddn_ray import config
 
-    def make(**sections: dict[str, Any]) -> config.JobConfig:
+    def make(file: str = "elec2.yaml", **sections: dict[str, Any]) -> config.JobConfig:
         tmp_path = tmp_path_factory.mktemp("job")
         base = {
             "storage_path": str(tmp_path / "storage"),
@@ -76,6 +77,6 @@ def job_config(tmp_path_factory: pytest.TempPathFactory):
         }
         for name, values in sections.items():
             base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
-        return config.load(ROOT / "jobs" / "configs" / "elec2.yaml", base)
+        return config.load(ROOT / "jobs" / "configs" / file, base)
 
     return make

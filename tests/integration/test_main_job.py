@@ -148,7 +148,7 @@ def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster,
     from ddn_ray.train import replay_in_process
     from ddn_ray.usecases import datasets
 
-    cfg = job_config(data={"max_rows": 2000}, stream={"last_label_feature": True})  # 7 inputs over HTTP
+    cfg = job_config("elec2_builtin.yaml", data={"max_rows": 2000}, stream={"last_label_feature": True})  # 7 inputs
     report = continuous.main(cfg)
     served = np.load(report["files"]["predictions"])
     expected = replay_in_process(cfg, datasets.load_elec2(cfg.data.path, cfg.data.max_rows)).predictions
@@ -164,7 +164,7 @@ def test_landing_dir_producer_runs_the_same_job(ray_cluster, job_config, monkeyp
     spec = importlib.util.spec_from_file_location("landing_example", root / "examples" / "landing_dir.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    cfg = job_config()
+    cfg = job_config("elec2_builtin.yaml")
     report = example.main([
         "--rows", "2000", "--rows-per-file", "300", "--interval-s", "0.1",
         "--set", f"serve.port={cfg.serve.port}", "--set", f"storage_path={cfg.storage_path}",

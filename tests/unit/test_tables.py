@@ -141,7 +141,7 @@ def test_elec2_as_a_user_table_gives_the_built_in_windows_bit_for_bit(monkeypatc
     from ddn_ray.usecases import datasets
 
     monkeypatch.setenv("DDN_RAY_DATA_DIR", str(SHARED))
-    cfg = config.load(Path(__file__).parents[2] / "jobs" / "configs" / "elec2_table.yaml",
+    cfg = config.load(Path(__file__).parents[2] / "jobs" / "configs" / "elec2.yaml",
                       {"data": {"max_rows": 3000}})
     fz = tables.featurizer_for(cfg.data, cfg.model.task)
     generic = tables.TabularStream(source=tables.source_for(cfg.data, fz, window_size=50), featurizer=fz)
@@ -173,3 +173,9 @@ def test_batches_converted_once_give_the_windows_of_per_window_conversion(tmp_pa
         np.testing.assert_array_equal(feat.label_ids(w.rows), feat.label_ids(direct))
         np.testing.assert_array_equal(feat.transform(w.rows), feat.transform(direct))
         feat.update(w.rows)
+
+
+def test_a_variable_in_the_uri_that_is_not_set_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DDN_RAY_NOT_SET", raising=False)
+    with pytest.raises(DataError, match="environment variable DDN_RAY_NOT_SET is not set"):
+        tables.resolve("${DDN_RAY_NOT_SET}/elec2/electricity.csv")
