@@ -1,5 +1,5 @@
-"""The main job: continuous train-and-serve on a drifting stream (Elec2 by default; any
-``data`` of ``ddn_ray.usecases.scenarios``: Fashion-MNIST and BBC News scenarios too).
+"""The main job: continuous train-and-serve on a drifting stream: a user's table (``data.source``;
+Elec2's CSV by default) or a built-in use case's stream (``data.name``, :mod:`ddn_ray.usecase`).
 
 Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr=0.003 ...]
   or: ddn-ray run --config jobs/configs/elec2.yaml
@@ -9,7 +9,8 @@ Per window of the stream: (1) wait until training is at most ``max_lag_windows``
 behind and every replica serves the latest version, (2) send the window's features
 to the Serve endpoint over HTTP and keep the answers, (3) reveal the labels: hand the
 window to the Train workers as Ray Dataset shards. Workers test-then-train, publish
-weights to the controller, and checkpoint; replicas long-poll the controller.
+weights to the controller, and checkpoint; replicas long-poll the controller. At the end,
+(4) the report (:mod:`ddn_ray.report`) joins every answer with its label and scores it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import argparse
 import os
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from ray import serve
 from ray.train import RunConfig, ScalingConfig
@@ -31,7 +30,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, stream, usecase
+from ddn_ray import config, evaluate, feeds, models, report, stream, usecase
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
 from ddn_ray.errors import DataError
@@ -120,11 +119,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     feed.start(next_offset=ready["next_offset"], preprocessing=ready.get("preprocessing"))
     last_sent = ready["next_window"] - 1  # the last window index the trainer was given
 
-    served: list[stream.Window] = []
-    answers: list[Any] = []
-    static_preds: list[np.ndarray | None] = []
-    ids: list[list[str | None]] = []
-    static_model, first_update_s, sync_timeouts, rows_trained = None, None, 0, 0
+    log = report.ServedLog()
+    static_model, first_update_s, sync_timeouts = None, None, 0
     static_windows = ready["next_window"] + cfg.report.static_windows
     try:
         for window in tqdm(feed.windows(), desc="windows", unit="win", total=feed.total_windows(), mininterval=2.0):
@@ -145,18 +141,16 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             if not len(window):
                 continue
             # 2. Serve the features before the labels exist anywhere in the system.
-            answers.append(client.predict(*feed.request(window)))
+            answers = client.predict(*feed.request(window))
             # 3. Reveal the labels: the window goes to training as Ray Dataset shards.
             revealed = feed.reveal(window)
             w = revealed.window
-            served.append(w)
-            ids.append(feed.ids(window) or [])
-            static_preds.append(None if static_model is None else
-                                models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task))
             for rank, shard in enumerate(stream.shard_tables(w, workers)):
                 queues[rank].put(WindowItem(w.index, w.start, w.end, ray.data.from_arrow(shard),
                                             revealed.preprocessing, revealed.num_classes))
-            rows_trained += (len(w) // workers) * workers
+            log.add(window=w, answers=answers, ids=feed.ids(window), rows_trained=(len(w) // workers) * workers,
+                    static_prediction=None if static_model is None else
+                    models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task))
             last_sent = w.index
         for q in queues:
             q.put(None)
@@ -173,7 +167,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         for q in queues:
             q.shutdown(force=True)
 
-    if not served:
+    if not log:
         rss.stop()
         if started_ray:
             serve.shutdown()
@@ -184,31 +178,18 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             raise DataError(f"every row of the stream was quarantined ({len(bad):,} rows), e.g. {first}")
         print(f"nothing to serve: run {run_name!r} had already trained up to offset {ready['next_offset']:,}")
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
-    report, curves, rows = build_report(cfg, run_name, nc, served, answers, static_preds, summary, feed,
-                                        first_update_s, sync_timeouts, rows_trained, static_windows)
-    if any(ids):
-        rows["id"] = np.array([i for chunk in ids for i in chunk], dtype=object).astype(str)
-    report["run"]["traffic_route"] = feed.route
-    report["run"]["peak_rss_bytes"] = rss.stop()
-    report["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
-    report["run"]["wall_s"] = time.monotonic() - t0
-    out = Path(cfg.report.output_dir) / run_name
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "predictions.npz", **rows)  # served answers joined with the revealed labels
-    report["files"] = {"report": str(out / "report.json"), "predictions": str(out / "predictions.npz")}
-    if cfg.report.plot:
-        marks = [(e["window"], e["decision"]) for e in report["drift"]["events"]]
-        what = ("served accuracy", "accuracy per window") if cfg.model.task == "classification" else (
-            "served one-step error", "MSE per window")
-        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: {what[0]}", marks,
-                                                             what[1]))
-    evaluate.write_report(report, out / "report.json")
-    print(evaluate.format_table(report))
-    print(f"report: {report['files']}")
+    # 4. The report: served answers joined with the revealed labels, scored against static and no-change.
+    facts = report.RunFacts(run_name=run_name, num_classes=nc, static_windows=static_windows,
+                            first_update_s=first_update_s, sync_timeouts=sync_timeouts)
+    result, curves, rows = report.build(job=cfg, log=log, summary=summary, feed=feed, facts=facts)
+    result["run"]["peak_rss_bytes"] = rss.stop()
+    result["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
+    result["run"]["wall_s"] = time.monotonic() - t0
+    report.write(result, curves, rows, job=cfg)
     if started_ray:
         serve.shutdown()
         ray.shutdown()
-    return report
+    return result
 
 
 def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
@@ -217,93 +198,6 @@ def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
     except Exception as exc:  # surfaced by the stream loop
         into["error"] = exc
         return None
-
-
-def build_report(cfg: config.JobConfig, run_name: str, nc: int, served: list[stream.Window], answers: list[Any],
-                 static_preds: list[np.ndarray | None], summary: dict[str, Any], feed: feeds.Feed,
-                 first_update_s: float | None, sync_timeouts: int, rows_trained: int,
-                 static_windows: int) -> tuple[dict, dict, dict]:
-    """Join served answers with revealed labels; score dynamic, static and no-change."""
-    regression = cfg.model.task == "regression"
-    y = np.concatenate([w.labels for w in served])
-    win = np.concatenate([np.full(len(w), w.index) for w in served])
-    offsets = np.concatenate([w.offsets for w in served])
-    pred = np.concatenate([a.predictions for a in answers])
-    ver = np.concatenate([a.versions for a in answers])
-    # No-change with the model's delay: the last label revealed before the window was served.
-    last_revealed = np.concatenate([np.broadcast_to(served[i - 1].labels[-1] if i else np.zeros_like(w.labels[:1])[0],
-                                                    w.labels.shape) for i, w in enumerate(served)])
-    versions = {v["version"]: v for v in summary["versions"]}
-    trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
-    # The static model's answers exist from its freeze on (rows after its training windows).
-    static_pred = np.concatenate([
-        (p.reshape(w.labels.shape) if regression else p) if p is not None else
-        (np.full(w.labels.shape, np.nan) if regression else np.full(len(w), -1, dtype=np.int64))
-        for w, p in zip(served, static_preds)])
-    rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
-            "static_prediction": static_pred, "phase": feed.phase(offsets)}
-    if regression:
-        rows["no_change"] = feed.no_change(y, last_revealed)
-        scores, curves = evaluate.score_regression_rows(rows, static_windows)
-    else:
-        rows["last_revealed"] = last_revealed
-        scores, curves = evaluate.score_rows(rows, static_windows, int(max(nc, y.max(initial=0) + 1)))
-    fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
-    latencies = [s for a in answers for s in a.latencies_s]
-    errors = [e for a in answers for e in a.errors]
-    progress = [p for p in summary["progress"] if p["index"] >= static_windows]
-    trainer_rows = sum(p["num_rows"] for p in progress)
-    trainer = ({"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}
-               if regression else
-               {"trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)})
-    quarantine = feed.quarantine
-    ev = win >= static_windows
-    return {
-        "run": {
-            "name": run_name, "rows_served": len(y), "rows_trained": int(rows_trained),
-            "windows": len(served), "window_size": cfg.stream.window_size,
-            "rows_quarantined": len(quarantine), "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
-            "versions_published": len(summary["versions"]) - 1, "versions_rejected": len(summary["rejected"]),
-            "label_delay_rows": evaluate.percentiles((offsets - trained_end).tolist(), (50, 99)),
-            "first_update_served_s": first_update_s, "replica_sync_timeouts": sync_timeouts,
-            "num_workers": cfg.train.num_workers, "num_replicas": cfg.serve.num_replicas,
-            "window_versions": [[w.index, int(a.versions.min()), int(a.versions.max())] for w, a in zip(served, answers)],
-            "replica_versions_at_end": summary["replica_versions"],
-        },
-        "data": feed.summary(),
-        "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
-                      "static_windows": static_windows, "num_classes": nc},
-        "scores": scores,
-        "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
-        **feed.report_extras(rows, static_windows),
-        **trainer,
-        "freshness_s": evaluate.percentiles(fresh, (50, 99)),
-        "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
-                 "latency_s": evaluate.percentiles(latencies, (50, 99))},
-        "drift": drift_section(cfg, summary["decisions"], None if regression else curves["dynamic (served)"]),
-        "versions": summary["versions"][-5:],
-        "config": cfg.model_dump(mode="json"),
-    }, curves, rows
-
-
-def drift_section(cfg: config.JobConfig, events: list[dict[str, Any]],
-                  served: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
-    """The controller's decision log: each drift signal with what it saw and the decision it led to.
-
-    Each event also gets ``recovery_windows``: windows after the signal until the served
-    accuracy of a window regains 95% of its mean over the 10 windows before the signal
-    (``None``: never, or the signal came before the scored windows, or ``served`` is ``None``:
-    a regression, not scored this way).
-    """
-    ids, acc = served if served is not None else (np.zeros(0, np.int64), np.zeros(0))
-    at = {int(w): i for i, w in enumerate(ids)}
-    counts = Counter(e["decision"] for e in events)
-    for e in events:
-        i = at.get(e["window"] + 1)
-        e["recovery_windows"] = evaluate.recovery_windows(acc, i) if i is not None and i >= 10 else None
-    recoveries = [e["recovery_windows"] for e in events if e["recovery_windows"] is not None]
-    return {"detector": cfg.drift.detector, "policy": cfg.policy.name, "decisions": dict(counts),
-            "recovery_windows": evaluate.percentiles(recoveries, (50, 90)), "events": events}
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

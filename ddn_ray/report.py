@@ -1,0 +1,208 @@
+"""The main job's report: every served answer joined with its revealed label, scored and written.
+
+The stream loop records each window it served in a :class:`ServedLog` (the window's revealed
+labels, the answers the replicas gave before the labels existed, the static model's answers,
+the ids); :func:`build` joins them with the controller's version log and scores the served
+dynamic model against the static model frozen after ``static_windows`` windows and the
+no-change baseline with the same label delay (prequential evaluation, Gama et al. 2013, "On
+evaluating stream learning algorithms"); :func:`write` saves ``report.json``,
+``predictions.npz`` (one row per served row) and the plot.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddn_ray import evaluate
+
+if TYPE_CHECKING:
+    from ddn_ray import config, stream
+    from ddn_ray.client import Answers
+    from ddn_ray.feeds import Feed
+
+__all__ = ["RunFacts", "ServedLog", "build", "drift_section", "write"]
+
+
+@dataclass
+class ServedLog:
+    """What the stream loop keeps of every window it served, in stream order.
+
+    Attributes:
+        windows: the revealed windows (labels: ``(n,)`` int64 classes or ``(n, k)`` float32 targets).
+        answers: the replicas' answers to each window, aligned with its rows.
+        static_predictions: the static model's answers to each window (``None`` before it was frozen).
+        ids: each window's row ids (empty without an id column).
+        rows_trained: rows handed to the Train workers (whole shards only).
+    """
+
+    windows: list[stream.Window] = field(default_factory=list)
+    answers: list[Answers] = field(default_factory=list)
+    static_predictions: list[np.ndarray | None] = field(default_factory=list)
+    ids: list[list[str | None]] = field(default_factory=list)
+    rows_trained: int = 0
+
+    def add(self, *, window: stream.Window, answers: Answers, static_prediction: np.ndarray | None,
+            ids: list[str | None] | None, rows_trained: int) -> None:
+        """Record a served window once its labels were revealed."""
+        self.windows.append(window)
+        self.answers.append(answers)
+        self.static_predictions.append(static_prediction)
+        self.ids.append(ids or [])
+        self.rows_trained += rows_trained
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the stream loop measured besides the answers.
+
+    Attributes:
+        run_name: the run's name (its checkpoint and report directory).
+        num_classes: the model's output width at the start.
+        static_windows: the window index the static model was frozen at (its training windows are not scored).
+        first_update_s: seconds from the job's start until every replica served a trained version.
+        sync_timeouts: windows served before every replica had the latest version.
+    """
+
+    run_name: str
+    num_classes: int
+    static_windows: int
+    first_update_s: float | None
+    sync_timeouts: int
+
+
+def build(*, job: config.JobConfig, log: ServedLog, summary: dict[str, Any], feed: Feed,
+          facts: RunFacts) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    """Join served answers with revealed labels; score the dynamic, static and no-change models.
+
+    Args:
+        job: the job's config.
+        log: the served windows (at least one).
+        summary: the controller's :meth:`~ddn_ray.controller.ControllerActor.summary`: versions, progress,
+            drift decisions, replica versions.
+        feed: the stream (phases, no-change baseline, quarantine, use-case sections).
+        facts: the loop's own measurements.
+
+    Returns:
+        ``(report, curves, rows)``: the JSON-able report, the per-window score curves the plot draws,
+        and one array per column of ``predictions.npz`` (``offset``, ``window``, ``label``, ``prediction``,
+        ``version``, ``static_prediction``, ``phase``, ``last_revealed`` or ``no_change``, ``id``).
+    """
+    served, answers, static_windows = log.windows, log.answers, facts.static_windows
+    regression = job.model.task == "regression"
+    y = np.concatenate([w.labels for w in served])
+    win = np.concatenate([np.full(len(w), w.index) for w in served])
+    offsets = np.concatenate([w.offsets for w in served])
+    pred = np.concatenate([a.predictions for a in answers])
+    ver = np.concatenate([a.versions for a in answers])
+    # No-change with the model's delay: the last label revealed before the window was served.
+    last_revealed = np.concatenate([np.broadcast_to(served[i - 1].labels[-1] if i else np.zeros_like(w.labels[:1])[0],
+                                                    w.labels.shape) for i, w in enumerate(served)])
+    versions = {v["version"]: v for v in summary["versions"]}
+    trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
+    # The static model's answers exist from its freeze on (rows after its training windows).
+    static_pred = np.concatenate([
+        (p.reshape(w.labels.shape) if regression else p) if p is not None else
+        (np.full(w.labels.shape, np.nan) if regression else np.full(len(w), -1, dtype=np.int64))
+        for w, p in zip(served, log.static_predictions)])
+    rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
+            "static_prediction": static_pred, "phase": feed.phase(offsets)}
+    if regression:
+        rows["no_change"] = feed.no_change(y, last_revealed)
+        scores, curves = evaluate.score_regression_rows(rows, static_windows)
+    else:
+        rows["last_revealed"] = last_revealed
+        scores, curves = evaluate.score_rows(rows, static_windows, int(max(facts.num_classes, y.max(initial=0) + 1)))
+    if any(log.ids):
+        rows["id"] = np.array([i for chunk in log.ids for i in chunk], dtype=object).astype(str)
+    fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
+    latencies = [s for a in answers for s in a.latencies_s]
+    errors = [e for a in answers for e in a.errors]
+    progress = [p for p in summary["progress"] if p["index"] >= static_windows]
+    trainer_rows = sum(p["num_rows"] for p in progress)
+    trainer = ({"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}
+               if regression else
+               {"trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)})
+    quarantine = feed.quarantine
+    ev = win >= static_windows
+    report = {
+        "run": {
+            "name": facts.run_name, "rows_served": len(y), "rows_trained": int(log.rows_trained),
+            "windows": len(served), "window_size": job.stream.window_size,
+            "rows_quarantined": len(quarantine), "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
+            "versions_published": len(summary["versions"]) - 1, "versions_rejected": len(summary["rejected"]),
+            "label_delay_rows": evaluate.percentiles((offsets - trained_end).tolist(), (50, 99)),
+            "first_update_served_s": facts.first_update_s, "replica_sync_timeouts": facts.sync_timeouts,
+            "num_workers": job.train.num_workers, "num_replicas": job.serve.num_replicas,
+            "window_versions": [[w.index, int(a.versions.min()), int(a.versions.max())] for w, a in zip(served, answers)],
+            "replica_versions_at_end": summary["replica_versions"],
+            "traffic_route": feed.route,
+        },
+        "data": feed.summary(),
+        "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
+                      "static_windows": static_windows, "num_classes": facts.num_classes},
+        "scores": scores,
+        "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
+        **feed.report_extras(rows, static_windows),
+        **trainer,
+        "freshness_s": evaluate.percentiles(fresh, (50, 99)),
+        "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
+                 "latency_s": evaluate.percentiles(latencies, (50, 99))},
+        "drift": drift_section(job, summary["decisions"], None if regression else curves["dynamic (served)"]),
+        "versions": summary["versions"][-5:],
+        "config": job.model_dump(mode="json"),
+    }
+    return report, curves, rows
+
+
+def drift_section(job: config.JobConfig, events: list[dict[str, Any]],
+                  served: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    """The controller's decision log: each drift signal with what it saw and the decision it led to.
+
+    Each event also gets ``recovery_windows``: windows after the signal until the served
+    accuracy of a window regains 95% of its mean over the 10 windows before the signal
+    (``None``: never, or the signal came before the scored windows, or ``served`` is ``None``:
+    a regression, not scored this way).
+
+    Args:
+        job: the job's config (detector and policy names).
+        events: the controller's drift decisions, each a dict with at least ``window`` and ``decision``.
+        served: ``(window ids, served accuracy per window)``, or ``None``.
+    """
+    ids, acc = served if served is not None else (np.zeros(0, np.int64), np.zeros(0))
+    at = {int(w): i for i, w in enumerate(ids)}
+    counts = Counter(e["decision"] for e in events)
+    for e in events:
+        i = at.get(e["window"] + 1)
+        e["recovery_windows"] = evaluate.recovery_windows(acc, i) if i is not None and i >= 10 else None
+    recoveries = [e["recovery_windows"] for e in events if e["recovery_windows"] is not None]
+    return {"detector": job.drift.detector, "policy": job.policy.name, "decisions": dict(counts),
+            "recovery_windows": evaluate.percentiles(recoveries, (50, 90)), "events": events}
+
+
+def write(report: dict[str, Any], curves: dict[str, Any], rows: dict[str, np.ndarray], *,
+          job: config.JobConfig) -> dict[str, Any]:
+    """Save ``predictions.npz``, the plot (``report.plot``) and ``report.json`` under
+    ``report.output_dir/<run name>``, print the score table, and return ``report`` with its ``files``."""
+    run_name = report["run"]["name"]
+    out = Path(job.report.output_dir) / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "predictions.npz", **rows)  # served answers joined with the revealed labels
+    report["files"] = {"report": str(out / "report.json"), "predictions": str(out / "predictions.npz")}
+    if job.report.plot:
+        marks = [(e["window"], e["decision"]) for e in report["drift"]["events"]]
+        what = ("served accuracy", "accuracy per window") if job.model.task == "classification" else (
+            "served one-step error", "MSE per window")
+        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: {what[0]}",
+                                                             marks, what[1]))
+    evaluate.write_report(report, out / "report.json")
+    print(evaluate.format_table(report))
+    print(f"report: {report['files']}")
+    return report
