@@ -104,10 +104,13 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "serve deploy" in done.stdout
     url = f"http://127.0.0.1:{PORTS['serve']}/predict"
+    # The main job reads Elec2 as a user's table: its checkpoint serves named records of those columns.
+    columns = meta["preprocessing"]["numeric"]
+    record = dict.fromkeys(columns, 0.5)
     deadline, body = time.monotonic() + 120, None
     while time.monotonic() < deadline:
         try:
-            r = requests.post(url, json={"instances": [[0.5] * meta["num_features"]] * 3}, timeout=5)
+            r = requests.post(url, json={"records": [record] * 3}, timeout=5)
             if r.status_code == 200:
                 body = r.json()
                 break
@@ -116,8 +119,8 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
         time.sleep(1.0)
     assert body is not None, "the deployed app never answered"
     assert body["model_version"] == meta["model_version"] and len(body["predictions"]) == 3
-    bad = requests.post(url, json={"instances": [[0.5] * (meta["num_features"] + 1)]}, timeout=5)
-    assert bad.status_code == 422 and f"expected {meta['num_features']}" in bad.text
+    bad = requests.post(url, json={"records": [{**record, "colour": "red"}]}, timeout=5)
+    assert bad.status_code == 422 and "records[0].colour" in bad.text
     status = subprocess.run([serve_bin, "status", "--address", head.address], env=head.env, capture_output=True, check=False,
                             text=True, timeout=60)
     assert "RUNNING" in status.stdout and "Predictor" in status.stdout
