@@ -338,7 +338,7 @@ class TabularStream:
     def windows(self) -> Iterator[RecordWindow]:
         """The source's windows with only the rows :meth:`Featurizer.check` accepts; the others are quarantined."""
         for w in self.source:
-            rows = w.rows if w.rows is not None else self.featurizer.rows(w.table)
+            rows = self._rows(w)
             good, reasons = self.featurizer.check(rows)
             if not good.all():
                 self.quarantine.offsets += w.offsets[~good].tolist()
