@@ -83,6 +83,11 @@ class Rows:
             class as the column's values (object for strings; float64 with NaN for ints with gaps).
         class_ids: ``(classes_version, (n,) int64 ids)`` when the classes cannot grow: the label ids
             computed once at conversion, used while the featurizer's classes are that version.
+        checked: ``(classes_version, good (n,) bool, reasons (n,) object)``: :meth:`Featurizer.check` of the
+            rows with their labels, done once for a whole batch (:meth:`Featurizer.prepare`); ``reasons`` holds
+            ``None`` for a good row. Used while the classes are that version (``-1``: any version).
+        inputs: ``(n, width)`` float32, the model inputs of a featurizer whose transform reads no fitted state
+            (:attr:`Featurizer.stateless`), computed once for a whole batch.
     """
 
     numeric: np.ndarray
@@ -90,23 +95,29 @@ class Rows:
     label: pa.Array | pa.ChunkedArray | None = None
     label_values: np.ndarray | None = None
     class_ids: tuple[int, np.ndarray] | None = None
+    checked: tuple[int, np.ndarray, np.ndarray] | None = None
+    inputs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.numeric.shape[0])
 
+    def _take(self, index: slice | np.ndarray) -> Rows:
+        c, k = self.class_ids, self.checked
+        return Rows(numeric=self.numeric[index], categorical={name: v[index] for name, v in self.categorical.items()},
+                    label=None if self.label is None else (self.label.slice(index.start, index.stop - index.start)
+                                                           if isinstance(index, slice) else self.label.filter(pa.array(index))),
+                    label_values=None if self.label_values is None else self.label_values[index],
+                    class_ids=None if c is None else (c[0], c[1][index]),
+                    checked=None if k is None else (k[0], k[1][index], k[2][index]),
+                    inputs=None if self.inputs is None else self.inputs[index])
+
     def slice(self, start: int, stop: int) -> Rows:
         """Rows ``[start, stop)``, without copying."""
-        return Rows(numeric=self.numeric[start:stop], categorical={c: v[start:stop] for c, v in self.categorical.items()},
-                    label=None if self.label is None else self.label.slice(start, stop - start),
-                    label_values=None if self.label_values is None else self.label_values[start:stop],
-                    class_ids=None if self.class_ids is None else (self.class_ids[0], self.class_ids[1][start:stop]))
+        return self._take(slice(start, stop))
 
     def filter(self, keep: np.ndarray) -> Rows:
         """The rows where ``keep`` (``(n,)`` bool) is true."""
-        return Rows(numeric=self.numeric[keep], categorical={c: v[keep] for c, v in self.categorical.items()},
-                    label=None if self.label is None else self.label.filter(pa.array(keep)),
-                    label_values=None if self.label_values is None else self.label_values[keep],
-                    class_ids=None if self.class_ids is None else (self.class_ids[0], self.class_ids[1][keep]))
+        return self._take(keep)
 
     @staticmethod
     def concat(parts: Sequence[Rows]) -> Rows:
@@ -122,10 +133,17 @@ class Rows:
         class_ids = None
         if len(versions) == 1 and first.class_ids is not None:
             class_ids = (first.class_ids[0], np.concatenate([p.class_ids[1] for p in parts]))
+        checked = None
+        if len({None if p.checked is None else p.checked[0] for p in parts}) == 1 and first.checked is not None:
+            checked = (first.checked[0], *(np.concatenate([p.checked[i] for p in parts]) for i in (1, 2)))
+        inputs = None
+        if all(p.inputs is not None for p in parts):
+            inputs = np.concatenate([p.inputs for p in parts])
         return Rows(numeric=np.concatenate([p.numeric for p in parts]),
                     categorical={c: np.concatenate([p.categorical[c] for p in parts]) for c in first.categorical},
                     label=label, label_values=None if first.label_values is None
-                    else np.concatenate([p.label_values for p in parts]), class_ids=class_ids)
+                    else np.concatenate([p.label_values for p in parts]), class_ids=class_ids,
+                    checked=checked, inputs=inputs)
 
 
 def _strings(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -260,6 +278,22 @@ class Featurizer:
         """The model's output width: classes known so far (at least 1), or 1 target for regression."""
         return 1 if self.task == "regression" else max(1, len(self.classes))
 
+    @property
+    def stateless(self) -> bool:
+        """Whether :meth:`transform` reads no fitted state: no scaling, no categorical column, and no
+        imputation by the running mean (a missing value is quarantined). Its inputs can then be computed
+        for a whole batch at once (:meth:`prepare`)."""
+        return self.scaling == "none" and not self.categorical and (self.missing == "quarantine" or not self.numeric)
+
+    @property
+    def _fits_moments(self) -> bool:
+        """Whether anything reads the running moments: scaling, or imputation by the running mean."""
+        return bool(self.numeric) and (self.scaling == "standard" or self.missing == "impute")
+
+    def _check_version(self) -> int:
+        """The classes version a label check depends on (``-1``: none; the classes can grow, or regression)."""
+        return self._classes_version if self.task == "classification" and not self.allow_new_classes else -1
+
     def schema(self) -> dict[str, Any]:
         """What a client sends and gets: columns by kind, the rules, and the classes known now."""
         return {"numeric": self.numeric, "categorical": self.categorical, "id": self.id_column,
@@ -283,6 +317,21 @@ class Featurizer:
                 ids = (self._classes_version, self._class_ids(values))
         return Rows(numeric=x, categorical=categorical, label=label, label_values=values, class_ids=ids)
 
+    def prepare(self, table: pa.Table) -> Rows:
+        """:meth:`rows` of a batch read from a stream, with the work that reads no fitted state done once for
+        the whole batch: the :meth:`check` of every row and its label, and the inputs of a :attr:`stateless`
+        featurizer. The windows cut from it (:meth:`Rows.slice`) then only fit and transform what is stateful.
+        """
+        r = self.rows(table)
+        if r.label is None:
+            return r
+        good, reasons = self.check(r)
+        why = np.full(len(r), None, object)
+        why[~good] = reasons
+        return Rows(numeric=r.numeric, categorical=r.categorical, label=r.label, label_values=r.label_values,
+                    class_ids=r.class_ids, checked=(self._check_version(), good, why),
+                    inputs=self.transform(r) if self.stateless else None)
+
     def _rows(self, data: pa.Table | Rows) -> Rows:
         return data if isinstance(data, Rows) else self.rows(data)
 
@@ -302,6 +351,46 @@ class Featurizer:
         optional = [self.id_column] if self.id_column else []
         table = records_table(records, self.numeric, self.categorical, optional)
         return self.rows(table), (table[self.id_column].to_pylist() if self.id_column else None)
+
+    def read_split(self, columns: Sequence[Any], data: Sequence[Any]) -> tuple[Rows, list[str | None] | None]:
+        """A request in pandas' ``split`` orientation (``df.to_json(orient="split", index=False)``: the
+        column names once, then one list of values per row) as :class:`Rows` and ids, like :meth:`read_records`.
+
+        Args:
+            columns: the schema's feature columns (and the id column, when it has one), in any order.
+            data: ``(n, len(columns))`` values, row by row.
+
+        Raises:
+            RecordError: naming ``columns`` (a column missing, unknown or listed twice), ``data[i]`` (a row
+                that is not a list of ``len(columns)`` values) or ``data[i].column`` (a value of the wrong type).
+        """
+        required = [*self.numeric, *self.categorical]
+        known = {*required, *([self.id_column] if self.id_column else [])}
+        if not all(type(c) is str for c in columns) or len(set(columns)) != len(columns):
+            raise RecordError("columns", f"must be distinct column names, got {list(columns)!r}"[:300])
+        unknown = [c for c in columns if c not in known]
+        if unknown:
+            raise RecordError("columns", f"unknown column {unknown[0]!r}; the schema has {sorted(known)}")
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise RecordError("columns", f"missing column {missing[0]!r} (send null for a missing value)")
+        for i, row in enumerate(data):
+            if type(row) is not list or len(row) != len(columns):
+                raise RecordError(f"data[{i}]", f"must be a list of {len(columns)} values, one per column")
+        if data:
+            by_name = dict(zip(columns, zip(*data)))  # column-wise, in C
+            numbers = [by_name[c] for c in self.numeric]
+            if {type(v) for col in numbers for v in col} <= {float, int} \
+                    and all(type(v) is str for c in self.categorical for v in by_name[c]):
+                x = np.array(numbers, np.float64).T.reshape(len(data), len(self.numeric))
+                if np.isfinite(x).all():
+                    ids = None if self.id_column is None else \
+                        [None if v is None else str(v) for v in by_name.get(self.id_column, [None] * len(data))]
+                    return Rows(numeric=x, categorical={c: np.array(by_name[c], object) for c in self.categorical}), ids
+        try:  # the checks of records_table, each error named by its row and column
+            return self.read_records([dict(zip(columns, row)) for row in data])
+        except RecordError as exc:
+            raise RecordError(exc.field.replace("records[", "data[", 1), exc.message) from None
 
     def _read_plain_records(self, records: Sequence[Any]) -> tuple[Rows, list[str | None] | None] | None:
         required = set(self.numeric) | set(self.categorical)
@@ -339,6 +428,9 @@ class Featurizer:
         """
         r = self._rows(data)
         n = len(r)
+        if labels and r.checked is not None and r.checked[0] == self._check_version():
+            good = r.checked[1]
+            return (good, []) if good.all() else (good, r.checked[2][~good].tolist())
         x = r.numeric
         quarantine = self.missing == "quarantine"
         bad_x = (not np.isfinite(x).all()) if quarantine else bool(np.isinf(x).any())
@@ -382,7 +474,7 @@ class Featurizer:
     def update(self, data: pa.Table | Rows) -> None:
         """Fit on revealed rows (already :meth:`check`-ed): running moments, vocabularies, new classes."""
         r = self._rows(data)
-        if self.numeric:
+        if self._fits_moments:  # else nothing reads them (no scaling, a missing value quarantined)
             # Chan, Golub & LeVeque (1979): merge the batch's moments into the running ones, all columns
             # at once; a column's missing values are left out of its moments.
             x = r.numeric
@@ -463,6 +555,8 @@ class Featurizer:
         """The model's inputs for the rows: ``(n, width)`` float32 (see the module doc)."""
         r = self._rows(data)
         n = len(r)
+        if r.inputs is not None and self.stateless and r.inputs.shape[1] == self.width:
+            return r.inputs  # computed for the whole batch (prepare): the same for any fitted state
         out = np.zeros((n, self.width), np.float32)
         k = len(self.numeric)
         if k:

@@ -87,7 +87,8 @@ class TableFeed:
 
     def __init__(self, *, job: config.JobConfig) -> None:
         self.job = job
-        self.featurizer = tables.featurizer_for(job.data, job.model.task)
+        self._schema = tables.read_schema(job.data)  # read once (a CSV's is inferred from its first block)
+        self.featurizer = tables.featurizer_for(job.data, job.model.task, schema=self._schema)
         self.feature_names = self.featurizer.input_names
         self.num_classes = self.featurizer.num_classes
         self.inputs = {"kind": "records"}
@@ -96,7 +97,8 @@ class TableFeed:
         self._static: Featurizer | None = None
         self._first_offset = 0
         # Stop at start, before Ray Train or Serve start, on a file that does not parse or lacks a column.
-        self._source = tables.source_for(job.data, self.featurizer, window_size=job.stream.window_size)
+        self._source = tables.source_for(job.data, self.featurizer, window_size=job.stream.window_size,
+                                         schema=self._schema)
 
     @property
     def quarantine(self) -> stream.Quarantine:
@@ -116,7 +118,7 @@ class TableFeed:
             self.featurizer.load_state_dict(preprocessing)
         self._first_offset = next_offset
         source = tables.source_for(self.job.data, self.featurizer, window_size=self.job.stream.window_size,
-                                   start_offset=next_offset)
+                                   start_offset=next_offset, schema=self._schema)
         self._source = source
         self._stream = tables.TabularStream(source=source, featurizer=self.featurizer, id_column=self.job.data.id)
 
@@ -132,11 +134,13 @@ class TableFeed:
         assert self._stream is not None, "call start() first"
         return self._stream.windows()
 
-    def request(self, window: tables.RecordWindow) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        return window.offsets, self._stream.records(window)
+    def request(self, window: tables.RecordWindow) -> tuple[np.ndarray, list[list[Any]]]:
+        return window.offsets, self._stream.split(window)
 
-    def body(self, offsets: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"records": rows}
+    def body(self, offsets: np.ndarray, rows: list[list[Any]]) -> dict[str, Any]:
+        """Named columns in pandas' split orientation: the names once, then the rows' values (the replica reads
+        ``records`` the same way; this is a third of the bytes and of the client's work)."""
+        return {"columns": self._stream.record_columns, "data": rows}
 
     def reveal(self, window: tables.RecordWindow) -> Reveal:
         w = self._stream.reveal(window)

@@ -14,6 +14,9 @@ Endpoints (under the app's route prefix):
   version it serves -> ``{"predictions": [class names], "class_ids": [...], "probabilities": [[...]],
   "ids": [...], "model_version": v, ...}`` (``ids``: the table's id column, when it has one); a missing or
   unknown column or a value of the wrong type is a 422 naming ``records[i].column``
+* ``POST /predict`` ``{"columns": ["amount", "region"], "data": [[1200, "north"], ...]}``: the same rows in
+  pandas' split orientation (``df.to_json(orient="split", index=False)``), the names sent once; the same
+  answer, a 422 naming ``columns``, ``data[i]`` or ``data[i].column``
 * ``GET /schema`` -> the columns a record takes, by kind, and the classes (also in ``/version`` and the OpenAPI)
 * Routes a use case adds for its raw inputs (:class:`InputRoutes`, named by the input spec's ``routes``):
   the built-in ones (:mod:`ddn_ray.usecases.routes`) are ``POST /predict_images`` (base64 PNG files),
@@ -82,13 +85,21 @@ class PredictRequest(BaseModel):
     # Any, not Value: each value is checked against the served schema by the featurizer (a 422 naming
     # records[i].column), and pydantic's union check would double the cost of a request.
     records: list[dict[str, Any]] | None = Field(None, min_length=1)
+    # The same rows in pandas' split orientation (df.to_json(orient="split", index=False)): names sent once.
+    columns: list[str] | None = Field(None, min_length=1)
+    data: list[list[Any]] | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
     def _one_of(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and (raw.get("instances") is None) == (raw.get("records") is None):
-            raise ValueError("send exactly one of 'instances' (rows of numbers) or 'records' (objects of named "
-                             f"columns); got {sorted(raw)}"[:300])
+        if not isinstance(raw, dict):
+            return raw
+        if (raw.get("columns") is None) != (raw.get("data") is None):
+            missing = "data" if raw.get("data") is None else "columns"
+            raise ValueError(f"'columns' and 'data' go together (pandas' split orientation); '{missing}' is missing")
+        if sum(raw.get(k) is not None for k in ("instances", "records", "columns")) != 1:
+            raise ValueError("send exactly one of 'instances' (rows of numbers), 'records' (objects of named "
+                             f"columns) or 'columns' + 'data' (named columns, rows of values); got {sorted(raw)}"[:300])
         return raw
 
 
@@ -188,7 +199,8 @@ class Replica(Protocol):
     def current(self) -> tuple[int, torch.nn.Module]: ...
     def check_batch(self, n: int) -> None: ...
     def served(self, rows: int) -> None: ...
-    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None) -> BaseModel: ...
+    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None,
+               split: "tuple[list[str], list[list[Any]]] | None" = None) -> BaseModel: ...
     def reject(self, status: int, message: str) -> HTTPException: ...
 
 
@@ -314,6 +326,11 @@ class Predictor:
                 for option in body.get("records", {}).get("anyOf", []):
                     if option.get("type") == "array":
                         option["items"] = {"$ref": "#/components/schemas/Record"}
+                names = [*featurizer.numeric, *featurizer.categorical, *([featurizer.id_column] if featurizer.id_column
+                                                                         else [])]
+                for option in body.get("columns", {}).get("anyOf", []):
+                    if option.get("type") == "array":
+                        option["items"] = {"type": "string", "enum": names}
             self._openapi_spec = spec
         return self._openapi_spec
 
@@ -341,32 +358,35 @@ class Predictor:
         if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
-    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None
-                ) -> PredictResponse | ValuesResponse | RecordsResponse:
-        """The answer to ``x``: ``(batch, num_features)`` float32 model inputs, or ``records`` featurized by the
-        served version's preprocessing; a classifier's classes and probabilities, a regression's outputs."""
+    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None,
+               split: "tuple[list[str], list[list[Any]]] | None" = None
+               ) -> PredictResponse | ValuesResponse | RecordsResponse:
+        """The answer to ``x``: ``(batch, num_features)`` float32 model inputs, or named rows (``records``, or
+        ``split``: ``(columns, data)`` in pandas' split orientation) featurized by the served version's
+        preprocessing; a classifier's classes and probabilities, a regression's outputs."""
         version, model, featurizer = self._current  # one read: this request's version, whatever the poller does
         ids = None
-        if records is not None:
+        if records is not None or split is not None:
+            name, n = ("records", len(records)) if records is not None else ("data", len(split[1]))
             if featurizer is None:
-                raise self.reject(400, "this model takes 'instances' (rows of numbers), not 'records'")
-            if len(records) > self._max_batch_rows:
-                raise self.reject(413, f"records has {len(records)} rows; at most {self._max_batch_rows} per request")
+                raise self.reject(400, f"this model takes 'instances' (rows of numbers), not '{name}'")
+            if n > self._max_batch_rows:
+                raise self.reject(413, f"{name} has {n} rows; at most {self._max_batch_rows} per request")
             try:
-                rows, ids = featurizer.read_records(records)
+                rows, ids = featurizer.read_records(records) if records is not None else featurizer.read_split(*split)
             except RecordError as exc:
                 raise self.reject(422, str(exc)) from None
             good, reasons = featurizer.check(rows, labels=False)
             if not good.all():
                 i = int(np.flatnonzero(~good)[0])
-                raise self.reject(422, f"records[{i}]: {reasons[0]}")
+                raise self.reject(422, f"{name}[{i}]: {reasons[0]}")
             x = torch.from_numpy(featurizer.transform(rows))
         with torch.no_grad():
             out = model(x)
         self._metrics.request(200, rows=len(x))
         if self._model_cfg.task == "regression":
             return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids)
-        if records is not None:
+        if records is not None or split is not None:
             probs = torch.softmax(out, dim=1)
             class_ids = probs.argmax(dim=1).tolist()
             return RecordsResponse(predictions=featurizer.class_names(class_ids), class_ids=class_ids,
@@ -417,8 +437,11 @@ class Predictor:
     async def predict(self, request: PredictRequest) -> PredictResponse | RecordsResponse | ValuesResponse:
         if request.records is not None:
             return self.answer(None, request.records)
+        if request.columns is not None:
+            return self.answer(None, split=(request.columns, request.data))
         if self._current[2] is not None:
-            raise self.reject(400, "this model featurizes named columns: send 'records' (GET /schema lists them)")
+            raise self.reject(400, "this model featurizes named columns: send 'records' or 'columns' + 'data' "
+                                   "(GET /schema lists them)")
         try:
             check_instances(request.instances, self._num_features, self._max_batch_rows)
         except HTTPException as exc:

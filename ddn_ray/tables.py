@@ -40,7 +40,7 @@ from ddn_ray.features import Featurizer, Rows
 from ddn_ray.stream import Quarantine, Window
 
 __all__ = ["FORMATS", "FileSource", "LandingDirSource", "RecordWindow", "TabularStream", "featurizer_for", "infer_format",
-           "resolve", "source_for"]
+           "read_schema", "resolve", "source_for"]
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
            ".ndjson": "json"}
@@ -139,10 +139,14 @@ def _check_columns(path: str, schema: pa.Schema, columns: Sequence[str], numeric
 
 
 def _dataset(fs: pafs.FileSystem, files: list[str], fmt: str, columns: Sequence[str],
-             numeric: Sequence[str]) -> pads.Dataset:
-    """A pyarrow dataset over ``files`` whose every file was checked for ``columns``."""
+             numeric: Sequence[str], schema: pa.Schema | None = None) -> pads.Dataset:
+    """A pyarrow dataset over ``files`` whose every file was checked for ``columns``.
+
+    ``schema``: the first file's, already read (:func:`read_schema`); ``None`` reads it (for a CSV or JSON
+    file, pyarrow infers it from the first block).
+    """
     try:
-        ds = pads.dataset(files, format=_file_format(fmt), filesystem=fs)
+        ds = pads.dataset(files, format=_file_format(fmt), filesystem=fs, schema=schema)
         if len(files) == 1:  # the dataset's schema is the file's: no second read
             _check_columns(files[0], ds.schema, columns, numeric)
         else:
@@ -168,40 +172,50 @@ class _Windows:
         self.window_size, self.start_offset, self.max_rows, self.prepare = window_size, start_offset, max_rows, prepare
 
     def cut(self, tables: Iterator[pa.Table]) -> Iterator[RecordWindow]:
-        buf: list[tuple[pa.Table, Rows | None]] = []
-        buffered, offset = 0, 0  # offset of the first buffered row
+        # Pieces not yet cut: (table, its prepared rows, position of the first row not cut). A window inside
+        # one table is a slice of it; one that spans tables is the concatenation of their slices.
+        pieces: list[tuple[pa.Table, Rows | None, int]] = []
+        buffered, offset = 0, 0  # offset of the first row not cut
         index = self.start_offset // self.window_size
         limit = self.max_rows if self.max_rows is not None else math.inf
 
-        def flush(take: int) -> RecordWindow | None:
-            nonlocal buf, buffered, offset, index
-            if len(buf) > 1:
-                whole = pa.concat_tables([t for t, _ in buf], promote_options="permissive")
-                prepared = None if self.prepare is None else Rows.concat([r for _, r in buf])
+        def take(n: int) -> RecordWindow | None:
+            nonlocal pieces, buffered, offset, index
+            parts: list[tuple[pa.Table, Rows | None]] = []
+            need = n
+            while need:
+                t, r, pos = pieces[0]
+                k = min(need, t.num_rows - pos)
+                parts.append((t.slice(pos, k), None if r is None else r.slice(pos, pos + k)))
+                need -= k
+                if pos + k == t.num_rows:
+                    pieces.pop(0)
+                else:
+                    pieces[0] = (t, r, pos + k)
+            if len(parts) == 1:
+                table, rows = parts[0]
             else:
-                whole, prepared = buf[0]
-            rows, rest = whole.slice(0, take), whole.slice(take)
-            start, offset = offset, offset + take
-            buf = [(rest, None if prepared is None else prepared.slice(take, whole.num_rows))] if rest.num_rows else []
-            buffered -= take
+                table = pa.concat_tables([t for t, _ in parts], promote_options="permissive")
+                rows = None if self.prepare is None else Rows.concat([r for _, r in parts])
+            start, offset = offset, offset + n
+            buffered -= n
             if offset <= self.start_offset:
                 return None
-            w = RecordWindow(index, start, offset, np.arange(start, offset, dtype=np.int64), rows,
-                             None if prepared is None else prepared.slice(0, take))
+            w = RecordWindow(index, start, offset, np.arange(start, offset, dtype=np.int64), table, rows)
             index += 1
             return w
 
         for t in tables:
             t = t.slice(0, int(min(t.num_rows, limit - offset - buffered)))
             if t.num_rows:
-                buf.append((t, None if self.prepare is None else self.prepare(t)))
+                pieces.append((t, None if self.prepare is None else self.prepare(t), 0))
                 buffered += t.num_rows
             while buffered >= self.window_size:
-                if (w := flush(self.window_size)) is not None:
+                if (w := take(self.window_size)) is not None:
                     yield w
             if offset + buffered >= limit:
                 break
-        if buffered and (w := flush(buffered)) is not None:
+        if buffered and (w := take(buffered)) is not None:
             yield w
 
 
@@ -218,7 +232,8 @@ class FileSource:
         start_offset: resume here (a window boundary of an earlier run).
         max_rows: stop after this many rows.
         batch_rows: rows per record batch read.
-        prepare: converts each batch read once (a featurizer's ``rows``); windows carry their slice.
+        prepare: converts each batch read once (a featurizer's ``prepare``); windows carry their slice.
+        schema: the first file's schema, when already read (:func:`read_schema`).
 
     Raises:
         DataError: (at construction) nothing matches, a file does not parse, or lacks a column, or a
@@ -228,10 +243,10 @@ class FileSource:
     def __init__(self, *, uri: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
                  format: str | None = None, order_by: str | None = None, start_offset: int = 0,
                  max_rows: int | None = None, batch_rows: int = 65536,
-                 prepare: Callable[[pa.Table], Rows] | None = None) -> None:
+                 prepare: Callable[[pa.Table], Rows] | None = None, schema: pa.Schema | None = None) -> None:
         self.fs, self.files, self.format = resolve(uri, format)
         self.columns = list(dict.fromkeys([*columns, *([order_by] if order_by else [])]))
-        self.dataset = _dataset(self.fs, self.files, self.format, self.columns, numeric)
+        self.dataset = _dataset(self.fs, self.files, self.format, self.columns, numeric, schema)
         self.order_by, self.batch_rows = order_by, batch_rows
         self.cutter = _Windows(window_size, start_offset, max_rows, prepare)
         self.start_offset = start_offset
@@ -312,7 +327,8 @@ def _json_column(col: pa.ChunkedArray) -> list[Any]:
     t = col.type
     if pa.types.is_floating(t):
         values = col.to_pylist()
-        return [None if v != v else v for v in values] if pc.any(pc.is_nan(col)).as_py() else values
+        return [None if v is not None and math.isnan(v) else v for v in values] if pc.any(pc.is_nan(col)).as_py() \
+            else values
     if pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t) \
             or pa.types.is_null(t):
         return col.to_pylist()
@@ -345,7 +361,7 @@ class TabularStream:
                 self.quarantine.reasons += reasons
                 w = RecordWindow(w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)),
                                  rows.filter(good))
-            else:
+            elif w.rows is None:
                 w = RecordWindow(w.index, w.start, w.end, w.offsets, w.table, rows)
             yield w
 
@@ -368,6 +384,20 @@ class TabularStream:
         columns = zip(*[_json_column(window.table[c]) for c in others])
         return [dict(zip(names, (*row, *rest))) for row, rest in zip(numeric, columns)]
 
+    def split(self, window: RecordWindow) -> list[list[Any]]:
+        """The window's rows as lists of values in :attr:`record_columns` order: the ``data`` of a request in
+        pandas' ``split`` orientation (``{"columns": record_columns, "data": ...}``), what the replay client
+        sends. The same values as :meth:`records`, with the column names sent once instead of in every row.
+        """
+        x = self._rows(window).numeric
+        numeric = x.tolist()
+        if np.isnan(x).any():
+            numeric = [[None if math.isnan(v) else v for v in row] for row in numeric]
+        others = [c for c in self.record_columns if c not in self._numeric]
+        if not others:
+            return numeric
+        return [[*row, *rest] for row, rest in zip(numeric, zip(*[_json_column(window.table[c]) for c in others]))]
+
     def ids(self, window: RecordWindow) -> list[str] | None:
         if self.id_column is None:
             return None
@@ -387,11 +417,25 @@ class TabularStream:
         return Window(window.index, window.start, window.end, window.offsets, x, y)
 
 
-def featurizer_for(data: Any, task: str) -> Featurizer:
+def read_schema(data: Any) -> pa.Schema | None:
+    """The first file's schema of a ``DataConfig``'s table source (``None`` for a landing dir): read once, then
+    given to :func:`featurizer_for` and :func:`source_for`.
+
+    Raises:
+        DataError: the table cannot be read or lacks a feature column or the label.
+    """
+    if data.source.kind != "table":
+        return None
+    fs, files, fmt = resolve(data.source.uri, data.format)
+    return _dataset(fs, files[:1], fmt, [*data.features, data.label], ()).schema
+
+
+def featurizer_for(data: Any, task: str, *, schema: pa.Schema | None = None) -> Featurizer:
     """The featurizer a ``DataConfig`` with a ``source`` describes, not yet fitted.
 
     Without ``data.categorical``, a table source's string and dictionary columns are the categorical
-    features (read from the first file's schema); a landing dir's features are then all numeric.
+    features (read from the first file's ``schema``, :func:`read_schema` when not given); a landing dir's
+    features are then all numeric.
 
     Raises:
         DataError: the table cannot be read or lacks a feature column.
@@ -400,8 +444,7 @@ def featurizer_for(data: Any, task: str) -> Featurizer:
     if categorical is None:
         categorical = ()
         if data.source.kind == "table":
-            fs, files, fmt = resolve(data.source.uri, data.format)
-            schema = _dataset(fs, files[:1], fmt, [*data.features, data.label], ()).schema
+            schema = schema if schema is not None else read_schema(data)
             categorical = tuple(c for c in data.features if pa.types.is_string(schema.field(c).type)
                                 or pa.types.is_large_string(schema.field(c).type)
                                 or pa.types.is_dictionary(schema.field(c).type) or pa.types.is_boolean(schema.field(c).type))
@@ -411,14 +454,17 @@ def featurizer_for(data: Any, task: str) -> Featurizer:
                       scaling=data.scaling, max_categories=data.max_categories, id_column=data.id)
 
 
-def source_for(data: Any, featurizer: Featurizer, *, window_size: int,
-               start_offset: int = 0) -> FileSource | LandingDirSource:
-    """The source a ``DataConfig`` with a ``source`` describes, reading the featurizer's columns (and id, order_by)."""
+def source_for(data: Any, featurizer: Featurizer, *, window_size: int, start_offset: int = 0,
+               schema: pa.Schema | None = None) -> FileSource | LandingDirSource:
+    """The source a ``DataConfig`` with a ``source`` describes, reading the featurizer's columns (and id, order_by).
+
+    ``schema``: a table's first file's (:func:`read_schema`), so that it is not read again.
+    """
     columns = [*featurizer.numeric, *featurizer.categorical, data.label, *([data.id] if data.id else [])]
     common: dict[str, Any] = {"columns": columns, "numeric": featurizer.numeric, "window_size": window_size,
                               "format": data.format, "start_offset": start_offset, "max_rows": data.max_rows,
-                              "prepare": featurizer.rows}
+                              "prepare": featurizer.prepare}
     if data.source.kind == "table":
-        return FileSource(uri=data.source.uri, order_by=data.order_by, **common)
+        return FileSource(uri=data.source.uri, order_by=data.order_by, schema=schema, **common)
     return LandingDirSource(path=data.source.path, poll_interval_s=data.source.poll_interval_s,
                             idle_timeout_s=data.source.idle_timeout_s, **common)

@@ -137,6 +137,15 @@ def test_checkpoint_serves_named_records_with_class_names_and_ids(checkpoint_app
     assert requests.get(f"{url}/version", timeout=10).json()["schema"]["categorical"] == ["region", "channel"]
     api = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert "Record" in api["components"]["schemas"]
+    columns = api["components"]["schemas"]["PredictRequest"]["properties"]["columns"]["anyOf"][0]["items"]
+    assert set(columns["enum"]) == {"amount", "term_months", "region", "channel", "loan_id"}
+    # The same rows in pandas' split orientation (names once, any column order): the same answer.
+    names = ["region", "loan_id", "channel", "term_months", "amount"]
+    split = requests.post(f"{url}/predict", json={"columns": names, "data": [[r[c] for c in names] for r in records]},
+                          timeout=10)
+    assert split.status_code == 200, split.text
+    assert {k: v for k, v in split.json().items() if k != "replica"} == \
+        {k: v for k, v in body.items() if k != "replica"}
 
 
 @pytest.mark.parametrize("bad,status,needle", [
@@ -145,6 +154,11 @@ def test_checkpoint_serves_named_records_with_class_names_and_ids(checkpoint_app
     ({"records": [_record(colour="red")]}, 422, "records[0].colour"),
     ({"records": [_record(), 7]}, 422, '"records",1'),
     ({"records": []}, 422, "records"),
+    ({"columns": ["amount", "region"], "data": [[1.0, "north"]]}, 422, "columns: missing column"),
+    ({"columns": list(_record()), "data": [list(_record().values()), [1.0]]}, 422, "data[1]"),
+    ({"columns": list(_record()), "data": [list(_record(amount="1200").values())]}, 422, "data[0].amount"),
+    ({"columns": list(_record())}, 422, "'data' is missing"),
+    ({"columns": list(_record()), "data": [list(_record().values())], "records": [_record()]}, 422, "exactly one"),
 ])
 def test_bad_records_are_422_naming_row_and_column_and_replica_stays_up(checkpoint_app, bad, status, needle) -> None:
     url, _ = checkpoint_app

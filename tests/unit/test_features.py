@@ -137,6 +137,42 @@ def test_records_read_column_wise_featurize_as_records_table(records: list) -> N
     assert f.check(rows, labels=False)[0].tolist() == f.check(table, labels=False)[0].tolist()
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"a": _VALUE, "b": _VALUE, "c": _VALUE, "id": _VALUE}), min_size=1, max_size=8),
+       st.permutations(["a", "b", "c", "id"]))
+def test_split_orientation_reads_as_the_same_records(records: list, columns: list) -> None:
+    """``{"columns", "data"}`` (pandas' split orientation) gives what the same rows as records give, or the same
+    error with ``data[i]`` for ``records[i]``; the columns may come in any order."""
+    f = Featurizer(numeric=["a", "b"], categorical=["c"], id_column="id", max_categories=4)
+    f.update(_table(a=[1.0, 5.0], b=[0.0, 2.0], c=["n", "s"]))
+    data = [[r[c] for c in columns] for r in records]
+    try:
+        want, want_ids = f.read_records(records)
+    except RecordError as exc:
+        with pytest.raises(RecordError) as err:
+            f.read_split(columns, data)
+        assert err.value.field == exc.field.replace("records[", "data[")
+        return
+    rows, ids = f.read_split(columns, data)
+    np.testing.assert_array_equal(f.transform(rows), f.transform(want))
+    assert ids == want_ids
+
+
+@pytest.mark.parametrize("columns,data,field", [
+    (["a"], [[1.0]], "columns"),                          # c missing
+    (["a", "c", "zzz"], [[1.0, "x", 1]], "columns"),      # unknown
+    (["a", "c", "a"], [[1.0, "x", 1.0]], "columns"),      # twice
+    (["a", "c"], [[1.0, "x"], [1.0]], "data[1]"),         # a short row
+    (["a", "c"], [[1.0, "x"], {"a": 1.0}], "data[1]"),    # not a list
+    (["c", "a"], [["x", 1.0], ["x", "1.0"]], "data[1].a"),
+    (["a", "c"], [[1.0, ["x"]]], "data[0].c"),
+])
+def test_split_orientation_names_columns_row_and_column(columns: list, data: list, field: str) -> None:
+    with pytest.raises(RecordError) as err:
+        Featurizer(numeric=["a"], categorical=["c"], id_column="id").read_split(columns, data)
+    assert err.value.field == field, str(err.value)
+
+
 def test_records_accept_nulls_and_an_id() -> None:
     t = records_table([{"a": None, "c": None, "id": 7}, {"a": 2, "c": "x"}], numeric=["a"], categorical=["c"],
                       optional=["id"])

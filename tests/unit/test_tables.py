@@ -155,24 +155,51 @@ def test_elec2_as_a_user_table_gives_the_built_in_windows_bit_for_bit(monkeypatc
     assert n == 60 and len(generic.quarantine) == 0
 
 
-def test_batches_converted_once_give_the_windows_of_per_window_conversion(tmp_path: Path) -> None:
-    """Windows that cross record batches (7 rows each) carry the same Rows as converting each window's table."""
+@pytest.mark.parametrize("how", ["rows", "prepare", "prepare, stateless"])
+def test_batches_converted_once_give_the_windows_of_per_window_conversion(tmp_path: Path, how: str) -> None:
+    """Windows that cross record batches (7 rows each) carry the same Rows as converting each window's table;
+    with ``prepare``, the batch's checks (and a stateless featurizer's inputs) are those of each window."""
     t = _rows(40).set_column(2, "amount", pa.array([None if k % 9 == 4 else float(k) for k in range(40)]))
+    t = t.set_column(4, "y", pa.array([None if k % 11 == 3 else ("maybe" if k % 13 == 5 else ("no", "yes")[k % 2])
+                                       for k in range(40)]))
     f = _write(t, tmp_path / "b.parquet")
-    feat = Featurizer(numeric=["amount", "t"], categorical=["region"], label="y", classes=["no", "yes"], max_categories=3)
+    stateless = how.endswith("stateless")
+    feat = Featurizer(numeric=["amount", "t"], categorical=[] if stateless else ["region"], label="y",
+                      classes=["no", "yes"], max_categories=3, scaling="none" if stateless else "standard",
+                      missing="quarantine" if stateless else "impute")
     src = tables.FileSource(uri=str(f), columns=["amount", "t", "region", "y"], numeric=["amount", "t"],
-                            window_size=10, batch_rows=7, prepare=feat.rows)
+                            window_size=10, batch_rows=7, prepare=feat.rows if how == "rows" else feat.prepare)
     windows = list(src)
     assert [len(w) for w in windows] == [10, 10, 10, 10]
+    assert (windows[0].rows.checked is None) == (how == "rows")
+    assert (windows[0].rows.inputs is not None) == stateless
     for w in windows:
         assert w.rows is not None
         direct = feat.rows(w.table)
         np.testing.assert_array_equal(w.rows.numeric, direct.numeric)
-        assert w.rows.categorical["region"].tolist() == direct.categorical["region"].tolist()
         assert w.rows.label.to_pylist() == direct.label.to_pylist()
+        good, reasons = feat.check(w.rows)
+        want_good, want_reasons = feat.check(direct)
+        assert good.tolist() == want_good.tolist() and reasons == want_reasons
         np.testing.assert_array_equal(feat.label_ids(w.rows), feat.label_ids(direct))
         np.testing.assert_array_equal(feat.transform(w.rows), feat.transform(direct))
-        feat.update(w.rows)
+        feat.update(w.rows.filter(good))
+    assert feat.rows_seen == sum(feat.check(w.table)[0].sum() for w in windows)
+
+
+def test_split_rows_are_the_records_values_in_column_order(tmp_path: Path) -> None:
+    t = _rows(6).set_column(2, "amount", pa.array([0.0, None, 2.0, 3.0, 4.0, 5.0]))
+    f = _write(t, tmp_path / "s.parquet")
+    feat = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"])
+    ts = tables.TabularStream(source=tables.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
+                                                       numeric=["amount"], window_size=4, prepare=feat.prepare),
+                              featurizer=feat, id_column="id")
+    assert ts.record_columns == ["amount", "region", "id"]
+    for w in ts.windows():
+        assert ts.split(w) == [[r[c] for c in ts.record_columns] for r in ts.records(w)]
+        if w.index == 0:
+            assert ts.split(w)[:2] == [[0.0, "n", "r0"], [None, "s", "r1"]]  # JSON has no NaN: a gap is null
+        ts.reveal(w)
 
 
 def test_a_variable_in_the_uri_that_is_not_set_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
