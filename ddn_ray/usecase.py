@@ -13,14 +13,16 @@ in at three places:
 * **the report**: :meth:`UseCase.no_change` (the no-change baseline of a regression) and
   :meth:`UseCase.report_extras` (sections only this use case has: NAB scores, the fault alarm).
 
-:func:`get` finds a use case by ``data.name`` (:data:`BUILT_IN`, ``"package.module:attribute"`` names
-loaded only when asked for); :func:`feed` is the main job's feed of a built-in stream.
+:func:`get` finds a use case by ``data.name``: a built-in one (:data:`BUILT_IN`, loaded only when asked
+for), or any ``"package.module:attribute"`` that is a :class:`UseCase`. The config checks ``data.scenario``
+and ``model.task`` against it (:func:`check`), so the engine keeps no list of use cases or scenarios.
+:func:`feed` is the main job's feed of such a stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from ddn_ray.feeds import Feed
     from ddn_ray.stream import Table
 
-__all__ = ["BUILT_IN", "FEED", "BodyFn", "Scenario", "UseCase", "feed", "get", "stream_table"]
+__all__ = ["BUILT_IN", "FEED", "BodyFn", "Scenario", "UseCase", "check", "feed", "get", "stream_table"]
 
 BodyFn = Callable[[np.ndarray, Any], dict[str, Any]]
 """``(offsets (n,) int64, rows) -> request body`` for a window's rows."""
@@ -44,8 +46,8 @@ BUILT_IN: dict[str, str] = {
     "elec2": "ddn_ray.usecases.builtin:ELEC2",
     "fashion_mnist": "ddn_ray.usecases.builtin:FASHION_MNIST",
     "bbc_news": "ddn_ray.usecases.builtin:BBC_NEWS",
-    "cartpole": "ddn_ray.usecases.builtin:GYM_DYNAMICS",
-    "pendulum": "ddn_ray.usecases.builtin:GYM_DYNAMICS",
+    "cartpole": "ddn_ray.usecases.builtin:CARTPOLE",
+    "pendulum": "ddn_ray.usecases.builtin:PENDULUM",
     "nab": "ddn_ray.usecases.builtin:NAB",
 }
 
@@ -73,7 +75,15 @@ class Scenario(NamedTuple):
 
 @runtime_checkable
 class UseCase(Protocol):
-    """What a built-in use case adds to the engine (see the module doc)."""
+    """What a use case adds to the engine (see the module doc).
+
+    Attributes:
+        task: ``classification`` or ``regression``: the ``model.task`` its stream needs.
+        scenarios: the ``data.scenario`` values it has, ``"none"`` (the data set's own order) first.
+    """
+
+    task: Literal["classification", "regression"]
+    scenarios: tuple[str, ...]
 
     def scenario(self, data: DataConfig) -> Scenario:
         """The stream ``data`` describes: its rows in stream order, phases and input spec.
@@ -100,18 +110,38 @@ class UseCase(Protocol):
 
 
 def get(name: str) -> UseCase:
-    """The built-in use case of ``data.name``.
+    """The use case ``data.name`` names: a built-in one (:data:`BUILT_IN`), or a ``"package.module:attribute"``
+    that is a :class:`UseCase` (a user's; imported as :func:`ddn_ray.registry.load` says).
 
     Raises:
-        ddn_ray.errors.ConfigError: no use case has that name.
+        ddn_ray.errors.ConfigError: no built-in use case has that name, or the named object cannot be
+            imported or is not a :class:`UseCase`.
     """
-    if name not in BUILT_IN:
-        raise ConfigError(f"data.name {name!r} is not a built-in use case; one of {sorted(BUILT_IN)}, "
-                          "or describe your own table with data.source")
-    usecase = registry.load(BUILT_IN[name], what="use case")
+    where = BUILT_IN.get(name) or (name if ":" in name else None)
+    if where is None:
+        raise ConfigError(f"data.name {name!r} is not a built-in use case; one of {sorted(BUILT_IN)}, a "
+                          "'package.module:attribute' UseCase, or describe your own table with data.source")
+    try:
+        usecase = registry.load(where, what="data.name")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(usecase, UseCase):
-        raise TypeError(f"{BUILT_IN[name]} is not a UseCase")
+        raise ConfigError(f"data.name {name!r}: {where} is not a UseCase (task, scenarios, scenario, client_route, "
+                          "no_change, report_extras; ddn_ray.usecase)")
     return usecase
+
+
+def check(name: str, scenario: str, task: str) -> None:
+    """Check that the use case ``name`` has ``scenario`` and learns with ``task`` (what a job config asks).
+
+    Raises:
+        ddn_ray.errors.ConfigError: it has not, or :func:`get` fails; the message names the field.
+    """
+    usecase = get(name)
+    if scenario not in usecase.scenarios:
+        raise ConfigError(f"data.scenario {scenario!r} does not apply to {name}; use one of {usecase.scenarios}")
+    if task != usecase.task:
+        raise ConfigError(f"data.name {name!r} needs model.task {usecase.task}")
 
 
 def feed(job: JobConfig) -> Feed:

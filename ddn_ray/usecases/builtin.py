@@ -3,7 +3,7 @@
 * :data:`ELEC2`: electricity prices, rows of numbers (``/predict``).
 * :data:`FASHION_MNIST`: images; the traffic client may send PNG files (``/predict_images``).
 * :data:`BBC_NEWS`: news articles; the client may send raw texts (``/predict_text``).
-* :data:`GYM_DYNAMICS`: CartPole / Pendulum forward dynamics; no change is "the next state is this one",
+* :data:`CARTPOLE`, :data:`PENDULUM`: forward dynamics of the gymnasium environments; no change is "the next state is this one",
   and the ``worn_actuator`` scenario adds the fault alarm (:func:`fault_section`).
 * :data:`NAB`: one NAB series; the report adds its NAB scores (:func:`anomaly_section`).
 """
@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,13 +21,22 @@ from ddn_ray.feeds import Reveal
 from ddn_ray.usecase import BodyFn, Scenario, UseCase
 from ddn_ray.usecases import anomaly, images, nab, scenarios
 
-__all__ = ["BBC_NEWS", "ELEC2", "FASHION_MNIST", "GYM_DYNAMICS", "NAB", "BuiltinUseCase", "ScenarioFeed",
+__all__ = ["BBC_NEWS", "CARTPOLE", "ELEC2", "FASHION_MNIST", "NAB", "PENDULUM", "BuiltinUseCase", "ScenarioFeed",
            "anomaly_section", "fault_section"]
 
 
 class BuiltinUseCase:
     """A use case whose stream is :func:`ddn_ray.usecases.scenarios.load`; no raw-input client, no change
-    is a zero target (a change from the last value), no extra report section."""
+    is a zero target (a change from the last value), no extra report section.
+
+    Args:
+        task: the ``model.task`` its stream needs.
+        scenarios: the ``data.scenario`` values :func:`~ddn_ray.usecases.scenarios.load` has for it.
+    """
+
+    def __init__(self, *, task: Literal["classification", "regression"] = "classification",
+                 scenarios: tuple[str, ...] = ("none",)) -> None:
+        self.task, self.scenarios = task, scenarios
 
     def scenario(self, data: config.DataConfig) -> Scenario:
         return scenarios.load(data)
@@ -73,10 +82,11 @@ class _Series(BuiltinUseCase):
 
 
 ELEC2: UseCase = BuiltinUseCase()
-FASHION_MNIST: UseCase = _Images()
-BBC_NEWS: UseCase = _Texts()
-GYM_DYNAMICS: UseCase = _Dynamics()
-NAB: UseCase = _Series()
+FASHION_MNIST: UseCase = _Images(scenarios=("none", "rotation", "new_classes"))
+BBC_NEWS: UseCase = _Texts(scenarios=("none", "topic_incremental", "topic_shift"))
+CARTPOLE: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift", "worn_actuator"))
+PENDULUM: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift"))
+NAB: UseCase = _Series(task="regression")
 
 
 class ScenarioFeed:
@@ -117,7 +127,8 @@ class ScenarioFeed:
 
     def run_stem(self) -> str:
         scenario = "" if self.job.data.scenario == "none" else f"-{self.job.data.scenario}"
-        return f"{self.job.data.name}{scenario}"
+        name = self.job.data.name or ""  # a user's "package.module:ATTRIBUTE": its attribute, as a file name
+        return f"{name.rpartition(':')[2].lower()}{scenario}"
 
     def initial_preprocessing(self) -> dict[str, Any] | None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ddn_ray"
@@ -66,3 +67,56 @@ def test_the_built_in_feed_loads_by_name() -> None:
     feed_type = registry.load(usecase.FEED, what="use-case feed")
     members = [m for m in vars(Feed) if not m.startswith("_")] + list(Feed.__annotations__)
     assert not [m for m in members if not hasattr(feed_type, m) and m not in feed_type.__init__.__code__.co_names]
+
+
+class _ToyUseCase:
+    """A use case outside the package, as a user writes one: a stream whose label flips at row 200."""
+
+    task = "classification"
+    scenarios = ("none", "flip")
+
+    def scenario(self, data):
+        from ddn_ray.stream import Table
+        from ddn_ray.usecase import Scenario
+
+        x = np.random.default_rng(data.seed).normal(size=(400, 3)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        if data.scenario == "flip":
+            y[200:] = 1 - y[200:]
+        return Scenario(Table(x, y, ("a", "b", "c"), 2), {"kind": "table"}, (np.arange(400) >= 200).astype(np.int64),
+                        ("low", "high"))
+
+    def client_route(self, scenario, job):
+        return None
+
+    def no_change(self, scenario, labels):
+        return np.zeros(labels.shape)
+
+    def report_extras(self, *, job, scenario, rows, static_windows):
+        return {}
+
+
+TOY = _ToyUseCase()
+
+
+def test_a_use_case_outside_the_package_is_named_by_module_and_checked_by_its_own_lists() -> None:
+    from pydantic import ValidationError
+
+    from ddn_ray import config, usecase
+
+    name = "tests.unit.test_layers:TOY"
+    job = config.JobConfig(data={"name": name, "scenario": "flip"}, stream={"window_size": 50})
+    feed = usecase.feed(job)
+    feed.start(next_offset=0, preprocessing=None)
+    windows = list(feed.windows())
+    assert len(windows) == 8 and feed.run_stem() == "toy-flip"
+    assert feed.phase(windows[-1].offsets).tolist() == [1] * 50
+    with pytest.raises(ValidationError, match="'rotation' does not apply to tests.unit.test_layers:TOY; use one of "
+                                              r"\('none', 'flip'\)"):
+        config.JobConfig(data={"name": name, "scenario": "rotation"})
+    with pytest.raises(ValidationError, match="needs model.task classification"):
+        config.JobConfig(data={"name": name}, model={"task": "regression"})
+    with pytest.raises(ValidationError, match="test_layers has no 'NOPE'"):
+        config.JobConfig(data={"name": "tests.unit.test_layers:NOPE"})
+    with pytest.raises(ValidationError, match="is not a UseCase"):
+        config.JobConfig(data={"name": "tests.unit.test_layers:ENGINE"})
