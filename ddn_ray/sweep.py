@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -309,6 +310,9 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     space |= {k: v for k, v in cfg.overrides.items()}
     if probe.data.path is not None and "://" not in probe.data.path:  # trials run in their own directories
         space["data.path"] = str(Path(probe.data.path).expanduser().resolve())
+    source = probe.data.source
+    if source is not None and source.kind == "table" and "://" not in source.uri:  # ${VAR}s as the driver has them
+        space["data.source.uri"] = str(Path(os.path.expandvars(source.uri)).expanduser().absolute())
     space |= {"train.seed": probe.train.seed, "_base": base, "_max_rows": cfg.max_rows, "_stream": cfg.stream,
               "_every": cfg.report_every_rows, "_checkpoint": cfg.scheduler.name == "pbt"}
     storage = str(Path(cfg.storage_path).expanduser().resolve()) if "://" not in cfg.storage_path else cfg.storage_path

@@ -37,10 +37,10 @@ import pyarrow.fs as pafs
 
 from ddn_ray.errors import DataError
 from ddn_ray.features import Featurizer, Rows
-from ddn_ray.stream import Quarantine, Window
+from ddn_ray.stream import Quarantine, Table, Window
 
 __all__ = ["FORMATS", "FileSource", "LandingDirSource", "RecordWindow", "TabularStream", "featurizer_for", "infer_format",
-           "read_schema", "resolve", "source_for"]
+           "read_schema", "replay_table", "resolve", "source_for"]
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
            ".ndjson": "json"}
@@ -468,3 +468,44 @@ def source_for(data: Any, featurizer: Featurizer, *, window_size: int, start_off
         return FileSource(uri=data.source.uri, order_by=data.order_by, schema=schema, **common)
     return LandingDirSource(path=data.source.path, poll_interval_s=data.source.poll_interval_s,
                             idle_timeout_s=data.source.idle_timeout_s, **common)
+
+
+def replay_table(data: Any, task: str, *, window_size: int) -> Table:
+    """A user's table as the rows a sweep trial replays in-process (:mod:`ddn_ray.sweep`), featurized as served.
+
+    The table is streamed as the main job streams it: rows :meth:`Featurizer.check` refuses are left out,
+    and each window is featurized with the state fitted on the windows before it (what a replica serving
+    the previous window's version does), then fitted. The main job's trainer learns a window featurized
+    after fitting it; with a :attr:`~ddn_ray.features.Featurizer.stateless` featurizer the two are the same.
+
+    Args:
+        data: a ``DataConfig`` with a table ``source`` (a landing dir is consumed live, not replayed).
+        task: ``classification`` or ``regression``.
+        window_size: rows per window (the trial's ``stream.window_size``).
+
+    Returns:
+        A :class:`~ddn_ray.stream.Table`: ``(n, width)`` float32 inputs named by ``input_names``, ``(n,)``
+        int64 class ids (``(n, 1)`` float32 targets for regression), and the classes known at the end.
+
+    Raises:
+        DataError: as :func:`read_schema` and :class:`FileSource`; or every row was refused.
+        ValueError: ``data.source`` is a landing dir.
+    """
+    if data.source.kind != "table":
+        raise ValueError("a sweep replays a table source; a landing dir is consumed while the job runs")
+    schema = read_schema(data)
+    featurizer = featurizer_for(data, task, schema=schema)
+    ts = TabularStream(source=source_for(data, featurizer, window_size=window_size, schema=schema),
+                       featurizer=featurizer)
+    xs, ys = [], []
+    for w in ts.windows():
+        if not len(w):
+            continue
+        rows = ts._rows(w)
+        xs.append(featurizer.transform(rows))  # as served: before the window's labels are revealed
+        featurizer.update(rows)
+        ys.append(featurizer.label_ids(rows))
+    if not xs:
+        raise DataError(f"every row of {data.source.uri} was refused: {ts.quarantine.reasons[:3]}")
+    return Table(features=np.concatenate(xs), labels=np.concatenate(ys), feature_names=tuple(featurizer.input_names),
+                 num_classes=featurizer.num_classes, task=task)

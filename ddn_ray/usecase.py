@@ -155,12 +155,18 @@ def feed(job: JobConfig) -> Feed:
 
 
 def stream_table(job: JobConfig) -> Table:
-    """The rows of the built-in stream ``job.data`` in stream order: what a Tune trial replays
-    (:class:`ddn_ray.sweep.SweepConfig` ``stream``).
+    """The rows of ``job.data``'s stream in stream order: what a Tune trial replays
+    (:class:`ddn_ray.sweep.SweepConfig` ``stream``). A built-in stream's rows, or a user's table
+    featurized as served (:func:`ddn_ray.tables.replay_table`).
 
     Raises:
-        ddn_ray.errors.ConfigError: ``job.data`` names no built-in use case.
+        ddn_ray.errors.ConfigError: ``job.data`` names no use case, or a landing dir.
     """
     if job.data.source is not None:
-        raise ConfigError("a sweep replays a built-in stream (data.name); give sweep.stream a loader of your table")
+        from ddn_ray import tables
+
+        try:
+            return tables.replay_table(job.data, job.model.task, window_size=job.stream.window_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return get(job.data.name or "").scenario(job.data).table

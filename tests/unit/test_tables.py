@@ -87,10 +87,11 @@ def test_landing_dir_reads_files_as_they_arrive(tmp_path: Path) -> None:
     land = tmp_path / "land"
     land.mkdir()
 
-    def produce() -> None:
+    def produce() -> None:  # as a producer does: write to a dot name (in progress), then rename
         for k in range(3):
             time.sleep(0.1)
-            _write(_rows(7, 7 * k), land / f"part-{k:03d}.csv" if k == 1 else land / f"part-{k:03d}.parquet")
+            name = f"part-{k:03d}.csv" if k == 1 else f"part-{k:03d}.parquet"
+            _write(_rows(7, 7 * k), land / f".{name}").rename(land / name)
 
     threading.Thread(target=produce, daemon=True).start()
     src = tables.LandingDirSource(path=str(land), columns=["amount", "y"], numeric=["amount"], window_size=5,
@@ -206,3 +207,23 @@ def test_a_variable_in_the_uri_that_is_not_set_is_named(monkeypatch: pytest.Monk
     monkeypatch.delenv("DDN_RAY_NOT_SET", raising=False)
     with pytest.raises(DataError, match="environment variable DDN_RAY_NOT_SET is not set"):
         tables.resolve("${DDN_RAY_NOT_SET}/elec2/electricity.csv")
+
+
+def test_replay_table_featurizes_each_window_as_served_and_leaves_refused_rows_out(tmp_path: Path) -> None:
+    from ddn_ray import config
+
+    t = _rows(30).set_column(4, "y", pa.array([None if k == 7 else ("no", "yes")[k % 2] for k in range(30)]))
+    f = _write(t, tmp_path / "r.csv")
+    data = config.DataConfig(source={"kind": "table", "uri": str(f)}, features=["amount", "region"], label="y",
+                             classes=["no", "yes"])
+    table = tables.replay_table(data, "classification", window_size=10)
+    assert table.features.shape == (29, 2 + 32) and table.labels.tolist()[:7] == [0, 1, 0, 1, 0, 1, 0]
+    assert table.feature_names[:2] == ("amount", "amount__missing") and table.num_classes == 2
+    # Window 0 is served before anything was fitted (identity scaling); window 1 with window 0's moments.
+    assert table.features[:9, 0].tolist() == [float(k) for k in range(10) if k != 7]
+    window0 = np.array([k for k in range(10) if k != 7], float)
+    assert table.features[9, 0] == pytest.approx((10 - window0.mean()) / window0.std(ddof=1), rel=1e-6)
+    landing = config.DataConfig(source={"kind": "landing_dir", "path": str(tmp_path)}, features=["amount"], label="y",
+                                classes=["no", "yes"])
+    with pytest.raises(ValueError, match="landing dir"):
+        tables.replay_table(landing, "classification", window_size=10)
