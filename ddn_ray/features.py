@@ -48,23 +48,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ddn_ray.errors import DataError
+from ddn_ray import records as records_io
+from ddn_ray.records import RecordError
 
-__all__ = ["Featurizer", "RecordError", "Rows", "records_table"]
+__all__ = ["Featurizer", "Rows"]
 
 UNKNOWN = "<unknown>"
 MISSING_SUFFIX = "__missing"
-
-
-class RecordError(DataError):
-    """A request's record does not fit the schema; ``field`` names it, e.g. ``records[3].amount``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(field, message)  # both in args: the error pickles across actors
-        self.field, self.message = field, message
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -149,60 +139,6 @@ class Rows:
 def _strings(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """A categorical column as strings: a number or bool as Arrow's cast writes it (``3`` and ``"3"`` are one value)."""
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _category(v: Any) -> str | None:
-    """A categorical value as the string Arrow's cast gives it (so ``3.0`` in a CSV and in a request agree)."""
-    return v if v is None or isinstance(v, str) else pa.scalar(v).cast(pa.string()).as_py()
-
-
-def records_table(records: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str],
-                  optional: Sequence[str] = ()) -> pa.Table:
-    """Check JSON records against the schema and build an Arrow table of the feature columns.
-
-    Args:
-        records: one mapping per row, ``{column: value}``.
-        numeric: columns that take a number or ``null``.
-        categorical: columns that take a string, a number or a bool (kept as its string), or ``null``.
-        optional: other columns a record may carry (an id column); passed through as strings.
-
-    Returns:
-        A table with the numeric columns as float64, the categorical ones as string, the optional ones present.
-
-    Raises:
-        RecordError: naming ``records[i]`` or ``records[i].column``: a record that is not an object,
-            a missing or unknown column, a value of the wrong type, or a non-finite number.
-    """
-    known = set(numeric) | set(categorical) | set(optional)
-    cols: dict[str, list[Any]] = {c: [] for c in (*numeric, *categorical, *optional)}
-    for i, rec in enumerate(records):
-        if not isinstance(rec, Mapping):
-            raise RecordError(f"records[{i}]", f"must be an object of columns, got {type(rec).__name__}")
-        unknown = [k for k in rec if k not in known]
-        if unknown:
-            raise RecordError(f"records[{i}].{unknown[0]}", f"unknown column; the schema has {sorted(known)}")
-        for c in (*numeric, *categorical):
-            if c not in rec:
-                raise RecordError(f"records[{i}].{c}", "missing column (send null for a missing value)")
-        for c in numeric:
-            v = rec[c]
-            if v is not None and not (_is_number(v) and math.isfinite(v)):
-                raise RecordError(f"records[{i}].{c}", f"expected a finite number or null, got {v!r}"[:200])
-            cols[c].append(None if v is None else float(v))
-        for c in categorical:
-            v = rec[c]
-            if v is not None and not isinstance(v, (str, int, float, bool)):
-                raise RecordError(f"records[{i}].{c}", f"expected a string or a number, got {type(v).__name__}")
-            cols[c].append(_category(v))
-        for c in optional:
-            v = rec.get(c)
-            cols[c].append(None if v is None else str(v))
-    arrays = {c: pa.array(v, pa.float64() if c in numeric else pa.string()) for c, v in cols.items()}
-    return pa.table(arrays) if arrays else pa.table({})
 
 
 class Featurizer:
@@ -339,17 +275,18 @@ class Featurizer:
         """A request's JSON records as :class:`Rows` and their ids (``None`` without an id column).
 
         Records of exactly the schema's columns, finite numbers and string categories (the usual
-        request) are read column-wise; any other request goes through :func:`records_table`, which
-        names the first record and column that does not fit.
+        request) are read column-wise; any other request goes through :func:`~ddn_ray.records.records_table`,
+        which names the first record and column that does not fit.
 
         Raises:
-            RecordError: as :func:`records_table`.
+            RecordError: as :func:`~ddn_ray.records.records_table`.
         """
-        fast = self._read_plain_records(records)
-        if fast is not None:
-            return fast
+        plain = records_io.plain_columns(records, self.numeric, self.categorical, self.id_column)
+        if plain is not None:
+            x, categorical, ids = plain
+            return Rows(numeric=x, categorical=categorical), ids
         optional = [self.id_column] if self.id_column else []
-        table = records_table(records, self.numeric, self.categorical, optional)
+        table = records_io.records_table(records, self.numeric, self.categorical, optional)
         return self.rows(table), (table[self.id_column].to_pylist() if self.id_column else None)
 
     def read_split(self, columns: Sequence[Any], data: Sequence[Any]) -> tuple[Rows, list[str | None] | None]:
@@ -364,55 +301,14 @@ class Featurizer:
             RecordError: naming ``columns`` (a column missing, unknown or listed twice), ``data[i]`` (a row
                 that is not a list of ``len(columns)`` values) or ``data[i].column`` (a value of the wrong type).
         """
-        required = [*self.numeric, *self.categorical]
-        known = {*required, *([self.id_column] if self.id_column else [])}
-        if not all(type(c) is str for c in columns) or len(set(columns)) != len(columns):
-            raise RecordError("columns", f"must be distinct column names, got {list(columns)!r}"[:300])
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            raise RecordError("columns", f"unknown column {unknown[0]!r}; the schema has {sorted(known)}")
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise RecordError("columns", f"missing column {missing[0]!r} (send null for a missing value)")
-        for i, row in enumerate(data):
-            if type(row) is not list or len(row) != len(columns):
-                raise RecordError(f"data[{i}]", f"must be a list of {len(columns)} values, one per column")
-        if data:
-            by_name = dict(zip(columns, zip(*data)))  # column-wise, in C
-            numbers = [by_name[c] for c in self.numeric]
-            if {type(v) for col in numbers for v in col} <= {float, int} \
-                    and all(type(v) is str for c in self.categorical for v in by_name[c]):
-                x = np.array(numbers, np.float64).T.reshape(len(data), len(self.numeric))
-                if np.isfinite(x).all():
-                    ids = None if self.id_column is None else \
-                        [None if v is None else str(v) for v in by_name.get(self.id_column, [None] * len(data))]
-                    return Rows(numeric=x, categorical={c: np.array(by_name[c], object) for c in self.categorical}), ids
+        plain = records_io.split_columns(columns, data, self.numeric, self.categorical, self.id_column)
+        if plain is not None:
+            x, categorical, ids = plain
+            return Rows(numeric=x, categorical=categorical), ids
         try:  # the checks of records_table, each error named by its row and column
             return self.read_records([dict(zip(columns, row)) for row in data])
         except RecordError as exc:
             raise RecordError(exc.field.replace("records[", "data[", 1), exc.message) from None
-
-    def _read_plain_records(self, records: Sequence[Any]) -> tuple[Rows, list[str | None] | None] | None:
-        required = set(self.numeric) | set(self.categorical)
-        with_id = required | {self.id_column} if self.id_column else required
-        if not all(type(r) is dict and (r.keys() == required or r.keys() == with_id) for r in records):
-            return None
-        values = [[r[c] for c in self.numeric] for r in records]
-        if not {type(v) for row in values for v in row} <= {float, int}:  # not bool, str or None
-            return None
-        x = np.array(values, np.float64).reshape(len(records), len(self.numeric))
-        if not np.isfinite(x).all():
-            return None
-        categorical = {}
-        for c in self.categorical:
-            col = [r[c] for r in records]
-            if not all(type(v) is str for v in col):
-                return None
-            categorical[c] = np.array(col, object)
-        ids = None
-        if self.id_column:
-            ids = [None if (v := r.get(self.id_column)) is None else str(v) for r in records]
-        return Rows(numeric=x, categorical=categorical), ids
 
     # validation -----------------------------------------------------------
     def check(self, data: pa.Table | Rows, labels: bool = True) -> tuple[np.ndarray, list[str]]:

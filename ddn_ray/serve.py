@@ -49,7 +49,8 @@ from ray import serve
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import models, registry
 from ddn_ray.config import JobConfig, ModelConfig
-from ddn_ray.features import Featurizer, RecordError
+from ddn_ray.features import Featurizer
+from ddn_ray.records import RecordError
 from ddn_ray.metrics import ReplicaMetrics
 
 __all__ = [

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddn_ray.features import Featurizer, RecordError, records_table
+from ddn_ray.features import Featurizer
+from ddn_ray.records import RecordError, records_table
 
 
 def _table(**cols: list) -> pa.Table:
