@@ -42,7 +42,7 @@ nab: setup  ## use case: streaming anomaly detection on NAB series (one forecast
 	$(BIN)/python jobs/nab.py
 
 test: setup  ## unit tier, then integration tier on one local Ray cluster
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit ddn_ray
