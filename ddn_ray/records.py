@@ -100,6 +100,20 @@ def _ids(values: Sequence[Any]) -> list[str | None]:
     return [None if v is None else str(v) for v in values]
 
 
+def _plain(by_name: Mapping[str, Sequence[Any]], n: int, numeric: Sequence[str],
+           categorical: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """``(numeric (n, k) float64, categorical object arrays)`` when every number is a finite int or float (not a
+    bool, a string or None) and every category a string; else ``None``."""
+    numbers = [by_name[c] for c in numeric]
+    if not {type(v) for col in numbers for v in col} <= {float, int} \
+            or not all(type(v) is str for c in categorical for v in by_name[c]):
+        return None
+    x = np.array(numbers, np.float64).T.reshape(n, len(numeric))
+    if not np.isfinite(x).all():
+        return None
+    return x, {c: np.array(by_name[c], object) for c in categorical}
+
+
 def plain_columns(records: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str],
                   id_column: str | None = None) -> Columns | None:
     """The columns of records that are plain: exactly the schema's columns (the id optional), finite
@@ -109,19 +123,10 @@ def plain_columns(records: Sequence[Any], numeric: Sequence[str], categorical: S
     with_id = required | {id_column} if id_column else required
     if not all(type(r) is dict and (r.keys() == required or r.keys() == with_id) for r in records):
         return None
-    values = [[r[c] for c in numeric] for r in records]
-    if not {type(v) for row in values for v in row} <= {float, int}:  # not bool, str or None
+    plain = _plain({c: [r[c] for r in records] for c in required}, len(records), numeric, categorical)
+    if plain is None:
         return None
-    x = np.array(values, np.float64).reshape(len(records), len(numeric))
-    if not np.isfinite(x).all():
-        return None
-    cats = {}
-    for c in categorical:
-        col = [r[c] for r in records]
-        if not all(type(v) is str for v in col):
-            return None
-        cats[c] = np.array(col, object)
-    return x, cats, (_ids([r.get(id_column) for r in records]) if id_column else None)
+    return *plain, (_ids([r.get(id_column) for r in records]) if id_column else None)
 
 
 def split_columns(columns: Sequence[Any], data: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str],
@@ -149,12 +154,7 @@ def split_columns(columns: Sequence[Any], data: Sequence[Any], numeric: Sequence
     if not data:
         return None
     by_name = dict(zip(columns, zip(*data)))  # column-wise, in C
-    numbers = [by_name[c] for c in numeric]
-    if not {type(v) for col in numbers for v in col} <= {float, int} \
-            or not all(type(v) is str for c in categorical for v in by_name[c]):
+    plain = _plain(by_name, len(data), numeric, categorical)
+    if plain is None:
         return None
-    x = np.array(numbers, np.float64).T.reshape(len(data), len(numeric))
-    if not np.isfinite(x).all():
-        return None
-    ids = _ids(by_name.get(id_column, [None] * len(data))) if id_column else None
-    return x, {c: np.array(by_name[c], object) for c in categorical}, ids
+    return *plain, (_ids(by_name.get(id_column, [None] * len(data))) if id_column else None)
