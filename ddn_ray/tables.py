@@ -348,8 +348,8 @@ class TabularStream:
                  id_column: str | None = None) -> None:
         self.source, self.featurizer, self.id_column = source, featurizer, id_column
         self.quarantine = Quarantine()
-        self.record_columns = [*featurizer.numeric, *featurizer.categorical, *([id_column] if id_column else [])]
-        self._numeric = set(featurizer.numeric)
+        self._others = [*featurizer.categorical, *([id_column] if id_column else [])]
+        self.record_columns = [*featurizer.numeric, *self._others]
 
     def windows(self) -> Iterator[RecordWindow]:
         """The source's windows with only the rows :meth:`Featurizer.check` accepts; the others are quarantined."""
@@ -373,16 +373,7 @@ class TabularStream:
 
         Numeric values are sent as the floats the featurizer reads (``null`` where missing).
         """
-        x = self._rows(window).numeric
-        numeric = x.tolist()  # column-wise conversions: no per-value Python but the dicts
-        if np.isnan(x).any():
-            numeric = [[None if math.isnan(v) else v for v in row] for row in numeric]
-        others = [c for c in self.record_columns if c not in self._numeric]
-        if not others:
-            return [dict(zip(self.record_columns, row)) for row in numeric]
-        names = [*self.featurizer.numeric, *others]
-        columns = zip(*[_json_column(window.table[c]) for c in others])
-        return [dict(zip(names, (*row, *rest))) for row, rest in zip(numeric, columns)]
+        return [dict(zip(self.record_columns, row)) for row in self.split(window)]
 
     def split(self, window: RecordWindow) -> list[list[Any]]:
         """The window's rows as lists of values in :attr:`record_columns` order: the ``data`` of a request in
@@ -390,13 +381,13 @@ class TabularStream:
         sends. The same values as :meth:`records`, with the column names sent once instead of in every row.
         """
         x = self._rows(window).numeric
-        numeric = x.tolist()
+        numeric = x.tolist()  # column-wise conversions: no per-value Python but the NaN -> null of a gap
         if np.isnan(x).any():
             numeric = [[None if math.isnan(v) else v for v in row] for row in numeric]
-        others = [c for c in self.record_columns if c not in self._numeric]
-        if not others:
+        if not self._others:
             return numeric
-        return [[*row, *rest] for row, rest in zip(numeric, zip(*[_json_column(window.table[c]) for c in others]))]
+        others = zip(*[_json_column(window.table[c]) for c in self._others])
+        return [[*row, *rest] for row, rest in zip(numeric, others)]
 
     def ids(self, window: RecordWindow) -> list[str] | None:
         if self.id_column is None:
