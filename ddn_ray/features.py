@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -264,9 +264,8 @@ class Featurizer:
         good, reasons = self.check(r)
         why = np.full(len(r), None, object)
         why[~good] = reasons
-        return Rows(numeric=r.numeric, categorical=r.categorical, label=r.label, label_values=r.label_values,
-                    class_ids=r.class_ids, checked=(self._check_version(), good, why),
-                    inputs=self.transform(r) if self.stateless else None)
+        return replace(r, checked=(self._check_version(), good, why),
+                       inputs=self.transform(r) if self.stateless else None)
 
     def _rows(self, data: pa.Table | Rows) -> Rows:
         return data if isinstance(data, Rows) else self.rows(data)
