@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
 import time
@@ -121,8 +122,6 @@ def _write(table: pa.Table, path: Path) -> None:
     elif path.suffix == ".parquet":
         pq.write_table(table, path)
     else:
-        import json
-
         with open(path, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in table.to_pylist())
 
