@@ -49,15 +49,15 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def series_errors(name: str, seed: int = 0, static: bool = False, data_dir: str | None = None,
-                  **data: Any) -> tuple[np.ndarray, int]:
+                  **options: Any) -> tuple[np.ndarray, int]:
     """Absolute errors ``(n,)`` of the job's served forecasts on one series, and the first forecast point.
 
-    ``static``: learn only the first ``report.static_windows`` windows. ``data``: ``data.*`` overrides.
+    ``static``: learn only the first ``report.static_windows`` windows. ``options``: ``data.options`` overrides.
     """
     cfg = config.load(ROOT / "jobs" / "configs" / "nab.yaml",
-                      {"data": {"series": name, "path": data_dir, **data}, "train": {"seed": seed}})
+                      {"data": {"path": data_dir, "options": {"series": name, **options}}, "train": {"seed": seed}})
     scn = scenarios.load(cfg.data)
-    t, lags = scn.table, cfg.data.lags
+    t, lags = scn.table, int(scn.inputs["lags"])
     run = train.replay_in_process(cfg, t, cfg.report.static_windows if static else None)
     err = np.zeros(lags + len(t))
     err[lags:] = np.abs(run.predictions[:, 0] - t.labels[:, 0])
@@ -66,8 +66,8 @@ def series_errors(name: str, seed: int = 0, static: bool = False, data_dir: str 
 
 def _job(args: tuple[str, int, bool, str | None, dict[str, Any]]) -> np.ndarray:
     torch.set_num_threads(1)
-    name, seed, static, data_dir, data = args
-    return series_errors(name, seed, static, data_dir, **data)[0]
+    name, seed, static, data_dir, options = args
+    return series_errors(name, seed, static, data_dir, **options)[0]
 
 
 def detector_scores(errors: dict[str, np.ndarray], corpus: dict[str, nab.Series],

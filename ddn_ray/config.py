@@ -87,33 +87,22 @@ class DataConfig(_Frozen):
                                 "the unknown slot included")
     path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
     max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
+    seed: int = Field(0, description="the scenario's sampling seed")
     scenario: str = Field(
         "none", description="how the stream drifts (ddn_ray.usecases.scenarios): fashion_mnist rotation / new_classes, "
         "bbc_news topic_incremental / topic_shift, cartpole / pendulum physics_drift, cartpole worn_actuator; "
         "none keeps the data set's own order (elec2: time) or its default physics",
     )
-    stream_rows: int | None = Field(
-        None, gt=0, description="fashion_mnist: images drawn from the train split (None: all 60,000); "
-        "cartpole / pendulum: transitions rolled out (None: 30,000)",
-    )
-    standardize_rows: int = Field(
-        2000, gt=1, description="cartpole / pendulum: inputs and targets are standardised by their first rows"
-    )
-    phases: int = Field(5, ge=2, le=10, description="drift phases (new_classes, topic_*: one per class group)")
-    seed: int = Field(0, description="the scenario's sampling seed")
-    text_features: Literal["hashing", "minilm"] = Field(
-        "hashing", description="bbc_news: hashed word 1-2-grams, or frozen all-MiniLM-L6-v2 embeddings (extra [text])"
-    )
-    hash_features: int = Field(4096, ge=16, le=2**20, description="bbc_news hashing: feature columns")
-    series: str = Field("realKnownCause/machine_temperature_system_failure.csv",
-                        description="nab: the series (<category>/<file>.csv); path is the NAB folder")
-    lags: int = Field(16, ge=1, le=1024, description="nab: past values (scaled by the file's min / max) per row")
-    seasonal_width: int = Field(8, ge=0, le=256, description="nab: inputs on each side of the same phase one "
-                                "period earlier (period found on the probation's values; 0: none)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the use case's own settings (data.name), checked by its Options model "
+        "(ddn_ray.usecase.Options; the built-ins' models: ddn_ray.usecases.scenarios.OPTIONS)")
 
     @model_validator(mode="before")
     @classmethod
     def _source_or_name(cls, raw: Any) -> Any:
+        unknown = sorted(set(raw) - set(cls.model_fields)) if isinstance(raw, dict) else []
+        if unknown and raw.get("name") is not None:  # e.g. a use case's setting written where data's own fields go
+            raise ValueError(f"data: {unknown} are not data fields; a use case's own settings go under data.options")
         if isinstance(raw, dict) and raw.get("source") is not None:
             if raw.get("name") is not None:
                 raise ValueError("give data.source (a user's table) or data.name (a built-in use case), not both")
@@ -142,6 +131,9 @@ class DataConfig(_Frozen):
             raise ValueError("data.order_by is for a table source; a landing dir is read in file-name order")
         if self.scenario != "none":
             raise ValueError("data.scenario is for built-in use cases; a user's table streams in its own order")
+        if self.options:
+            raise ValueError(f"data.options {sorted(self.options)} are a use case's settings (data.name); a table "
+                             "is described by data.features, data.label and the other data fields")
         return self
 
 
@@ -351,7 +343,7 @@ class JobConfig(_Frozen):
             self._table_fits()
         if self.data.name is not None:
             try:  # the use case says which scenarios it has and the task its stream needs
-                usecase.check(self.data.name, self.data.scenario, self.model.task)
+                usecase.check(self.data.name, self.data.scenario, self.model.task, self.data.options)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         if self.model.task == "regression":

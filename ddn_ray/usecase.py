@@ -6,7 +6,8 @@ which names its parts as ``"package.module:attribute"`` strings (:data:`BUILT_IN
 loads them when asked for, as :data:`ddn_ray.models.BUILDERS` does for model builders. A use case plugs
 in at three places:
 
-* **the stream**: :meth:`UseCase.scenario` turns ``data`` into the rows the job replays and the input
+* **the stream**: :meth:`UseCase.scenario` turns ``data`` (and its ``data.options``, the use case's own
+  settings, validated by its :attr:`UseCase.options` model) into the rows the job replays and the input
   spec replicas featurize raw requests with (:class:`Scenario`); the spec
   names the use case's extra Serve routes (``inputs["routes"]``, :mod:`ddn_ray.usecases.routes`);
 * **the traffic**: :meth:`UseCase.client_route`, the route and body a traffic client sends raw inputs with;
@@ -21,10 +22,11 @@ and ``model.task`` against it (:func:`check`), so the engine keeps no list of us
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ddn_ray import registry
 from ddn_ray.errors import ConfigError
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from ddn_ray.feeds import Feed
     from ddn_ray.stream import Table
 
-__all__ = ["BUILT_IN", "FEED", "BodyFn", "Scenario", "UseCase", "check", "feed", "get", "stream_table"]
+__all__ = ["BUILT_IN", "FEED", "BodyFn", "Options", "Scenario", "UseCase", "check", "feed", "get", "stream_table"]
 
 BodyFn = Callable[[np.ndarray, Any], dict[str, Any]]
 """``(offsets (n,) int64, rows) -> request body`` for a window's rows."""
@@ -50,6 +52,16 @@ BUILT_IN: dict[str, str] = {
     "pendulum": "ddn_ray.usecases.builtin:PENDULUM",
     "nab": "ddn_ray.usecases.builtin:NAB",
 }
+
+
+class Options(BaseModel):
+    """A use case's own settings, ``data.options`` in a job's YAML (e.g. NAB's ``series`` and ``lags``).
+
+    A use case subclasses it with fields that have defaults; this base has none (a use case without
+    settings). Frozen, and a key it does not declare is an error (``data.options.<key>``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Scenario(NamedTuple):
@@ -80,13 +92,16 @@ class UseCase(Protocol):
     Attributes:
         task: ``classification`` or ``regression``: the ``model.task`` its stream needs.
         scenarios: the ``data.scenario`` values it has, ``"none"`` (the data set's own order) first.
+        options: the :class:`Options` subclass that ``data.options`` must fit (:class:`Options` itself: none).
     """
 
     task: Literal["classification", "regression"]
     scenarios: tuple[str, ...]
+    options: type[Options]
 
     def scenario(self, data: DataConfig) -> Scenario:
-        """The stream ``data`` describes: its rows in stream order, phases and input spec.
+        """The stream ``data`` describes: its rows in stream order, phases and input spec; its own settings
+        are ``self.options.model_validate(data.options)``.
 
         Raises:
             ddn_ray.errors.DataError: the data set is missing or malformed.
@@ -126,13 +141,16 @@ def get(name: str) -> UseCase:
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     if not isinstance(usecase, UseCase):
-        raise ConfigError(f"data.name {name!r}: {where} is not a UseCase (task, scenarios, scenario, client_route, "
-                          "no_change, report_extras; ddn_ray.usecase)")
+        raise ConfigError(f"data.name {name!r}: {where} is not a UseCase (task, scenarios, options, scenario, "
+                          "client_route, no_change, report_extras; ddn_ray.usecase)")
+    if not (isinstance(usecase.options, type) and issubclass(usecase.options, Options)):
+        raise ConfigError(f"data.name {name!r}: {where}.options must be a subclass of ddn_ray.usecase.Options")
     return usecase
 
 
-def check(name: str, scenario: str, task: str) -> None:
-    """Check that the use case ``name`` has ``scenario`` and learns with ``task`` (what a job config asks).
+def check(name: str, scenario: str, task: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check that the use case ``name`` has ``scenario``, learns with ``task`` and that ``options`` (``data.options``)
+    fit its :attr:`UseCase.options` (what a job config asks).
 
     Raises:
         ddn_ray.errors.ConfigError: it has not, or :func:`get` fails; the message names the field.
@@ -142,6 +160,12 @@ def check(name: str, scenario: str, task: str) -> None:
         raise ConfigError(f"data.scenario {scenario!r} does not apply to {name}; use one of {usecase.scenarios}")
     if task != usecase.task:
         raise ConfigError(f"data.name {name!r} needs model.task {usecase.task}")
+    try:
+        usecase.options.model_validate(dict(options or {}))
+    except ValidationError as exc:
+        errors = "; ".join(f"data.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        known = ", ".join(usecase.options.model_fields) or "none"
+        raise ConfigError(f"{errors} (the settings of {name}: {known})") from None
 
 
 def feed(job: JobConfig) -> Feed:

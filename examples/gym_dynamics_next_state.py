@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        summary = gym_dynamics.cli(["--variants", variant, "--set", f"data.stream_rows={args.steps}",
-                                    "--set", f"data.standardize_rows={args.steps // 5}", "--set", "report.static_windows=3",
+        summary = gym_dynamics.cli(["--variants", variant, "--set", f"data.options.stream_rows={args.steps}",
+                                    "--set", f"data.options.standardize_rows={args.steps // 5}", "--set", "report.static_windows=3",
                                     "--set", "train.checkpoint_every_windows=3", "--set", f"storage_path={out / 'storage'}",
                                     "--set", f"report.output_dir={out}", "--set", f"serve.port={args.port}"])
         print("fault alarm:", summary["variants"][variant]["fault"])

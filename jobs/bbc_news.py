@@ -18,7 +18,7 @@ from typing import Any
 
 import usecase
 
-TRANSFER = ["data.text_features=minilm", "train.lr=0.001"]
+TRANSFER = ["data.options.text_features=minilm", "train.lr=0.001"]
 VARIANTS: dict[str, list[str]] = {
     "topic_incremental/hashing": ["data.scenario=topic_incremental"],
     "topic_incremental/minilm": ["data.scenario=topic_incremental", *TRANSFER],

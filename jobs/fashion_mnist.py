@@ -6,7 +6,7 @@ gradual then abrupt) and class-incremental (new classes appear). Each runs with 
 fine-tuning and with forgetting strategies; every run also scores the static CNN, frozen
 after the first ``report.static_windows`` windows.
 
-Run:  python jobs/fashion_mnist.py [--variants rotation/finetune,...] [--set data.stream_rows=3000 ...]
+Run:  python jobs/fashion_mnist.py [--variants rotation/finetune,...] [--set data.options.stream_rows=3000 ...]
 Writes runs/fashion_mnist/summary.{md,json} and accuracy.png, and each run's own report.
 """
 

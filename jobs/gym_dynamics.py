@@ -8,7 +8,7 @@ constants) and ``worn_actuator`` (CartPole's force weakening 10 -> 5 N), where t
 frozen on the healthy machine, also raises a fault alarm from its residuals
 (``ddn_ray.drift.residual_alarms``).
 
-Run:  python jobs/gym_dynamics.py [--variants cartpole/worn_actuator,...] [--set data.stream_rows=3000 ...]
+Run:  python jobs/gym_dynamics.py [--variants cartpole/worn_actuator,...] [--set data.options.stream_rows=3000 ...]
 Writes runs/gym_dynamics/summary.{md,json} and accuracy.png, and each run's own report.
 """
 

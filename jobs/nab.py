@@ -6,7 +6,7 @@ into anomaly likelihoods and NAB scores (``ddn_ray.usecases.nab``), for the lear
 static one frozen after NAB's probation. A deployed checkpoint scores recent values of its
 series over HTTP (``POST /score_anomaly``).
 
-Run:  python jobs/nab.py [--variants machine_temperature] [--set data.series=realTweets/Twitter_volume_AAPL.csv]
+Run:  python jobs/nab.py [--variants machine_temperature] [--set data.options.series=realTweets/Twitter_volume_AAPL.csv]
 Writes runs/nab/summary.{md,json} and accuracy.png, and each run's own report.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import usecase
 
 VARIANTS: dict[str, list[str]] = {
-    "machine_temperature": ["data.series=realKnownCause/machine_temperature_system_failure.csv"],
-    "ambient_temperature": ["data.series=realKnownCause/ambient_temperature_system_failure.csv"],
+    "machine_temperature": ["data.options.series=realKnownCause/machine_temperature_system_failure.csv"],
+    "ambient_temperature": ["data.options.series=realKnownCause/ambient_temperature_system_failure.csv"],
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ddn_ray import config, drift, stream
 from ddn_ray.client import instances_body
 from ddn_ray.feeds import Reveal
-from ddn_ray.usecase import BodyFn, Scenario, UseCase
+from ddn_ray.usecase import BodyFn, Options, Scenario, UseCase
 from ddn_ray.usecases import anomaly, images, nab, scenarios
 
 __all__ = ["BBC_NEWS", "CARTPOLE", "ELEC2", "FASHION_MNIST", "NAB", "PENDULUM", "BuiltinUseCase", "ScenarioFeed",
@@ -32,14 +32,15 @@ class BuiltinUseCase:
     Args:
         task: the ``model.task`` its stream needs.
         scenarios: the ``data.scenario`` values :func:`~ddn_ray.usecases.scenarios.load` has for it.
+        options: the model of its ``data.options`` (:data:`ddn_ray.usecases.scenarios.OPTIONS`).
     """
 
     def __init__(self, *, task: Literal["classification", "regression"] = "classification",
-                 scenarios: tuple[str, ...] = ("none",)) -> None:
-        self.task, self.scenarios = task, scenarios
+                 scenarios: tuple[str, ...] = ("none",), options: type[Options] = Options) -> None:
+        self.task, self.scenarios, self.options = task, scenarios, options
 
     def scenario(self, data: config.DataConfig) -> Scenario:
-        return scenarios.load(data)
+        return scenarios.load(data, self.options.model_validate(data.options))
 
     def client_route(self, scenario: Scenario, job: config.JobConfig) -> tuple[str, BodyFn] | None:
         return None
@@ -81,12 +82,13 @@ class _Series(BuiltinUseCase):
         return {"anomaly": anomaly_section(job.data, rows, scenario)}
 
 
-ELEC2: UseCase = BuiltinUseCase()
-FASHION_MNIST: UseCase = _Images(scenarios=("none", "rotation", "new_classes"))
-BBC_NEWS: UseCase = _Texts(scenarios=("none", "topic_incremental", "topic_shift"))
-CARTPOLE: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift", "worn_actuator"))
-PENDULUM: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift"))
-NAB: UseCase = _Series(task="regression")
+ELEC2: UseCase = BuiltinUseCase(options=scenarios.OPTIONS["elec2"])
+FASHION_MNIST: UseCase = _Images(scenarios=("none", "rotation", "new_classes"), options=scenarios.OPTIONS["fashion_mnist"])
+BBC_NEWS: UseCase = _Texts(scenarios=("none", "topic_incremental", "topic_shift"), options=scenarios.OPTIONS["bbc_news"])
+CARTPOLE: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift", "worn_actuator"),
+                              options=scenarios.OPTIONS["cartpole"])
+PENDULUM: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift"), options=scenarios.OPTIONS["pendulum"])
+NAB: UseCase = _Series(task="regression", options=scenarios.OPTIONS["nab"])
 
 
 class ScenarioFeed:
@@ -214,12 +216,13 @@ def anomaly_section(data: config.DataConfig, rows: dict[str, np.ndarray], scn: S
     training windows: NAB's probation covers them.
     """
     lags, points = scn.inputs["lags"], scn.inputs["lags"] + len(scn.table)
-    series = nab.load_corpus(data.path, [data.series])[data.series]
+    name = scn.inputs["series"]
+    series = nab.load_corpus(data.path, [name])[name]
     series = nab.Series(series.name, series.timestamps[:points], series.values[:points],
                         tuple(w for w in series.windows if w[1] < points))
     profiles = nab.load_profiles(data.path)
     detector, probation = anomaly.Detector(), nab.probation_length(points)
-    out: dict[str, Any] = {"series": data.series, "points": points, "windows": len(series.windows),
+    out: dict[str, Any] = {"series": name, "points": points, "windows": len(series.windows),
                            "period": scn.inputs["period"], "alarm_level": detector.alarm_level}
     for name, pred in (("dynamic", rows["prediction"]), ("static", rows["static_prediction"])):
         err = np.zeros(points)

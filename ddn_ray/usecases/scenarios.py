@@ -21,31 +21,75 @@ Scenarios (positions are fractions ``f`` of the stream):
   ``[state, action] -> next_state - state`` rolled out while the physics drift.
   ``physics_drift``: default, then gradual, then abrupt change (:func:`ddn_ray.usecases.control.physics_drift`);
   ``worn_actuator`` (CartPole): ``force_mag`` weakens 10 -> 5 N over the middle third. Inputs and
-  targets are standardised by the first ``data.standardize_rows`` rows; the input spec keeps the
+  targets are standardised by the first ``data.options.standardize_rows`` rows; the input spec keeps the
   means and spreads, so a replica answers raw states and actions with raw next states.
 
 * ``nab`` (regression, :mod:`ddn_ray.usecases.nab`, :mod:`ddn_ray.usecases.anomaly`): one NAB series in time order,
-  unlabelled; row ``r`` holds the ``data.lags`` values before point ``lags + r``, scaled by the
-  file's min / max (NAB gives detectors both), then ``2 * data.seasonal_width`` values around the
+  unlabelled; row ``r`` holds the ``lags`` values before point ``lags + r``, scaled by the
+  file's min / max (NAB gives detectors both), then ``2 * seasonal_width`` values around the
   same phase one period earlier (the period is found on the values of NAB's probation, which
   are never scored; :func:`ddn_ray.usecases.anomaly.series_rows`). Its target is that point's change
   from the one before. Phase 1 starts after NAB's probation.
 
-Every scenario uses every row at most once, and is reproducible from ``data.seed``.
+Every scenario uses every row at most once, and is reproducible from ``data.seed``. Each data set's
+own settings are ``data.options``, one :class:`~ddn_ray.usecase.Options` model per data set (:data:`OPTIONS`).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from ddn_ray.config import DataConfig
 from ddn_ray.stream import Table
-from ddn_ray.usecase import Scenario
+from ddn_ray.usecase import Options, Scenario
 from ddn_ray.usecases import datasets, text
 
-__all__ = ["load", "new_class_order", "rotate", "rotation_angles", "topic_order"]
+__all__ = ["OPTIONS", "BbcNewsOptions", "ControlOptions", "FashionMnistOptions", "NabOptions", "load",
+           "new_class_order", "rotate", "rotation_angles", "topic_order"]
 
 IMAGE_SHAPE = (1, 28, 28)
+
+
+class FashionMnistOptions(Options):
+    """``data.options`` of ``fashion_mnist``."""
+
+    stream_rows: int | None = Field(None, gt=0, description="images drawn from the train split (None: all 60,000)")
+    phases: int = Field(5, ge=2, le=10, description="new_classes: drift phases, one per class group")
+
+
+class BbcNewsOptions(Options):
+    """``data.options`` of ``bbc_news``."""
+
+    phases: int = Field(5, ge=2, le=10, description="topic_incremental / topic_shift: drift phases")
+    text_features: Literal["hashing", "minilm"] = Field(
+        "hashing", description="hashed word 1-2-grams, or frozen all-MiniLM-L6-v2 embeddings (extra [text])")
+    hash_features: int = Field(4096, ge=16, le=2**20, description="hashing: feature columns")
+
+
+class ControlOptions(Options):
+    """``data.options`` of ``cartpole`` and ``pendulum``."""
+
+    stream_rows: int = Field(30000, gt=0, description="transitions rolled out")
+    standardize_rows: int = Field(2000, gt=1, description="inputs and targets are standardised by their first rows")
+
+
+class NabOptions(Options):
+    """``data.options`` of ``nab`` (``data.path`` is the NAB folder)."""
+
+    series: str = Field("realKnownCause/machine_temperature_system_failure.csv",
+                        description="the series, <category>/<file>.csv")
+    lags: int = Field(16, ge=1, le=1024, description="past values (scaled by the file's min / max) per row")
+    seasonal_width: int = Field(8, ge=0, le=256, description="inputs on each side of the same phase one period "
+                                "earlier (period found on the probation's values; 0: none)")
+
+
+OPTIONS: dict[str, type[Options]] = {"elec2": Options, "fashion_mnist": FashionMnistOptions,
+                                     "bbc_news": BbcNewsOptions, "cartpole": ControlOptions,
+                                     "pendulum": ControlOptions, "nab": NabOptions}
+"""Each built-in data set's ``data.options`` model (Elec2 has no settings)."""
 
 
 def rotation_angles(n: int) -> np.ndarray:
@@ -150,26 +194,32 @@ def topic_order(labels: np.ndarray, num_classes: int, phases: int, scenario: str
     return np.array(idx, dtype=np.int64), np.array(ph, dtype=np.int64)
 
 
-def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
+def load(cfg: DataConfig, opts: Options | None = None) -> Scenario:
     """Build the stream a data config describes (then cut to ``cfg.max_rows``).
+
+    Args:
+        cfg: the data config; ``cfg.name`` is a key of :data:`OPTIONS`.
+        opts: the data set's settings; ``None`` reads ``cfg.options`` with its :data:`OPTIONS` model.
 
     Raises:
         DataError: the data set's files are missing or malformed.
+        pydantic.ValidationError: ``cfg.options`` do not fit the data set's model.
         ImportError: ``text_features: minilm`` without the ``[text]`` extra.
     """
     rng = np.random.default_rng(cfg.seed)
+    opts = OPTIONS[cfg.name or ""].model_validate(cfg.options) if opts is None else opts
     if cfg.name == "elec2":
         table = datasets.load_elec2(cfg.path, cfg.max_rows)
         return Scenario(table, {"kind": "table"}, np.zeros(len(table), np.int64), ("down", "up"))
-    if cfg.name in ("cartpole", "pendulum"):
-        return _control(cfg)
-    if cfg.name == "nab":
-        return _nab(cfg)
-    if cfg.name == "fashion_mnist":
+    if isinstance(opts, ControlOptions):
+        return _control(cfg, opts)
+    if isinstance(opts, NabOptions):
+        return _nab(cfg, opts)
+    if isinstance(opts, FashionMnistOptions):
         full = datasets.load_fashion_mnist(cfg.path, "train")
-        n = min(cfg.stream_rows or len(full), len(full))
+        n = min(opts.stream_rows or len(full), len(full))
         if cfg.scenario == "new_classes":
-            idx, phase = new_class_order(full.labels, full.num_classes, cfg.phases, n, rng)
+            idx, phase = new_class_order(full.labels, full.num_classes, opts.phases, n, rng)
             x = full.features[idx]
         else:
             idx = rng.permutation(len(full))[:n]
@@ -182,17 +232,18 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
         table = Table(x, full.labels[idx], full.feature_names, full.num_classes)
         inputs = {"kind": "image", "shape": list(IMAGE_SHAPE), "routes": "ddn_ray.usecases.routes:IMAGES"}
         names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-    else:  # bbc_news
+    else:
+        assert isinstance(opts, BbcNewsOptions), cfg.name
         corpus = datasets.load_bbc_news(cfg.path)
         if cfg.scenario == "none":
             idx, phase = np.arange(len(corpus)), np.zeros(len(corpus), np.int64)
         else:
-            idx, phase = topic_order(corpus.labels, len(corpus.class_names), cfg.phases, cfg.scenario, rng)
-        inputs = text.spec_for(cfg.text_features, cfg.hash_features)
+            idx, phase = topic_order(corpus.labels, len(corpus.class_names), opts.phases, cfg.scenario, rng)
+        inputs = text.spec_for(opts.text_features, opts.hash_features)
         idx = idx[: cfg.max_rows]  # featurize only what the stream uses
         # in file order, so every scenario of the same rows shares the encoder's cached embeddings
         used = np.sort(idx)
-        x = text.featurize([corpus.texts[i] for i in used], inputs, cache_dir or str(datasets.cache_dir() / "bbc"))
+        x = text.featurize([corpus.texts[i] for i in used], inputs, str(datasets.cache_dir() / "bbc"))
         x = x[np.searchsorted(used, idx)]
         table = Table(x, corpus.labels[idx], text.feature_names(inputs), len(corpus.class_names))
         names = corpus.class_names
@@ -205,11 +256,11 @@ def load(cfg: DataConfig, cache_dir: str | None = None) -> Scenario:
     return Scenario(table, inputs, phase, names, raw[: len(table)] if inputs["kind"] == "text" else None)
 
 
-def _control(cfg: DataConfig) -> Scenario:
+def _control(cfg: DataConfig, opts: ControlOptions) -> Scenario:
     from ddn_ray.usecases import control
 
     env_id = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[cfg.name]
-    n = cfg.stream_rows or 30000
+    n = opts.stream_rows
     if cfg.scenario == "physics_drift":
         schedule, named = control.physics_drift(env_id, n)
     elif cfg.scenario == "worn_actuator":
@@ -218,7 +269,7 @@ def _control(cfg: DataConfig) -> Scenario:
     else:
         schedule, named = control.Schedule(), [("default", 0)]
     r = control.rollout(env_id, n, schedule, seed=cfg.seed)
-    k = min(cfg.standardize_rows, n)
+    k = min(opts.standardize_rows, n)
     xm, xs = r.inputs[:k].mean(0), r.inputs[:k].std(0) + 1e-6
     ym, ys = r.targets[:k].mean(0), r.targets[:k].std(0) + 1e-6
     x = ((r.inputs - xm) / xs).astype(np.float32)
@@ -236,14 +287,14 @@ def _control(cfg: DataConfig) -> Scenario:
     return Scenario(table, inputs, phase, tuple(f"d_{s}" for s in states))
 
 
-def _nab(cfg: DataConfig) -> Scenario:
+def _nab(cfg: DataConfig, opts: NabOptions) -> Scenario:
     from ddn_ray.usecases import anomaly, nab
 
-    series = nab.load_corpus(cfg.path, [cfg.series])[cfg.series]
+    series = nab.load_corpus(cfg.path, [opts.series])[opts.series]
     v = series.values
     lo, hi = float(v.min()), float(v.max())
     x = ((v - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-    lags, width, probation = cfg.lags, cfg.seasonal_width, nab.probation_length(len(x))
+    lags, width, probation = opts.lags, opts.seasonal_width, nab.probation_length(len(x))
     period = anomaly.seasonal_period(x[:probation], probation // 2) if width else 0
     period = period if period >= lags + width else 0
     feats, target = anomaly.series_rows(x, lags, period, width)
@@ -251,7 +302,7 @@ def _nab(cfg: DataConfig) -> Scenario:
     phase = (points >= probation).astype(np.int64)
     if cfg.max_rows is not None:
         feats, target, phase = feats[: cfg.max_rows], target[: cfg.max_rows], phase[: cfg.max_rows]
-    inputs = {"kind": "series", "series": cfg.series, "lags": lags, "lo": lo, "hi": hi, "points": len(x),
+    inputs = {"kind": "series", "series": opts.series, "lags": lags, "lo": lo, "hi": hi, "points": len(x),
               "period": period, "seasonal_width": width, "probation": probation,
               "routes": "ddn_ray.usecases.routes:SERIES"}
     names = tuple(f"lag{lags - j}" for j in range(lags)) + tuple(f"season{j - width + 1:+d}" for j in range(2 * width))

