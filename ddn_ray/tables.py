@@ -88,10 +88,13 @@ def infer_format(path: str, given: str | None = None) -> str:
 def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str], str]:
     """The filesystem, the files (sorted) and the format of a file, directory or glob.
 
-    ``${VAR}`` and ``~`` are expanded. A path without a scheme is local.
+    ``${VAR}`` and ``~`` are expanded. A path without a scheme is local. A directory's files are those
+    whose suffix names a format (any file but a dot or underscore name when ``fmt`` is given); with
+    ``fmt``, a file whose suffix names another format is left out.
 
     Raises:
-        DataError: a ``${VAR}`` is not set, nothing is there, no file matches, or the format cannot be told.
+        DataError: a ``${VAR}`` is not set, nothing is there, no file matches, the format cannot be told,
+            or the files' suffixes name several formats and ``fmt`` is not given.
     """
     given, uri = uri, os.path.expanduser(os.path.expandvars(uri))
     unset = re.search(r"\$\{?(\w+)", uri)  # expandvars leaves a variable that is not set as it is
@@ -117,8 +120,16 @@ def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str
                            and (fmt is not None or os.path.splitext(i.path)[1].lower() in FORMATS))
         else:
             files = [path]
+    if fmt is not None:  # a file whose suffix names another format is not part of this table
+        files = [f for f in files if FORMATS.get(os.path.splitext(f)[1].lower()) in (None, fmt)]
     if not files:
         raise DataError(f"data.source.uri {uri!r} matches no file")
+    if fmt is None:  # one table is read with one format: a mix would fail on its first file of another kind
+        kinds = {FORMATS.get(os.path.splitext(f)[1].lower()): f for f in reversed(files)}
+        if len(kinds) > 1:
+            raise DataError(f"data.source.uri {uri!r} holds files of several formats ("
+                            + ", ".join(f"{k}: {f}" for k, f in sorted(kinds.items(), key=lambda kv: str(kv[0])))
+                            + "); keep one format there, or set data.format to read only files of that format")
     return fs, files, infer_format(files[0], fmt)
 
 

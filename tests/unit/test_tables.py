@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -227,3 +229,80 @@ def test_replay_table_featurizes_each_window_as_served_and_leaves_refused_rows_o
                                 classes=["no", "yes"])
     with pytest.raises(ValueError, match="landing dir"):
         tables.replay_table(landing, "classification", window_size=10)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[pafs.S3FileSystem]:
+    """A real S3 endpoint on 127.0.0.1 (moto's server), reached through pyarrow's own S3 client. ``s3://`` URIs
+    find it as a user's would find theirs: by the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region)."""
+    server = pytest.importorskip("moto.server", reason="the [test] extra has moto").ThreadedMotoServer(
+        ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            mp.setenv(k, v)
+        fs = pafs.S3FileSystem(endpoint_override=f"http://{host}:{port}", allow_bucket_creation=True)
+        fs.create_dir("ddn-test")
+        yield fs
+    server.stop()
+
+
+def _put(fs: pafs.FileSystem, table: pa.Table, path: str, local: Path) -> None:
+    """Write ``table`` as the file ``local`` (its suffix names the format), then upload it to ``path`` on ``fs``."""
+    pafs.copy_files(str(_write(table, local)), path, destination_filesystem=fs)
+
+
+def test_an_s3_uri_streams_what_the_local_files_stream(s3: pafs.S3FileSystem, tmp_path: Path) -> None:
+    from ddn_ray import config
+
+    t = _rows(30).set_column(4, "y", pa.array([None if k == 7 else ("no", "yes")[k % 2] for k in range(30)]))
+    for k in range(3):
+        _put(s3, t.slice(10 * k, 10), f"ddn-test/loans/part-{k}.parquet", tmp_path / "local" / f"part-{k}.parquet")
+    cols: dict = {"columns": ["amount"], "numeric": ["amount"], "window_size": 4}
+    expected = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=str(tmp_path / "local"), **cols)]
+    for uri in ("s3://ddn-test/loans", "s3://ddn-test/loans/", "s3://ddn-test/loans/part-*"):
+        src = tables.FileSource(uri=uri, **cols)
+        assert src.files[0] == "ddn-test/loans/part-0.parquet" and len(src.files) == 3
+        assert [w.table["amount"].to_pylist() for w in src] == expected, uri
+    # The whole path of a job's table: schema, categorical columns, quarantine, featurized as served.
+    kw: dict = {"features": ["amount", "region"], "label": "y", "classes": ["no", "yes"]}
+    local = tables.replay_table(config.DataConfig(source={"kind": "table", "uri": str(tmp_path / "local")}, **kw),
+                                "classification", window_size=10)
+    remote = tables.replay_table(config.DataConfig(source={"kind": "table", "uri": "s3://ddn-test/loans"}, **kw),
+                                 "classification", window_size=10)
+    assert remote.features.shape == (29, 2 + 32) and remote.feature_names == local.feature_names
+    np.testing.assert_array_equal(remote.features, local.features)
+    np.testing.assert_array_equal(remote.labels, local.labels)
+    # A CSV beside the parquet parts: refused at start, unless data.format picks the parquet ones.
+    _put(s3, t.slice(0, 5), "ddn-test/loans/extra.csv", tmp_path / "extra.csv")
+    with pytest.raises(DataError, match=r"several formats \(csv: ddn-test/loans/extra\.csv, parquet: "
+                                        r"ddn-test/loans/part-0\.parquet\); keep one format"):
+        tables.FileSource(uri="s3://ddn-test/loans", **cols)
+    src = tables.FileSource(uri="s3://ddn-test/loans", format="parquet", **cols)
+    assert [w.table["amount"].to_pylist() for w in src] == expected
+    # A bad object is named by its path in the bucket; a prefix with nothing under it says so.
+    s3.open_output_stream("ddn-test/bad/a.parquet").close()
+    with pytest.raises(DataError, match=r"ddn-test/bad/a\.parquet does not parse"):
+        tables.FileSource(uri="s3://ddn-test/bad/a.parquet", **cols)
+    with pytest.raises(DataError, match="no such file"):
+        tables.FileSource(uri="s3://ddn-test/nothing-here", **cols)
+
+
+def test_a_landing_dir_on_s3_reads_objects_as_they_arrive(s3: pafs.S3FileSystem, tmp_path: Path) -> None:
+    def produce() -> None:  # an S3 PUT is atomic: an object is whole once it is listed
+        for k in range(3):
+            time.sleep(0.1)
+            _put(s3, _rows(7, 7 * k), f"ddn-test/land/part-{k:03d}.parquet", tmp_path / f"part-{k:03d}.parquet")
+
+    s3.create_dir("ddn-test/land")
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    src = tables.LandingDirSource(path="s3://ddn-test/land", columns=["amount", "y"], numeric=["amount"],
+                                  window_size=5, poll_interval_s=0.05, idle_timeout_s=1.5)
+    ws = list(src)
+    producer.join()
+    assert [v for w in ws for v in w.table["amount"].to_pylist()] == [float(k) for k in range(21)]
+    assert src.files_read == [f"ddn-test/land/part-{k:03d}.parquet" for k in range(3)]
