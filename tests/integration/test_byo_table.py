@@ -254,3 +254,18 @@ def test_a_stream_whose_every_row_is_bad_fails_with_the_reasons_and_trains_on_no
     config = _write_config(tmp_path / "all_bad.yaml", data, tmp_path, run_name="all_bad")
     with pytest.raises(DataError, match=r"every row of the stream was quarantined \(300 rows\), e.g. offset 0: label not"):
         _run(config)
+
+
+def test_a_users_use_case_module_runs_the_main_job_with_its_own_settings(ray_cluster, tmp_path) -> None:
+    """``data.name`` names a user's UseCase by ``module:attribute``; ``data.options`` are its own settings. The
+    main job streams it, serves it over HTTP and reports its extras, as it does for the built-in use cases."""
+    data = {"name": "tests.integration.byo_streams:FLIP", "scenario": "flip",
+            "options": {"num_rows": 1000, "flip_at": 500}}  # the label flips where the static model is frozen
+    report = _run(_write_config(tmp_path / "flip.yaml", data, tmp_path, run_name="flip", policy={"name": "all"}))
+    run = report["run"]
+    assert run["rows_served"] == 1000 and report["http"]["failed"] == 0 and report["http"]["requests"] > 0
+    assert run["traffic_route"] == "/predict"
+    assert report["flip"] == {"rows_after_flip": 500}  # the use case's report extras, from its own options
+    after = {p["phase"]: p for p in report["phases"]}[1]
+    # After the flip the frozen model answers the inverted concept; the learning one turns with it.
+    assert after["dynamic"] > after["static"] + 0.5, report["phases"]

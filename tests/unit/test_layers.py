@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import Field
-
-from ddn_ray import usecase
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ddn_ray"
 ENGINE = sorted(p for p in PACKAGE.rglob("*.py") if "usecases" not in p.relative_to(PACKAGE).parts)
@@ -72,40 +69,6 @@ def test_the_built_in_feed_loads_by_name() -> None:
     assert not [m for m in members if not hasattr(feed_type, m) and m not in feed_type.__init__.__code__.co_names]
 
 
-class _ToyOptions(usecase.Options):
-    flip_at: int = Field(200, gt=0, description="the row where the label flips")
-
-
-class _ToyUseCase:
-    """A use case outside the package, as a user writes one: a stream whose label flips at row ``flip_at``."""
-
-    task = "classification"
-    scenarios = ("none", "flip")
-    options = _ToyOptions
-
-    def scenario(self, data):
-        from ddn_ray.stream import Table
-        from ddn_ray.usecase import Scenario
-
-        flip_at = self.options.model_validate(data.options).flip_at
-        x = np.random.default_rng(data.seed).normal(size=(400, 3)).astype(np.float32)
-        y = (x[:, 0] > 0).astype(np.int64)
-        if data.scenario == "flip":
-            y[flip_at:] = 1 - y[flip_at:]
-        return Scenario(Table(x, y, ("a", "b", "c"), 2), {"kind": "table"},
-                        (np.arange(400) >= flip_at).astype(np.int64), ("low", "high"))
-
-    def client_route(self, scenario, job):
-        return None
-
-    def no_change(self, scenario, labels):
-        return np.zeros(labels.shape)
-
-    def report_extras(self, *, job, scenario, rows, static_windows):
-        return {}
-
-
-TOY = _ToyUseCase()
 
 
 def test_a_use_case_outside_the_package_is_named_by_module_and_checked_by_its_own_lists() -> None:
@@ -113,12 +76,12 @@ def test_a_use_case_outside_the_package_is_named_by_module_and_checked_by_its_ow
 
     from ddn_ray import config, usecase
 
-    name = "tests.unit.test_layers:TOY"
+    name = "tests.integration.byo_streams:FLIP"
     job = config.JobConfig(data={"name": name, "scenario": "flip"}, stream={"window_size": 50})
     feed = usecase.feed(job)
     feed.start(next_offset=0, preprocessing=None)
     windows = list(feed.windows())
-    assert len(windows) == 8 and feed.run_stem() == "toy-flip"
+    assert len(windows) == 8 and feed.run_stem() == "flip-flip"
     assert feed.phase(windows[-1].offsets).tolist() == [1] * 50
     early = usecase.feed(config.JobConfig(data={"name": name, "scenario": "flip", "options": {"flip_at": 50}},
                                           stream={"window_size": 50}))
@@ -126,19 +89,19 @@ def test_a_use_case_outside_the_package_is_named_by_module_and_checked_by_its_ow
     assert early.phase(next(iter(early.windows())).offsets).tolist() == [0] * 50  # rows 0-49
     assert early.phase(np.arange(50, 100)).tolist() == [1] * 50
     with pytest.raises(ValidationError, match=r"data.options.flip_at: Input should be greater than 0 \(the settings "
-                                              r"of tests.unit.test_layers:TOY: flip_at\)"):
+                                              r"of tests.integration.byo_streams:FLIP: num_rows, flip_at\)"):
         config.JobConfig(data={"name": name, "options": {"flip_at": 0}})
     with pytest.raises(ValidationError, match="data.options.flip: Extra inputs are not permitted"):
         config.JobConfig(data={"name": name, "options": {"flip": 10}})
     with pytest.raises(ValidationError, match=r"data: \['flip_at'\] are not data fields; a use case's own settings "
                                               "go under data.options"):
         config.JobConfig(data={"name": name, "flip_at": 10})
-    with pytest.raises(ValidationError, match="'rotation' does not apply to tests.unit.test_layers:TOY; use one of "
+    with pytest.raises(ValidationError, match="'rotation' does not apply to tests.integration.byo_streams:FLIP; use one of "
                                               r"\('none', 'flip'\)"):
         config.JobConfig(data={"name": name, "scenario": "rotation"})
     with pytest.raises(ValidationError, match="needs model.task classification"):
         config.JobConfig(data={"name": name}, model={"task": "regression"})
-    with pytest.raises(ValidationError, match="test_layers has no 'NOPE'"):
-        config.JobConfig(data={"name": "tests.unit.test_layers:NOPE"})
+    with pytest.raises(ValidationError, match="byo_streams has no 'NOPE'"):
+        config.JobConfig(data={"name": "tests.integration.byo_streams:NOPE"})
     with pytest.raises(ValidationError, match="is not a UseCase"):
         config.JobConfig(data={"name": "tests.unit.test_layers:ENGINE"})
