@@ -4,7 +4,9 @@ show on the node's Prometheus endpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +15,9 @@ from typing import Any
 
 import pytest
 import requests
+import torch
 import yaml
+
 from tests.cluster.head_cluster import PORTS, ROOT, Head
 
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -132,20 +136,36 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
 
 
 def test_a_use_case_job_runs_through_the_jobs_api(head: Head, job: dict[str, Any], tmp_path: Path) -> None:
-    """A use-case recipe (jobs/gym_dynamics.py: every variant, one after the other) submitted like the main job."""
+    """A use-case recipe (jobs/gym_dynamics.py: every variant, one after the other) submitted like the main job,
+    with a user's model builder from a module that only the uploaded working dir holds: the driver, the
+    Train workers and the Serve replicas all import it from there."""
     pytest.importorskip("gymnasium")
     from ray.job_submission import JobStatus
 
     from ddn_ray import cli
 
-    overrides = ["data.stream_rows=1200", "data.standardize_rows=400", "report.static_windows=2",
+    # The user's project: the recipes and a module of their own, under a name nothing installed has.
+    work = tmp_path / "project"
+    shutil.copytree(ROOT / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "acme_dynamics_models.py").write_text((ROOT / "tests" / "integration" / "user_models.py").read_text())
+    assert importlib.util.find_spec("acme_dynamics_models") is None
+    overrides = ["data.options.stream_rows=1200", "data.options.standardize_rows=400", "report.static_windows=2",
                  f"report.output_dir={tmp_path / 'runs'}", f"storage_path={tmp_path / 'storage'}",
-                 f"serve.port={PORTS['serve']}", "train.checkpoint_every_windows=3"]
+                 f"serve.port={PORTS['serve']}", "train.checkpoint_every_windows=3",
+                 "model.builder=acme_dynamics_models:residual_mlp", "model.options={width: 64, blocks: 2}"]
     _, status = cli.submit(head.address, "jobs/configs/gym_dynamics.yaml", overrides, script="jobs/gym_dynamics.py",
-                           working_dir=str(ROOT), wait=True, timeout_s=600, headers=head.headers)
+                           working_dir=str(work), wait=True, timeout_s=600, headers=head.headers)
     assert status == JobStatus.SUCCEEDED.value
     summary = json.loads((tmp_path / "runs" / "gym_dynamics" / "summary.json").read_text())
     assert set(summary["variants"]) == {"physics_drift/cartpole", "physics_drift/pendulum", "worn_actuator/cartpole"}
     for name, v in summary["variants"].items():
         assert v["http_failed"] == 0 and v["versions"] == 6, name
         assert v["dynamic"] < v["no_change"] / 5, name  # it learned the dynamics on the cluster too
+    # Every variant's checkpoints hold the user's residual network (its blocks' keys), not the built-in MLP.
+    states = sorted((tmp_path / "storage").glob("*/checkpoint_*/state.pt"))
+    assert len({p.parent.parent for p in states}) == 3, states
+    for p in states:
+        keys = set(torch.load(p, map_location="cpu", weights_only=False)["model"])
+        assert {"body.2.fc.weight", "body.3.fc.weight", "head.weight"} <= keys, (p, sorted(keys))
+        assert json.loads((p.parent / "meta.json").read_text())["model"]["builder"] == \
+            "acme_dynamics_models:residual_mlp"
