@@ -164,12 +164,13 @@ def test_landing_dir_producer_runs_the_same_job(ray_cluster, job_config, monkeyp
     spec = importlib.util.spec_from_file_location("landing_example", root / "examples" / "landing_dir.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    cfg = job_config("elec2_builtin.yaml")
+    cfg = job_config()
     report = example.main([
         "--rows", "2000", "--rows-per-file", "300", "--interval-s", "0.1",
         "--set", f"serve.port={cfg.serve.port}", "--set", f"storage_path={cfg.storage_path}",
         "--set", f"report.output_dir={cfg.report.output_dir}", "--set", "stream.window_size=100", "--set", "report.static_windows=5",
     ])
     assert report["run"]["rows_served"] == 2000 and report["run"]["windows"] == 20
-    assert report["config"]["stream"]["source"] == "landing_dir"
+    assert report["config"]["data"]["source"]["kind"] == "landing_dir" and report["data"]["files_read"] == 7
+    assert report["run"]["traffic_route"] == "/predict" and report["data"]["numeric"][:2] == ["period", "nswprice"]
     _check_versions_and_freshness(report)
