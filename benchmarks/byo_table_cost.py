@@ -9,7 +9,7 @@ orientation; other rows vary one thing (``records`` bodies; running scaling and 
 
 1. **Stream side, no Ray**: per window of 50 rows, from the file to what the client sends and
    the trainer gets. Built-in: ``datasets.load_elec2`` + ``stream.ReplaySource`` + an
-   ``instances`` body. Generic: ``tables.FileSource`` (a pyarrow dataset over the CSV) +
+   ``instances`` body. Generic: ``sources.FileSource`` (a pyarrow dataset over the CSV) +
    ``tables.TabularStream`` (row checks, the request's rows, then on reveal the featurizer's update,
    transform and label ids). Best of ``--repeats``, in microseconds per window.
 2. **Replica side, no Ray**: per request of 50 rows, what a replica does before the model:

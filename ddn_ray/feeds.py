@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ddn_ray import config, stream, tables
+from ddn_ray import config, sources, stream, tables
 from ddn_ray.features import Featurizer
 
 __all__ = ["Feed", "Reveal", "TableFeed"]
@@ -123,18 +123,18 @@ class TableFeed:
         self._stream = tables.TabularStream(source=source, featurizer=self.featurizer, id_column=self.job.data.id)
 
     def total_windows(self) -> int | None:
-        if not isinstance(self._source, tables.FileSource):
+        if not isinstance(self._source, sources.FileSource):
             return None
         rows = self._source.count_rows()
         if self.job.data.max_rows is not None:
             rows = min(rows, self.job.data.max_rows)
         return max(0, -(-(rows - self._first_offset) // self.job.stream.window_size))
 
-    def windows(self) -> Iterator[tables.RecordWindow]:
+    def windows(self) -> Iterator[sources.RecordWindow]:
         assert self._stream is not None, "call start() first"
         return self._stream.windows()
 
-    def request(self, window: tables.RecordWindow) -> tuple[np.ndarray, list[list[Any]]]:
+    def request(self, window: sources.RecordWindow) -> tuple[np.ndarray, list[list[Any]]]:
         return window.offsets, self._stream.split(window)
 
     def body(self, offsets: np.ndarray, rows: list[list[Any]]) -> dict[str, Any]:
@@ -142,7 +142,7 @@ class TableFeed:
         them as it reads ``records``; half the bytes, benchmarks/byo_table_cost.py)."""
         return {"columns": self._stream.record_columns, "data": rows}
 
-    def reveal(self, window: tables.RecordWindow) -> Reveal:
+    def reveal(self, window: sources.RecordWindow) -> Reveal:
         w = self._stream.reveal(window)
         return Reveal(w, self.featurizer.state_dict(), self.featurizer.num_classes)
 
@@ -150,11 +150,11 @@ class TableFeed:
         """Freeze the static baseline's preprocessing: the state of the version it copies."""
         self._static = Featurizer.from_state(preprocessing if preprocessing is not None else self.featurizer.state_dict())
 
-    def static_inputs(self, window: tables.RecordWindow, revealed: Reveal) -> np.ndarray:
+    def static_inputs(self, window: sources.RecordWindow, revealed: Reveal) -> np.ndarray:
         assert self._static is not None, "call snapshot_static() first"
         return self._static.transform(window.rows if window.rows is not None else window.table)
 
-    def ids(self, window: tables.RecordWindow) -> list[str | None] | None:
+    def ids(self, window: sources.RecordWindow) -> list[str | None] | None:
         return self._stream.ids(window)
 
     def phase(self, offsets: np.ndarray) -> np.ndarray:

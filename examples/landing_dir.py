@@ -26,14 +26,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import config, tables
+from ddn_ray import config, sources
 
 CONFIG = ROOT / "jobs" / "configs" / "elec2.yaml"
 
 
 def produce(uri: str, directory: Path, rows: int, rows_per_file: int, interval_s: float) -> None:
     """Write the first ``rows`` rows of the table at ``uri`` into ``directory``, ``rows_per_file`` a file."""
-    fs, files, _ = tables.resolve(uri)
+    fs, files, _ = sources.resolve(uri)
     with fs.open_input_stream(files[0]) as f:
         table = pacsv.read_csv(f).slice(0, rows)
     for seq, start in enumerate(range(0, table.num_rows, rows_per_file)):

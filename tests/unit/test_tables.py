@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ddn_ray import tables
+from ddn_ray import sources, tables
 from ddn_ray.errors import DataError
 from ddn_ray.features import Featurizer
 
@@ -27,7 +27,7 @@ def _rows(n: int, start: int = 0) -> pa.Table:
 
 def _write(table: pa.Table, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = tables.infer_format(str(path))
+    fmt = sources.infer_format(str(path))
     if fmt == "parquet":
         pq.write_table(table, path)
     elif fmt == "csv":
@@ -40,7 +40,7 @@ def _write(table: pa.Table, path: Path) -> Path:
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_each_format_streams_the_same_windows(tmp_path: Path, suffix: str) -> None:
     f = _write(_rows(25), tmp_path / f"data{suffix}")
-    src = tables.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10,
+    src = sources.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10,
                             batch_rows=7)
     ws = list(src)
     assert [(w.start, w.end) for w in ws] == [(0, 10), (10, 20), (20, 25)] and src.count_rows() == 25
@@ -53,15 +53,15 @@ def test_directory_glob_and_file_uri_read_every_file_in_name_order(tmp_path: Pat
         _write(_rows(5, 5 * k), tmp_path / "d" / f"part-{k}.parquet")
     _write(_rows(5), tmp_path / "d" / ".in-progress.parquet")
     cols: dict = {"columns": ["amount"], "numeric": ["amount"], "window_size": 4}
-    by_dir = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=str(tmp_path / "d"), **cols)]
-    by_glob = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=str(tmp_path / "d" / "part-*.parquet"), **cols)]
-    by_uri = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=f"file://{tmp_path}/d", **cols)]
+    by_dir = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=str(tmp_path / "d"), **cols)]
+    by_glob = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=str(tmp_path / "d" / "part-*.parquet"), **cols)]
+    by_uri = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=f"file://{tmp_path}/d", **cols)]
     assert by_dir == by_glob == by_uri and [v for w in by_dir for v in w] == [float(k) for k in range(15)]
 
 
 def test_order_by_resume_and_max_rows(tmp_path: Path) -> None:
     f = _write(_rows(30), tmp_path / "x.csv")
-    src = tables.FileSource(uri=str(f), columns=["amount"], numeric=["amount"], window_size=10, order_by="t",
+    src = sources.FileSource(uri=str(f), columns=["amount"], numeric=["amount"], window_size=10, order_by="t",
                             start_offset=10, max_rows=25)
     ws = list(src)
     assert [(w.index, w.start, w.end) for w in ws] == [(1, 10, 20), (2, 20, 25)]
@@ -71,17 +71,17 @@ def test_order_by_resume_and_max_rows(tmp_path: Path) -> None:
 def test_bad_files_stop_at_start_naming_file_and_column(tmp_path: Path) -> None:
     f = _write(_rows(5), tmp_path / "a.parquet")
     with pytest.raises(DataError, match=r"a\.parquet: missing column 'income'"):
-        tables.FileSource(uri=str(f), columns=["income"], window_size=2)
+        sources.FileSource(uri=str(f), columns=["income"], window_size=2)
     with pytest.raises(DataError, match=r"column 'region' is string, expected numbers"):
-        tables.FileSource(uri=str(f), columns=["region"], numeric=["region"], window_size=2)
+        sources.FileSource(uri=str(f), columns=["region"], numeric=["region"], window_size=2)
     broken = tmp_path / "b.parquet"
     broken.write_bytes(f.read_bytes()[:40])
     with pytest.raises(DataError, match=r"b\.parquet does not parse"):
-        tables.FileSource(uri=str(broken), columns=["amount"], window_size=2)
+        sources.FileSource(uri=str(broken), columns=["amount"], window_size=2)
     with pytest.raises(DataError, match="no such file"):
-        tables.FileSource(uri=str(tmp_path / "nope.csv"), columns=["amount"], window_size=2)
+        sources.FileSource(uri=str(tmp_path / "nope.csv"), columns=["amount"], window_size=2)
     with pytest.raises(DataError, match="set data.format"):
-        tables.FileSource(uri=str(_write(_rows(2), tmp_path / "c.csv").rename(tmp_path / "c.dat")),
+        sources.FileSource(uri=str(_write(_rows(2), tmp_path / "c.csv").rename(tmp_path / "c.dat")),
                           columns=["amount"], window_size=2)
 
 
@@ -96,7 +96,7 @@ def test_landing_dir_reads_files_as_they_arrive(tmp_path: Path) -> None:
             _write(_rows(7, 7 * k), land / f".{name}").rename(land / name)
 
     threading.Thread(target=produce, daemon=True).start()
-    src = tables.LandingDirSource(path=str(land), columns=["amount", "y"], numeric=["amount"], window_size=5,
+    src = sources.LandingDirSource(path=str(land), columns=["amount", "y"], numeric=["amount"], window_size=5,
                                   poll_interval_s=0.05, idle_timeout_s=1.0)
     ws = list(src)
     assert [(w.start, w.end) for w in ws] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 21)]
@@ -110,7 +110,7 @@ def test_tabular_stream_quarantines_then_reveals_after_serving(tmp_path: Path) -
     f = _write(t, tmp_path / "q.parquet")
     feat = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"],
                       missing="quarantine", max_categories=4)
-    ts = tables.TabularStream(source=tables.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
+    ts = tables.TabularStream(source=sources.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
                                                        numeric=["amount"], window_size=3),
                               featurizer=feat, id_column="id")
     served = []
@@ -128,7 +128,7 @@ def test_tabular_stream_quarantines_then_reveals_after_serving(tmp_path: Path) -
 def test_an_empty_csv_cell_is_a_missing_value_not_an_empty_string(tmp_path: Path) -> None:
     f = tmp_path / "gaps.csv"
     f.write_text("amount,region,y\n1.5,n,yes\n,,\n2.5,s,no\n")
-    (w,) = tables.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10)
+    (w,) = sources.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10)
     assert w.table["region"].to_pylist() == ["n", None, "s"] and w.table["y"].to_pylist() == ["yes", None, "no"]
     fz = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"])
     good, reasons = fz.check(w.table)
@@ -170,7 +170,7 @@ def test_batches_converted_once_give_the_windows_of_per_window_conversion(tmp_pa
     feat = Featurizer(numeric=["amount", "t"], categorical=[] if stateless else ["region"], label="y",
                       classes=["no", "yes"], max_categories=3, scaling="none" if stateless else "standard",
                       missing="quarantine" if stateless else "impute")
-    src = tables.FileSource(uri=str(f), columns=["amount", "t", "region", "y"], numeric=["amount", "t"],
+    src = sources.FileSource(uri=str(f), columns=["amount", "t", "region", "y"], numeric=["amount", "t"],
                             window_size=10, batch_rows=7, prepare=feat.rows if how == "rows" else feat.prepare)
     windows = list(src)
     assert [len(w) for w in windows] == [10, 10, 10, 10]
@@ -194,7 +194,7 @@ def test_split_rows_are_the_records_values_in_column_order(tmp_path: Path) -> No
     t = _rows(6).set_column(2, "amount", pa.array([0.0, None, 2.0, 3.0, 4.0, 5.0]))
     f = _write(t, tmp_path / "s.parquet")
     feat = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"])
-    ts = tables.TabularStream(source=tables.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
+    ts = tables.TabularStream(source=sources.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
                                                        numeric=["amount"], window_size=4, prepare=feat.prepare),
                               featurizer=feat, id_column="id")
     assert ts.record_columns == ["amount", "region", "id"]
@@ -208,7 +208,7 @@ def test_split_rows_are_the_records_values_in_column_order(tmp_path: Path) -> No
 def test_a_variable_in_the_uri_that_is_not_set_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DDN_RAY_NOT_SET", raising=False)
     with pytest.raises(DataError, match="environment variable DDN_RAY_NOT_SET is not set"):
-        tables.resolve("${DDN_RAY_NOT_SET}/elec2/electricity.csv")
+        sources.resolve("${DDN_RAY_NOT_SET}/elec2/electricity.csv")
 
 
 def test_replay_table_featurizes_each_window_as_served_and_leaves_refused_rows_out(tmp_path: Path) -> None:
@@ -262,9 +262,9 @@ def test_an_s3_uri_streams_what_the_local_files_stream(s3: pafs.S3FileSystem, tm
     for k in range(3):
         _put(s3, t.slice(10 * k, 10), f"ddn-test/loans/part-{k}.parquet", tmp_path / "local" / f"part-{k}.parquet")
     cols: dict = {"columns": ["amount"], "numeric": ["amount"], "window_size": 4}
-    expected = [w.table["amount"].to_pylist() for w in tables.FileSource(uri=str(tmp_path / "local"), **cols)]
+    expected = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=str(tmp_path / "local"), **cols)]
     for uri in ("s3://ddn-test/loans", "s3://ddn-test/loans/", "s3://ddn-test/loans/part-*"):
-        src = tables.FileSource(uri=uri, **cols)
+        src = sources.FileSource(uri=uri, **cols)
         assert src.files[0] == "ddn-test/loans/part-0.parquet" and len(src.files) == 3
         assert [w.table["amount"].to_pylist() for w in src] == expected, uri
     # The whole path of a job's table: schema, categorical columns, quarantine, featurized as served.
@@ -280,15 +280,15 @@ def test_an_s3_uri_streams_what_the_local_files_stream(s3: pafs.S3FileSystem, tm
     _put(s3, t.slice(0, 5), "ddn-test/loans/extra.csv", tmp_path / "extra.csv")
     with pytest.raises(DataError, match=r"several formats \(csv: ddn-test/loans/extra\.csv, parquet: "
                                         r"ddn-test/loans/part-0\.parquet\); keep one format"):
-        tables.FileSource(uri="s3://ddn-test/loans", **cols)
-    src = tables.FileSource(uri="s3://ddn-test/loans", format="parquet", **cols)
+        sources.FileSource(uri="s3://ddn-test/loans", **cols)
+    src = sources.FileSource(uri="s3://ddn-test/loans", format="parquet", **cols)
     assert [w.table["amount"].to_pylist() for w in src] == expected
     # A bad object is named by its path in the bucket; a prefix with nothing under it says so.
     s3.open_output_stream("ddn-test/bad/a.parquet").close()
     with pytest.raises(DataError, match=r"ddn-test/bad/a\.parquet does not parse"):
-        tables.FileSource(uri="s3://ddn-test/bad/a.parquet", **cols)
+        sources.FileSource(uri="s3://ddn-test/bad/a.parquet", **cols)
     with pytest.raises(DataError, match="no such file"):
-        tables.FileSource(uri="s3://ddn-test/nothing-here", **cols)
+        sources.FileSource(uri="s3://ddn-test/nothing-here", **cols)
 
 
 def test_a_landing_dir_on_s3_reads_objects_as_they_arrive(s3: pafs.S3FileSystem, tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_a_landing_dir_on_s3_reads_objects_as_they_arrive(s3: pafs.S3FileSystem,
     s3.create_dir("ddn-test/land")
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    src = tables.LandingDirSource(path="s3://ddn-test/land", columns=["amount", "y"], numeric=["amount"],
+    src = sources.LandingDirSource(path="s3://ddn-test/land", columns=["amount", "y"], numeric=["amount"],
                                   window_size=5, poll_interval_s=0.05, idle_timeout_s=1.5)
     ws = list(src)
     producer.join()
