@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration import byo_streams
+
 PACKAGE = Path(__file__).resolve().parents[2] / "ddn_ray"
 ENGINE = sorted(p for p in PACKAGE.rglob("*.py") if "usecases" not in p.relative_to(PACKAGE).parts)
 MAIN_JOB = PACKAGE.parent / "jobs" / "continuous.py"
@@ -71,6 +73,13 @@ def test_the_built_in_feed_loads_by_name() -> None:
 
 
 
+class _DictOptions(byo_streams.FlipUseCase):
+    options = dict  # type: ignore[assignment]  # not an Options model: refused by name
+
+
+DICT_OPTIONS = _DictOptions()
+
+
 def test_a_use_case_outside_the_package_is_named_by_module_and_checked_by_its_own_lists() -> None:
     from pydantic import ValidationError
 
@@ -105,3 +114,6 @@ def test_a_use_case_outside_the_package_is_named_by_module_and_checked_by_its_ow
         config.JobConfig(data={"name": "tests.integration.byo_streams:NOPE"})
     with pytest.raises(ValidationError, match="is not a UseCase"):
         config.JobConfig(data={"name": "tests.unit.test_layers:ENGINE"})
+    with pytest.raises(ValidationError, match=r"test_layers:DICT_OPTIONS.options must be a subclass of "
+                                              r"ddn_ray.usecase.Options"):
+        config.JobConfig(data={"name": "tests.unit.test_layers:DICT_OPTIONS"})
