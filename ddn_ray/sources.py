@@ -65,6 +65,11 @@ class RecordWindow:
         return self.table.num_rows
 
 
+def _suffix_format(path: str) -> str | None:
+    """The format ``path``'s suffix names (:data:`FORMATS`), or ``None``."""
+    return FORMATS.get(os.path.splitext(path)[1].lower())
+
+
 def infer_format(path: str, given: str | None = None) -> str:
     """``given``, or the format a file suffix names (``.parquet``/``.pq``, ``.csv``, ``.json``/``.jsonl``/``.ndjson``).
 
@@ -73,7 +78,7 @@ def infer_format(path: str, given: str | None = None) -> str:
     """
     if given:
         return given
-    fmt = FORMATS.get(os.path.splitext(path)[1].lower())
+    fmt = _suffix_format(path)
     if fmt is None:
         raise DataError(f"cannot tell the format of {path} from its suffix; set data.format (parquet, csv or json)")
     return fmt
@@ -111,15 +116,15 @@ def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
-                           and (fmt is not None or os.path.splitext(i.path)[1].lower() in FORMATS))
+                           and (fmt is not None or _suffix_format(i.path) is not None))
         else:
             files = [path]
     if fmt is not None:  # a file whose suffix names another format is not part of this table
-        files = [f for f in files if FORMATS.get(os.path.splitext(f)[1].lower()) in (None, fmt)]
+        files = [f for f in files if _suffix_format(f) in (None, fmt)]
     if not files:
         raise DataError(f"data.source.uri {uri!r} matches no file")
     if fmt is None:  # one table is read with one format: a mix would fail on its first file of another kind
-        kinds = {FORMATS.get(os.path.splitext(f)[1].lower()): f for f in reversed(files)}
+        kinds = {_suffix_format(f): f for f in reversed(files)}
         if len(kinds) > 1:
             raise DataError(f"data.source.uri {uri!r} holds files of several formats ("
                             + ", ".join(f"{k}: {f}" for k, f in sorted(kinds.items(), key=lambda kv: str(kv[0])))
@@ -308,7 +313,7 @@ class LandingDirSource:
     def _new_files(self, seen: set[str]) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".")
-                      and i.path not in seen and (self.format or os.path.splitext(i.path)[1].lower() in FORMATS))
+                      and i.path not in seen and (self.format or _suffix_format(i.path) is not None))
 
     def _tables(self) -> Iterator[pa.Table]:
         seen: set[str] = set()
