@@ -26,6 +26,7 @@ __all__ = [
     "RayConfig",
     "ReportConfig",
     "ServeConfig",
+    "ServiceConfig",
     "StrategyConfig",
     "StreamConfig",
     "TableSourceConfig",
@@ -300,6 +301,20 @@ class ControllerConfig(_Frozen):
     sync_timeout_s: float = Field(10.0, gt=0, description="wait at most this long for every replica to load a version")
 
 
+class ServiceConfig(_Frozen):
+    """The long-running service (``ddn-ray serve-learn``, :mod:`ddn_ray.service`): outside clients, labels by
+    feedback. Windows are ``stream.window_size`` joined rows, or what has joined after ``window_timeout_s``."""
+
+    window_timeout_s: float = Field(30.0, gt=0, description="learn the rows joined so far after this long, even "
+                                    "short of stream.window_size")
+    retention_s: float = Field(7 * 86400.0, gt=0, description="a label for a prediction older than this is late "
+                               "(refused); older predictions leave the in-memory index")
+    log_flush_interval_s: float = Field(1.0, gt=0, description="the prediction log is written this often, off the "
+                                        "request path")
+    cpus: float = Field(0.1, gt=0, description="Ray CPUs of the learning service's replica (it waits, the Train "
+                        "workers learn)")
+
+
 class ReportConfig(_Frozen):
     """The end-of-run report."""
 
@@ -334,6 +349,7 @@ class JobConfig(_Frozen):
     policy: PolicyConfig = PolicyConfig()
     serve: ServeConfig = ServeConfig()
     controller: ControllerConfig = ControllerConfig()
+    service: ServiceConfig = ServiceConfig()
     report: ReportConfig = ReportConfig()
     ray: RayConfig = RayConfig()
 

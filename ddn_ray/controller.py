@@ -105,6 +105,7 @@ class Controller:
         clock: monotonic seconds.
         replica_ttl_s: a replica not heard from for this long is no longer expected.
         keep_versions: weights of at most this many recent versions are kept.
+        first_version: the lowest id to give (a restarted service continues its versions).
     """
 
     def __init__(
@@ -113,8 +114,10 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         replica_ttl_s: float = 30.0,
         keep_versions: int = 64,
+        first_version: int = 0,
     ) -> None:
         self._store = store or _copy_store
+        self.first_version = first_version
         self._clock = clock
         self.replica_ttl_s = replica_ttl_s
         self.keep_versions = keep_versions
@@ -159,7 +162,7 @@ class Controller:
             self.rejected.append({"decision": decision.value, "at_version": latest, "meta": meta})
             return {"accepted": False, "version": latest, "decision": decision.value}
         parent = meta.get("parent", latest)
-        version = max(v for v in (latest, parent, -1) if v is not None) + 1
+        version = max(v for v in (latest, parent, self.first_version - 1) if v is not None) + 1
         self._weights[version] = self._store(weights)
         self._preprocessing[version] = dict(preprocessing) if preprocessing is not None else None
         for old in [v for v in self._weights if v <= version - self.keep_versions]:
@@ -269,10 +272,11 @@ class ControllerActor:
     report notifies, so waiters wake without polling.
     """
 
-    def __init__(self, replica_ttl_s: float = 30.0, keep_versions: int = 64) -> None:
+    def __init__(self, replica_ttl_s: float = 30.0, keep_versions: int = 64, first_version: int = 0) -> None:
         from ddn_ray.metrics import ControllerMetrics
 
-        self.c = Controller(store=_ray_store, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions)
+        self.c = Controller(store=_ray_store, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions,
+                            first_version=first_version)
         self._cond = asyncio.Condition()
         self.metrics = ControllerMetrics()
         self._spec: dict[str, Any] | None = None

@@ -309,6 +309,13 @@ class Featurizer:
         except RecordError as exc:
             raise RecordError(exc.field.replace("records[", "data[", 1), exc.message) from None
 
+    def record_table(self, rows: Rows) -> pa.Table:
+        """The feature columns of ``rows`` as they were read: numeric float64 (NaN where missing), categorical
+        strings. What the service's prediction log keeps of a request, and learns from once its label joins."""
+        cols: dict[str, Any] = {c: rows.numeric[:, j] for j, c in enumerate(self.numeric)}
+        cols.update({c: pa.array(rows.categorical[c], pa.string()) for c in self.categorical})
+        return pa.table(cols)
+
     # validation -----------------------------------------------------------
     def check(self, data: pa.Table | Rows, labels: bool = True) -> tuple[np.ndarray, list[str]]:
         """Which rows may be served and learned (``labels=False``: only the features, as a replica checks a request).

@@ -20,6 +20,12 @@ name                                kind      tags / meaning
 ``ddn_ray_requests``                counter   ``replica``, ``code``: each ``/predict`` by HTTP status
 ``ddn_ray_request_errors``          counter   ``replica``, ``code``: the 4xx / 5xx ones
 ``ddn_ray_rows_predicted``          counter   ``replica``: rows answered
+``ddn_ray_service_labels``          counter   ``result``: joined / late (the service's feedback)
+``ddn_ray_service_windows_learned`` counter   windows of joined rows the service learned
+``ddn_ray_service_rows_learned``    counter   their rows
+``ddn_ray_service_online_accuracy`` gauge     served answers' accuracy over the last labels (regression: MSE)
+``ddn_ray_service_awaiting_label``  gauge     logged answers still waiting for a label
+``ddn_ray_service_label_delay_s``   gauge     ``quantile``: p50 / p90 / p99 of prediction -> label seconds
 =================================== ========= ==========================================
 """
 
@@ -28,7 +34,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["NAMES", "ControllerMetrics", "ReplicaMetrics"]
+__all__ = ["NAMES", "ControllerMetrics", "ReplicaMetrics", "ServiceMetrics"]
 
 REFRESH_S = 1.0
 
@@ -38,6 +44,8 @@ NAMES = (
     "ddn_ray_model_version", "ddn_ray_versions", "ddn_ray_freshness_seconds", "ddn_ray_windows_trained",
     "ddn_ray_prequential_accuracy", "ddn_ray_rows_trained", "ddn_ray_drift_signals",
     "ddn_ray_served_model_version", "ddn_ray_requests", "ddn_ray_request_errors", "ddn_ray_rows_predicted",
+    "ddn_ray_service_labels", "ddn_ray_service_windows_learned", "ddn_ray_service_rows_learned",
+    "ddn_ray_service_online_accuracy", "ddn_ray_service_awaiting_label", "ddn_ray_service_label_delay_s",
 )
 
 
@@ -116,3 +124,39 @@ class ReplicaMetrics(_Gauges):
             self.errors.inc(1, tags=tags)
         if rows:
             self.rows.inc(rows, tags=self.tags)
+
+
+class ServiceMetrics(_Gauges):
+    """The service learner's metrics (:mod:`ddn_ray.service`): labels joined, windows learned, online figures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from ray.util.metrics import Counter, Gauge
+
+        self.labels = Counter("ddn_ray_service_labels", "Feedback labels by result", tag_keys=("result",))
+        self.windows = Counter("ddn_ray_service_windows_learned", "Windows of joined rows learned")
+        self.rows = Counter("ddn_ray_service_rows_learned", "Rows of those windows")
+        self.online = Gauge("ddn_ray_service_online_accuracy", "Served answers' accuracy over the last labels "
+                            "(regression: MSE)")
+        self.awaiting = Gauge("ddn_ray_service_awaiting_label", "Logged answers waiting for a label")
+        self.delay = Gauge("ddn_ray_service_label_delay_s", "Prediction -> label seconds", tag_keys=("quantile",))
+
+    def joined(self, joined: int, late: int) -> None:
+        if joined:
+            self.labels.inc(joined, tags={"result": "joined"})
+        if late:
+            self.labels.inc(late, tags={"result": "late"})
+
+    def window(self, rows: int) -> None:
+        self.windows.inc(1)
+        if rows:
+            self.rows.inc(rows)
+
+    def log_figures(self, stats: dict[str, Any]) -> None:
+        """Set the gauges from :meth:`ddn_ray.eventlog.EventLog.stats`."""
+        if stats["online"]["recent"] is not None:
+            self.set(self.online, stats["online"]["recent"])
+        self.set(self.awaiting, stats["awaiting_label"])
+        for q, v in stats["label_delay_s"].items():
+            if v is not None:
+                self.set(self.delay, v, {"quantile": q})

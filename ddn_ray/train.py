@@ -73,6 +73,8 @@ class WorkerArgs:
         queues: one ``ray.util.queue.Queue`` per rank, yielding :class:`WindowItem` and finally ``None``.
         controller: the controller actor's handle.
         inputs: the raw-input spec Serve featurizes requests with (``checkpoint.model_spec``).
+        checkpoint_at_end: at the end-of-stream marker, report a checkpoint of the windows learned since the
+            last one (the service's stop: a restart then learns no window twice).
     """
 
     job: JobConfig
@@ -81,6 +83,7 @@ class WorkerArgs:
     queues: list[Any]
     controller: Any
     inputs: dict[str, Any] | None = None
+    checkpoint_at_end: bool = False
 
     @property
     def num_features(self) -> int:
@@ -155,9 +158,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             version = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))["version"]
         ray.get(controller.trainer_ready.remote(next_offset, next_index, version, preprocessing))
 
+    def report_checkpoint(metrics: dict[str, Any]) -> None:
+        """Every rank: gather the learner states; rank 0 writes the checkpoint; all report it."""
+        with tempfile.TemporaryDirectory() as tmp:
+            learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
+            checkpoint = None
+            if rank == 0:
+                meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
+                        **checkpoint_io.model_spec(mcfg, nf, learner.num_classes, args.feature_names, args.inputs),
+                        "preprocessing": preprocessing}
+                checkpoint_io.write(tmp, learner.raw.state_dict(), learner_states, meta)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    checkpointed_index = next_index
     while True:
         item: WindowItem | None = queue.get()
         if item is None:
+            if args.checkpoint_at_end and next_index != checkpointed_index:
+                report_checkpoint({"next_offset": next_offset, "pre_accuracy": float("nan")})
             break
         if item.num_classes is not None:
             learner.grow_outputs(item.num_classes)
@@ -180,22 +199,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 version, weights = ray.get(controller.latest_weights.remote())
                 events.append(learner.rollback(weights, item.index, f"gate rejected the update ({rejected}); "
                                                                     f"reloaded version {version}"))
-        checkpoint = None
-        tmp = None
         if next_index % cfg.checkpoint_every_windows == 0:
-            tmp = tempfile.TemporaryDirectory()
-            learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
-            if rank == 0:
-                meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
-                        **checkpoint_io.model_spec(mcfg, nf, learner.num_classes, args.feature_names, args.inputs),
-                        "preprocessing": preprocessing}
-                checkpoint_io.write(tmp.name, learner.raw.state_dict(), learner_states, meta)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp.name)
+            report_checkpoint({"next_offset": next_offset, "pre_accuracy": metrics.pre_accuracy})
+            checkpointed_index = next_index
         if rank == 0:
             ray.get(controller.trainer_progress.remote({**asdict(metrics), "events": events}))
-        if tmp is not None:
-            ray.train.report({"next_offset": next_offset, "pre_accuracy": metrics.pre_accuracy}, checkpoint=checkpoint)
-            tmp.cleanup()
 
 
 class InProcessRun(NamedTuple):
