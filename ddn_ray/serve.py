@@ -111,6 +111,7 @@ class ValuesResponse(BaseModel):
     model_version: int
     replica: str
     ids: list[str | None] | None = None
+    event_ids: list[str] | None = None
 
 
 class RecordsResponse(BaseModel):
@@ -123,6 +124,7 @@ class RecordsResponse(BaseModel):
     model_version: int
     replica: str
     ids: list[str | None] | None = None
+    event_ids: list[str] | None = None
 
 
 class PredictResponse(BaseModel):
@@ -203,6 +205,9 @@ class Replica(Protocol):
     def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None,
                split: "tuple[list[str], list[list[Any]]] | None" = None) -> BaseModel: ...
     def reject(self, status: int, message: str) -> HTTPException: ...
+    @property
+    def service(self) -> Any: ...
+    def featurizer(self) -> Featurizer | None: ...
 
 
 def current_replica() -> Replica:
@@ -235,6 +240,10 @@ class Predictor:
         checkpoint: serve this checkpoint instead of following a controller.
         inputs: the raw-input spec (``{"kind": ..., "routes": "package.module:attribute", ...}``, the
             routes an :class:`InputRoutes`); else from the source, else ``{"kind": "table"}``.
+        service_app: the Serve application of a long-running service's learner (:mod:`ddn_ray.service`): each
+            answer to named records then carries ``event_ids``, every answered row is handed to that learner's
+            prediction log (off the request path, retried until it is taken), and the replica adds the routes
+            ``/feedback``, ``/learn`` and ``/stats``.
 
     Raises:
         ValueError: neither source is given, or the source does not describe the model.
@@ -253,10 +262,14 @@ class Predictor:
         start_timeout_s: float = 120.0,
         checkpoint: str | None = None,
         inputs: dict[str, Any] | None = None,
+        service_app: str | None = None,
     ) -> None:
         import ray
 
         torch.set_num_threads(1)
+        self._service = None if service_app is None else serve.get_deployment_handle("LearningService", service_app)
+        self._log_tasks: set[asyncio.Task] = set()
+        self._controller_name, self._namespace = controller_name, namespace
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._max_batch_rows = max_batch_rows
         self._poll_timeout_s = poll_timeout_s
@@ -309,6 +322,8 @@ class Predictor:
         served: FastAPI = self.app
         if self._routes is not None:
             served.include_router(self._routes.router)
+        if self._service is not None:
+            served.include_router(registry.load("ddn_ray.service:ROUTES", what="service routes"))
         served.openapi = self._openapi  # type: ignore[method-assign]
         return served
 
@@ -345,6 +360,8 @@ class Predictor:
         return True
 
     async def _poll_forever(self) -> None:
+        import ray
+
         while True:
             try:
                 await self._load_next(self._current[0] if self._current else None, self._poll_timeout_s)
@@ -353,6 +370,44 @@ class Predictor:
             except Exception:  # keep serving the current version; retry shortly
                 log.exception("model version poll failed; keeping version %s", self._current and self._current[0])
                 await asyncio.sleep(0.5)
+                try:  # a restarted controller (a service's learner came back) has the same name
+                    self._controller = ray.get_actor(self._controller_name, namespace=self._namespace)
+                except ValueError:
+                    pass
+
+    def _log_answer(self, event_ids: list[str], rows: Any, featurizer: Featurizer, predictions: np.ndarray,
+                    probabilities: np.ndarray | None, version: int) -> None:
+        """Hand the answered rows to the service's prediction log in the background (off the request path)."""
+        import time
+
+        task = asyncio.get_running_loop().create_task(self._send_log(
+            event_ids, rows, featurizer, predictions, probabilities, version, time.time()))
+        self._log_tasks.add(task)
+        task.add_done_callback(self._log_tasks.discard)
+
+    async def _send_log(self, event_ids: list[str], rows: Any, featurizer: Featurizer, predictions: np.ndarray,
+                        probabilities: np.ndarray | None, version: int, at_s: float) -> None:
+        from ddn_ray.eventlog import AnsweredRows
+
+        batch = AnsweredRows(event_ids=event_ids, features=featurizer.record_table(rows), predictions=predictions,
+                             probabilities=probabilities, model_version=version, predicted_at_s=at_s,
+                             replica=self._replica)
+        delay = 0.2
+        while True:  # until the learner takes it: it may be restarting (its log is rebuilt from the files)
+            try:
+                await self._service.log_answers.remote(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("the service's log did not take %d answered rows; retrying in %.1f s", len(batch), delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: the answered rows still on their way reach the prediction log first."""
+        if self._log_tasks:
+            await asyncio.wait(list(self._log_tasks), timeout=60.0)
 
     def check_health(self) -> None:
         """Serve health check: unhealthy if the version poller died."""
@@ -385,13 +440,26 @@ class Predictor:
         with torch.no_grad():
             out = model(x)
         self._metrics.request(200, rows=len(x))
+        event_ids = None
+        if self._service is not None and featurizer is not None:
+            from ddn_ray.eventlog import new_event_ids
+
+            fresh = iter(new_event_ids(len(x) if ids is None else sum(i is None for i in ids)))
+            event_ids = [next(fresh) for _ in range(len(x))] if ids is None else [i if i is not None else next(fresh)
+                                                                                 for i in ids]
         if self._model_cfg.task == "regression":
-            return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids)
+            if event_ids is not None:
+                self._log_answer(event_ids, rows, featurizer, out.numpy().astype(np.float32), None, version)
+            return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids,
+                                  event_ids=event_ids)
         if records is not None or split is not None:
             probs = torch.softmax(out, dim=1)
             class_ids = probs.argmax(dim=1).tolist()
+            if event_ids is not None:
+                self._log_answer(event_ids, rows, featurizer, np.asarray(class_ids, np.int64), probs.numpy(), version)
             return RecordsResponse(predictions=featurizer.class_names(class_ids), class_ids=class_ids,
-                                   probabilities=probs.tolist(), model_version=version, replica=self._replica, ids=ids)
+                                   probabilities=probs.tolist(), model_version=version, replica=self._replica, ids=ids,
+                                   event_ids=event_ids)
         probs = torch.softmax(out, dim=1)
         return PredictResponse(
             predictions=probs.argmax(dim=1).tolist(),
@@ -415,6 +483,15 @@ class Predictor:
     @property
     def replica_id(self) -> str:
         return self._replica
+
+    @property
+    def service(self) -> Any:
+        """The service learner's ``DeploymentHandle`` (``None``: this replica only serves)."""
+        return self._service
+
+    def featurizer(self) -> Featurizer | None:
+        """The preprocessing of the version served now (``None``: a model of rows of numbers)."""
+        return self._current[2] if self._current is not None else None
 
     @property
     def max_batch_rows(self) -> int:
