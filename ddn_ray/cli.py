@@ -1,4 +1,4 @@
-"""The ``ddn-ray`` command line: ``run``, ``tune``, ``submit``, ``serve``, ``report``.
+"""The ``ddn-ray`` command line: ``run``, ``tune``, ``serve-learn``, ``stop``, ``submit``, ``serve``, ``report``.
 
 ``run`` executes a job recipe from ``jobs/`` (found in the current directory, or next to an
 editable install), so the CLI and ``ray job submit`` run the very same script. Every
@@ -26,11 +26,13 @@ __all__ = ["console", "main", "rerender_report", "submit"]
 EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
     "tune": "ddn-ray tune --config jobs/configs/sweep_elec2.yaml --set num_samples=4",
+    "serve-learn": "ddn-ray serve-learn --config jobs/configs/service.yaml --set serve.port=8001",
+    "stop": "ddn-ray stop --config jobs/configs/service.yaml",
     "submit": "ddn-ray submit --address http://127.0.0.1:8265 --config jobs/configs/elec2.yaml --set data.max_rows=4000",
     "serve": "ddn-ray serve --checkpoint runs/storage/elec2-20261122-081500/checkpoint_2026-11-22_08-17-42.123456",
     "report": "ddn-ray report runs/elec2-20261122-081500",
 }
-JOB_SCRIPTS = {"run": "continuous.py", "tune": "sweep.py"}
+JOB_SCRIPTS = {"run": "continuous.py", "tune": "sweep.py", "serve-learn": "service.py", "stop": "service.py"}
 SUBMIT_EXCLUDES = [".git", ".venv", "runs", "*.egg-info", "__pycache__", ".pytest_cache"]
 
 
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> Any:
     helps = {
         "run": "the main job: continuous train-and-serve with a report (jobs/continuous.py)",
         "tune": "a Ray Tune sweep of the adaptation hyperparameters (jobs/sweep.py)",
+        "serve-learn": "the long-running service: outside clients, labels by /feedback, until SIGTERM (jobs/service.py)",
+        "stop": "stop a running service (its config's apps): drain, write the log and a checkpoint (jobs/service.py)",
         "submit": "submit a job recipe to a running cluster through the Jobs API",
         "serve": "deploy the Serve app alone, serving a checkpoint (clusters/serve_config.yaml)",
         "report": "re-render a run's report table and plot from its run directory",
@@ -214,7 +218,8 @@ def main(argv: list[str] | None = None) -> Any:
         if args.help:
             subs[args.command].print_help()
             print()
-        return _run_script(JOB_SCRIPTS[args.command], [*rest, *(["--help"] if args.help else [])])
+        extra = ["--stop"] if args.command == "stop" else []
+        return _run_script(JOB_SCRIPTS[args.command], [*rest, *extra, *(["--help"] if args.help else [])])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "submit":

@@ -54,14 +54,16 @@ def test_launcher_schema_rejects_a_typo() -> None:
 def _cluster_spec(name: str) -> dict[str, Any]:
     doc = KUBERAY[name]
     return {"raycluster": lambda: doc["spec"], "rayjob": lambda: doc["spec"]["rayClusterSpec"],
-            "rayservice": lambda: doc["spec"]["rayClusterConfig"]}[name]()
+            "rayservice": lambda: doc["spec"]["rayClusterConfig"],
+            "rayservice_service": lambda: doc["spec"]["rayClusterConfig"]}[name]()
 
 
-@pytest.mark.parametrize("name", ["raycluster", "rayjob", "rayservice"])
+@pytest.mark.parametrize("name", ["raycluster", "rayjob", "rayservice", "rayservice_service"])
 def test_kuberay_manifests_pin_ray_and_keep_auth_on(name: str) -> None:
     doc = KUBERAY[name]
     assert doc["apiVersion"] == "ray.io/v1"
-    assert doc["kind"] == {"raycluster": "RayCluster", "rayjob": "RayJob", "rayservice": "RayService"}[name]
+    assert doc["kind"] == {"raycluster": "RayCluster", "rayjob": "RayJob", "rayservice": "RayService",
+                           "rayservice_service": "RayService"}[name]
     spec = _cluster_spec(name)
     assert spec["rayVersion"] == "2.60.0"
     assert spec["authOptions"] == {"mode": "token"}
@@ -108,3 +110,39 @@ def test_rayservice_serve_config_passes_serves_schema() -> None:
     raw = yaml.safe_load(KUBERAY["rayservice"]["spec"]["serveConfigV2"])
     _check_serve_config(raw)
     assert raw["applications"][0]["args"]["checkpoint"].startswith(("s3://", "gs://"))
+
+
+def _check_service_config(raw: dict[str, Any]) -> list[config.JobConfig]:
+    """Both applications of a service's Serve config: Serve's schema, our builders' args, the same config."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from ddn_ray import service
+
+    schema = ServeDeploySchema.model_validate(raw)
+    learner, ingress = schema.applications
+    assert (learner.import_path, ingress.import_path) == ("ddn_ray.service:learner_builder",
+                                                          "ddn_ray.service:ingress_builder")
+    assert learner.route_prefix is None and ingress.route_prefix == "/"
+    cfgs = []
+    for app in (learner, ingress):
+        args = service.ServiceArgs(**app.args)
+        assert (ROOT / args.config).is_file()
+        overrides = dict(args.overrides)
+        if "data" in overrides:  # object storage is not reachable here: check the rest against the shipped table
+            overrides.pop("data")
+        cfgs.append(service.service_config(ROOT / args.config, overrides))
+    assert learner.name == service.learner_app_name(cfgs[0]) and ingress.name == cfgs[1].serve.app_name
+    assert cfgs[0] == cfgs[1]  # the ingress follows the learner's controller
+    return cfgs
+
+
+def test_service_serve_config_passes_serves_schema() -> None:
+    raw = yaml.safe_load((CLUSTERS / "service_config.yaml").read_text())
+    (cfg, _) = _check_service_config(raw)
+    assert raw["http_options"]["host"] == "127.0.0.1" and cfg.train.checkpoint_every_windows == 1
+
+
+def test_service_rayservice_keeps_its_log_on_object_storage() -> None:
+    raw = yaml.safe_load(KUBERAY["rayservice_service"]["spec"]["serveConfigV2"])
+    (cfg, _) = _check_service_config(raw)
+    assert cfg.storage_path.startswith(("s3://", "gs://"))
