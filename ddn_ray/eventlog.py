@@ -132,6 +132,8 @@ class JoinResult:
 
 @dataclass
 class _Batch:
+    """Answered rows kept in memory while some of them wait for a label (within retention)."""
+
     table: pa.Table  # the prediction log's rows
     predicted_at_s: float
     pending: int  # rows not yet joined
@@ -145,7 +147,8 @@ class EventLog:
         task: ``classification`` (a row's error is 1.0 when its class id differs from the label's) or
             ``regression`` (the squared error, averaged over outputs).
         retention_s: a label for a prediction older than this is late (refused); predictions older than this
-            leave the in-memory index at the next flush.
+            leave the in-memory index at the next flush. An answered row stays in memory (its features and
+            answer) until its label joins or it expires: size the retention to the traffic.
         clock: Unix seconds.
         window_stats: rows kept for the recent online error and label-delay figures of :meth:`stats`.
     """
@@ -264,6 +267,8 @@ class EventLog:
         self._append_joined(joined)
         for key, hits in take.items():
             self._batches[key].pending -= len(hits)
+            if self._batches[key].pending <= 0:  # every row joined: the batch is only in the files now
+                del self._batches[key]
         for eid in joined["event_id"].to_pylist():
             self._index.pop(eid, None)
             self._joined_ids.add(eid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ddn_ray.eventlog import AnsweredRows, EventLog, new_event_ids
@@ -76,3 +77,30 @@ def test_take_hands_out_offsets_in_order_and_restart_resumes_at_the_checkpoint(t
 def test_generated_event_ids_are_unique() -> None:
     ids = new_event_ids(10_000)
     assert len(set(ids)) == 10_000 and all(len(i) == 32 for i in ids)
+
+
+def test_a_regressions_error_is_the_squared_error_of_the_served_outputs(tmp_path) -> None:
+    log = EventLog(uri=str(tmp_path), task="regression", clock=Clock())
+    log.add(AnsweredRows(event_ids=["a", "b"], features=pa.table({"x": [1.0, 2.0]}),
+                         predictions=np.array([[1.0, 0.0], [2.0, 2.0]], np.float32), probabilities=None,
+                         model_version=3, predicted_at_s=1_000.0, replica="r"))
+    r = log.join(["a", "b"], [[1.0, 2.0], [2.0, 2.0]], np.array([[1.0, 2.0], [2.0, 2.0]]))
+    assert r.joined == ["a", "b"]
+    joined = pq.read_table(tmp_path / "joined")
+    assert joined["served_error"].to_pylist() == [2.0, 0.0]  # mean over outputs of (0^2 + 2^2), then 0
+    assert log.stats()["online"] == {"metric": "mse", "all": 1.0, "recent": 1.0, "recent_rows": 2}
+
+
+def test_the_log_lives_on_any_pyarrow_filesystem_and_restores_from_it(s3) -> None:
+    clock = Clock()
+    uri = "s3://ddn-test/service-log"
+    log = EventLog(uri=uri, clock=clock)
+    log.add(answered(6, at=clock.t))
+    assert log.join(["e1", "e2"], [1, 0], np.array([1, 0])).joined == ["e1", "e2"]
+    log.flush()
+    assert sorted(i.base_name for i in s3.get_file_info(pafs.FileSelector("ddn-test/service-log", recursive=True))
+                  if i.type == pafs.FileType.File) == ["part-00000000.parquet", "part-000000000000-000000000001.parquet"]
+    again = EventLog(uri=uri, clock=clock)
+    again.restore()
+    assert again.next_offset == 2 and again.stats()["awaiting_label"] == 4
+    assert again.join(["e1", "e3"], [1, 1], np.array([1, 1])).joined == ["e3"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -229,25 +228,6 @@ def test_replay_table_featurizes_each_window_as_served_and_leaves_refused_rows_o
                                 classes=["no", "yes"])
     with pytest.raises(ValueError, match="landing dir"):
         tables.replay_table(landing, "classification", window_size=10)
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[pafs.S3FileSystem]:
-    """A real S3 endpoint on 127.0.0.1 (moto's server), reached through pyarrow's own S3 client. ``s3://`` URIs
-    find it as a user's would find theirs: by the standard AWS variables (``AWS_ENDPOINT_URL``, keys, region)."""
-    server = pytest.importorskip("moto.server", reason="the [test] extra has moto").ThreadedMotoServer(
-        ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_EC2_METADATA_DISABLED": "true"}.items():
-            mp.setenv(k, v)
-        fs = pafs.S3FileSystem(endpoint_override=f"http://{host}:{port}", allow_bucket_creation=True)
-        fs.create_dir("ddn-test")
-        yield fs
-    server.stop()
 
 
 def _put(fs: pafs.FileSystem, table: pa.Table, path: str, local: Path) -> None:
