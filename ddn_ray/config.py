@@ -313,6 +313,8 @@ class ServiceConfig(_Frozen):
                                         "request path")
     cpus: float = Field(0.1, gt=0, description="Ray CPUs of the learning service's replica (it waits, the Train "
                         "workers learn)")
+    learn: bool = Field(True, description="false: answer, log and join labels, but start no Train workers (the "
+                        "joined rows wait in the joined log; benchmarks/service_load.py's training-off baseline)")
 
 
 class ReportConfig(_Frozen):

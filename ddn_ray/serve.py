@@ -445,8 +445,8 @@ class Predictor:
             from ddn_ray.eventlog import new_event_ids
 
             fresh = iter(new_event_ids(len(x) if ids is None else sum(i is None for i in ids)))
-            event_ids = [next(fresh) for _ in range(len(x))] if ids is None else [i if i is not None else next(fresh)
-                                                                                 for i in ids]
+            event_ids = [next(fresh) for _ in range(len(x))] if ids is None else [
+                str(i) if i is not None else next(fresh) for i in ids]
         if self._model_cfg.task == "regression":
             if event_ids is not None:
                 self._log_answer(event_ids, rows, featurizer, out.numpy().astype(np.float32), None, version)

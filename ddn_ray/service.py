@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -164,7 +164,7 @@ class LearningService:
         ValueError: the config is not a service's (no ``data.source`` or no ``run_name``).
     """
 
-    async def __init__(self, job: dict[str, Any]) -> None:
+    async def __init__(self, job: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         import ray
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
@@ -203,7 +203,8 @@ class LearningService:
             ray.kill(ray.get_actor(cfg.controller.name, namespace=cfg.ray.namespace))
         except ValueError:
             pass
-        self.controller = ray.remote(ControllerActor).options(
+        actor: Any = ray.remote(ControllerActor)
+        self.controller: Any = actor.options(
             name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
         ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s), first_version=last + 1)
         spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"})
@@ -216,25 +217,28 @@ class LearningService:
             meta = {"window": -1, "trained_end_offset": 0, "num_classes": nc}
         await self.controller.publish.remote(weights, meta, self.featurizer.state_dict())
 
-        workers = cfg.train.num_workers
+        workers = cfg.train.num_workers if cfg.service.learn else 0
         self.queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
-        args = WorkerArgs(job=cfg, feature_names=names, num_classes=nc, queues=self.queues,
-                          controller=self.controller, inputs={"kind": "records"}, checkpoint_at_end=True)
-        trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config={"args": args},
-            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-            run_config=RunConfig(storage_path=_storage(cfg), name=cfg.run_name),
-        )
         self._fit_error: BaseException | None = None
-        self._fit_thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True)
-        self._fit_thread.start()
+        self._fit_thread = threading.Thread(target=lambda: None, daemon=True)
+        if cfg.service.learn:
+            args = WorkerArgs(job=cfg, feature_names=names, num_classes=nc, queues=self.queues,
+                              controller=self.controller, inputs={"kind": "records"}, checkpoint_at_end=True)
+            trainer = TorchTrainer(
+                train_loop_per_worker, train_loop_config={"args": args},
+                scaling_config=ScalingConfig(num_workers=workers,
+                                             resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                run_config=RunConfig(storage_path=_storage(cfg), name=cfg.run_name),
+            )
+            self._fit_thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True)
+            self._fit_thread.start()
         self.ready: dict[str, Any] | None = None
         self.next_window = 0
         self._stopping = False
         self._drained: dict[str, Any] | None = None
         self._error: str | None = None
         loop = asyncio.get_running_loop()
-        self._learner = loop.create_task(self._learn_forever())
+        self._learner = loop.create_task(self._learn_forever() if cfg.service.learn else asyncio.sleep(0))
         self._flusher = loop.create_task(self._flush_forever())
 
     def _fit(self, trainer: Any) -> None:
@@ -264,7 +268,9 @@ class LearningService:
     async def _learn_forever(self) -> None:
         try:
             while self.ready is None:
-                self.ready = await self.controller.wait_trainer_ready.remote(5.0)
+                if self._stopping:  # stopped before the trainer started: nothing was taken from the log
+                    return
+                self.ready = await self.controller.wait_trainer_ready.remote(1.0)
                 self._check_trainer()
             self.events.resume_at(self.ready["next_offset"])
             if self.ready.get("preprocessing"):
@@ -365,7 +371,7 @@ class LearningService:
         if self._stopping:
             return ServiceAnswer(503, {"detail": "the service is stopping; send the labels again after its restart"})
         targets, error = self._targets(labels, "body")
-        if error is not None:
+        if targets is None:
             return ServiceAnswer(422, {"detail": error})
         result = self.events.join(event_ids, labels, targets)
         body = _join_body(result, self.cfg.service.retention_s)
@@ -377,8 +383,8 @@ class LearningService:
         if self._stopping:
             return ServiceAnswer(503, {"detail": "the service is stopping; send the rows again after its restart"})
         targets, error = self._targets(labels, "records")
-        if error is not None:
-            return ServiceAnswer(422, {"detail": error.replace("].label", f"].{self.featurizer.label}")})
+        if targets is None:
+            return ServiceAnswer(422, {"detail": str(error).replace("].label", f"].{self.featurizer.label}")})
         result = self.events.add_labeled(features, labels, targets, event_ids)
         return ServiceAnswer(200, _join_body(result, self.cfg.service.retention_s))
 
@@ -393,21 +399,24 @@ class LearningService:
 
     async def drain(self) -> dict[str, Any]:
         """Stop: finish the window being learned, write the log, end the trainer with a checkpoint of every
-        window learned; return the final :meth:`stats`. Joined rows not yet learned stay in the joined log
-        for the next start. Idempotent."""
+        window learned; return the final :meth:`stats` (also written to ``final_stats.json`` beside the log).
+        Joined rows not yet learned stay in the joined log for the next start. Idempotent."""
         if self._drained is not None:
             return self._drained
         self._stopping = True
         await asyncio.wait([self._learner], timeout=120.0)
         self.events.flush()
-        for q in self.queues:
-            await q.put_async(None)
-        await asyncio.get_running_loop().run_in_executor(None, self._fit_thread.join, 300.0)
+        if self.ready is not None:  # the trainer learned this run's windows: it checkpoints them, then ends
+            for q in self.queues:
+                await q.put_async(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._fit_thread.join, 300.0)
+        # else it is still starting and has learned nothing here: Serve's teardown of this replica ends it
         self._flusher.cancel()
         self._drained = await self.stats()
         version = self._drained["model_version"]
         if version is not None:
             self._write_json("state.json", {"last_version": version})
+        self._write_json("final_stats.json", self._drained)
         return self._drained
 
     async def pid(self) -> int:
@@ -418,7 +427,7 @@ class LearningService:
 
     def check_health(self) -> None:
         """Unhealthy (Serve starts another learner, which resumes from the files) when learning stopped."""
-        if self._stopping:
+        if self._stopping or not self.cfg.service.learn:
             return
         if self._error is not None:
             raise RuntimeError(f"the learning loop stopped: {self._error}")
@@ -461,8 +470,8 @@ def service_config(path: str | None, overrides: dict[str, Any] | None = None) ->
 def build_apps(cfg: config.JobConfig) -> tuple[serve.Application, serve.Application]:
     """``(learner, ingress)``: run the learner's application first (its controller is what replicas follow)."""
     f = tables.featurizer_for(cfg.data, cfg.model.task)
-    learner = LearningService.options(ray_actor_options={"num_cpus": cfg.service.cpus}).bind(cfg.model_dump(mode="json"))
-    ingress = Predictor.options(
+    learner = cast(Any, LearningService).options(ray_actor_options={"num_cpus": cfg.service.cpus}).bind(cfg.model_dump(mode="json"))
+    ingress = cast(Any, Predictor).options(
         num_replicas=cfg.serve.num_replicas, ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
         max_ongoing_requests=32,
     ).bind(cfg.controller.name, cfg.ray.namespace, cfg.model.model_dump(), f.width, f.num_classes,

@@ -52,6 +52,12 @@ def stop(cfg: config.JobConfig) -> dict[str, Any]:
     return final
 
 
+def _final_stats(cfg: config.JobConfig) -> dict[str, Any]:
+    """The learner's last figures, as its drain wrote them (a local storage_path; else {})."""
+    path = Path(continuous.storage_path(cfg)) / cfg.run_name / "service" / "final_stats.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main(cfg: config.JobConfig, stop_event: threading.Event | None = None) -> dict[str, Any]:
     """Run the service until SIGTERM / SIGINT (or ``stop_event``, or its apps deleted by ``ddn-ray stop``)."""
     started = continuous.start_ray(cfg)
@@ -68,7 +74,7 @@ def main(cfg: config.JobConfig, stop_event: threading.Event | None = None) -> di
             if cfg.serve.app_name not in serve.status().applications:  # `ddn-ray stop` stopped it
                 break
     finally:
-        final = stop(cfg)
+        final = stop(cfg) or _final_stats(cfg)  # {} when `ddn-ray stop` stopped it: the learner wrote them
         out = Path(cfg.report.output_dir) / cfg.run_name
         out.mkdir(parents=True, exist_ok=True)
         (out / "service_stats.json").write_text(json.dumps(final, indent=2, default=str))
