@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["console", "main", "rerender_report", "submit"]
+__all__ = ["console", "main", "rerender_report", "service_report", "submit"]
 
 EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
@@ -139,6 +139,52 @@ def rerender_report(run_dir: str | Path, write: bool = True) -> dict[str, Any]:
     return report
 
 
+def service_report(run_dir: str | Path, write: bool = True, rows_per_point: int = 50) -> dict[str, Any]:
+    """A service's online figures from its logs (``<storage_path>/<run_name>``, :mod:`ddn_ray.eventlog`): the
+    served answers' accuracy (regression: MSE) in serving order as their labels joined, drawn by the main job's
+    plot into ``<run_dir>/service/online.png``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``service/joined`` log.
+    """
+    import json
+
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ddn_ray import evaluate
+
+    run = Path(run_dir)
+    joined_dir, logged_dir = run / "service" / "joined", run / "service" / "predictions"
+    if not joined_dir.is_dir():
+        raise FileNotFoundError(f"{joined_dir} not found: pass <storage_path>/<run_name> of a service")
+    joined = pq.read_table(joined_dir, columns=["predicted_at_s", "joined_at_s", "served_error", "model_version"])
+    served = joined.filter(pc.is_valid(joined["served_error"])).sort_by("predicted_at_s")
+    errors = served["served_error"].to_numpy()
+    regression = "target" in pq.read_schema(next(joined_dir.glob("part-*.parquet"))).names
+    n = len(errors) // rows_per_point
+    points = errors[: n * rows_per_point].reshape(n, rows_per_point).mean(axis=1) if n else np.zeros(0)
+    curve = points if regression else 1.0 - points
+    delay = served["joined_at_s"].to_numpy() - served["predicted_at_s"].to_numpy()
+    answered = pq.read_table(logged_dir, columns=["event_id"]).num_rows if logged_dir.is_dir() else 0
+    metric = "MSE" if regression else "accuracy"
+    figures = {"rows_answered": answered, "labels_joined": joined.num_rows, "labels_of_served_rows": len(errors),
+               f"online_{metric.lower()}": (float(errors.mean()) if regression else 1.0 - float(errors.mean()))
+               if len(errors) else None,
+               "label_delay_s": {"p50": float(np.quantile(delay, 0.5)), "p99": float(np.quantile(delay, 0.99))}
+               if len(delay) else None,
+               "versions": [int(pc.min(served["model_version"]).as_py()), int(pc.max(served["model_version"]).as_py())]
+               if len(errors) else None}
+    if write and n:
+        figures["plot"] = str(evaluate.plot_accuracy(
+            {"served (online)": (np.arange(n), curve)}, run / "service" / "online.png",
+            f"{run.name}: served {metric} as labels joined",
+            ylabel=f"{metric} per {rows_per_point} labelled answers" if regression else "accuracy per window"))
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
 def _serve(args: argparse.Namespace) -> None:
     import yaml
 
@@ -210,7 +256,8 @@ def main(argv: list[str] | None = None) -> Any:
                                                    "default: serve run on a local cluster, in the foreground")
     v.add_argument("--port", type=int, default=8000, help="Serve HTTP port (127.0.0.1)")
     r = subs["report"]
-    r.add_argument("run_dir", help="runs/<run name>, holding report.json and predictions.npz")
+    r.add_argument("run_dir", help="runs/<run name>, holding report.json and predictions.npz; or a service's "
+                                   "<storage_path>/<run_name> (its online figures and plot from the logs)")
     r.add_argument("--no-write", action="store_true", help="print the table only; keep report.json and the plot")
 
     args, rest = parser.parse_known_args(argv)
@@ -232,6 +279,8 @@ def main(argv: list[str] | None = None) -> Any:
         return job_id
     if args.command == "serve":
         return _serve(args)
+    if (Path(args.run_dir) / "service" / "joined").is_dir():
+        return service_report(args.run_dir, write=not args.no_write)
     return rerender_report(args.run_dir, write=not args.no_write)
 
 
