@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +87,71 @@ def test_metrics_reach_the_heads_prometheus_endpoint(job: dict[str, Any]) -> Non
     assert job["metrics"] == {"ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy",
                               "ray_ddn_ray_model_version", "ray_ddn_ray_freshness_seconds_count",
                               "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total"}
+
+
+def test_serve_learn_runs_until_sigterm_or_ddn_ray_stop_and_resumes(head: Head, tmp_path: Path) -> None:
+    """`ddn-ray serve-learn` joined to this head: a client's rows and labels, SIGTERM (drain, checkpoint, exit 0),
+    a second start that resumes the log and the versions, then `ddn-ray stop` from another process (exit 0 both).
+    Before `serve deploy` below, whose config replaces every app."""
+    bin_dir = Path(sys.executable).parent
+    sets = [f"storage_path={tmp_path / 'storage'}", f"report.output_dir={tmp_path / 'runs'}", "run_name=cli-svc",
+            f"serve.port={PORTS['serve']}", "serve.route_prefix=/svc", "serve.num_replicas=1",
+            "service.window_timeout_s=2", "drift.detector=none"]
+    argv = ["--config", "jobs/configs/service.yaml", *[a for s in sets for a in ("--set", s)]]
+    env = {**head.env, "RAY_ADDRESS": f"127.0.0.1:{PORTS['gcs']}", "DDN_RAY_DATA_DIR": str(SHARED)}
+    url = f"http://127.0.0.1:{PORTS['serve']}/svc"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([str(bin_dir / "ddn-ray"), "serve-learn", *argv], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stats_when(proc: subprocess.Popen, ok, timeout_s: float = 240) -> dict[str, Any]:
+        deadline, last = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                last = requests.get(url + "/stats", timeout=10).json()
+                if ok(last):
+                    return last
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(1.0)
+        raise AssertionError(f"timed out; last /stats: {last}")
+
+    first = start()
+    try:
+        stats_when(first, lambda s: s["trainer_ready"])
+        client = subprocess.run([sys.executable, "examples/service_client.py", "--url", url, "--table",
+                                 str(SHARED / "elec2" / "electricity.csv"), "--label", "class", "--rows", "200",
+                                 "--rate", "20", "--max-delay-s", "0.5"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300, check=False)
+        assert client.returncode == 0, client.stderr[-3000:]
+        assert json.loads(client.stdout.strip().splitlines()[-1])["rows_answered"] == 200
+        before = stats_when(first, lambda s: s["windows_learned"] >= 2)
+        first.send_signal(signal.SIGTERM)
+        out = first.communicate(timeout=180)[0]
+        assert first.returncode == 0, out[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    final = json.loads((tmp_path / "runs" / "cli-svc" / "service_stats.json").read_text())
+    assert final["joined"] >= before["joined"] and final["windows_learned"] >= 2 and final["pending_learn"] < 50
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "storage" / "cli-svc").glob("checkpoint_*/meta.json")]
+    assert max(m["next_offset"] for m in metas) == final["joined_offset"] - final["pending_learn"]  # all learned, kept
+
+    second = start()
+    try:
+        again = stats_when(second, lambda s: True)
+        assert again["joined_offset"] == final["joined_offset"] and again["predicted"] == final["predicted"]
+        assert again["model_version"] > final["model_version"]
+        stop = subprocess.run([str(bin_dir / "ddn-ray"), "stop", *argv], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600, check=False)
+        assert stop.returncode == 0 and "stopped 'cli-svc'" in stop.stdout, stop.stdout[-2000:] + stop.stderr[-2000:]
+        out = second.communicate(timeout=120)[0]
+        assert second.returncode == 0, out[-3000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
 
 
 def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, job: dict[str, Any],

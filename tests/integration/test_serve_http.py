@@ -12,7 +12,7 @@ from ray import serve
 from ddn_ray import models
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
-from tests.integration.session_ports import METRICS_PORT, SERVE_PORT
+from tests.integration.session_ports import SERVE_PORT, scrape
 
 APP, PREFIX = "http_test", "/http"
 
@@ -96,18 +96,6 @@ def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
     assert _versions(url, 30) == {latest}
 
 
-def _scrape(names: list[str], timeout_s: float = 30.0) -> dict[str, list[str]]:
-    """Lines of the node's Prometheus endpoint for each metric name, once all appear (or the timeout)."""
-    deadline, found = time.monotonic() + timeout_s, {}
-    while time.monotonic() < deadline:
-        text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
-        found = {n: [ln for ln in text.splitlines() if ln.startswith(n + "{") or ln.startswith(n + " ")] for n in names}
-        if all(found.values()):
-            break
-        time.sleep(1.0)
-    return found
-
-
 def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
     ray_get = ray_cluster.get
     cfg, controller, url = app
@@ -121,7 +109,7 @@ def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
              "ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy", "ray_ddn_ray_rows_trained_total",
              "ray_ddn_ray_drift_signals_total", "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total",
              "ray_ddn_ray_request_errors_total", "ray_ddn_ray_rows_predicted_total"]
-    found = _scrape(names)
+    found = scrape(names)
     assert all(found.values()), [n for n, lines in found.items() if not lines]
     value = lambda line: float(line.rsplit(" ", 1)[1])
     assert max(value(ln) for ln in found["ray_ddn_ray_model_version"]) >= v

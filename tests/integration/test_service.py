@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from tests.integration.session_ports import SERVE_PORT
+from tests.integration.session_ports import SERVE_PORT, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS, FLIP_AT, BATCH = 2000, 1000, 20
@@ -35,13 +35,14 @@ URL = f"http://127.0.0.1:{SERVE_PORT}"
 
 
 def drifting_table(path: Path, seed: int = 0) -> Path:
-    """Two numbers and a category; the class is which side of a line a row lies on, and swaps at FLIP_AT."""
+    """Two numbers, a category and an id; the class is which side of a line a row lies on, and swaps at FLIP_AT."""
     rng = np.random.default_rng(seed)
     x1, x2 = rng.uniform(-1, 1, ROWS), rng.uniform(-1, 1, ROWS)
     region = rng.choice(["north", "south"], ROWS)
     side = (x1 + 0.5 * x2 > 0)
     side[FLIP_AT:] = ~side[FLIP_AT:]
-    pq.write_table(pa.table({"x1": x1, "x2": x2, "region": region, "y": np.where(side, "yes", "no")}), path)
+    pq.write_table(pa.table({"txn": [f"t{i:05d}" for i in range(ROWS)], "x1": x1, "x2": x2, "region": region,
+                             "y": np.where(side, "yes", "no")}), path)
     return path
 
 
@@ -84,7 +85,7 @@ def service_run(ray_cluster, recipe, tmp_path_factory) -> dict[str, Any]:
     table = drifting_table(tmp / "drift.parquet")
     cfg = service.service_config(ROOT / "jobs" / "configs" / "service.yaml", {
         "run_name": "svc-test", "storage_path": str(tmp / "storage"),
-        "data": {"source": {"kind": "table", "uri": str(table)}, "features": ["x1", "x2", "region"], "label": "y",
+        "data": {"source": {"kind": "table", "uri": str(table)}, "features": ["x1", "x2", "region"], "label": "y", "id": "txn",
                  "classes": ["no", "yes"], "scaling": "standard", "missing": "impute"},
         "stream": {"window_size": 50}, "service": {"window_timeout_s": 3.0, "log_flush_interval_s": 0.5},
         "drift": {"detector": "none"}, "policy": {"name": "none"},
@@ -114,6 +115,8 @@ def service_run(ray_cluster, recipe, tmp_path_factory) -> dict[str, Any]:
         # every joined row learned: nothing waits, the offsets all covered
         out["learned"] = wait_for("every joined row learned", lambda s: s["trainer_ready"] and s["pending_learn"] == 0
                                   and s["joined"] == s["joined_offset"], 300)
+        out["metrics"] = scrape(["ray_ddn_ray_service_labels_total", "ray_ddn_ray_service_windows_learned_total",
+                                 "ray_ddn_ray_service_online_accuracy", "ray_ddn_ray_service_label_delay_s"])
         out["final"] = recipe.stop(cfg)
         # a second start with the same run_name: the log, offsets and versions continue
         recipe.deploy(cfg)
@@ -154,7 +157,7 @@ def bad_requests() -> dict[str, Any]:
                             timeout=30)
     out["learn"] = (learned.status_code, learned.json())
     out["healthy_after"] = requests.get(URL + "/stats", timeout=30).status_code
-    out["probe_ids"] = {"logged": [eid], "joined": [eid, "direct-1"]}
+    out["probe_ids"] = {"logged": [eid], "joined": [eid, "direct-1"]}  # eid: generated (the probe sent no txn)
     return out
 
 
@@ -171,11 +174,13 @@ def test_bad_input_is_a_4xx_naming_the_field_and_the_service_stays_healthy(servi
                                          "late": []})
     assert bad["learn"][0] == 200 and bad["learn"][1]["joined"] == 1
     assert bad["healthy_after"] == 200
+    assert len(bad["probe_ids"]["logged"][0]) == 32  # a request without the id column: generated event ids
 
 
 def test_a_client_process_drives_learning_through_a_drift_and_the_model_recovers(service_run) -> None:
     answers, client = service_run["answers"], service_run["client"]
     assert client["rows_answered"] == ROWS
+    assert [a["event_id"] for a in answers] == [f"t{i:05d}" for i in range(ROWS)]  # the client's id column
     versions = [a["model_version"] for a in answers]
     assert versions[-1] > service_run["killed_at"]["model_version"] > versions[0]
     correct = np.array([json.loads(a["predicted"]) == json.loads(a["label"]) for a in answers])
@@ -223,3 +228,20 @@ def test_a_restart_resumes_the_log_offsets_and_versions(service_run) -> None:
     assert again["trained_again_rows"] == 0  # the stop checkpointed every window learned
     status, body = service_run["late_feedback"]
     assert status == 200 and body["joined"] == 5 and body["first_offset"] == first["joined_offset"]
+
+
+def test_online_figures_reach_prometheus_and_the_plot_from_the_logs(service_run) -> None:
+    from ddn_ray import cli
+
+    found = service_run["metrics"]
+    assert all(found.values()), {k: v for k, v in found.items() if not v}
+    assert any('result="joined"' in ln for ln in found["ray_ddn_ray_service_labels_total"])
+    assert {q for q in ("p50", "p90", "p99") if any(f'quantile="{q}"' in ln
+                                                    for ln in found["ray_ddn_ray_service_label_delay_s"])} == {
+        "p50", "p90", "p99"}
+    run_dir = Path(service_run["cfg"].storage_path) / "svc-test"
+    figures = cli.service_report(run_dir)
+    answers = service_run["answers"]
+    assert figures["rows_answered"] == len(answers) + 1  # and the bad-input probe's row
+    assert figures["labels_joined"] == pq.read_table(run_dir / "service" / "joined").num_rows
+    assert Path(figures["plot"]).is_file() and figures["versions"][1] > figures["versions"][0]
