@@ -89,10 +89,11 @@ def test_metrics_reach_the_heads_prometheus_endpoint(job: dict[str, Any]) -> Non
                               "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total"}
 
 
-def test_serve_learn_runs_until_sigterm_or_ddn_ray_stop_and_resumes(head: Head, tmp_path: Path) -> None:
-    """`ddn-ray serve-learn` joined to this head: a client's rows and labels, SIGTERM (drain, checkpoint, exit 0),
-    a second start that resumes the log and the versions, then `ddn-ray stop` from another process (exit 0 both).
-    Before `serve deploy` below, whose config replaces every app."""
+def test_serve_learn_runs_until_sigterm_then_serve_deploy_resumes_and_ddn_ray_stop_ends_it(head: Head, tmp_path: Path) -> None:
+    """`ddn-ray serve-learn` joined to this head: a client's rows and labels, SIGTERM (drain, checkpoint, exit 0);
+    then `serve deploy` of clusters/service_config.yaml resumes the same run with no driver, and `ddn-ray stop`
+    from another process ends it (exit 0). Before the checkpoint's `serve deploy` below, whose config replaces
+    every app."""
     bin_dir = Path(sys.executable).parent
     sets = [f"storage_path={tmp_path / 'storage'}", f"report.output_dir={tmp_path / 'runs'}", "run_name=cli-svc",
             f"serve.port={PORTS['serve']}", "serve.route_prefix=/svc", "serve.num_replicas=1",
@@ -139,19 +140,32 @@ def test_serve_learn_runs_until_sigterm_or_ddn_ray_stop_and_resumes(head: Head, 
     metas = [json.loads(p.read_text()) for p in (tmp_path / "storage" / "cli-svc").glob("checkpoint_*/meta.json")]
     assert max(m["next_offset"] for m in metas) == final["joined_offset"] - final["pending_learn"]  # all learned, kept
 
-    second = start()
-    try:
-        again = stats_when(second, lambda s: True)
-        assert again["joined_offset"] == final["joined_offset"] and again["predicted"] == final["predicted"]
-        assert again["model_version"] > final["model_version"]
-        stop = subprocess.run([str(bin_dir / "ddn-ray"), "stop", *argv], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600, check=False)
-        assert stop.returncode == 0 and "stopped 'cli-svc'" in stop.stdout, stop.stdout[-2000:] + stop.stderr[-2000:]
-        out = second.communicate(timeout=120)[0]
-        assert second.returncode == 0, out[-3000:]
-    finally:
-        if second.poll() is None:
-            second.kill()
+    # With no driver: `serve deploy` of the shipped service config (this test's settings as its overrides) resumes
+    # the same run (its log and versions); `ddn-ray stop` from another process stops it.
+    from ddn_ray import config
+
+    raw = yaml.safe_load((ROOT / "clusters" / "service_config.yaml").read_text())
+    raw["http_options"]["port"] = PORTS["serve"]
+    for app in raw["applications"]:
+        app["args"]["overrides"] = config.parse_overrides(sets)
+    raw["applications"][1]["route_prefix"] = "/svc"
+    path = tmp_path / "service_config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([str(bin_dir / "serve"), "deploy", str(path), "--address", head.address], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    deadline, third = time.monotonic() + 240, None
+    while time.monotonic() < deadline and third is None:
+        try:
+            third = requests.get(url + "/stats", timeout=10).json()
+        except (requests.RequestException, ValueError):
+            time.sleep(2.0)
+    assert third is not None and third["joined_offset"] == final["joined_offset"], third
+    assert third["predicted"] == final["predicted"] and third["model_version"] > final["model_version"]
+    stop = subprocess.run([str(bin_dir / "ddn-ray"), "stop", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert stop.returncode == 0 and "stopped 'cli-svc'" in stop.stdout, stop.stdout[-2000:] + stop.stderr[-2000:]
+    assert json.loads(stop.stdout.strip().splitlines()[-1].split(": ", 1)[1])["joined_offset"] == final["joined_offset"]
 
 
 def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, job: dict[str, Any],

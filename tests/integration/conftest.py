@@ -51,14 +51,25 @@ def ray_cluster() -> Any:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def continuous() -> ModuleType:
-    """The main job's recipe, imported from jobs/continuous.py."""
-    spec = importlib.util.spec_from_file_location("continuous", ROOT / "jobs" / "continuous.py")
+def load_recipe(script: str) -> ModuleType:
+    """A recipe of jobs/ (``continuous.py``, ``service.py``) imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{Path(script).stem}", ROOT / "jobs" / script)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def continuous() -> ModuleType:
+    """The main job's recipe, imported from jobs/continuous.py."""
+    return load_recipe("continuous.py")
+
+
+@pytest.fixture(scope="session")
+def service_recipe() -> ModuleType:
+    """The service's recipe (deploy, stop), imported from jobs/service.py."""
+    return load_recipe("service.py")
 
 
 @pytest.fixture(scope="session")
