@@ -355,6 +355,12 @@ class JobConfig(_Frozen):
     report: ReportConfig = ReportConfig()
     ray: RayConfig = RayConfig()
 
+    @property
+    def storage_uri(self) -> str:
+        """``storage_path`` as Ray Train takes it: a URI as it is, a local path made absolute."""
+        s = self.storage_path
+        return s if "://" in s else str(Path(s).expanduser().resolve())
+
     @model_validator(mode="after")
     def _task_fits(self) -> JobConfig:
         if self.data.source is not None:

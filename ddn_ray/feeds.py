@@ -28,7 +28,7 @@ import numpy as np
 from ddn_ray import config, sources, stream, tables
 from ddn_ray.features import Featurizer
 
-__all__ = ["Feed", "Reveal", "TableFeed"]
+__all__ = ["Feed", "Reveal", "TableFeed", "source_stem"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ class Feed(Protocol):
     def summary(self) -> dict[str, Any]: ...
 
 
+def source_stem(source: config.TableSourceConfig | config.LandingDirConfig) -> str:
+    """A short name for a user's table or landing dir (its file or directory stem), for run names."""
+    where = source.uri if source.kind == "table" else source.path
+    return Path(where.rstrip("/").split("://")[-1]).stem.replace("*", "") or "table"
+
+
 class TableFeed:
     """A user's table or landing directory (``data.source``) as a feed of named records.
 
@@ -105,9 +111,7 @@ class TableFeed:
         return self._stream.quarantine if self._stream is not None else stream.Quarantine()
 
     def run_stem(self) -> str:
-        src = self.job.data.source
-        where = src.uri if src.kind == "table" else src.path
-        return Path(where.rstrip("/").split("://")[-1]).stem.replace("*", "") or "table"
+        return source_stem(self.job.data.source)
 
     def initial_preprocessing(self) -> dict[str, Any] | None:
         return self.featurizer.state_dict()

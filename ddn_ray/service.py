@@ -38,7 +38,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, cast
 
 import numpy as np
@@ -49,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, models, stream, tables
+from ddn_ray import config, feeds, models, stream, tables
 from ddn_ray.eventlog import EventLog, JoinResult
 from ddn_ray.records import RecordError
 from ddn_ray.serve import Predictor, Replica, current_replica
@@ -145,11 +144,6 @@ async def stats(replica: Replica = Depends(current_replica)) -> dict[str, Any]: 
     return await replica.service.stats.remote()
 
 
-def _storage(cfg: config.JobConfig) -> str:
-    s = cfg.storage_path
-    return s if "://" in s else str(Path(s).expanduser().resolve())
-
-
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, health_check_period_s=5.0,
                   graceful_shutdown_timeout_s=120.0)
 class LearningService:
@@ -178,7 +172,7 @@ class LearningService:
         if cfg.data.source is None or not cfg.run_name:
             raise ValueError("the service needs data.source (the records' columns) and a run_name")
         self.featurizer = tables.featurizer_for(cfg.data, cfg.model.task)
-        self.run_dir = f"{_storage(cfg)}/{cfg.run_name}"
+        self.run_dir = f"{cfg.storage_uri}/{cfg.run_name}"
         self.events = EventLog(uri=f"{self.run_dir}/service", task=cfg.model.task, retention_s=cfg.service.retention_s)
         self.events.restore()
         self._local = "://" not in self.run_dir
@@ -228,7 +222,7 @@ class LearningService:
                 train_loop_per_worker, train_loop_config={"args": args},
                 scaling_config=ScalingConfig(num_workers=workers,
                                              resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-                run_config=RunConfig(storage_path=_storage(cfg), name=cfg.run_name),
+                run_config=RunConfig(storage_path=cfg.storage_uri, name=cfg.run_name),
             )
             self._fit_thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True)
             self._fit_thread.start()
@@ -461,9 +455,7 @@ def service_config(path: str | None, overrides: dict[str, Any] | None = None) ->
         raise ConfigError("the service serves a user's records: set data.source (a table with the columns; its "
                           "first file gives their types), data.features and data.label")
     if not cfg.run_name:
-        src = cfg.data.source
-        stem = Path((src.uri if src.kind == "table" else src.path).rstrip("/").split("://")[-1]).stem.replace("*", "")
-        cfg = cfg.model_copy(update={"run_name": f"{stem or 'table'}-service"})
+        cfg = cfg.model_copy(update={"run_name": f"{feeds.source_stem(cfg.data.source)}-service"})
     return cfg
 
 

@@ -55,11 +55,6 @@ def start_ray(cfg: config.JobConfig) -> bool:
     return True
 
 
-def storage_path(cfg: config.JobConfig) -> str:
-    s = cfg.storage_path
-    return s if "://" in s else str(Path(s).expanduser().resolve())
-
-
 def main(cfg: config.JobConfig) -> dict[str, Any]:
     """Run the job end to end and return its report (also written as JSON + PNG)."""
     t0 = time.monotonic()
@@ -95,7 +90,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         train_loop_per_worker,
         train_loop_config={"args": args},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(storage_path=storage_path(cfg), name=run_name),
+        run_config=RunConfig(storage_path=cfg.storage_uri, name=run_name),
     )
     fit: dict[str, Any] = {}
     fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)

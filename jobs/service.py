@@ -54,7 +54,7 @@ def stop(cfg: config.JobConfig) -> dict[str, Any]:
 
 def _final_stats(cfg: config.JobConfig) -> dict[str, Any]:
     """The learner's last figures, as its drain wrote them (a local storage_path; else {})."""
-    path = Path(continuous.storage_path(cfg)) / cfg.run_name / "service" / "final_stats.json"
+    path = Path(cfg.storage_uri) / cfg.run_name / "service" / "final_stats.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
