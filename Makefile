@@ -8,14 +8,14 @@ export DDN_RAY_DATA_DIR ?= $(if $(wildcard $(SHARED)),$(SHARED),)
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 CONFIG  ?= jobs/configs/elec2.yaml
 
-.PHONY: setup run test unit integration bench-freshness fashion-mnist bbc-news gym-dynamics nab
+.PHONY: setup run test unit integration lint docs docs-build results bench-freshness fashion-mnist bbc-news gym-dynamics nab
 
 FASHION := /usr/share/datasets/fashion-mnist
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,text,control]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,text,control,lint,docs]'
 	touch $@
 
 # Fashion-MNIST from Debian's package (benchmarks/fashion_mnist_tasks.py); a warning, not a failure, without apt.
@@ -43,6 +43,11 @@ nab: setup  ## use case: streaming anomaly detection on NAB series (one forecast
 
 test: setup  ## unit tier, then integration tier on one local Ray cluster
 	$(BIN)/python -m pytest -q --durations=25
+
+lint: setup  ## ruff (lint, format check) on the repository, mypy on ddn_ray/ (strict on the engine: pyproject)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit ddn_ray

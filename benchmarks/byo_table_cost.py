@@ -45,8 +45,10 @@ from ddn_ray.features import Featurizer
 from ddn_ray.serve import PredictRequest
 from ddn_ray.usecases import datasets
 
-CONFIGS = {"built-in (data.name: elec2)": ROOT / "jobs" / "configs" / "elec2_builtin.yaml",
-           "generic (data.source: table)": ROOT / "jobs" / "configs" / "elec2.yaml"}
+CONFIGS = {
+    "built-in (data.name: elec2)": ROOT / "jobs" / "configs" / "elec2_builtin.yaml",
+    "generic (data.source: table)": ROOT / "jobs" / "configs" / "elec2.yaml",
+}
 
 
 def _best(fn: Any, repeats: int) -> tuple[float, int]:
@@ -80,14 +82,18 @@ def stream_side(cfg: config.JobConfig, repeats: int) -> dict[str, tuple[float, i
                 s.reveal(win)
                 n += 1
             return n
+
         return run
 
     # Elec2's config needs no fitted preprocessing (its columns come scaled, a gap is quarantined); the
     # same table with running scaling and imputation shows what stateful preprocessing costs a window.
     stateful = cfg.data.model_copy(update={"scaling": "standard", "missing": "impute"})
-    return {"built-in": _best(built_in, repeats), "generic": _best(generic(cfg.data, "split"), repeats),
-            "generic, records": _best(generic(cfg.data, "records"), repeats),
-            "generic, scaling + imputation": _best(generic(stateful, "split"), repeats)}
+    return {
+        "built-in": _best(built_in, repeats),
+        "generic": _best(generic(cfg.data, "split"), repeats),
+        "generic, records": _best(generic(cfg.data, "records"), repeats),
+        "generic, scaling + imputation": _best(generic(stateful, "split"), repeats),
+    }
 
 
 def replica_side(cfg: config.JobConfig, repeats: int) -> dict[str, tuple[float, int]]:
@@ -122,10 +128,15 @@ def replica_side(cfg: config.JobConfig, repeats: int) -> dict[str, tuple[float, 
             state.transform(rows)
         return len(bodies_s)
 
-    sizes = {k: float(np.mean([len(b) for b in bodies])) for k, bodies in
-             (("built-in", bodies_i), ("generic", bodies_s), ("generic, records", bodies_r))}
-    return {"built-in": _best(instances, repeats), "generic": _best(split, repeats),
-            "generic, records": _best(records, repeats)}, sizes
+    sizes = {
+        k: float(np.mean([len(b) for b in bodies]))
+        for k, bodies in (("built-in", bodies_i), ("generic", bodies_s), ("generic, records", bodies_r))
+    }
+    return {
+        "built-in": _best(instances, repeats),
+        "generic": _best(split, repeats),
+        "generic, records": _best(records, repeats),
+    }, sizes
 
 
 def jobs(max_rows: int | None, port: int, rounds: int) -> dict[str, dict[str, Any]]:
@@ -136,20 +147,32 @@ def jobs(max_rows: int | None, port: int, rounds: int) -> dict[str, dict[str, An
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            for name, path in (list(CONFIGS.items()) if r % 2 == 0 else list(CONFIGS.items())[::-1]):
-                over: dict[str, Any] = {"storage_path": f"{tmp}/storage", "serve": {"port": port},
-                                        "report": {"output_dir": f"{tmp}/runs", "plot": False},
-                                        "run_name": f"{Path(path).stem}-{r}"}
+            for name, path in list(CONFIGS.items()) if r % 2 == 0 else list(CONFIGS.items())[::-1]:
+                over: dict[str, Any] = {
+                    "storage_path": f"{tmp}/storage",
+                    "serve": {"port": port},
+                    "report": {"output_dir": f"{tmp}/runs", "plot": False},
+                    "run_name": f"{Path(path).stem}-{r}",
+                }
                 if max_rows:
                     over["data"] = {"max_rows": max_rows}
                 rep = module.main(config.load(path, over))
-                runs[name].append({"wall_s": rep["run"]["wall_s"], "windows": rep["run"]["windows"],
-                                   "versions": rep["run"]["versions_published"], "rows": rep["run"]["rows_served"],
-                                   "accuracy": rep["scores"]["dynamic (served)"]["accuracy"],
-                                   "static": rep["scores"]["static (frozen after training)"]["accuracy"],
-                                   "http_p50_s": rep["http"]["latency_s"]["p50"], "failed": rep["http"]["failed"]})
-    return {name: {k: float(np.median([x[k] for x in xs])) for k in xs[0]} | {"walls": [x["wall_s"] for x in xs]}
-            for name, xs in runs.items()}
+                runs[name].append(
+                    {
+                        "wall_s": rep["run"]["wall_s"],
+                        "windows": rep["run"]["windows"],
+                        "versions": rep["run"]["versions_published"],
+                        "rows": rep["run"]["rows_served"],
+                        "accuracy": rep["scores"]["dynamic (served)"]["accuracy"],
+                        "static": rep["scores"]["static (frozen after training)"]["accuracy"],
+                        "http_p50_s": rep["http"]["latency_s"]["p50"],
+                        "failed": rep["http"]["failed"],
+                    }
+                )
+    return {
+        name: {k: float(np.median([x[k] for x in xs])) for k in xs[0]} | {"walls": [x["wall_s"] for x in xs]}
+        for name, xs in runs.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,41 +187,58 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[datasets.DATA_DIR_ENV] = str(ROOT.parent / "shared" / "datasets")
     over = {"data": {"max_rows": args.max_rows}} if args.max_rows else {}
     cfg = config.load(CONFIGS["generic (data.source: table)"], over)
-    print(f"Elec2 from {os.environ[datasets.DATA_DIR_ENV]}, windows of {cfg.stream.window_size} rows, "
-          f"best of {args.repeats}")
-    print("generic: named columns in pandas' split orientation ({\"columns\": [...], \"data\": [[...], ...]}), "
-          "what the replay client sends; the other rows vary one thing")
+    print(
+        f"Elec2 from {os.environ[datasets.DATA_DIR_ENV]}, windows of {cfg.stream.window_size} rows, "
+        f"best of {args.repeats}"
+    )
+    print(
+        'generic: named columns in pandas\' split orientation ({"columns": [...], "data": [[...], ...]}), '
+        "what the replay client sends; the other rows vary one thing"
+    )
     print("| part | built-in | generic | ratio |\n|---|---|---|---|")
     stream_m = stream_side(cfg, args.repeats)
     replica_m, sizes = replica_side(cfg, args.repeats)
-    for part, m, unit in (("1. stream side, per window", stream_m, "window"),
-                          ("2. replica side, per request of 50 rows", replica_m, "request")):
+    for part, m, unit in (
+        ("1. stream side, per window", stream_m, "window"),
+        ("2. replica side, per request of 50 rows", replica_m, "request"),
+    ):
         b, nb = m["built-in"]
         for name, (g, ng) in m.items():
             if name == "built-in":
                 continue
             assert nb == ng, (nb, ng)
             label = part if name == "generic" else f"{part}: {name}"
-            print(f"| {label} ({nb} {unit}s) | {1e6 * b / nb:.0f} µs | {1e6 * g / ng:.0f} µs | {g / b:.2f} |",
-                  flush=True)
-    print(f"| request body of 50 rows | {sizes['built-in']:.0f} B | {sizes['generic']:.0f} B | "
-          f"{sizes['generic'] / sizes['built-in']:.2f} |")
-    print(f"| request body of 50 rows: records | {sizes['built-in']:.0f} B | {sizes['generic, records']:.0f} B | "
-          f"{sizes['generic, records'] / sizes['built-in']:.2f} |")
+            print(
+                f"| {label} ({nb} {unit}s) | {1e6 * b / nb:.0f} µs | {1e6 * g / ng:.0f} µs | {g / b:.2f} |", flush=True
+            )
+    print(
+        f"| request body of 50 rows | {sizes['built-in']:.0f} B | {sizes['generic']:.0f} B | "
+        f"{sizes['generic'] / sizes['built-in']:.2f} |"
+    )
+    print(
+        f"| request body of 50 rows: records | {sizes['built-in']:.0f} B | {sizes['generic, records']:.0f} B | "
+        f"{sizes['generic, records'] / sizes['built-in']:.2f} |"
+    )
     if args.no_jobs:
         return
     res = jobs(args.max_rows, args.port, args.rounds)
     (_, b), (_, g) = res.items()
-    print(f"\n| main job (median of {args.rounds}) | wall s (each run) | ms / window | windows | versions "
-          "| served accuracy | static | HTTP p50 | failed |")
+    print(
+        f"\n| main job (median of {args.rounds}) | wall s (each run) | ms / window | windows | versions "
+        "| served accuracy | static | HTTP p50 | failed |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in res.items():
         each = ", ".join(f"{w:.0f}" for w in r["walls"])
-        print(f"| {name} | {r['wall_s']:.1f} ({each}) | {1e3 * r['wall_s'] / r['windows']:.1f} | {r['windows']:.0f} "
-              f"| {r['versions']:.0f} | {r['accuracy']:.2%} | {r['static']:.2%} | {1e3 * r['http_p50_s']:.1f} ms "
-              f"| {r['failed']:.0f} |")
-    print(f"| ratio generic / built-in | {g['wall_s'] / b['wall_s']:.2f} | {g['wall_s'] / b['wall_s']:.2f} | | | "
-          f"{100 * (g['accuracy'] - b['accuracy']):+.2f} points | | {g['http_p50_s'] / b['http_p50_s']:.2f} | |")
+        print(
+            f"| {name} | {r['wall_s']:.1f} ({each}) | {1e3 * r['wall_s'] / r['windows']:.1f} | {r['windows']:.0f} "
+            f"| {r['versions']:.0f} | {r['accuracy']:.2%} | {r['static']:.2%} | {1e3 * r['http_p50_s']:.1f} ms "
+            f"| {r['failed']:.0f} |"
+        )
+    print(
+        f"| ratio generic / built-in | {g['wall_s'] / b['wall_s']:.2f} | {g['wall_s'] / b['wall_s']:.2f} | | | "
+        f"{100 * (g['accuracy'] - b['accuracy']):+.2f} points | | {g['http_p50_s'] / b['http_p50_s']:.2f} | |"
+    )
 
 
 if __name__ == "__main__":

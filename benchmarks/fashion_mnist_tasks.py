@@ -92,13 +92,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     train, test = datasets.load_fashion_mnist(split="train"), datasets.load_fashion_mnist(split="test")
-    cfg0 = config.load(overrides={
-        "model": {"hidden_sizes": args.hidden}, "train": {"lr": args.lr, "batch_size": 64, "seed": args.seed},
-        "strategy": {"memory_size": args.memory, "replay_ratio": 1.0, "class_balanced": True,
-                     "ewc_lambda": args.ewc_lambda, "ewc_decay": 1.0, "ewc_max_anchors": 5, "temperature": 2.0},
-    })
-    print(f"Fashion-MNIST, 5 tasks, {args.train_per_task} training rows per task, {args.epochs} epochs, "
-          f"MLP {args.hidden}, adam lr {args.lr}, batch 64; EWC lambda {args.ewc_lambda:g}; replay memory {args.memory}")
+    cfg0 = config.load(
+        overrides={
+            "model": {"hidden_sizes": args.hidden},
+            "train": {"lr": args.lr, "batch_size": 64, "seed": args.seed},
+            "strategy": {
+                "memory_size": args.memory,
+                "replay_ratio": 1.0,
+                "class_balanced": True,
+                "ewc_lambda": args.ewc_lambda,
+                "ewc_decay": 1.0,
+                "ewc_max_anchors": 5,
+                "temperature": 2.0,
+            },
+        }
+    )
+    print(
+        f"Fashion-MNIST, 5 tasks, {args.train_per_task} training rows per task, {args.epochs} epochs, "
+        f"MLP {args.hidden}, adam lr {args.lr}, batch 64; EWC lambda {args.ewc_lambda:g}; replay memory {args.memory}"
+    )
     for kind in args.kinds:
         tasks = make_tasks(kind, train, test, args.train_per_task, args.seed)
         rows = []
@@ -108,8 +120,16 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = cfg0.model_copy(update={"strategy": cfg0.strategy.model_copy(update={"name": "finetune"})})
                 model = models.build(cfg.model, 784, 10, seed=args.seed)
                 x, y = torch.cat([t[0] for t in tasks]), torch.cat([t[1] for t in tasks])
-                fit(model, make_optimizer(cfg.train, model.parameters()), x, y, cfg.train.batch_size, args.epochs,
-                    torch.Generator().manual_seed(args.seed), strategy.Finetune())
+                fit(
+                    model,
+                    make_optimizer(cfg.train, model.parameters()),
+                    x,
+                    y,
+                    cfg.train.batch_size,
+                    args.epochs,
+                    torch.Generator().manual_seed(args.seed),
+                    strategy.Finetune(),
+                )
                 acc = float(np.mean([accuracy(model, t[2], t[3]) for t in tasks]))
                 rows.append((name, {"ACC": acc, "BWT": float("nan"), "FWT": float("nan")}, time.perf_counter() - t0))
             else:

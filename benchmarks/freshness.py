@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
 import torch
+from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddn_ray import evaluate, models  # noqa: E402
-from ddn_ray.config import ModelConfig  # noqa: E402
+from ddn_ray import evaluate, models
+from ddn_ray.config import ModelConfig
 
 PORT = 18200
 NAMESPACE = "ddn_ray_bench"
@@ -42,7 +42,7 @@ NAMESPACE = "ddn_ray_bench"
 
 def hidden_for(size_mb: float) -> tuple[int, int]:
     """Two equal hidden layers giving about ``size_mb`` MB of float32 weights."""
-    h = int(((size_mb * 2**20 / 4) ** 0.5))
+    h = int((size_mb * 2**20 / 4) ** 0.5)
     return (h, h)
 
 
@@ -133,7 +133,7 @@ class Load:
                     self.errors.append(f"{url}: {exc}"[:200])
             self._stop.wait(self.period)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -146,17 +146,35 @@ def deploy(client, model: dict[str, Any], controller: str, user_config: dict[str
     from ray.serve.schema import ServeDeploySchema
 
     app = "benchmarks.freshness"
-    client.deploy_apps(ServeDeploySchema.model_validate({
-        "http_options": {"host": "127.0.0.1", "port": PORT},
-        "applications": [
-            {"name": "ours", "route_prefix": "/ours", "import_path": f"{app}:ours",
-             "args": {"controller": controller, "model": model}},
-            {"name": "reconf", "route_prefix": "/reconf", "import_path": f"{app}:reconfigure_baseline",
-             "args": {"model": model},
-             "deployments": [{"name": "ReconfigurePredictor", "num_replicas": 2, "user_config": user_config,
-                              "ray_actor_options": {"num_cpus": 0.25}}]},
-        ],
-    }))
+    client.deploy_apps(
+        ServeDeploySchema.model_validate(
+            {
+                "http_options": {"host": "127.0.0.1", "port": PORT},
+                "applications": [
+                    {
+                        "name": "ours",
+                        "route_prefix": "/ours",
+                        "import_path": f"{app}:ours",
+                        "args": {"controller": controller, "model": model},
+                    },
+                    {
+                        "name": "reconf",
+                        "route_prefix": "/reconf",
+                        "import_path": f"{app}:reconfigure_baseline",
+                        "args": {"model": model},
+                        "deployments": [
+                            {
+                                "name": "ReconfigurePredictor",
+                                "num_replicas": 2,
+                                "user_config": user_config,
+                                "ray_actor_options": {"num_cpus": 0.25},
+                            }
+                        ],
+                    },
+                ],
+            }
+        )
+    )
 
 
 def wait_running(apps: list[str], timeout_s: float = 180.0) -> None:
@@ -179,7 +197,9 @@ def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: P
     model = ModelConfig(hidden_sizes=hidden_for(size_mb)).model_dump()
     cfg = ModelConfig(**model)
     name = f"bench_controller_{int(size_mb)}"
-    controller = ray.remote(ControllerActor).options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=100).remote()
+    controller = (
+        ray.remote(ControllerActor).options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=100).remote()
+    )
     timer = ray.get_actor("bench_timer", namespace=NAMESPACE)
     weights = [models.state_to_numpy(models.build(cfg, 6, 2, seed=s)) for s in range(2)]
     nbytes = sum(v.nbytes for v in weights[0].values())
@@ -213,14 +233,31 @@ def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: P
                 time.sleep(0.005)
             fresh_reconf.append(lat)
             time.sleep(gap_s)
-    paths = (("long-poll controller (ours)", fresh_ours), ("  of which controller -> replicas", controller_side),
-             ("config deploy -> reconfigure", fresh_reconf))
+    paths = (
+        ("long-poll controller (ours)", fresh_ours),
+        ("  of which controller -> replicas", controller_side),
+        ("config deploy -> reconfigure", fresh_reconf),
+    )
     for path, fresh in paths:
         pc = evaluate.percentiles(fresh, (50, 99))
-        results.append({"path": path, "size_mb": nbytes / 2**20, "updates": len(fresh),
-                        "missed": sum(f is None for f in fresh), **pc})
-    results.append({"load": True, "ok": load.ok, "failed": load.failed, "errors": load.errors[:5],
-                    "http": evaluate.percentiles(load.latencies, (50, 99))})
+        results.append(
+            {
+                "path": path,
+                "size_mb": nbytes / 2**20,
+                "updates": len(fresh),
+                "missed": sum(f is None for f in fresh),
+                **pc,
+            }
+        )
+    results.append(
+        {
+            "load": True,
+            "ok": load.ok,
+            "failed": load.failed,
+            "errors": load.errors[:5],
+            "http": evaluate.percentiles(load.latencies, (50, 99)),
+        }
+    )
     serve.delete("ours")
     serve.delete("reconf")
     ray.kill(controller)
@@ -238,8 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        namespace=NAMESPACE,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        log_to_driver=False,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     timer = ray.remote(Timer).options(name="bench_timer", namespace=NAMESPACE, num_cpus=0).remote()  # noqa: F841 (held)
     rows, loads = [], []
@@ -251,19 +294,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
     ray.shutdown()
 
-    ms = lambda v: "n/a" if v is None else f"{v * 1000:8.1f}"  # noqa: E731
-    print(f"\nfreshness: publisher's call -> both replicas serving ({args.updates} updates per row, "
-          f"{args.rps:g} req/s per app of light load)")
+    ms = lambda v: "n/a" if v is None else f"{v * 1000:8.1f}"
+    print(
+        f"\nfreshness: publisher's call -> both replicas serving ({args.updates} updates per row, "
+        f"{args.rps:g} req/s per app of light load)"
+    )
     print(f"| {'sync path':30s} | {'model':>7s} | {'p50 ms':>8s} | {'p99 ms':>8s} | {'max ms':>8s} | missed |")
     print(f"|{'-' * 32}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 10}|--------|")
     for r in rows:
-        print(f"| {r['path']:30s} | {r['size_mb']:5.1f}MB | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['max'])} | {r['missed']:6d} |")
+        print(
+            f"| {r['path']:30s} | {r['size_mb']:5.1f}MB | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['max'])} | {r['missed']:6d} |"
+        )
     for size, ours_r, base_r in zip(args.sizes_mb, rows[0::3], rows[2::3]):
         if ours_r["p50"] and base_r["p50"]:
             print(f"  {size:g} MB: long-poll p50 is {base_r['p50'] / ours_r['p50']:.1f}x faster than reconfigure")
     failed = sum(r["failed"] for r in loads)
-    print(f"requests during updates: {sum(r['ok'] for r in loads)} ok, {failed} failed; "
-          f"HTTP p50 {ms(loads[0]['http']['p50']).strip()} ms")
+    print(
+        f"requests during updates: {sum(r['ok'] for r in loads)} ok, {failed} failed; "
+        f"HTTP p50 {ms(loads[0]['http']['p50']).strip()} ms"
+    )
     for r in loads:
         for e in r["errors"]:
             print("  error:", e)

@@ -49,8 +49,15 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
             opt.step()
 
 
-def prequential(r: control.Rollouts, freeze_after: int | None, seed: int, mu: np.ndarray, sd: np.ndarray,
-                xmu: np.ndarray, xsd: np.ndarray) -> np.ndarray:
+def prequential(
+    r: control.Rollouts,
+    freeze_after: int | None,
+    seed: int,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    xmu: np.ndarray,
+    xsd: np.ndarray,
+) -> np.ndarray:
     """Per-step squared error (mean over state dims, standardised) of the model before it learns each window."""
     x = torch.from_numpy((r.inputs - xmu) / xsd)
     y = torch.from_numpy((r.targets - mu) / sd)
@@ -80,8 +87,15 @@ def dynamics_table(steps: int, seed: int) -> list[dict]:
         bounds = [p[1] for p in phases] + [steps]
         for (name, start), end in zip(phases, bounds[1:]):
             lo = max(start, STATIC_STEPS)
-            rows.append({"env": env_id, "phase": name, "steps": f"{lo:,}-{end:,}",
-                         "dynamic_mse": float(dyn[lo:end].mean()), "static_mse": float(sta[lo:end].mean())})
+            rows.append(
+                {
+                    "env": env_id,
+                    "phase": name,
+                    "steps": f"{lo:,}-{end:,}",
+                    "dynamic_mse": float(dyn[lo:end].mean()),
+                    "static_mse": float(sta[lo:end].mean()),
+                }
+            )
     return rows
 
 
@@ -104,11 +118,18 @@ def fault_runs(steps: int, seeds: int) -> list[dict]:
             alarms = ddn_drift.residual_alarms(errs["fault"], slice(fit_end, watch), threshold)
             after = [t for t in alarms if t >= onset]
             first = after[0] if after else None
-            out.append({"seed": seed, "threshold": threshold, "delay_steps": None if first is None else first - onset,
-                        "force_at_alarm": None if first is None else float(runs["fault"].physics[first, 4]),
-                        "false_alarms_before_onset": sum(t < onset for t in alarms),
-                        "alarms_without_fault": len(ddn_drift.residual_alarms(errs["healthy"], slice(fit_end, watch),
-                                                                              threshold))})
+            out.append(
+                {
+                    "seed": seed,
+                    "threshold": threshold,
+                    "delay_steps": None if first is None else first - onset,
+                    "force_at_alarm": None if first is None else float(runs["fault"].physics[first, 4]),
+                    "false_alarms_before_onset": sum(t < onset for t in alarms),
+                    "alarms_without_fault": len(
+                        ddn_drift.residual_alarms(errs["healthy"], slice(fit_end, watch), threshold)
+                    ),
+                }
+            )
     return out
 
 
@@ -122,23 +143,36 @@ def main() -> None:
     t0 = time.monotonic()
     table = dynamics_table(args.steps, 0)
     faults = fault_runs(args.steps, args.seeds)
-    lines = [f"one-step prediction error (standardised MSE, windows of {WINDOW}, static frozen after {STATIC_STEPS:,} steps)",
-             f"{'env':<13} {'phase':<44} {'steps':>14} {'dynamic':>8} {'static':>8} {'static/dyn':>10}"]
+    lines = [
+        f"one-step prediction error (standardised MSE, windows of {WINDOW}, static frozen after {STATIC_STEPS:,} steps)",
+        f"{'env':<13} {'phase':<44} {'steps':>14} {'dynamic':>8} {'static':>8} {'static/dyn':>10}",
+    ]
     for row in table:
-        lines.append(f"{row['env']:<13} {row['phase']:<44} {row['steps']:>14} {row['dynamic_mse']:>8.4f} "
-                     f"{row['static_mse']:>8.4f} {row['static_mse'] / row['dynamic_mse']:>9.1f}x")
+        lines.append(
+            f"{row['env']:<13} {row['phase']:<44} {row['steps']:>14} {row['dynamic_mse']:>8.4f} "
+            f"{row['static_mse']:>8.4f} {row['static_mse'] / row['dynamic_mse']:>9.1f}x"
+        )
     watched = args.steps - args.steps // 6
-    lines += ["", (f"worn actuator (CartPole force_mag 10 -> 5 N over steps {args.steps // 3:,}-{2 * args.steps // 3:,}): "
-                   f"Page-Hinkley on the healthy model's residuals, {args.seeds} seeds, {watched:,} steps watched per run"),
-              (f"{'threshold':>9} {'detected':>9} {'delay p50 (steps)':>18} {'force at alarm p50':>19} "
-               f"{'false alarms before onset':>26} {'alarms without fault':>21}")]
+    lines += [
+        "",
+        (
+            f"worn actuator (CartPole force_mag 10 -> 5 N over steps {args.steps // 3:,}-{2 * args.steps // 3:,}): "
+            f"Page-Hinkley on the healthy model's residuals, {args.seeds} seeds, {watched:,} steps watched per run"
+        ),
+        (
+            f"{'threshold':>9} {'detected':>9} {'delay p50 (steps)':>18} {'force at alarm p50':>19} "
+            f"{'false alarms before onset':>26} {'alarms without fault':>21}"
+        ),
+    ]
     for th in THRESHOLDS:
         rs = [f for f in faults if f["threshold"] == th]
         hit = [f for f in rs if f["delay_steps"] is not None]
         delay = f"{np.median([f['delay_steps'] for f in hit]):.0f}" if hit else "n/a"
         force = f"{np.median([f['force_at_alarm'] for f in hit]):.2f} N" if hit else "n/a"
-        lines.append(f"{th:>9.0f} {len(hit):>5}/{len(rs):<3} {delay:>18} {force:>19} "
-                     f"{sum(f['false_alarms_before_onset'] for f in rs):>26} {sum(f['alarms_without_fault'] for f in rs):>21}")
+        lines.append(
+            f"{th:>9.0f} {len(hit):>5}/{len(rs):<3} {delay:>18} {force:>19} "
+            f"{sum(f['false_alarms_before_onset'] for f in rs):>26} {sum(f['alarms_without_fault'] for f in rs):>21}"
+        )
     lines.append(f"\nwall time {time.monotonic() - t0:.0f} s")
     text = "\n".join(lines)
     print(text)

@@ -43,19 +43,25 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "without error records": {"error_tolerance": -1.0},
     "one time scale (30 / 500 points)": {"scales": ((30, 500),)},
     "without one alarm per event": {"quiet_fraction": 0.0},
-    "the previous detector (20 / 500 and 100 / 2000 points, value records only)":
-        {"scales": ((20, 500), (100, 2000)), "level_tolerance": -1.0, "error_tolerance": -1.0},
+    "the previous detector (20 / 500 and 100 / 2000 points, value records only)": {
+        "scales": ((20, 500), (100, 2000)),
+        "level_tolerance": -1.0,
+        "error_tolerance": -1.0,
+    },
 }
 
 
-def series_errors(name: str, seed: int = 0, static: bool = False, data_dir: str | None = None,
-                  **options: Any) -> tuple[np.ndarray, int]:
+def series_errors(
+    name: str, seed: int = 0, static: bool = False, data_dir: str | None = None, **options: Any
+) -> tuple[np.ndarray, int]:
     """Absolute errors ``(n,)`` of the job's served forecasts on one series, and the first forecast point.
 
     ``static``: learn only the first ``report.static_windows`` windows. ``options``: ``data.options`` overrides.
     """
-    cfg = config.load(ROOT / "jobs" / "configs" / "nab.yaml",
-                      {"data": {"path": data_dir, "options": {"series": name, **options}}, "train": {"seed": seed}})
+    cfg = config.load(
+        ROOT / "jobs" / "configs" / "nab.yaml",
+        {"data": {"path": data_dir, "options": {"series": name, **options}}, "train": {"seed": seed}},
+    )
     scn = scenarios.load(cfg.data)
     t, lags = scn.table, int(scn.inputs["lags"])
     run = train.replay_in_process(cfg, t, cfg.report.static_windows if static else None)
@@ -70,14 +76,19 @@ def _job(args: tuple[str, int, bool, str | None, dict[str, Any]]) -> np.ndarray:
     return series_errors(name, seed, static, data_dir, **options)[0]
 
 
-def detector_scores(errors: dict[str, np.ndarray], corpus: dict[str, nab.Series],
-                    detector: anomaly.Detector, lags: int = 16) -> dict[str, np.ndarray]:
+def detector_scores(
+    errors: dict[str, np.ndarray], corpus: dict[str, nab.Series], detector: anomaly.Detector, lags: int = 16
+) -> dict[str, np.ndarray]:
     """Scores of every series (learning time: the detector's default, half NAB's probation)."""
     return {name: detector.scores(errors[name], s.values, lags) for name, s in corpus.items()}
 
 
-def rate(scores: dict[str, np.ndarray], corpus: dict[str, nab.Series], profiles: dict[str, nab.Profile],
-         per_file: bool = False) -> dict[str, float]:
+def rate(
+    scores: dict[str, np.ndarray],
+    corpus: dict[str, nab.Series],
+    profiles: dict[str, nab.Profile],
+    per_file: bool = False,
+) -> dict[str, float]:
     fn = nab.score_per_file if per_file else nab.score_corpus
     return {p: float(fn(scores, corpus, prof)["score"]) for p, prof in profiles.items()}
 
@@ -98,41 +109,55 @@ def main() -> None:
     jobs = [(n, seed, static, args.data, data) for seed, static, data in runs.values() for n in names]
     with Pool(args.workers) as pool:
         flat = pool.map(_job, jobs, chunksize=1)
-    errors = {key: dict(zip(names, flat[i * len(names):(i + 1) * len(names)])) for i, key in enumerate(runs)}
+    errors = {key: dict(zip(names, flat[i * len(names) : (i + 1) * len(names)])) for i, key in enumerate(runs)}
     detector = anomaly.Detector()
     rows: dict[str, dict[str, float]] = {}
     for kind in ("dynamic", "static"):
-        per_seed = [rate(detector_scores(errors[f"{kind}/{s}"], corpus, detector), corpus, profiles) for s in args.seeds]
+        per_seed = [
+            rate(detector_scores(errors[f"{kind}/{s}"], corpus, detector), corpus, profiles) for s in args.seeds
+        ]
         rows[kind] = {p: float(np.mean([r[p] for r in per_seed])) for p in profiles}
         rows[kind + " min"] = {p: float(min(r[p] for r in per_seed)) for p in profiles}
         rows[kind + " max"] = {p: float(max(r[p] for r in per_seed)) for p in profiles}
     first = f"dynamic/{args.seeds[0]}"
     first_scores = detector_scores(errors[first], corpus, detector)
     rows["per-file thresholds"] = rate(first_scores, corpus, profiles, True)
-    ablation = {"the job's detector": rate(first_scores, corpus, profiles),
-                "without seasonal inputs": rate(detector_scores(errors["no_seasonal/0"], corpus, detector), corpus,
-                                                profiles)}
+    ablation = {
+        "the job's detector": rate(first_scores, corpus, profiles),
+        "without seasonal inputs": rate(detector_scores(errors["no_seasonal/0"], corpus, detector), corpus, profiles),
+    }
     for label, change in ABLATIONS.items():
-        ablation[label] = rate(detector_scores(errors[first], corpus, dataclasses.replace(detector, **change)),
-                               corpus, profiles)
+        ablation[label] = rate(
+            detector_scores(errors[first], corpus, dataclasses.replace(detector, **change)), corpus, profiles
+        )
 
     def cells(r: dict[str, float], lo: dict[str, float] | None = None, hi: dict[str, float] | None = None) -> str:
         return " | ".join(f"{r[p]:.1f}" + (f" ({lo[p]:.1f}-{hi[p]:.1f})" if lo and hi else "") for p in profiles)
 
     k = len(args.seeds)
-    title = (f"NAB ({len(corpus)} series), the job's learner and detector in process; scores normalised: null 0, "
-             f"perfect 100; mean of {k} seeds (min-max)")
-    lines = [title,
-             "| detector | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles),
-             f"| ours, dynamic (learns throughout) | {cells(rows['dynamic'], rows['dynamic min'], rows['dynamic max'])} |",
-             f"| ours, static (frozen after probation) | {cells(rows['static'], rows['static min'], rows['static max'])} |"]
+    title = (
+        f"NAB ({len(corpus)} series), the job's learner and detector in process; scores normalised: null 0, "
+        f"perfect 100; mean of {k} seeds (min-max)"
+    )
+    lines = [
+        title,
+        "| detector | " + " | ".join(profiles) + " |",
+        "|---|" + "---|" * len(profiles),
+        f"| ours, dynamic (learns throughout) | {cells(rows['dynamic'], rows['dynamic min'], rows['dynamic max'])} |",
+        f"| ours, static (frozen after probation) | {cells(rows['static'], rows['static min'], rows['static max'])} |",
+    ]
     if args.series is None:
         published = json.loads((nab.data_dir(args.data) / "results" / "final_results.json").read_text())
         lines += [f"| {d} (published) | {cells(published[d])} |" for d in PUBLISHED]
-    lines += ["", f"Oracle, not comparable with the scoreboard: the best threshold of each file (seed {args.seeds[0]})",
-              f"| ours, dynamic, per-file thresholds | {cells(rows['per-file thresholds'])} |",
-              "", f"What each step adds (dynamic, seed {args.seeds[0]}, one corpus-wide threshold)",
-              "| detector | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    lines += [
+        "",
+        f"Oracle, not comparable with the scoreboard: the best threshold of each file (seed {args.seeds[0]})",
+        f"| ours, dynamic, per-file thresholds | {cells(rows['per-file thresholds'])} |",
+        "",
+        f"What each step adds (dynamic, seed {args.seeds[0]}, one corpus-wide threshold)",
+        "| detector | " + " | ".join(profiles) + " |",
+        "|---|" + "---|" * len(profiles),
+    ]
     lines += [f"| {label} | {cells(r)} |" for label, r in ablation.items()]
     lines.append(f"\nwall time {time.monotonic() - t0:.0f} s")
     text = "\n".join(lines)
@@ -140,8 +165,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".txt").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"scores": rows, "ablation": ablation, "seeds": args.seeds,
-                                                    "detector": dataclasses.asdict(detector)}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"scores": rows, "ablation": ablation, "seeds": args.seeds, "detector": dataclasses.asdict(detector)},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

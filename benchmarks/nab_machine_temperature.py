@@ -47,10 +47,19 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="NAB folder (default: $DDN_RAY_DATA_DIR/nab)")
     parser.add_argument("--alarm-level", type=float, default=anomaly.Detector().alarm_level)
     parser.add_argument("--lookback-h", type=float, default=48.0)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                        help="learner seeds; the table and plot are the first one's, the leads are printed for each")
-    parser.add_argument("--short-mean", type=int, default=anomaly.Detector().scales[0][0],
-                        help="points in the detector's short error mean (default: the job's detector)")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="learner seeds; the table and plot are the first one's, the leads are printed for each",
+    )
+    parser.add_argument(
+        "--short-mean",
+        type=int,
+        default=anomaly.Detector().scales[0][0],
+        help="points in the detector's short error mean (default: the job's detector)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "nab_machine_temperature"))
     parser.add_argument("--plot", default=str(Path(__file__).parents[1] / "docs" / "nab_machine_temperature.png"))
     args = parser.parse_args()
@@ -74,13 +83,23 @@ def main() -> None:
             hits = [t for t in alarms if start <= t <= b]
             first = hits[0] if hits else None
             used.update(hits)
-            rows.append({"failure": k + 1, "at": str(s.timestamps[f])[:16], "window_opens": str(s.timestamps[a])[:16],
-                         "first_alarm": None if first is None else str(s.timestamps[first])[:16],
-                         "lead_h": None if first is None else (f - first) * step_h})
+            rows.append(
+                {
+                    "failure": k + 1,
+                    "at": str(s.timestamps[f])[:16],
+                    "window_opens": str(s.timestamps[a])[:16],
+                    "first_alarm": None if first is None else str(s.timestamps[first])[:16],
+                    "lead_h": None if first is None else (f - first) * step_h,
+                }
+            )
         false = [int(t) for t in alarms if t not in used]
         file_scores = {p: nab.score_corpus({NAME: sc}, {NAME: s}, prof)["score"] for p, prof in profiles.items()}
-        return {"failures": rows, "false_alarms": len(false), "nab_scores_this_file": file_scores,
-                "alarms": [int(t) for t in alarms]}
+        return {
+            "failures": rows,
+            "false_alarms": len(false),
+            "nab_scores_this_file": file_scores,
+            "alarms": [int(t) for t in alarms],
+        }
 
     scores, by_seed = {}, {}
     for label in ("dynamic", "static"):
@@ -89,25 +108,42 @@ def main() -> None:
             sc = detector.scores(errors, s.values, lags)
             by_seed[(label, seed)] = walk(sc)
             scores.setdefault(label, sc)
-    out: dict = {"series": NAME, "points": len(s.values), "probation": probation, "alarm_level": args.alarm_level,
-                 "detector": dataclasses.asdict(detector), "seeds": args.seeds}
-    lines = [(f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
-              f"alarms: score >= {args.alarm_level}; short error mean {args.short_mean} points; table: seed "
-              f"{args.seeds[0]}")]
+    out: dict = {
+        "series": NAME,
+        "points": len(s.values),
+        "probation": probation,
+        "alarm_level": args.alarm_level,
+        "detector": dataclasses.asdict(detector),
+        "seeds": args.seeds,
+    }
+    lines = [
+        (
+            f"{NAME}: {len(s.values):,} points every {step_h * 60:.0f} min, {len(failures)} labelled failures; "
+            f"alarms: score >= {args.alarm_level}; short error mean {args.short_mean} points; table: seed "
+            f"{args.seeds[0]}"
+        )
+    ]
     for label in scores:
         first = by_seed[(label, args.seeds[0])]
         out[label] = {**first, "by_seed": {str(seed): by_seed[(label, seed)] for seed in args.seeds[1:]}}
         rows, file_scores = first["failures"], first["nab_scores_this_file"]
-        lines += ["", f"{label} forecaster: {first['false_alarms']} alarms away from the failures; NAB scores of "
-                  f"this file (threshold swept on it alone): " + ", ".join(f"{p} {v:.1f}" for p, v in file_scores.items()),
-                  (f"{'failure':>7}  {'labelled at':<16}  {'window opens':<16}  {'first alarm':<16}  {'lead':>8}  "
-                   f"lead, seeds {' / '.join(map(str, args.seeds))}")]
+        lines += [
+            "",
+            f"{label} forecaster: {first['false_alarms']} alarms away from the failures; NAB scores of "
+            f"this file (threshold swept on it alone): " + ", ".join(f"{p} {v:.1f}" for p, v in file_scores.items()),
+            (
+                f"{'failure':>7}  {'labelled at':<16}  {'window opens':<16}  {'first alarm':<16}  {'lead':>8}  "
+                f"lead, seeds {' / '.join(map(str, args.seeds))}"
+            ),
+        ]
         for k, r in enumerate(rows):
             lead = "missed" if r["lead_h"] is None else f"{r['lead_h']:.1f} h"
             leads = [by_seed[(label, seed)]["failures"][k]["lead_h"] for seed in args.seeds]
             each = " / ".join("-" if v is None else f"{v:.1f}" for v in leads)
-            lines.append(f"{r['failure']:>7}  {r['at']:<16}  {r['window_opens']:<16}  {r['first_alarm'] or '-':<16}  "
-                         f"{lead:>8}  {each}")
+            lines.append(
+                f"{r['failure']:>7}  {r['at']:<16}  {r['window_opens']:<16}  {r['first_alarm'] or '-':<16}  "
+                f"{lead:>8}  {each}"
+            )
     lines.append(f"\nwall time {time.monotonic() - t0:.0f} s")
     text = "\n".join(lines)
     print(text)
@@ -127,8 +163,9 @@ def main() -> None:
         ax.plot(ts, sc, lw=0.5, color=colour)
         al = out[label]["alarms"]
         ax.plot(ts[al], sc[al], "v", color="red", ms=6)
-        axes[0].plot(ts[al], s.values[al], "v", color="red" if label == "dynamic" else "tab:grey", ms=6,
-                     label=f"{label} alarms")
+        axes[0].plot(
+            ts[al], s.values[al], "v", color="red" if label == "dynamic" else "tab:grey", ms=6, label=f"{label} alarms"
+        )
         ax.set_ylabel(f"{label}\nscore")
         ax.axvline(ts[probation], color="k", ls=":", lw=0.8)
     axes[0].set_ylabel("temperature")

@@ -40,8 +40,15 @@ PORT = 18210
 NAMESPACE = "ddn_ray_bench"
 
 
-def load(url: str, rows: list[dict[str, Any]], labels: list[int], clients: int, per_request: int, seconds: float,
-         warmup_s: float) -> dict[str, Any]:
+def load(
+    url: str,
+    rows: list[dict[str, Any]],
+    labels: list[int],
+    clients: int,
+    per_request: int,
+    seconds: float,
+    warmup_s: float,
+) -> dict[str, Any]:
     """``clients`` threads of predict-then-feedback for ``seconds``; figures after ``warmup_s``."""
     t0 = time.monotonic()
     stop_at, count_from = t0 + seconds, t0 + warmup_s
@@ -91,10 +98,17 @@ def load(url: str, rows: list[dict[str, Any]], labels: list[int], clients: int, 
         th.join()
     span = seconds - warmup_s
     q = lambda a, p: 1000 * float(np.quantile(a, p)) if a else float("nan")
-    return {"predict_p50_ms": q(lat["predict"], 0.5), "predict_p99_ms": q(lat["predict"], 0.99),
-            "feedback_p50_ms": q(lat["feedback"], 0.5), "feedback_p99_ms": q(lat["feedback"], 0.99),
-            "predict_req_s": len(lat["predict"]) / span, "predict_rows_s": counts["predict_rows"] / span,
-            "feedback_rows_s": counts["feedback_rows"] / span, "joined": counts["joined"], "failed": counts["failed"]}
+    return {
+        "predict_p50_ms": q(lat["predict"], 0.5),
+        "predict_p99_ms": q(lat["predict"], 0.99),
+        "feedback_p50_ms": q(lat["feedback"], 0.5),
+        "feedback_p99_ms": q(lat["feedback"], 0.99),
+        "predict_req_s": len(lat["predict"]) / span,
+        "predict_rows_s": counts["predict_rows"] / span,
+        "feedback_rows_s": counts["feedback_rows"] / span,
+        "joined": counts["joined"],
+        "failed": counts["failed"],
+    }
 
 
 def _fmt(v: Any) -> str:
@@ -127,16 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     features = ["period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
     rows = table.select(features).to_pylist()
     labels = table["class"].to_pylist()
-    ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ray.init(
+        num_cpus=4, include_dashboard=False, namespace=NAMESPACE, _node_ip_address="127.0.0.1", log_to_driver=False
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, every in (("on", 1), ("on10", 10), ("off", 1)):
-            cfg = service.service_config(ROOT / "jobs" / "configs" / "service.yaml", {
-                "run_name": f"load-{mode}", "storage_path": f"{tmp}/storage", "serve": {"port": PORT},
-                "service": {"learn": mode != "off", "window_timeout_s": 5.0},
-                "train": {"checkpoint_every_windows": every}, "report": {"output_dir": f"{tmp}/runs"}})
+            cfg = service.service_config(
+                ROOT / "jobs" / "configs" / "service.yaml",
+                {
+                    "run_name": f"load-{mode}",
+                    "storage_path": f"{tmp}/storage",
+                    "serve": {"port": PORT},
+                    "service": {"learn": mode != "off", "window_timeout_s": 5.0},
+                    "train": {"checkpoint_every_windows": every},
+                    "report": {"output_dir": f"{tmp}/runs"},
+                },
+            )
             recipe.deploy(cfg)
             url = f"http://127.0.0.1:{PORT}"
             deadline = time.monotonic() + 300
@@ -146,28 +168,44 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
             figures = load(url, rows, labels, args.clients, args.rows, args.seconds, args.warmup_s)
             final = recipe.stop(cfg)
-            figures.update(windows_learned=final.get("windows_learned", 0), versions=final.get("model_version"),
-                           rows_learned=final.get("rows_learned", 0), backlog=final.get("pending_learn", 0))
+            figures.update(
+                windows_learned=final.get("windows_learned", 0),
+                versions=final.get("model_version"),
+                rows_learned=final.get("rows_learned", 0),
+                backlog=final.get("pending_learn", 0),
+            )
             results[mode] = figures
             print(mode, figures, flush=True)
     serve.shutdown()
     ray.shutdown()
 
     on, on10, off = results["on"], results["on10"], results["off"]
-    title = (f"service_load: {args.clients} clients x (/predict {args.rows} rows, then /feedback of the previous "
-             f"answer's labels), {args.seconds:g} s each ({args.warmup_s:g} s warm-up not counted), Elec2 records, "
-             f"2 replicas at 0.25 CPU; training on = 1 Train worker at 0.5 CPU, windows of 50 joined rows, a "
-             f"checkpoint every window (the shipped service.yaml) or every 10")
-    header = ("| figure | training on | on, checkpoint every 10 windows | training off (baseline) | on / off "
-              "| on (every 10) / off |")
+    title = (
+        f"service_load: {args.clients} clients x (/predict {args.rows} rows, then /feedback of the previous "
+        f"answer's labels), {args.seconds:g} s each ({args.warmup_s:g} s warm-up not counted), Elec2 records, "
+        f"2 replicas at 0.25 CPU; training on = 1 Train worker at 0.5 CPU, windows of 50 joined rows, a "
+        f"checkpoint every window (the shipped service.yaml) or every 10"
+    )
+    header = (
+        "| figure | training on | on, checkpoint every 10 windows | training off (baseline) | on / off "
+        "| on (every 10) / off |"
+    )
     lines = [title, "", header, "|---|---|---|---|---|---|"]
-    for key, name in (("predict_p50_ms", "/predict p50 ms"), ("predict_p99_ms", "/predict p99 ms"),
-                      ("feedback_p50_ms", "/feedback p50 ms"), ("feedback_p99_ms", "/feedback p99 ms"),
-                      ("predict_req_s", "/predict requests/s"), ("predict_rows_s", "rows answered/s"),
-                      ("feedback_rows_s", "labels sent/s"), ("joined", "labels joined"),
-                      ("windows_learned", "windows learned"), ("rows_learned", "rows learned"),
-                      ("backlog", "joined rows not yet learned at the stop"), ("versions", "last version"),
-                      ("failed", "failed requests")):
+    for key, name in (
+        ("predict_p50_ms", "/predict p50 ms"),
+        ("predict_p99_ms", "/predict p99 ms"),
+        ("feedback_p50_ms", "/feedback p50 ms"),
+        ("feedback_p99_ms", "/feedback p99 ms"),
+        ("predict_req_s", "/predict requests/s"),
+        ("predict_rows_s", "rows answered/s"),
+        ("feedback_rows_s", "labels sent/s"),
+        ("joined", "labels joined"),
+        ("windows_learned", "windows learned"),
+        ("rows_learned", "rows learned"),
+        ("backlog", "joined rows not yet learned at the stop"),
+        ("versions", "last version"),
+        ("failed", "failed requests"),
+    ):
         a, a10, b = on[key], on10[key], off[key]
         lines.append(f"| {name} | {_fmt(a)} | {_fmt(a10)} | {_fmt(b)} | {_ratio(a, b)} | {_ratio(a10, b)} |")
     text = "\n".join(lines)

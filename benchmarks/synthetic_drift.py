@@ -91,32 +91,54 @@ def main(argv: list[str] | None = None) -> None:
             starts = [d - width // 2 for d in args.drifts]
             y = table.labels
             for det in DETECTORS:
-                cfg = base.model_copy(update={"drift": config.DriftConfig(detector=det, mmd_permutations=0),
-                                              "policy": config.PolicyConfig(name="none")})
+                cfg = base.model_copy(
+                    update={
+                        "drift": config.DriftConfig(detector=det, mmd_permutations=0),
+                        "policy": config.PolicyConfig(name="none"),
+                    }
+                )
                 run = replay_in_process(cfg, table)
-                delays, false_alarms = evaluate.detection_delays([e["offset"] for e in run.events], starts, args.max_delay)
+                delays, false_alarms = evaluate.detection_delays(
+                    [e["offset"] for e in run.events], starts, args.max_delay
+                )
                 det_rows.append((f"{name} {kind}", det, delays, false_alarms, len(run.events)))
             for pol in POLICIES:
-                cfg = base.model_copy(update={"drift": config.DriftConfig(detector="adwin", mmd_permutations=0),
-                                              "policy": base.policy.model_copy(update={"name": pol})})
+                cfg = base.model_copy(
+                    update={
+                        "drift": config.DriftConfig(detector="adwin", mmd_permutations=0),
+                        "policy": base.policy.model_copy(update={"name": pol}),
+                    }
+                )
                 run = replay_in_process(cfg, table)
                 acc = evaluate.window_accuracy(y, run.predictions, run.windows)[1]
                 recover = [evaluate.recovery_windows(acc, d // w) for d in args.drifts]
                 post = np.concatenate([np.arange(d, min(d + args.after, len(y))) for d in args.drifts])
                 decided = sum(e["decision"] != "no-op" for e in run.events)
-                pol_rows.append((f"{name} {kind}", pol, evaluate.accuracy(y, run.predictions),
-                                 evaluate.accuracy(y[post], run.predictions[post]), recover, decided))
+                pol_rows.append(
+                    (
+                        f"{name} {kind}",
+                        pol,
+                        evaluate.accuracy(y, run.predictions),
+                        evaluate.accuracy(y[post], run.predictions[post]),
+                        recover,
+                        decided,
+                    )
+                )
             print(f"  {name} {kind} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
-    print(f"\nDetectors on the prequential error stream (policy none); W={w}, drifts at {args.drifts}, "
-          f"gradual width {args.gradual_width}; delay in rows from the start of the transition")
+    print(
+        f"\nDetectors on the prequential error stream (policy none); W={w}, drifts at {args.drifts}, "
+        f"gradual width {args.gradual_width}; delay in rows from the start of the transition"
+    )
     print("| stream | detector | delay drift 1 | delay drift 2 | false alarms | signals |")
     print("|---|---|---|---|---|---|")
     for s, det, delays, fa, n in det_rows:
         d1, d2 = ("missed" if d is None else str(d) for d in delays)
         print(f"| {s} | {det} | {d1} | {d2} | {fa} | {n} |")
-    print(f"\nPolicies with ADWIN; accuracy overall and over the {args.after} rows after each drift; "
-          "recovery = windows to 95 % of the pre-drift level")
+    print(
+        f"\nPolicies with ADWIN; accuracy overall and over the {args.after} rows after each drift; "
+        "recovery = windows to 95 % of the pre-drift level"
+    )
     print("| stream | policy | accuracy | after drifts | recovery 1 | recovery 2 | retrainings |")
     print("|---|---|---|---|---|---|---|")
     for s, pol, acc, post, rec, n in pol_rows:

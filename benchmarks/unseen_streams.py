@@ -75,42 +75,61 @@ def sea(n: int, seed: int) -> tuple[pa.Table, dict[str, Any]]:
 
 
 def agrawal(n: int, seed: int) -> tuple[pa.Table, dict[str, Any]]:
-    drifting = synth.ConceptDriftStream(synth.Agrawal(classification_function=0, seed=seed),
-                                        synth.Agrawal(classification_function=2, seed=seed + 1),
-                                        position=n // 2, width=n // 6, seed=seed)
+    drifting = synth.ConceptDriftStream(
+        synth.Agrawal(classification_function=0, seed=seed),
+        synth.Agrawal(classification_function=2, seed=seed + 1),
+        position=n // 2,
+        width=n // 6,
+        seed=seed,
+    )
     xs, ys = _draw(drifting, n)
     numeric = ["salary", "commission", "age", "hvalue", "hyears", "loan"]
     cols: dict[str, list[Any]] = {c: [float(x[c]) for x in xs] for c in numeric}
-    cols |= {"elevel": [f"level-{x['elevel']}" for x in xs], "car": [f"make-{x['car']}" for x in xs],
-             "zipcode": [f"zone-{x['zipcode']}" for x in xs]}
+    cols |= {
+        "elevel": [f"level-{x['elevel']}" for x in xs],
+        "car": [f"make-{x['car']}" for x in xs],
+        "zipcode": [f"zone-{x['zipcode']}" for x in xs],
+    }
     table = pa.table({**cols, "decision": ["accept" if y else "reject" for y in ys]})
-    return table, {"features": [*numeric, "elevel", "car", "zipcode"], "label": "decision",
-                   "classes": ["reject", "accept"]}  # categorical: from the string columns' type
+    return table, {
+        "features": [*numeric, "elevel", "car", "zipcode"],
+        "label": "decision",
+        "classes": ["reject", "accept"],
+    }  # categorical: from the string columns' type
 
 
 def rbf(n: int, seed: int) -> tuple[pa.Table, dict[str, Any]]:
-    xs, ys = _concat([synth.RandomRBF(seed_model=seed + k, seed_sample=seed, n_classes=5, n_features=8)
-                      for k in range(2)], n)
+    xs, ys = _concat(
+        [synth.RandomRBF(seed_model=seed + k, seed_sample=seed, n_classes=5, n_features=8) for k in range(2)], n
+    )
     cols = {f"v{j}": [float(x[j]) for x in xs] for j in range(8)}
     table = pa.table({**cols, "cluster": [f"c{y}" for y in ys]})
     return table, {"features": list(cols), "label": "cluster", "allow_new_classes": True}
 
 
 def stagger(n: int, seed: int) -> tuple[pa.Table, dict[str, Any]]:
-    xs, ys = _concat([synth.STAGGER(classification_function=f, seed=seed + f, balance_classes=True)
-                      for f in (0, 1, 2)], n)
-    names = {"size": ["small", "medium", "large"], "color": ["red", "green", "blue"],
-             "shape": ["square", "circle", "triangle"]}
+    xs, ys = _concat(
+        [synth.STAGGER(classification_function=f, seed=seed + f, balance_classes=True) for f in (0, 1, 2)], n
+    )
+    names = {
+        "size": ["small", "medium", "large"],
+        "color": ["red", "green", "blue"],
+        "shape": ["square", "circle", "triangle"],
+    }
     cols = {c: [v[x[c]] for x in xs] for c, v in names.items()}
     table = pa.table({**cols, "match": ["yes" if y else "no" for y in ys]})
-    return table, {"features": list(cols), "label": "match", "classes": ["no", "yes"],
-                   "categorical": list(cols)}
+    return table, {"features": list(cols), "label": "match", "classes": ["no", "yes"], "categorical": list(cols)}
 
 
 STREAMS = {  # name: (generator, file suffix, drift, kinds, where the drifts start, as fractions of the rows)
     "SEA, abrupt": (sea, "csv", "abrupt at 1/3, 2/3", "3 numeric (1 % gaps)", (1 / 3, 2 / 3)),
-    "Agrawal, gradual": (agrawal, "parquet", "gradual over rows/6 around 1/2", "6 numeric + 3 categorical",
-                         (1 / 2 - 1 / 12,)),
+    "Agrawal, gradual": (
+        agrawal,
+        "parquet",
+        "gradual over rows/6 around 1/2",
+        "6 numeric + 3 categorical",
+        (1 / 2 - 1 / 12,),
+    ),
     "RandomRBF, abrupt": (rbf, "csv", "abrupt at 1/2", "8 numeric", (1 / 2,)),
     "STAGGER, abrupt": (stagger, "jsonl", "abrupt at 1/3, 2/3", "3 categorical", (1 / 3, 2 / 3)),
 }
@@ -141,13 +160,17 @@ def main(argv: list[str] | None = None) -> None:
             stem = name.split(",")[0].lower()
             path = Path(tmp) / f"{stem}.{suffix}"
             _write(table, path)
-            cfg = {"run_name": stem, "storage_path": f"{tmp}/storage",
-                   "data": {"source": {"kind": "table", "uri": str(path)}, **data},
-                   "stream": {"window_size": args.window},
-                   "train": {"epochs_per_window": 5, "lr": 0.003},
-                   "drift": {"detector": "adwin"}, "policy": {"name": "all", "cooldown_windows": 10},
-                   "serve": {"port": args.port, "num_replicas": 2},
-                   "report": {"output_dir": f"{tmp}/runs", "static_windows": args.static_windows, "plot": False}}
+            cfg = {
+                "run_name": stem,
+                "storage_path": f"{tmp}/storage",
+                "data": {"source": {"kind": "table", "uri": str(path)}, **data},
+                "stream": {"window_size": args.window},
+                "train": {"epochs_per_window": 5, "lr": 0.003},
+                "drift": {"detector": "adwin"},
+                "policy": {"name": "all", "cooldown_windows": 10},
+                "serve": {"port": args.port, "num_replicas": 2},
+                "report": {"output_dir": f"{tmp}/runs", "static_windows": args.static_windows, "plot": False},
+            }
             config_path = Path(tmp) / f"{stem}.yaml"
             config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             t0 = time.monotonic()
@@ -161,16 +184,22 @@ def main(argv: list[str] | None = None) -> None:
                 w1 = int(starts[k + 1] * len(table)) // args.window if k + 1 < len(starts) else run["windows"] + 1
                 delays.append(next((str(e - w0) for e in events if w0 <= e < w1), "missed"))
             signals = f"{len(events)}; {', '.join(delays)}"
-            rows.append(f"| {name} | {len(table):,} | {kinds} | {len(report['data']['classes'])} | {drift} "
-                        f"| {run['windows']} | {run['versions_published']} | {run['rows_quarantined']} "
-                        f"| {s['dynamic (served)']['accuracy']:.2%} | {s['static (frozen after training)']['accuracy']:.2%} "
-                        f"| {s['no-change (same label delay)']['accuracy']:.2%} | {signals} "
-                        f"| {report['http']['failed']} | {wall:.0f} |")
+            rows.append(
+                f"| {name} | {len(table):,} | {kinds} | {len(report['data']['classes'])} | {drift} "
+                f"| {run['windows']} | {run['versions_published']} | {run['rows_quarantined']} "
+                f"| {s['dynamic (served)']['accuracy']:.2%} | {s['static (frozen after training)']['accuracy']:.2%} "
+                f"| {s['no-change (same label delay)']['accuracy']:.2%} | {signals} "
+                f"| {report['http']['failed']} | {wall:.0f} |"
+            )
             print(rows[-1], flush=True)
-    print(f"\nwindows of {args.window} rows; static = frozen after {args.static_windows} windows; scores on the rows "
-          "after them\n")
-    print("| stream | rows | features | classes | drift | windows | versions | quarantined | served | static "
-          "| no-change | ADWIN signals; windows to the first after each drift | failed requests | wall s |")
+    print(
+        f"\nwindows of {args.window} rows; static = frozen after {args.static_windows} windows; scores on the rows "
+        "after them\n"
+    )
+    print(
+        "| stream | rows | features | classes | drift | windows | versions | quarantined | served | static "
+        "| no-change | ADWIN signals; windows to the first after each drift | failed requests | wall s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 

@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     y = table.labels
     prev = np.concatenate([[0], y[:-1]])
     ev = np.arange(len(y)) >= args.eval_from
-    print(f"Elec2, {len(y):,} rows; scores on rows {args.eval_from:,}-{len(y):,}; "
-          f"{base.train.optimizer} lr={base.train.lr} batch={base.train.batch_size} epochs/window={base.train.epochs_per_window}")
-    print(f"| {'W':>5s} | {'windows':>7s} | {'accuracy':>8s} | {'kappa':>6s} | {'kappa_t':>7s} | {'static':>7s} "
-          f"| {'no-change (same delay)':>22s} | {'mean delay rows':>15s} | {'compute s':>9s} |")
+    print(
+        f"Elec2, {len(y):,} rows; scores on rows {args.eval_from:,}-{len(y):,}; "
+        f"{base.train.optimizer} lr={base.train.lr} batch={base.train.batch_size} epochs/window={base.train.epochs_per_window}"
+    )
+    print(
+        f"| {'W':>5s} | {'windows':>7s} | {'accuracy':>8s} | {'kappa':>6s} | {'kappa_t':>7s} | {'static':>7s} "
+        f"| {'no-change (same delay)':>22s} | {'mean delay rows':>15s} | {'compute s':>9s} |"
+    )
     print("|" + "|".join("-" * (n + 2) for n in (5, 7, 8, 6, 7, 7, 22, 15, 9)) + "|")
     for w in args.sizes:
         cfg = base.model_copy(update={"stream": base.stream.model_copy(update={"window_size": w})})
@@ -56,8 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         s = evaluate.score(y[ev], pred[ev], prev[ev], table.num_classes)
         st = evaluate.accuracy(y[ev], static[ev])
         nc = evaluate.accuracy(y[ev], last_revealed[ev])
-        print(f"| {w:5d} | {win.max() + 1:7d} | {s['accuracy']:8.2%} | {s['kappa']:6.3f} | {s['kappa_temporal']:7.3f} "
-              f"| {st:7.2%} | {nc:22.2%} | {(w + 1) / 2:15.1f} | {dt:9.1f} |", flush=True)
+        print(
+            f"| {w:5d} | {win.max() + 1:7d} | {s['accuracy']:8.2%} | {s['kappa']:6.3f} | {s['kappa_temporal']:7.3f} "
+            f"| {st:7.2%} | {nc:22.2%} | {(w + 1) / 2:15.1f} | {dt:9.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -9,5 +9,5 @@ from __future__ import annotations
 
 from ddn_ray.errors import ConfigError, DataError, DDNRayError, UpdateRejected
 
-__all__ = ["ConfigError", "DataError", "DDNRayError", "UpdateRejected", "__version__"]
+__all__ = ["ConfigError", "DDNRayError", "DataError", "UpdateRejected", "__version__"]
 __version__ = "0.1.0"

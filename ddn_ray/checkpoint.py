@@ -20,26 +20,41 @@ __all__ = ["latest", "model_spec", "read", "read_meta", "write"]
 STATE, META = "state.pt", "meta.json"
 
 
-def model_spec(model_cfg: Any, num_features: int, num_classes: int, feature_names: list[str] | None,
-               inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_spec(
+    model_cfg: Any,
+    num_features: int,
+    num_classes: int,
+    feature_names: list[str] | None,
+    inputs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What Serve needs to build the model: the ``meta.json`` keys, also held by the controller.
 
     ``model_cfg`` is a :class:`~ddn_ray.config.ModelConfig`; ``inputs`` the raw-input spec of
     :class:`ddn_ray.usecase.Scenario` (default ``{"kind": "table"}``: rows of numbers only).
     """
-    return {"model": model_cfg.model_dump(mode="json"), "num_features": num_features, "num_classes": num_classes,
-            "feature_names": feature_names, "inputs": inputs or {"kind": "table"}}
+    return {
+        "model": model_cfg.model_dump(mode="json"),
+        "num_features": num_features,
+        "num_classes": num_classes,
+        "feature_names": feature_names,
+        "inputs": inputs or {"kind": "table"},
+    }
 
 
-def write(directory: str | Path, model_state: dict[str, torch.Tensor], learner_states: list[dict[str, Any]],
-          meta: dict[str, Any]) -> None:
+def write(
+    directory: str | Path,
+    model_state: dict[str, torch.Tensor],
+    learner_states: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> None:
     """Write ``state.pt`` and ``meta.json`` into an existing ``directory``."""
     torch.save({"model": model_state, "learner": learner_states}, Path(directory) / STATE)
     (Path(directory) / META).write_text(json.dumps(meta))
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / META).read_text())
+    meta: dict[str, Any] = json.loads((Path(directory) / META).read_text())
+    return meta
 
 
 def read(path: str) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:

@@ -40,7 +40,9 @@ def _repo_root() -> Path:
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (root / "jobs" / "continuous.py").is_file():
             return root
-    raise SystemExit(f"ddn-ray: jobs/continuous.py not found in {Path.cwd()} or beside the package; run from the repo root")
+    raise SystemExit(
+        f"ddn-ray: jobs/continuous.py not found in {Path.cwd()} or beside the package; run from the repo root"
+    )
 
 
 def _run_script(script: str, rest: list[str]) -> Any:
@@ -51,9 +53,17 @@ def _run_script(script: str, rest: list[str]) -> Any:
     return module["cli"](rest)
 
 
-def submit(address: str, config_path: str, overrides: list[str], script: str = "jobs/continuous.py",
-           env: dict[str, str] | None = None, working_dir: str = ".", wait: bool = True,
-           timeout_s: float = 3600.0, headers: dict[str, str] | None = None) -> tuple[str, str]:
+def submit(
+    address: str,
+    config_path: str,
+    overrides: list[str],
+    script: str = "jobs/continuous.py",
+    env: dict[str, str] | None = None,
+    working_dir: str = ".",
+    wait: bool = True,
+    timeout_s: float = 3600.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[str, str]:
     """Submit a job recipe to a running cluster through the Jobs API (``JobSubmissionClient``).
 
     Args:
@@ -133,7 +143,8 @@ def rerender_report(run_dir: str | Path, write: bool = True) -> dict[str, Any]:
     marks = [(e["window"], e["decision"]) for e in report.get("drift", {}).get("events", [])]
     if write:
         report.setdefault("files", {})["plot"] = str(
-            evaluate.plot_accuracy(curves, run / "accuracy.png", f"{report['run']['name']}: {what[0]}", marks, what[1]))
+            evaluate.plot_accuracy(curves, run / "accuracy.png", f"{report['run']['name']}: {what[0]}", marks, what[1])
+        )
         evaluate.write_report(report, run / "report.json")
     print(evaluate.format_table(report))
     return report
@@ -169,18 +180,29 @@ def service_report(run_dir: str | Path, write: bool = True, rows_per_point: int 
     delay = served["joined_at_s"].to_numpy() - served["predicted_at_s"].to_numpy()
     answered = pq.read_table(logged_dir, columns=["event_id"]).num_rows if logged_dir.is_dir() else 0
     metric = "MSE" if regression else "accuracy"
-    figures = {"rows_answered": answered, "labels_joined": joined.num_rows, "labels_of_served_rows": len(errors),
-               f"online_{metric.lower()}": (float(errors.mean()) if regression else 1.0 - float(errors.mean()))
-               if len(errors) else None,
-               "label_delay_s": {"p50": float(np.quantile(delay, 0.5)), "p99": float(np.quantile(delay, 0.99))}
-               if len(delay) else None,
-               "versions": [int(pc.min(served["model_version"]).as_py()), int(pc.max(served["model_version"]).as_py())]
-               if len(errors) else None}
+    figures = {
+        "rows_answered": answered,
+        "labels_joined": joined.num_rows,
+        "labels_of_served_rows": len(errors),
+        f"online_{metric.lower()}": (float(errors.mean()) if regression else 1.0 - float(errors.mean()))
+        if len(errors)
+        else None,
+        "label_delay_s": {"p50": float(np.quantile(delay, 0.5)), "p99": float(np.quantile(delay, 0.99))}
+        if len(delay)
+        else None,
+        "versions": [int(pc.min(served["model_version"]).as_py()), int(pc.max(served["model_version"]).as_py())]
+        if len(errors)
+        else None,
+    }
     if write and n:
-        figures["plot"] = str(evaluate.plot_accuracy(
-            {"served (online)": (np.arange(n), curve)}, run / "service" / "online.png",
-            f"{run.name}: served {metric} as labels joined",
-            ylabel=f"{metric} per {rows_per_point} labelled answers" if regression else "accuracy per window"))
+        figures["plot"] = str(
+            evaluate.plot_accuracy(
+                {"served (online)": (np.arange(n), curve)},
+                run / "service" / "online.png",
+                f"{run.name}: served {metric} as labels joined",
+                ylabel=f"{metric} per {rows_per_point} labelled answers" if regression else "accuracy per window",
+            )
+        )
     print(json.dumps(figures, indent=2))
     return figures
 
@@ -191,14 +213,15 @@ def _serve(args: argparse.Namespace) -> None:
     raw = yaml.safe_load(Path(args.config or _repo_root() / "clusters" / "serve_config.yaml").read_text())
     app = raw["applications"][0]
     ckpt = args.checkpoint if "://" in args.checkpoint else str(Path(args.checkpoint).resolve())
-    app["args"] = {**{k: v for k, v in app.get("args", {}).items() if k not in ("checkpoint", "controller")},
-                   "checkpoint": ckpt}
+    app["args"] = {
+        **{k: v for k, v in app.get("args", {}).items() if k not in ("checkpoint", "controller")},
+        "checkpoint": ckpt,
+    }
     raw["http_options"] = {**raw.get("http_options", {}), "port": args.port}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(raw, f)
     serve_bin = str(Path(sys.executable).parent / "serve")
-    cmd = ([serve_bin, "deploy", f.name, "--address", args.address] if args.address
-           else [serve_bin, "run", f.name])
+    cmd = [serve_bin, "deploy", f.name, "--address", args.address] if args.address else [serve_bin, "run", f.name]
     print(" ".join(cmd), flush=True)
     try:
         raise SystemExit(subprocess.call(cmd))
@@ -218,8 +241,10 @@ def main(argv: list[str] | None = None) -> Any:
     """Parse ``argv`` and run the subcommand; return what it gives (``run``: the report, ``tune``: the sweep's
     summary, ``submit``: the job id, ``report``: the re-rendered report)."""
     parser = argparse.ArgumentParser(
-        prog="ddn-ray", description="Dynamic deep networks on Ray: train and serve on a drifting stream.",
-        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()), formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ddn-ray",
+        description="Dynamic deep networks on Ray: train and serve on a drifting stream.",
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {
@@ -233,16 +258,23 @@ def main(argv: list[str] | None = None) -> Any:
     }
     subs = {}
     for name, text in helps.items():
-        kw: dict[str, Any] = {"help": text, "description": text, "epilog": f"example:\n  {EXAMPLES[name]}",
-                              "formatter_class": argparse.RawDescriptionHelpFormatter}
+        kw: dict[str, Any] = {
+            "help": text,
+            "description": text,
+            "epilog": f"example:\n  {EXAMPLES[name]}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+        }
         if name in JOB_SCRIPTS:  # the recipe parses its own options; --help shows both
             kw["add_help"] = False
         subs[name] = sub.add_parser(name, **kw)
     for name in JOB_SCRIPTS:
         subs[name].add_argument("-h", "--help", action="store_true")
     s = subs["submit"]
-    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"),
-                   help="the dashboard's HTTP address (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    s.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"),
+        help="the dashboard's HTTP address (default: $RAY_ADDRESS or http://127.0.0.1:8265)",
+    )
     s.add_argument("--config", default="jobs/configs/elec2.yaml", help="job YAML, relative to the working dir")
     s.add_argument("--script", default="jobs/continuous.py", help="job recipe, relative to the working dir")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -252,12 +284,19 @@ def main(argv: list[str] | None = None) -> Any:
     v = subs["serve"]
     v.add_argument("--checkpoint", required=True, help="a main-job checkpoint directory or s3:// / gs:// URI")
     v.add_argument("--config", default=None, help="Serve config file (default: clusters/serve_config.yaml)")
-    v.add_argument("--address", default=None, help="deploy to this cluster's dashboard (serve deploy); "
-                                                   "default: serve run on a local cluster, in the foreground")
+    v.add_argument(
+        "--address",
+        default=None,
+        help="deploy to this cluster's dashboard (serve deploy); "
+        "default: serve run on a local cluster, in the foreground",
+    )
     v.add_argument("--port", type=int, default=8000, help="Serve HTTP port (127.0.0.1)")
     r = subs["report"]
-    r.add_argument("run_dir", help="runs/<run name>, holding report.json and predictions.npz; or a service's "
-                                   "<storage_path>/<run_name> (its online figures and plot from the logs)")
+    r.add_argument(
+        "run_dir",
+        help="runs/<run name>, holding report.json and predictions.npz; or a service's "
+        "<storage_path>/<run_name> (its online figures and plot from the logs)",
+    )
     r.add_argument("--no-write", action="store_true", help="print the table only; keep report.json and the plot")
 
     args, rest = parser.parse_known_args(argv)
@@ -271,8 +310,9 @@ def main(argv: list[str] | None = None) -> Any:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "submit":
         env = dict(item.split("=", 1) for item in args.env)
-        job_id, status = submit(args.address, args.config, args.set, args.script, env, args.working_dir,
-                                wait=not args.no_wait)
+        job_id, status = submit(
+            args.address, args.config, args.set, args.script, env, args.working_dir, wait=not args.no_wait
+        )
         print(f"{job_id}: {status}")
         if not args.no_wait and status != "SUCCEEDED":
             raise SystemExit(1)

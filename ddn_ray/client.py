@@ -62,9 +62,16 @@ class TrafficClient:
             class names in ``"predictions"`` and their ids in ``"class_ids"``.
     """
 
-    def __init__(self, url: str, request_rows: int = 100, num_clients: int = 2, timeout_s: float = 30.0,
-                 body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body,
-                 outputs: int | None = None, answer_key: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        request_rows: int = 100,
+        num_clients: int = 2,
+        timeout_s: float = 30.0,
+        body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body,
+        outputs: int | None = None,
+        answer_key: str | None = None,
+    ) -> None:
         self.url = url
         self.request_rows = request_rows
         self.timeout_s = timeout_s
@@ -103,8 +110,8 @@ class TrafficClient:
         latencies, errors = [], []
         for s, (p, v, dt, err) in zip(starts, results):
             latencies.append(dt)
-            if err is not None:
-                errors.append(err)
+            if err is not None or p is None:
+                errors.append(err or "no predictions")
                 continue
             preds[s : s + len(p)] = p
             versions[s : s + len(p)] = v

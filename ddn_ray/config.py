@@ -63,40 +63,62 @@ class DataConfig(_Frozen):
     """Which data feeds the stream: a user's table (``source``), or a built-in use case (``name``)."""
 
     name: str | None = Field(
-        "elec2", min_length=1, description="a built-in use case (ddn_ray.usecase.BUILT_IN: elec2, fashion_mnist, "
-        "bbc_news, cartpole, pendulum, nab) or a 'package.module:attribute' UseCase; left out (None) with source")
+        "elec2",
+        min_length=1,
+        description="a built-in use case (ddn_ray.usecase.BUILT_IN: elec2, fashion_mnist, "
+        "bbc_news, cartpole, pendulum, nab) or a 'package.module:attribute' UseCase; left out (None) with source",
+    )
     source: TableSourceConfig | LandingDirConfig | None = Field(
-        None, discriminator="kind", description="a user's table: {kind: table, uri: ...} or {kind: landing_dir, path: ...}")
+        None,
+        discriminator="kind",
+        description="a user's table: {kind: table, uri: ...} or {kind: landing_dir, path: ...}",
+    )
     format: Literal["parquet", "csv", "json"] | None = Field(
-        None, description="source files' format (json: JSON lines); None: from each file's suffix")
+        None, description="source files' format (json: JSON lines); None: from each file's suffix"
+    )
     features: tuple[str, ...] = Field((), description="source: the input columns")
     categorical: tuple[str, ...] | None = Field(
-        None, description="source: which features are categorical; None: the string / dictionary columns")
+        None, description="source: which features are categorical; None: the string / dictionary columns"
+    )
     label: str | None = Field(None, description="source: the label column (classes, or a float with task regression)")
     classes: tuple[str | int, ...] = Field(
-        (), description="source: classes known at the start, in id order (quote YAML words like 'yes' / 'no')")
+        (), description="source: classes known at the start, in id order (quote YAML words like 'yes' / 'no')"
+    )
     allow_new_classes: bool = Field(
-        False, description="source: a label never seen grows the output layer; else its row is quarantined")
-    order_by: str | None = Field(None, description="source table: sort rows by this column (read whole); None: file order")
+        False, description="source: a label never seen grows the output layer; else its row is quarantined"
+    )
+    order_by: str | None = Field(
+        None, description="source table: sort rows by this column (read whole); None: file order"
+    )
     id: str | None = Field(None, description="source: an id column carried into every request, answer and the report")
     missing: Literal["impute", "quarantine"] = Field(
-        "impute", description="source: a missing feature is imputed (running mean + indicator; unknown category) "
-        "or its row quarantined")
-    scaling: Literal["standard", "none"] = Field("standard", description="source: numeric features scaled by the "
-                                                  "running mean / std of revealed rows, or left as they are")
-    max_categories: int = Field(32, ge=2, le=4096, description="source: one-hot slots per categorical column, "
-                                "the unknown slot included")
-    path: str | None = Field(None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download")
+        "impute",
+        description="source: a missing feature is imputed (running mean + indicator; unknown category) "
+        "or its row quarantined",
+    )
+    scaling: Literal["standard", "none"] = Field(
+        "standard",
+        description="source: numeric features scaled by the running mean / std of revealed rows, or left as they are",
+    )
+    max_categories: int = Field(
+        32, ge=2, le=4096, description="source: one-hot slots per categorical column, the unknown slot included"
+    )
+    path: str | None = Field(
+        None, description="explicit file or data directory; else $DDN_RAY_DATA_DIR, cache, download"
+    )
     max_rows: int | None = Field(None, gt=0, description="use only the first max_rows rows of the stream")
     seed: int = Field(0, description="the scenario's sampling seed")
     scenario: str = Field(
-        "none", description="how the stream drifts (ddn_ray.usecases.scenarios): fashion_mnist rotation / new_classes, "
+        "none",
+        description="how the stream drifts (ddn_ray.usecases.scenarios): fashion_mnist rotation / new_classes, "
         "bbc_news topic_incremental / topic_shift, cartpole / pendulum physics_drift, cartpole worn_actuator; "
         "none keeps the data set's own order (elec2: time) or its default physics",
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="the use case's own settings (data.name), checked by its Options model "
-        "(ddn_ray.usecase.Options; the built-ins' models: ddn_ray.usecases.scenarios.OPTIONS)")
+        default_factory=dict,
+        description="the use case's own settings (data.name), checked by its Options model "
+        "(ddn_ray.usecase.Options; the built-ins' models: ddn_ray.usecases.scenarios.OPTIONS)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -121,8 +143,15 @@ class DataConfig(_Frozen):
     def _table_fits(self) -> DataConfig:
         if not self.features or not self.label:
             raise ValueError("data.source needs data.features (the input columns) and data.label")
-        named = [*self.features, self.label, *([self.id] if self.id else []), *([self.order_by] if self.order_by else [])]
-        twice = sorted({c for c in named if named.count(c) > 1} - ({self.order_by} if self.order_by == self.id else set()))
+        named = [
+            *self.features,
+            self.label,
+            *([self.id] if self.id else []),
+            *([self.order_by] if self.order_by else []),
+        ]
+        twice = sorted(
+            {c for c in named if named.count(c) > 1} - ({self.order_by} if self.order_by == self.id else set())
+        )
         if twice:
             raise ValueError(f"data: column(s) {twice} named in more than one role (features, label, id, order_by)")
         unknown = sorted(set(self.categorical or ()) - set(self.features))
@@ -133,8 +162,10 @@ class DataConfig(_Frozen):
         if self.scenario != "none":
             raise ValueError("data.scenario is for built-in use cases; a user's table streams in its own order")
         if self.options:
-            raise ValueError(f"data.options {sorted(self.options)} are a use case's settings (data.name); a table "
-                             "is described by data.features, data.label and the other data fields")
+            raise ValueError(
+                f"data.options {sorted(self.options)} are a use case's settings (data.name); a table "
+                "is described by data.features, data.label and the other data fields"
+            )
         return self
 
 
@@ -163,14 +194,20 @@ class StreamConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The network's architecture."""
 
-    kind: Literal["mlp", "cnn"] = Field("mlp", description="a built-in builder (ddn_ray.models.BUILDERS); "
-                                        "cnn: conv blocks on image rows, then the MLP layers")
+    kind: Literal["mlp", "cnn"] = Field(
+        "mlp",
+        description="a built-in builder (ddn_ray.models.BUILDERS); cnn: conv blocks on image rows, then the MLP layers",
+    )
     builder: str | None = Field(
-        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="a user's model: 'package.module:function', "
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="a user's model: 'package.module:function', "
         "called as function(num_features, num_classes, model_config) -> nn.Module with .body and .head "
-        "(ddn_ray.models); None: the built-in kind")
-    options: dict[str, Any] = Field(default_factory=dict, description="the user builder's own settings, "
-                                    "read from model_config.options")
+        "(ddn_ray.models); None: the built-in kind",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the user builder's own settings, read from model_config.options"
+    )
     task: Literal["classification", "regression"] = Field(
         "classification", description="regression: real-valued outputs learned with MSE (e.g. forward dynamics)"
     )
@@ -288,7 +325,8 @@ class ServeConfig(_Frozen):
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
     request_timeout_s: float = Field(30.0, gt=0)
     raw_inputs: bool = Field(
-        True, description="the traffic client sends raw inputs (PNG images, texts) to /predict_images or "
+        True,
+        description="the traffic client sends raw inputs (PNG images, texts) to /predict_images or "
         "/predict_text when the data has them (not with stream.last_label_feature); else feature rows to /predict",
     )
 
@@ -305,16 +343,26 @@ class ServiceConfig(_Frozen):
     """The long-running service (``ddn-ray serve-learn``, :mod:`ddn_ray.service`): outside clients, labels by
     feedback. Windows are ``stream.window_size`` joined rows, or what has joined after ``window_timeout_s``."""
 
-    window_timeout_s: float = Field(30.0, gt=0, description="learn the rows joined so far after this long, even "
-                                    "short of stream.window_size")
-    retention_s: float = Field(7 * 86400.0, gt=0, description="a label for a prediction older than this is late "
-                               "(refused); older predictions leave the in-memory index")
-    log_flush_interval_s: float = Field(1.0, gt=0, description="the prediction log is written this often, off the "
-                                        "request path")
-    cpus: float = Field(0.1, gt=0, description="Ray CPUs of the learning service's replica (it waits, the Train "
-                        "workers learn)")
-    learn: bool = Field(True, description="false: answer, log and join labels, but start no Train workers (the "
-                        "joined rows wait in the joined log; benchmarks/service_load.py's training-off baseline)")
+    window_timeout_s: float = Field(
+        30.0, gt=0, description="learn the rows joined so far after this long, even short of stream.window_size"
+    )
+    retention_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="a label for a prediction older than this is late "
+        "(refused); older predictions leave the in-memory index",
+    )
+    log_flush_interval_s: float = Field(
+        1.0, gt=0, description="the prediction log is written this often, off the request path"
+    )
+    cpus: float = Field(
+        0.1, gt=0, description="Ray CPUs of the learning service's replica (it waits, the Train workers learn)"
+    )
+    learn: bool = Field(
+        True,
+        description="false: answer, log and join labels, but start no Train workers (the "
+        "joined rows wait in the joined log; benchmarks/service_load.py's training-off baseline)",
+    )
 
 
 class ReportConfig(_Frozen):
@@ -373,33 +421,42 @@ class JobConfig(_Frozen):
         if self.model.task == "regression":
             bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
             if bad or self.strategy.class_balanced:
-                raise ValueError("regression learns with strategy finetune or replay (not class_balanced); "
-                                 f"got {self.strategy.name!r}")
+                raise ValueError(
+                    "regression learns with strategy finetune or replay (not class_balanced); "
+                    f"got {self.strategy.name!r}"
+                )
             if self.drift.detector == "ddm":
                 raise ValueError("drift.detector ddm needs 0/1 errors; a regression's errors are squared residuals")
             if self.stream.last_label_feature:
                 raise ValueError("stream.last_label_feature is for classification")
         return self
 
-
     def _table_fits(self) -> None:
         d = self.data
         if self.model.task == "regression" and (d.classes or d.allow_new_classes):
             raise ValueError("data.classes / data.allow_new_classes are for classification; model.task is regression")
         if self.model.task == "classification" and not d.classes and not d.allow_new_classes:
-            raise ValueError("a classification table needs data.classes, or data.allow_new_classes: true "
-                             "(the classes then grow as labels are revealed)")
+            raise ValueError(
+                "a classification table needs data.classes, or data.allow_new_classes: true "
+                "(the classes then grow as labels are revealed)"
+            )
         if d.allow_new_classes:
             bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
             if self.train.num_workers != 1 or bad:
-                raise ValueError("data.allow_new_classes grows the output layer: it needs train.num_workers 1 and "
-                                 f"strategy finetune or replay (got {self.train.num_workers} workers, "
-                                 f"{self.strategy.name!r})")
+                raise ValueError(
+                    "data.allow_new_classes grows the output layer: it needs train.num_workers 1 and "
+                    f"strategy finetune or replay (got {self.train.num_workers} workers, "
+                    f"{self.strategy.name!r})"
+                )
         if self.stream.last_label_feature or self.stream.source != "replay":
-            raise ValueError("with data.source, the source is set there (not stream.source), and "
-                             "stream.last_label_feature is for built-in tables")
+            raise ValueError(
+                "with data.source, the source is set there (not stream.source), and "
+                "stream.last_label_feature is for built-in tables"
+            )
         if self.model.kind == "cnn" and self.model.builder is None:
-            raise ValueError("model.kind cnn reads image rows; a table's rows are featurized columns (use mlp or a builder)")
+            raise ValueError(
+                "model.kind cnn reads image rows; a table's rows are featurized columns (use mlp or a builder)"
+            )
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -449,8 +506,9 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 def error_lines(exc: ValidationError) -> list[str]:
     """One line per invalid field: ``  section.field: message (got value)``."""
-    return [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()]
+    return [
+        f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+    ]
 
 
 def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:

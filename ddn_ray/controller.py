@@ -33,8 +33,9 @@ def _same_or_grown(new: tuple[int, ...], old: tuple[int, ...], grow: bool) -> bo
     return new == old or (grow and len(new) == len(old) >= 1 and new[1:] == old[1:] and new[0] > old[0])
 
 
-def check_update(weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None,
-                 grow: bool = False) -> Gate:
+def check_update(
+    weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None, grow: bool = False
+) -> Gate:
     """Gate an update: every tensor finite, and keys/shapes equal to the reference version's.
 
     Args:
@@ -136,8 +137,12 @@ class Controller:
     def latest_version(self) -> int | None:
         return self.records[-1].version if self.records else None
 
-    def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
-                preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def publish(
+        self,
+        weights: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Gate and store an update.
 
         Args:
@@ -226,11 +231,16 @@ class Controller:
         return {r: v for r, v in self._replica_version.items() if r in live}
 
     # trainer --------------------------------------------------------------
-    def trainer_ready(self, next_offset: int, next_window: int, version: int | None,
-                      preprocessing: Mapping[str, Any] | None = None) -> None:
+    def trainer_ready(
+        self, next_offset: int, next_window: int, version: int | None, preprocessing: Mapping[str, Any] | None = None
+    ) -> None:
         """The trainer starts at ``next_offset`` (a resume: the checkpoint's, with its featurizer state)."""
-        self.trainer = {"next_offset": next_offset, "next_window": next_window, "version": version,
-                        "preprocessing": dict(preprocessing) if preprocessing is not None else None}
+        self.trainer = {
+            "next_offset": next_offset,
+            "next_window": next_window,
+            "version": version,
+            "preprocessing": dict(preprocessing) if preprocessing is not None else None,
+        }
 
     def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
         """Record a window's metrics; its drift events (signal + decision) go to the decision log."""
@@ -275,12 +285,13 @@ class ControllerActor:
     def __init__(self, replica_ttl_s: float = 30.0, keep_versions: int = 64, first_version: int = 0) -> None:
         from ddn_ray.metrics import ControllerMetrics
 
-        self.c = Controller(store=_ray_store, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions,
-                            first_version=first_version)
+        self.c = Controller(
+            store=_ray_store, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions, first_version=first_version
+        )
         self._cond = asyncio.Condition()
         self.metrics = ControllerMetrics()
         self._spec: dict[str, Any] | None = None
-        self._refresher: asyncio.Task | None = None  # started on the actor's event loop by the first publish
+        self._refresher: asyncio.Task[None] | None = None  # started on the actor's event loop by the first publish
         self._fresh_upto = -1  # versions up to this one have had their freshness exported
 
     async def _notify(self) -> None:
@@ -295,8 +306,12 @@ class ControllerActor:
                 return predicate()
         return True
 
-    async def publish(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
-                      preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def publish(
+        self,
+        weights: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         result = self.c.publish(weights, meta, preprocessing)
         self.metrics.published(result)
         if self._refresher is None:
@@ -312,15 +327,16 @@ class ControllerActor:
         """The featurizer state ``version`` was trained with (the report's static baseline freezes it)."""
         return self.c.preprocessing(version)
 
-    async def wait_for_version(self, replica_id: str, after: int | None, timeout_s: float
-                               ) -> tuple[int, list[Any], dict, dict | None] | None:
+    async def wait_for_version(
+        self, replica_id: str, after: int | None, timeout_s: float
+    ) -> tuple[int, list[Any], dict[str, Any], dict[str, Any] | None] | None:
         """Long-poll: return ``(version, [weights ref], meta, preprocessing)`` once a version newer than ``after`` exists.
 
         The ref sits in a list so Ray does not resolve it here; the replica fetches
         it zero-copy from the object store. Returns ``None`` on timeout.
         """
         self.c.replica_seen(replica_id)
-        newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)  # noqa: E731
+        newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)
         if not await self._wait(newer, timeout_s):
             return None
         version, ref = self.c.handle()
@@ -335,7 +351,8 @@ class ControllerActor:
             if rec.all_served_s is not None:
                 fresh.append(rec)
         for rec in reversed(fresh):
-            self.metrics.served(rec.all_served_s)
+            if rec.all_served_s is not None:
+                self.metrics.served(rec.all_served_s)
         if fresh:
             self._fresh_upto = fresh[0].version
         await self._notify()
@@ -346,8 +363,9 @@ class ControllerActor:
     async def num_live_replicas(self) -> int:
         return len(self.c.live_replicas())
 
-    async def trainer_ready(self, next_offset: int, next_window: int, version: int | None,
-                            preprocessing: Mapping[str, Any] | None = None) -> None:
+    async def trainer_ready(
+        self, next_offset: int, next_window: int, version: int | None, preprocessing: Mapping[str, Any] | None = None
+    ) -> None:
         self.c.trainer_ready(next_offset, next_window, version, preprocessing)
         await self._notify()
 

@@ -6,7 +6,7 @@ actor boundaries unchanged (ray ``python/ray/train/v2/api/exceptions.py`` style)
 
 from __future__ import annotations
 
-__all__ = ["DDNRayError", "ConfigError", "DataError", "UpdateRejected"]
+__all__ = ["ConfigError", "DDNRayError", "DataError", "UpdateRejected"]
 
 
 class DDNRayError(Exception):

@@ -148,8 +148,11 @@ def score_regression_rows(rows: Mapping[str, np.ndarray], static_windows: int) -
     win, y = rows["window"], rows["label"]
     ev = win >= static_windows
     scores, curves = {}, {}
-    named = {"dynamic (served)": rows["prediction"], "static (frozen after training)": rows.get("static_prediction"),
-             REGRESSION_NO_CHANGE: rows.get("no_change")}
+    named = {
+        "dynamic (served)": rows["prediction"],
+        "static (frozen after training)": rows.get("static_prediction"),
+        REGRESSION_NO_CHANGE: rows.get("no_change"),
+    }
     for name, pred in named.items():
         if pred is None:
             continue
@@ -160,7 +163,9 @@ def score_regression_rows(rows: Mapping[str, np.ndarray], static_windows: int) -
         scores[name] = {"mse": float(se.mean()), "mae": float(ae.mean()), "rows": int(ok.sum())}
         ids = np.unique(win[ok])
         curves[name.split(" (")[0] if name != "dynamic (served)" else name] = (
-            ids, np.array([se[win[ok] == i].mean() for i in ids]))
+            ids,
+            np.array([se[win[ok] == i].mean() for i in ids]),
+        )
     return scores, curves
 
 
@@ -173,7 +178,10 @@ def phase_mse(rows: Mapping[str, np.ndarray], static_windows: int) -> list[dict[
         m = ev & (rows["phase"] == k)
         entry: dict[str, Any] = {"phase": int(k), "rows": int(m.sum())}
         for name, pred in (("dynamic", rows["prediction"]), ("static", static)):
-            ok = m & np.isfinite(pred).all(axis=1) if pred is not None else np.zeros_like(m)
+            if pred is None:
+                entry[name] = None
+                continue
+            ok = m & np.isfinite(pred).all(axis=1)
             entry[name] = float(((pred[ok] - rows["label"][ok]) ** 2).mean()) if ok.any() else None
         out.append(entry)
     return out
@@ -207,8 +215,14 @@ def phase_accuracy(rows: Mapping[str, np.ndarray], static_windows: int) -> list[
         if static is not None and (static[m] >= 0).any():
             sm = static[m] >= 0
             st = accuracy(y[sm], static[m][sm])
-        out.append({"phase": int(k), "rows": int(m.sum()), "dynamic": accuracy(y[ok], pred[ok]) if ok.any() else None,
-                    "static": st})
+        out.append(
+            {
+                "phase": int(k),
+                "rows": int(m.sum()),
+                "dynamic": accuracy(y[ok], pred[ok]) if ok.any() else None,
+                "static": st,
+            }
+        )
     return out
 
 
@@ -261,20 +275,28 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
         f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",
         f"{'HTTP requests / failed':34s} {_fmt(http['requests'])} / {_fmt(http['failed'])}",
-        f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'], 'int')} / "
-        f"{_fmt(run['label_delay_rows']['max'], 'int')}",
+        (
+            f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'], 'int')} / "
+            f"{_fmt(run['label_delay_rows']['max'], 'int')}"
+        ),
         f"{'start -> first served update':34s} {_fmt(run['first_update_served_s'])} s",
         *_drift_lines(report.get("drift")),
-        (f"{'trainer MSE before update':34s} {_fmt(report.get('trainer_pre_update_mse'))}"
-         if "trainer_pre_update_mse" in report else
-         f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}"),
-        f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
-        f"PSS {run.get('peak_pss_bytes', float('nan')) / 2**30:.2f} GiB",
+        (
+            f"{'trainer MSE before update':34s} {_fmt(report.get('trainer_pre_update_mse'))}"
+            if "trainer_pre_update_mse" in report
+            else f"{'trainer accuracy before update':34s} {_fmt(report.get('trainer_pre_update_accuracy'), '%')}"
+        ),
+        (
+            f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
+            f"PSS {run.get('peak_pss_bytes', float('nan')) / 2**30:.2f} GiB"
+        ),
         f"{'wall time':34s} {run['wall_s']:.1f} s",
         "",
-        f"prequential scores on rows {_fmt(report['eval_rows']['start'])}-{_fmt(report['eval_rows']['end'])} "
-        f"(after the static model's {report['eval_rows']['static_windows']} training windows; "
-        f"the dynamic model on rows it answered)",
+        (
+            f"prequential scores on rows {_fmt(report['eval_rows']['start'])}-{_fmt(report['eval_rows']['end'])} "
+            f"(after the static model's {report['eval_rows']['static_windows']} training windows; "
+            f"the dynamic model on rows it answered)"
+        ),
     ]
     if any("mse" in s for s in report["scores"].values()):
         lines.append(f"{'model':34s} {'MSE':>9s} {'MAE':>8s}")
@@ -283,7 +305,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         return "\n".join(lines)
     lines.append(f"{'model':34s} {'accuracy':>9s} {'kappa':>8s} {'kappa_t':>8s}")
     for name, s in report["scores"].items():
-        lines.append(f"{name:34s} {_fmt(s['accuracy'], '%'):>9s} {_fmt(s['kappa']):>8s} {_fmt(s['kappa_temporal']):>8s}")
+        lines.append(
+            f"{name:34s} {_fmt(s['accuracy'], '%'):>9s} {_fmt(s['kappa']):>8s} {_fmt(s['kappa_temporal']):>8s}"
+        )
     return "\n".join(lines)
 
 
@@ -316,8 +340,14 @@ def plot_accuracy(
     seen: set[str] = set()
     first = min((x[0] for x, _ in series.values() if len(x)), default=0)
     for window, decision in (d for d in decisions if d[0] >= first):
-        ax.axvline(window, color=DECISION_COLORS.get(decision, "k"), lw=0.8, alpha=0.7, ls=":" if decision == "no-op" else "-",
-                   label=None if decision in seen else f"drift: {decision}")
+        ax.axvline(
+            window,
+            color=DECISION_COLORS.get(decision, "k"),
+            lw=0.8,
+            alpha=0.7,
+            ls=":" if decision == "no-op" else "-",
+            label=None if decision in seen else f"drift: {decision}",
+        )
         seen.add(decision)
     ax.set_xlabel("window")
     ax.set_ylabel(ylabel + (f" (mean of {k})" if k > 1 else ""))

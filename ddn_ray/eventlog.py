@@ -153,8 +153,15 @@ class EventLog:
         window_stats: rows kept for the recent online error and label-delay figures of :meth:`stats`.
     """
 
-    def __init__(self, *, uri: str, task: str = "classification", retention_s: float = 7 * 86400.0,
-                 clock: Callable[[], float] = time.time, window_stats: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        uri: str,
+        task: str = "classification",
+        retention_s: float = 7 * 86400.0,
+        clock: Callable[[], float] = time.time,
+        window_stats: int = 500,
+    ) -> None:
         if "://" in uri:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
         else:
@@ -260,9 +267,13 @@ class EventLog:
         rows = pa.concat_tables(parts, promote_options="permissive")
         y = np.asarray(targets)[order]
         errors = self._errors_of(rows, y)
-        joined = self._joined_table(rows.drop_columns([c for c in ("replica", "prediction", "probabilities")
-                                                       if c in rows.column_names]),
-                                    [labels[j] for j in order], y, now, errors)
+        joined = self._joined_table(
+            rows.drop_columns([c for c in ("replica", "prediction", "probabilities") if c in rows.column_names]),
+            [labels[j] for j in order],
+            y,
+            now,
+            errors,
+        )
         self.flush()  # every joined id is in the prediction log before its label is
         self._append_joined(joined)
         for key, hits in take.items():
@@ -278,17 +289,22 @@ class EventLog:
         self._errors.extend(errors.tolist())
         self._error_sum += float(errors.sum())
         self._error_n += len(errors)
-        return JoinResult(result.joined, result.unknown, result.duplicate, result.late, int(joined["offset"][0].as_py()))
+        return JoinResult(
+            result.joined, result.unknown, result.duplicate, result.late, int(joined["offset"][0].as_py())
+        )
 
     def _errors_of(self, rows: pa.Table, y: np.ndarray) -> np.ndarray:
         pred = rows["prediction"]
         if self.task == "regression":
             p = np.array(pred.to_pylist(), np.float64).reshape(len(y), -1)
-            return ((p - np.asarray(y, np.float64).reshape(len(y), -1)) ** 2).mean(axis=1)
-        return (pred.to_numpy() != y).astype(np.float64)
+            squared: np.ndarray = ((p - np.asarray(y, np.float64).reshape(len(y), -1)) ** 2).mean(axis=1)
+            return squared
+        wrong: np.ndarray = (pred.to_numpy() != y).astype(np.float64)
+        return wrong
 
-    def _joined_table(self, features: pa.Table, labels: Sequence[Any], y: np.ndarray, now: float,
-                      errors: np.ndarray | None) -> pa.Table:
+    def _joined_table(
+        self, features: pa.Table, labels: Sequence[Any], y: np.ndarray, now: float, errors: np.ndarray | None
+    ) -> pa.Table:
         n = features.num_rows
         cols: dict[str, Any] = {
             "offset": pa.array(np.arange(self.next_offset, self.next_offset + n, dtype=np.int64)),
@@ -296,13 +312,18 @@ class EventLog:
             "label": pa.array([json.dumps(v) for v in labels], pa.string()),
         }
         if self.task == "regression":
-            cols["target"] = _column(np.asarray(y, np.float32)) if np.ndim(y) == 2 else pa.array(np.asarray(y, np.float64))
+            cols["target"] = (
+                _column(np.asarray(y, np.float32)) if np.ndim(y) == 2 else pa.array(np.asarray(y, np.float64))
+            )
         else:
             cols["label_id"] = pa.array(np.asarray(y, np.int64))
         cols["joined_at_s"] = pa.array(np.full(n, now))
         for c in ("predicted_at_s", "model_version"):
-            cols[c] = features[c] if c in features.column_names else pa.nulls(n, pa.float64() if c.endswith("_s")
-                                                                                else pa.int64())
+            cols[c] = (
+                features[c]
+                if c in features.column_names
+                else pa.nulls(n, pa.float64() if c.endswith("_s") else pa.int64())
+            )
         cols["served_error"] = pa.array(errors, pa.float64()) if errors is not None else pa.nulls(n, pa.float64())
         skip = {"event_id", "predicted_at_s", "model_version"}
         for c in features.column_names:
@@ -310,8 +331,9 @@ class EventLog:
                 cols[c] = features[c]
         return pa.table(cols)
 
-    def add_labeled(self, features: pa.Table, labels: Sequence[Any], targets: np.ndarray,
-                    event_ids: Sequence[str] | None = None) -> JoinResult:
+    def add_labeled(
+        self, features: pa.Table, labels: Sequence[Any], targets: np.ndarray, event_ids: Sequence[str] | None = None
+    ) -> JoinResult:
         """Labelled rows sent with their features (``POST /learn``): joined at once, durable when this returns.
 
         Args:
@@ -383,15 +405,21 @@ class EventLog:
 
     def _files(self, sub: str) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{sub}", allow_not_found=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not i.base_name.startswith("."))
+        return sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+        )
 
     def restore(self) -> None:
         """Rebuild the state from the files: the joined ids and offsets, and the index of logged predictions
         still waiting for a label within retention. Call once, on a fresh :class:`EventLog`."""
         for path in self._files(JOINED):
-            t = pq.read_table(path, columns=["offset", "event_id", "joined_at_s", "predicted_at_s", "served_error"],
-                              filesystem=self.fs)
+            t = pq.read_table(
+                path,
+                columns=["offset", "event_id", "joined_at_s", "predicted_at_s", "served_error"],
+                filesystem=self.fs,
+            )
             self._joined_ids.update(t["event_id"].to_pylist())
             if not t.num_rows:
                 continue
@@ -451,7 +479,10 @@ class EventLog:
         """Counts, the online error of the served answers (all, and over the last ``window_stats`` labels), and
         the label delay's quantiles (seconds)."""
         errs, delays = np.array(self._errors), np.array(self._delays)
-        q = (lambda a, p: float(np.quantile(a, p)) if len(a) else None)
+
+        def q(a: np.ndarray, p: float) -> float | None:
+            return float(np.quantile(a, p)) if len(a) else None
+
         metric = "accuracy" if self.task == "classification" else "mse"
 
         def value(mean: float | None) -> float | None:
@@ -464,8 +495,11 @@ class EventLog:
             "awaiting_label": len(self._index),
             "pending_learn": self._pending_rows,
             "joined_offset": self.next_offset,
-            "online": {"metric": metric,
-                       "all": value(self._error_sum / self._error_n if self._error_n else None),
-                       "recent": value(float(errs.mean()) if len(errs) else None), "recent_rows": len(errs)},
+            "online": {
+                "metric": metric,
+                "all": value(self._error_sum / self._error_n if self._error_n else None),
+                "recent": value(float(errs.mean()) if len(errs) else None),
+                "recent_rows": len(errs),
+            },
             "label_delay_s": {"p50": q(delays, 0.5), "p90": q(delays, 0.9), "p99": q(delays, 0.99)},
         }

@@ -51,10 +51,18 @@ import pyarrow.compute as pc
 from ddn_ray import records as records_io
 from ddn_ray.records import RecordError
 
+Task = Literal["classification", "regression"]
+"""What a model predicts: a class (softmax over classes) or real values (MSE)."""
+
 __all__ = ["Featurizer", "Rows"]
 
 UNKNOWN = "<unknown>"
 MISSING_SUFFIX = "__missing"
+
+
+def _is_none(values: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: which of an object array's values are ``None`` (a missing categorical value)."""
+    return np.equal(values, None)  # type: ignore[call-overload]  # elementwise ``is None`` on object arrays
 
 
 @dataclass(frozen=True)
@@ -93,13 +101,21 @@ class Rows:
 
     def _take(self, index: slice | np.ndarray) -> Rows:
         c, k = self.class_ids, self.checked
-        return Rows(numeric=self.numeric[index], categorical={name: v[index] for name, v in self.categorical.items()},
-                    label=None if self.label is None else (self.label.slice(index.start, index.stop - index.start)
-                                                           if isinstance(index, slice) else self.label.filter(pa.array(index))),
-                    label_values=None if self.label_values is None else self.label_values[index],
-                    class_ids=None if c is None else (c[0], c[1][index]),
-                    checked=None if k is None else (k[0], k[1][index], k[2][index]),
-                    inputs=None if self.inputs is None else self.inputs[index])
+        return Rows(
+            numeric=self.numeric[index],
+            categorical={name: v[index] for name, v in self.categorical.items()},
+            label=None
+            if self.label is None
+            else (
+                self.label.slice(index.start, index.stop - index.start)
+                if isinstance(index, slice)
+                else self.label.filter(pa.array(index))
+            ),
+            label_values=None if self.label_values is None else self.label_values[index],
+            class_ids=None if c is None else (c[0], c[1][index]),
+            checked=None if k is None else (k[0], k[1][index], k[2][index]),
+            inputs=None if self.inputs is None else self.inputs[index],
+        )
 
     def slice(self, start: int, stop: int) -> Rows:
         """Rows ``[start, stop)``, without copying."""
@@ -117,23 +133,29 @@ class Rows:
         first = parts[0]
         label = None
         if first.label is not None:
-            label = pa.chunked_array([c for p in parts for c in (p.label.chunks if isinstance(p.label, pa.ChunkedArray)
-                                                                 else [p.label])])
+            label = pa.chunked_array(
+                [c for p in parts for c in (p.label.chunks if isinstance(p.label, pa.ChunkedArray) else [p.label])]
+            )
         versions = {None if p.class_ids is None else p.class_ids[0] for p in parts}
         class_ids = None
         if len(versions) == 1 and first.class_ids is not None:
-            class_ids = (first.class_ids[0], np.concatenate([p.class_ids[1] for p in parts]))
+            class_ids = (first.class_ids[0], np.concatenate([p.class_ids[1] for p in parts if p.class_ids is not None]))
         checked = None
         if len({None if p.checked is None else p.checked[0] for p in parts}) == 1 and first.checked is not None:
-            checked = (first.checked[0], *(np.concatenate([p.checked[i] for p in parts]) for i in (1, 2)))
+            done = [p.checked for p in parts if p.checked is not None]
+            checked = (first.checked[0], np.concatenate([c[1] for c in done]), np.concatenate([c[2] for c in done]))
         inputs = None
         if all(p.inputs is not None for p in parts):
             inputs = np.concatenate([p.inputs for p in parts])
-        return Rows(numeric=np.concatenate([p.numeric for p in parts]),
-                    categorical={c: np.concatenate([p.categorical[c] for p in parts]) for c in first.categorical},
-                    label=label, label_values=None if first.label_values is None
-                    else np.concatenate([p.label_values for p in parts]), class_ids=class_ids,
-                    checked=checked, inputs=inputs)
+        return Rows(
+            numeric=np.concatenate([p.numeric for p in parts]),
+            categorical={c: np.concatenate([p.categorical[c] for p in parts]) for c in first.categorical},
+            label=label,
+            label_values=None if first.label_values is None else np.concatenate([p.label_values for p in parts]),
+            class_ids=class_ids,
+            checked=checked,
+            inputs=inputs,
+        )
 
 
 def _strings(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -168,7 +190,7 @@ class Featurizer:
         numeric: Sequence[str],
         categorical: Sequence[str] = (),
         label: str | None = None,
-        task: Literal["classification", "regression"] = "classification",
+        task: Task = "classification",
         classes: Sequence[Any] = (),
         allow_new_classes: bool = False,
         missing: Literal["impute", "quarantine"] = "impute",
@@ -232,10 +254,16 @@ class Featurizer:
 
     def schema(self) -> dict[str, Any]:
         """What a client sends and gets: columns by kind, the rules, and the classes known now."""
-        return {"numeric": self.numeric, "categorical": self.categorical, "id": self.id_column,
-                "label": self.label, "task": self.task,
-                "classes": self.classes if self.task == "classification" else None, "missing": self.missing,
-                "vocabularies": self.vocabularies}
+        return {
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "id": self.id_column,
+            "label": self.label,
+            "task": self.task,
+            "classes": self.classes if self.task == "classification" else None,
+            "missing": self.missing,
+            "vocabularies": self.vocabularies,
+        }
 
     # reading --------------------------------------------------------------
     def rows(self, table: pa.Table) -> Rows:
@@ -264,8 +292,9 @@ class Featurizer:
         good, reasons = self.check(r)
         why = np.full(len(r), None, object)
         why[~good] = reasons
-        return replace(r, checked=(self._check_version(), good, why),
-                       inputs=self.transform(r) if self.stateless else None)
+        return replace(
+            r, checked=(self._check_version(), good, why), inputs=self.transform(r) if self.stateless else None
+        )
 
     def _rows(self, data: pa.Table | Rows) -> Rows:
         return data if isinstance(data, Rows) else self.rows(data)
@@ -336,16 +365,22 @@ class Featurizer:
         x = r.numeric
         quarantine = self.missing == "quarantine"
         bad_x = (not np.isfinite(x).all()) if quarantine else bool(np.isinf(x).any())
-        bad_cat = quarantine and any(np.equal(v, None).any() for v in r.categorical.values())
-        check_labels = self.label is not None and labels
-        if check_labels and r.label is None:
+        bad_cat = quarantine and any(_is_none(v).any() for v in r.categorical.values())
+        label, label_values = (r.label, r.label_values) if self.label is not None and labels else (None, None)
+        check_labels = label is not None and label_values is not None
+        if self.label is not None and labels and not check_labels:
             raise ValueError(f"the rows have no label column {self.label!r}")
         ids = None
         if check_labels and self.task == "classification" and not self.allow_new_classes:
             ids = self._label_ids(r)
-        bad_y = check_labels and (
-            (self.task == "regression" and not np.isfinite(r.label_values).all())
-            or (self.task == "classification" and (r.label.null_count > 0 or (ids is not None and (ids < 0).any()))))
+        bad_y = (
+            label is not None
+            and label_values is not None
+            and (
+                (self.task == "regression" and not np.isfinite(label_values).all())
+                or (self.task == "classification" and (label.null_count > 0 or (ids is not None and (ids < 0).any())))
+            )
+        )
         if not (bad_x or bad_cat or bad_y):  # the usual window: no per-row work
             return np.ones(n, bool), []
         reasons: list[str | None] = [None] * n
@@ -361,12 +396,12 @@ class Featurizer:
                 refuse(np.isnan(x[:, j]), f"missing value in {c}")
         if quarantine:
             for c, v in r.categorical.items():
-                refuse(np.equal(v, None), f"missing value in {c}")
-        if check_labels:
+                refuse(_is_none(v), f"missing value in {c}")
+        if label is not None and label_values is not None:
             if self.task == "regression":
-                refuse(~np.isfinite(r.label_values), f"missing or non-finite target {self.label}")
+                refuse(~np.isfinite(label_values), f"missing or non-finite target {self.label}")
             else:
-                refuse(np.asarray(r.label.is_null().to_numpy(zero_copy_only=False)), f"missing label {self.label}")
+                refuse(np.asarray(label.is_null().to_numpy(zero_copy_only=False)), f"missing label {self.label}")
                 if ids is not None:
                     refuse(ids < 0, "label not in the declared classes (data.classes; or set data.allow_new_classes)")
         good = np.array([why is None for why in reasons], bool)
@@ -406,7 +441,7 @@ class Featurizer:
                     seen.add(v)
                 else:
                     self.unknown_values += 1
-        if self.label is not None and self.task == "classification" and self.allow_new_classes:
+        if r.label is not None and self.label is not None and self.task == "classification" and self.allow_new_classes:
             known = set(self.classes)
             for v in dict.fromkeys(r.label.to_pylist()):
                 if v is not None and v not in known:
@@ -427,6 +462,8 @@ class Featurizer:
     def _label_ids(self, r: Rows) -> np.ndarray:
         if r.class_ids is not None and r.class_ids[0] == self._classes_version:
             return r.class_ids[1]
+        if r.label_values is None:
+            raise ValueError(f"the rows have no label column {self.label!r}")
         return self._class_ids(r.label_values)
 
     def _class_ids(self, values: np.ndarray) -> np.ndarray:
@@ -491,7 +528,7 @@ class Featurizer:
         if self.label is None:
             raise ValueError("this featurizer has no label column")
         r = self._rows(data)
-        if r.label is None:
+        if r.label is None or r.label_values is None:
             raise ValueError(f"the rows have no label column {self.label!r}")
         if self.task == "regression":
             return r.label_values.astype(np.float32).reshape(-1, 1)
@@ -505,12 +542,22 @@ class Featurizer:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: the schema, the rules and the fitted state."""
         return {
-            "numeric": self.numeric, "categorical": self.categorical, "label": self.label, "task": self.task,
-            "allow_new_classes": self.allow_new_classes, "missing": self.missing, "scaling": self.scaling,
-            "max_categories": self.max_categories, "id_column": self.id_column, "classes": list(self.classes),
-            "count": self.count.tolist(), "mean": self.mean.tolist(), "m2": self.m2.tolist(),
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "label": self.label,
+            "task": self.task,
+            "allow_new_classes": self.allow_new_classes,
+            "missing": self.missing,
+            "scaling": self.scaling,
+            "max_categories": self.max_categories,
+            "id_column": self.id_column,
+            "classes": list(self.classes),
+            "count": self.count.tolist(),
+            "mean": self.mean.tolist(),
+            "m2": self.m2.tolist(),
             "vocabularies": {c: list(v) for c, v in self.vocabularies.items()},
-            "rows_seen": self.rows_seen, "unknown_values": self.unknown_values,
+            "rows_seen": self.rows_seen,
+            "unknown_values": self.unknown_values,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -521,7 +568,9 @@ class Featurizer:
         """
         for key in ("numeric", "categorical", "label", "task", "missing", "scaling", "max_categories"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"preprocessing state has {key}={state[key]!r}; this featurizer has {getattr(self, key)!r}")
+                raise ValueError(
+                    f"preprocessing state has {key}={state[key]!r}; this featurizer has {getattr(self, key)!r}"
+                )
         self.classes = list(state["classes"])
         self._slot_maps = {}
         self._classes_version += 1
@@ -534,8 +583,17 @@ class Featurizer:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Featurizer:
         """Rebuild a featurizer from :meth:`state_dict` (what a replica does with a version's state)."""
-        f = cls(numeric=state["numeric"], categorical=state["categorical"], label=state["label"], task=state["task"],
-                classes=state["classes"], allow_new_classes=state["allow_new_classes"], missing=state["missing"],
-                scaling=state["scaling"], max_categories=state["max_categories"], id_column=state.get("id_column"))
+        f = cls(
+            numeric=state["numeric"],
+            categorical=state["categorical"],
+            label=state["label"],
+            task=state["task"],
+            classes=state["classes"],
+            allow_new_classes=state["allow_new_classes"],
+            missing=state["missing"],
+            scaling=state["scaling"],
+            max_categories=state["max_categories"],
+            id_column=state.get("id_column"),
+        )
         f.load_state_dict(state)
         return f

@@ -103,15 +103,26 @@ class TableFeed:
         self._static: Featurizer | None = None
         self._first_offset = 0
         # Stop at start, before Ray Train or Serve start, on a file that does not parse or lacks a column.
-        self._source = tables.source_for(job.data, self.featurizer, window_size=job.stream.window_size,
-                                         schema=self._schema)
+        self._source = tables.source_for(
+            job.data, self.featurizer, window_size=job.stream.window_size, schema=self._schema
+        )
 
     @property
     def quarantine(self) -> stream.Quarantine:
         return self._stream.quarantine if self._stream is not None else stream.Quarantine()
 
     def run_stem(self) -> str:
-        return source_stem(self.job.data.source)
+        return source_stem(self._source_config())
+
+    def _source_config(self) -> config.TableSourceConfig | config.LandingDirConfig:
+        if self.job.data.source is None:
+            raise ValueError("a table feed needs data.source")
+        return self.job.data.source
+
+    def _opened(self) -> tables.TabularStream:
+        if self._stream is None:
+            raise RuntimeError("call start() first")
+        return self._stream
 
     def initial_preprocessing(self) -> dict[str, Any] | None:
         return self.featurizer.state_dict()
@@ -121,8 +132,13 @@ class TableFeed:
         if preprocessing is not None:
             self.featurizer.load_state_dict(preprocessing)
         self._first_offset = next_offset
-        source = tables.source_for(self.job.data, self.featurizer, window_size=self.job.stream.window_size,
-                                   start_offset=next_offset, schema=self._schema)
+        source = tables.source_for(
+            self.job.data,
+            self.featurizer,
+            window_size=self.job.stream.window_size,
+            start_offset=next_offset,
+            schema=self._schema,
+        )
         self._source = source
         self._stream = tables.TabularStream(source=source, featurizer=self.featurizer, id_column=self.job.data.id)
 
@@ -135,31 +151,32 @@ class TableFeed:
         return max(0, -(-(rows - self._first_offset) // self.job.stream.window_size))
 
     def windows(self) -> Iterator[sources.RecordWindow]:
-        assert self._stream is not None, "call start() first"
-        return self._stream.windows()
+        return self._opened().windows()
 
     def request(self, window: sources.RecordWindow) -> tuple[np.ndarray, list[list[Any]]]:
-        return window.offsets, self._stream.split(window)
+        return window.offsets, self._opened().split(window)
 
     def body(self, offsets: np.ndarray, rows: list[list[Any]]) -> dict[str, Any]:
         """Named columns in pandas' split orientation: the names once, then the rows' values (a replica reads
         them as it reads ``records``; half the bytes, benchmarks/byo_table_cost.py)."""
-        return {"columns": self._stream.record_columns, "data": rows}
+        return {"columns": self._opened().record_columns, "data": rows}
 
     def reveal(self, window: sources.RecordWindow) -> Reveal:
-        w = self._stream.reveal(window)
+        w = self._opened().reveal(window)
         return Reveal(w, self.featurizer.state_dict(), self.featurizer.num_classes)
 
     def snapshot_static(self, preprocessing: dict[str, Any] | None) -> None:
         """Freeze the static baseline's preprocessing: the state of the version it copies."""
-        self._static = Featurizer.from_state(preprocessing if preprocessing is not None else self.featurizer.state_dict())
+        self._static = Featurizer.from_state(
+            preprocessing if preprocessing is not None else self.featurizer.state_dict()
+        )
 
     def static_inputs(self, window: sources.RecordWindow, revealed: Reveal) -> np.ndarray:
         assert self._static is not None, "call snapshot_static() first"
         return self._static.transform(window.rows if window.rows is not None else window.table)
 
     def ids(self, window: sources.RecordWindow) -> list[str | None] | None:
-        return self._stream.ids(window)
+        return self._opened().ids(window)
 
     def phase(self, offsets: np.ndarray) -> np.ndarray:
         return np.zeros(len(offsets), np.int64)  # a user's table declares no phases
@@ -174,9 +191,15 @@ class TableFeed:
     def summary(self) -> dict[str, Any]:
         f = self.featurizer
         files = getattr(self._source, "files_read", None)
-        return {"source": self.job.data.source.model_dump(mode="json"), "task": f.task,
-                "classes": f.classes if f.task == "classification" else None, "inputs": f.width,
-                "numeric": f.numeric, "categorical": f.categorical,
-                "vocabulary_sizes": {c: len(v) for c, v in f.vocabularies.items()},
-                "unknown_values": f.unknown_values, "rows_fitted": f.rows_seen,
-                **({"files_read": len(files)} if files is not None else {})}
+        return {
+            "source": self._source_config().model_dump(mode="json"),
+            "task": f.task,
+            "classes": f.classes if f.task == "classification" else None,
+            "inputs": f.width,
+            "numeric": f.numeric,
+            "categorical": f.categorical,
+            "vocabulary_sizes": {c: len(v) for c, v in f.vocabularies.items()},
+            "unknown_values": f.unknown_values,
+            "rows_fitted": f.rows_seen,
+            **({"files_read": len(files)} if files is not None else {}),
+        }

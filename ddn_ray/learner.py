@@ -137,7 +137,8 @@ def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model  # DDP keeps the model in .module
+    inner = getattr(model, "module", None)  # DDP keeps the model in .module
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def fit(
@@ -266,7 +267,8 @@ class OnlineLearner:
     Args:
         model: the classifier, DDP-wrapped or not; it must have ``body`` and ``head`` (see
             :class:`~ddn_ray.models.MLP`).
-        fresh: ``fresh(k)`` builds the ``k``-th fresh model (same on every rank) for a reset.
+        fresh: ``fresh(k, classes)`` builds the ``k``-th fresh model (same on every rank) for a reset
+            (:func:`ddn_ray.models.fresh`; ``classes`` defaults to the width it was made for).
         train_cfg, strategy_cfg, drift_cfg, policy_cfg: the job's sections.
         seed: base seed (this rank's shuffles use ``seed + rank``).
         rank, world: this worker's rank and the number of workers.
@@ -277,7 +279,7 @@ class OnlineLearner:
     def __init__(
         self,
         model: nn.Module,
-        fresh: Callable[[int], nn.Module],
+        fresh: Callable[..., nn.Module],
         train_cfg: TrainConfig,
         strategy_cfg: StrategyConfig,
         drift_cfg: DriftConfig,
@@ -299,8 +301,13 @@ class OnlineLearner:
         self.scheduler = make_scheduler(train_cfg, self.optimizer)
         self.monitoring = drift_cfg.detector != "none"
         self.monitor = drift.Monitor(
-            drift.make(drift_cfg.detector, drift_cfg.params), drift_cfg.reference_windows, drift_cfg.feature_alpha,
-            drift_cfg.correction, drift_cfg.mmd_permutations, feature_names, seed,
+            drift.make(drift_cfg.detector, drift_cfg.params),
+            drift_cfg.reference_windows,
+            drift_cfg.feature_alpha,
+            drift_cfg.correction,
+            drift_cfg.mmd_permutations,
+            feature_names,
+            seed,
         )
         self.policy = policy.build(policy_cfg)
         self.recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=policy_cfg.recent_windows)
@@ -309,9 +316,12 @@ class OnlineLearner:
 
     def _embed(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.raw.body(torch.from_numpy(x)).numpy()
+            embedded: np.ndarray = models.body_of(self.raw)(torch.from_numpy(x)).numpy()
+            return embedded
 
-    def step(self, index: int, start: int, end: int, x: torch.Tensor, y: torch.Tensor) -> tuple[WindowMetrics, dict | None]:
+    def step(
+        self, index: int, start: int, end: int, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[WindowMetrics, dict[str, Any] | None]:
         """Test then train on one window; on a drift signal, apply the policy's decision.
 
         Args:
@@ -325,7 +335,14 @@ class OnlineLearner:
         lr = self.optimizer.param_groups[0]["lr"]
         local_batch = max(1, self.cfg.batch_size // self.world)
         res = prequential_step(
-            self.model, self.optimizer, x, y, local_batch, self.cfg.epochs_per_window, self.generator, self.strategy,
+            self.model,
+            self.optimizer,
+            x,
+            y,
+            local_batch,
+            self.cfg.epochs_per_window,
+            self.generator,
+            self.strategy,
             self.task,
         )
         self.scheduler.step()
@@ -340,7 +357,15 @@ class OnlineLearner:
                 self.apply(decision)
                 event = {**signal.to_dict(), "decision": decision.value, "reason": reason}
         metrics = WindowMetrics(
-            index, start, end, res.num_rows, res.pre_loss, res.pre_accuracy, res.train_loss, time.perf_counter() - t0, lr
+            index,
+            start,
+            end,
+            res.num_rows,
+            res.pre_loss,
+            res.pre_accuracy,
+            res.train_loss,
+            time.perf_counter() - t0,
+            lr,
         )
         return metrics, event
 
@@ -350,8 +375,15 @@ class OnlineLearner:
             return
         epochs = self.policy_cfg.retrain_epochs
         if decision is Decision.HEAD:
-            retrain(self.model, list(self.raw.head.parameters()), self.cfg, *self._recent_rows(), epochs, self.generator,
-                    self.task)
+            retrain(
+                self.model,
+                list(models.head_of(self.raw).parameters()),
+                self.cfg,
+                *self._recent_rows(),
+                epochs,
+                self.generator,
+                self.task,
+            )
             return
         if decision in (Decision.RESET, Decision.ROLLBACK):
             self._fresh_strategy()
@@ -371,7 +403,7 @@ class OnlineLearner:
     @property
     def num_classes(self) -> int:
         """The model's output width (the head's ``out_features``)."""
-        return int(self.raw.head.out_features)
+        return models.head_of(self.raw).out_features
 
     def grow_outputs(self, num_classes: int) -> bool:
         """New classes were revealed: widen the head (:func:`ddn_ray.models.grow_head`) to ``num_classes`` outputs.
@@ -413,9 +445,13 @@ class OnlineLearner:
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights: optimizer, schedule, strategy, monitor, policy, recent windows."""
         return {
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "strategy": self.strategy.state_dict(), "monitor": self.monitor.state_dict(),
-            "policy": self.policy.state_dict(), "recent": list(self.recent), "num_resets": self.num_resets,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "policy": self.policy.state_dict(),
+            "recent": list(self.recent),
+            "num_resets": self.num_resets,
             "generator": self.generator.get_state(),
         }
 

@@ -41,11 +41,23 @@ REFRESH_S = 1.0
 FRESHNESS_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 
 NAMES = (
-    "ddn_ray_model_version", "ddn_ray_versions", "ddn_ray_freshness_seconds", "ddn_ray_windows_trained",
-    "ddn_ray_prequential_accuracy", "ddn_ray_rows_trained", "ddn_ray_drift_signals",
-    "ddn_ray_served_model_version", "ddn_ray_requests", "ddn_ray_request_errors", "ddn_ray_rows_predicted",
-    "ddn_ray_service_labels", "ddn_ray_service_windows_learned", "ddn_ray_service_rows_learned",
-    "ddn_ray_service_online_accuracy", "ddn_ray_service_awaiting_label", "ddn_ray_service_label_delay_s",
+    "ddn_ray_model_version",
+    "ddn_ray_versions",
+    "ddn_ray_freshness_seconds",
+    "ddn_ray_windows_trained",
+    "ddn_ray_prequential_accuracy",
+    "ddn_ray_rows_trained",
+    "ddn_ray_drift_signals",
+    "ddn_ray_served_model_version",
+    "ddn_ray_requests",
+    "ddn_ray_request_errors",
+    "ddn_ray_rows_predicted",
+    "ddn_ray_service_labels",
+    "ddn_ray_service_windows_learned",
+    "ddn_ray_service_rows_learned",
+    "ddn_ray_service_online_accuracy",
+    "ddn_ray_service_awaiting_label",
+    "ddn_ray_service_label_delay_s",
 )
 
 
@@ -55,7 +67,7 @@ class _Gauges:
     gauge is kept here and set again by :meth:`refresh_forever`."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple[Any, tuple], tuple[Any, float, dict[str, str] | None]] = {}
+        self._last: dict[tuple[Any, tuple[Any, ...]], tuple[Any, float, dict[str, str] | None]] = {}
 
     def set(self, gauge: Any, value: float, tags: dict[str, str] | None = None) -> None:
         gauge.set(value, tags=tags)
@@ -77,12 +89,17 @@ class ControllerMetrics(_Gauges):
 
         self.version = Gauge("ddn_ray_model_version", "Latest accepted model version")
         self.versions = Counter("ddn_ray_versions", "Published updates by gate result", tag_keys=("result",))
-        self.freshness = Histogram("ddn_ray_freshness_seconds", "Seconds from publish until every live replica serves it",
-                                   boundaries=FRESHNESS_BOUNDARIES_S)
+        self.freshness = Histogram(
+            "ddn_ray_freshness_seconds",
+            "Seconds from publish until every live replica serves it",
+            boundaries=FRESHNESS_BOUNDARIES_S,
+        )
         self.windows = Counter("ddn_ray_windows_trained", "Windows the trainer finished (test then train)")
         self.rows = Counter("ddn_ray_rows_trained", "Rows of the finished windows (rank 0's share)")
         self.accuracy = Gauge("ddn_ray_prequential_accuracy", "Last window's accuracy before it was learned")
-        self.signals = Counter("ddn_ray_drift_signals", "Drift signals by the decision they led to", tag_keys=("decision",))
+        self.signals = Counter(
+            "ddn_ray_drift_signals", "Drift signals by the decision they led to", tag_keys=("decision",)
+        )
 
     def published(self, result: dict[str, Any]) -> None:
         self.versions.inc(1, tags={"result": result["decision"]})
@@ -136,8 +153,9 @@ class ServiceMetrics(_Gauges):
         self.labels = Counter("ddn_ray_service_labels", "Feedback labels by result", tag_keys=("result",))
         self.windows = Counter("ddn_ray_service_windows_learned", "Windows of joined rows learned")
         self.rows = Counter("ddn_ray_service_rows_learned", "Rows of those windows")
-        self.online = Gauge("ddn_ray_service_online_accuracy", "Served answers' accuracy over the last labels "
-                            "(regression: MSE)")
+        self.online = Gauge(
+            "ddn_ray_service_online_accuracy", "Served answers' accuracy over the last labels (regression: MSE)"
+        )
         self.awaiting = Gauge("ddn_ray_service_awaiting_label", "Logged answers waiting for a label")
         self.delay = Gauge("ddn_ray_service_label_delay_s", "Prediction -> label seconds", tag_keys=("quantile",))
 

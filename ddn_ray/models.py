@@ -29,8 +29,22 @@ from torch import nn
 from ddn_ray import registry
 from ddn_ray.config import ModelConfig
 
-__all__ = ["BUILDERS", "CNN", "MLP", "build", "build_for_inference", "cnn", "fresh", "grow_head", "load_numpy_state",
-           "mlp", "output_width", "predict", "resolve", "state_to_numpy"]
+__all__ = [
+    "BUILDERS",
+    "CNN",
+    "MLP",
+    "build",
+    "build_for_inference",
+    "cnn",
+    "fresh",
+    "grow_head",
+    "load_numpy_state",
+    "mlp",
+    "output_width",
+    "predict",
+    "resolve",
+    "state_to_numpy",
+]
 
 Builder = Callable[[int, int, ModelConfig], nn.Module]
 
@@ -90,8 +104,14 @@ class CNN(nn.Module):
         ``body(x): (batch, hidden_sizes[-1])`` (the embedding the drift tests use).
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, channels: tuple[int, ...],
-                 hidden_sizes: tuple[int, ...], dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        channels: tuple[int, ...],
+        hidden_sizes: tuple[int, ...],
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         c, h, w = image_shape
         layers: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
@@ -120,8 +140,10 @@ def cnn(num_features: int, num_classes: int, cfg: ModelConfig) -> CNN:
     """
     c, h, w = cfg.image_shape
     if c * h * w != num_features:
-        raise ValueError(f"model.image_shape {tuple(cfg.image_shape)} holds {c * h * w} values; rows have {num_features}")
-    return CNN(tuple(cfg.image_shape), num_classes, tuple(cfg.channels), tuple(cfg.hidden_sizes), cfg.dropout)
+        raise ValueError(
+            f"model.image_shape {tuple(cfg.image_shape)} holds {c * h * w} values; rows have {num_features}"
+        )
+    return CNN((c, h, w), num_classes, tuple(cfg.channels), tuple(cfg.hidden_sizes), cfg.dropout)
 
 
 BUILDERS: dict[str, str] = {"mlp": "ddn_ray.models:mlp", "cnn": "ddn_ray.models:cnn"}
@@ -158,13 +180,44 @@ def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | Non
         torch.manual_seed(seed)
     name = cfg.builder or cfg.kind
     model = resolve(name)(num_features, num_classes, cfg)
-    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "body", None), nn.Module) or not isinstance(
-            getattr(model, "head", None), nn.Linear):
-        raise TypeError(f"model.builder {name!r} must return an nn.Module with a .body module and an nn.Linear "
-                         f".head (forward(x) == head(body(x))); got {type(model).__name__}")
-    if model.head.out_features != num_classes:
-        raise ValueError(f"model.builder {name!r}: head has {model.head.out_features} outputs; expected {num_classes}")
+    if (
+        not isinstance(model, nn.Module)
+        or not isinstance(getattr(model, "body", None), nn.Module)
+        or not isinstance(getattr(model, "head", None), nn.Linear)
+    ):
+        raise TypeError(
+            f"model.builder {name!r} must return an nn.Module with a .body module and an nn.Linear "
+            f".head (forward(x) == head(body(x))); got {type(model).__name__}"
+        )
+    if head_of(model).out_features != num_classes:
+        raise ValueError(
+            f"model.builder {name!r}: head has {head_of(model).out_features} outputs; expected {num_classes}"
+        )
     return model
+
+
+def body_of(model: nn.Module) -> nn.Module:
+    """``model.body``, the part before the head (the builder contract: ``forward(x) == head(body(x))``).
+
+    Raises:
+        TypeError: the model has no ``.body`` module.
+    """
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Module):
+        raise TypeError(f"{type(model).__name__} has no .body module")
+    return body
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """``model.head``, the model's last ``nn.Linear`` (its ``out_features`` is the number of classes or targets).
+
+    Raises:
+        TypeError: the model has no ``.head`` ``nn.Linear``.
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no .head nn.Linear")
+    return head
 
 
 def grow_head(model: nn.Module, num_classes: int, seed: int) -> None:
@@ -176,7 +229,7 @@ def grow_head(model: nn.Module, num_classes: int, seed: int) -> None:
     Raises:
         ValueError: ``num_classes`` is smaller than the head's output width.
     """
-    old: nn.Linear = model.head
+    old = head_of(model)
     if num_classes < old.out_features:
         raise ValueError(f"cannot shrink the head from {old.out_features} to {num_classes} outputs")
     if num_classes == old.out_features:

@@ -51,8 +51,9 @@ def _category(v: Any) -> str | None:
     return v if v is None or isinstance(v, str) else pa.scalar(v).cast(pa.string()).as_py()
 
 
-def records_table(records: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str],
-                  optional: Sequence[str] = ()) -> pa.Table:
+def records_table(
+    records: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str], optional: Sequence[str] = ()
+) -> pa.Table:
     """Check JSON records against the schema and build an Arrow table of the feature columns.
 
     Args:
@@ -100,13 +101,15 @@ def _ids(values: Sequence[Any]) -> list[str | None]:
     return [None if v is None else str(v) for v in values]
 
 
-def _plain(by_name: Mapping[str, Sequence[Any]], n: int, numeric: Sequence[str],
-           categorical: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+def _plain(
+    by_name: Mapping[str, Sequence[Any]], n: int, numeric: Sequence[str], categorical: Sequence[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """``(numeric (n, k) float64, categorical object arrays)`` when every number is a finite int or float (not a
     bool, a string or None) and every category a string; else ``None``."""
     numbers = [by_name[c] for c in numeric]
-    if not {type(v) for col in numbers for v in col} <= {float, int} \
-            or not all(type(v) is str for c in categorical for v in by_name[c]):
+    if not {type(v) for col in numbers for v in col} <= {float, int} or not all(
+        type(v) is str for c in categorical for v in by_name[c]
+    ):
         return None
     x = np.array(numbers, np.float64).T.reshape(n, len(numeric))
     if not np.isfinite(x).all():
@@ -114,8 +117,9 @@ def _plain(by_name: Mapping[str, Sequence[Any]], n: int, numeric: Sequence[str],
     return x, {c: np.array(by_name[c], object) for c in categorical}
 
 
-def plain_columns(records: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str],
-                  id_column: str | None = None) -> Columns | None:
+def plain_columns(
+    records: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str], id_column: str | None = None
+) -> Columns | None:
     """The columns of records that are plain: exactly the schema's columns (the id optional), finite
     numbers (not bools) and string categories; ``None`` for any other request (check it with
     :func:`records_table`, which names what does not fit)."""
@@ -129,8 +133,13 @@ def plain_columns(records: Sequence[Any], numeric: Sequence[str], categorical: S
     return *plain, (_ids([r.get(id_column) for r in records]) if id_column else None)
 
 
-def split_columns(columns: Sequence[Any], data: Sequence[Any], numeric: Sequence[str], categorical: Sequence[str],
-                  id_column: str | None = None) -> Columns | None:
+def split_columns(
+    columns: Sequence[Any],
+    data: Sequence[Any],
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    id_column: str | None = None,
+) -> Columns | None:
     """Check a split-orientation request's ``columns`` and row lengths; the columns when its values are
     plain (as :func:`plain_columns`), else ``None`` (read its rows as records to name the value that does not fit).
 

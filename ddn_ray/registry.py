@@ -40,8 +40,10 @@ def load(name: str, *, what: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as first:
         if os.getcwd() in sys.path:
-            raise ValueError(f"{what} {name!r}: cannot import {module_name!r} ({first}); install it, put it on "
-                             "PYTHONPATH, or ship it with ray job submit --working-dir") from None
+            raise ValueError(
+                f"{what} {name!r}: cannot import {module_name!r} ({first}); install it, put it on "
+                "PYTHONPATH, or ship it with ray job submit --working-dir"
+            ) from None
         sys.path.append(os.getcwd())
         return load(name, what=what)
     if not hasattr(module, attr):

@@ -46,8 +46,15 @@ class ServedLog:
     ids: list[list[str | None]] = field(default_factory=list)
     rows_trained: int = 0
 
-    def add(self, *, window: stream.Window, answers: Answers, static_prediction: np.ndarray | None,
-            ids: list[str | None] | None, rows_trained: int) -> None:
+    def add(
+        self,
+        *,
+        window: stream.Window,
+        answers: Answers,
+        static_prediction: np.ndarray | None,
+        ids: list[str | None] | None,
+        rows_trained: int,
+    ) -> None:
         """Record a served window once its labels were revealed."""
         self.windows.append(window)
         self.answers.append(answers)
@@ -78,8 +85,9 @@ class RunFacts:
     sync_timeouts: int
 
 
-def build(*, job: config.JobConfig, log: ServedLog, summary: dict[str, Any], feed: Feed,
-          facts: RunFacts) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+def build(
+    *, job: config.JobConfig, log: ServedLog, summary: dict[str, Any], feed: Feed, facts: RunFacts
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """Join served answers with revealed labels; score the dynamic, static and no-change models.
 
     Args:
@@ -103,17 +111,32 @@ def build(*, job: config.JobConfig, log: ServedLog, summary: dict[str, Any], fee
     pred = np.concatenate([a.predictions for a in answers])
     ver = np.concatenate([a.versions for a in answers])
     # No-change with the model's delay: the last label revealed before the window was served.
-    last_revealed = np.concatenate([np.broadcast_to(served[i - 1].labels[-1] if i else np.zeros_like(w.labels[:1])[0],
-                                                    w.labels.shape) for i, w in enumerate(served)])
+    last_revealed = np.concatenate(
+        [
+            np.broadcast_to(served[i - 1].labels[-1] if i else np.zeros_like(w.labels[:1])[0], w.labels.shape)
+            for i, w in enumerate(served)
+        ]
+    )
     versions = {v["version"]: v for v in summary["versions"]}
     trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
     # The static model's answers exist from its freeze on (rows after its training windows).
-    static_pred = np.concatenate([
-        (p.reshape(w.labels.shape) if regression else p) if p is not None else
-        (np.full(w.labels.shape, np.nan) if regression else np.full(len(w), -1, dtype=np.int64))
-        for w, p in zip(served, log.static_predictions)])
-    rows = {"offset": offsets, "window": win, "label": y, "prediction": pred, "version": ver,
-            "static_prediction": static_pred, "phase": feed.phase(offsets)}
+    static_pred = np.concatenate(
+        [
+            (p.reshape(w.labels.shape) if regression else p)
+            if p is not None
+            else (np.full(w.labels.shape, np.nan) if regression else np.full(len(w), -1, dtype=np.int64))
+            for w, p in zip(served, log.static_predictions)
+        ]
+    )
+    rows = {
+        "offset": offsets,
+        "window": win,
+        "label": y,
+        "prediction": pred,
+        "version": ver,
+        "static_prediction": static_pred,
+        "phase": feed.phase(offsets),
+    }
     if regression:
         rows["no_change"] = feed.no_change(y, last_revealed)
         scores, curves = evaluate.score_regression_rows(rows, static_windows)
@@ -127,34 +150,56 @@ def build(*, job: config.JobConfig, log: ServedLog, summary: dict[str, Any], fee
     errors = [e for a in answers for e in a.errors]
     progress = [p for p in summary["progress"] if p["index"] >= static_windows]
     trainer_rows = sum(p["num_rows"] for p in progress)
-    trainer = ({"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}
-               if regression else
-               {"trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)})
+    trainer = (
+        {"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}
+        if regression
+        else {
+            "trainer_pre_update_accuracy": sum(p["pre_accuracy"] * p["num_rows"] for p in progress)
+            / max(trainer_rows, 1)
+        }
+    )
     quarantine = feed.quarantine
     ev = win >= static_windows
     report = {
         "run": {
-            "name": facts.run_name, "rows_served": len(y), "rows_trained": int(log.rows_trained),
-            "windows": len(served), "window_size": job.stream.window_size,
-            "rows_quarantined": len(quarantine), "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
-            "versions_published": len(summary["versions"]) - 1, "versions_rejected": len(summary["rejected"]),
+            "name": facts.run_name,
+            "rows_served": len(y),
+            "rows_trained": int(log.rows_trained),
+            "windows": len(served),
+            "window_size": job.stream.window_size,
+            "rows_quarantined": len(quarantine),
+            "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
+            "versions_published": len(summary["versions"]) - 1,
+            "versions_rejected": len(summary["rejected"]),
             "label_delay_rows": evaluate.percentiles((offsets - trained_end).tolist(), (50, 99)),
-            "first_update_served_s": facts.first_update_s, "replica_sync_timeouts": facts.sync_timeouts,
-            "num_workers": job.train.num_workers, "num_replicas": job.serve.num_replicas,
-            "window_versions": [[w.index, int(a.versions.min()), int(a.versions.max())] for w, a in zip(served, answers)],
+            "first_update_served_s": facts.first_update_s,
+            "replica_sync_timeouts": facts.sync_timeouts,
+            "num_workers": job.train.num_workers,
+            "num_replicas": job.serve.num_replicas,
+            "window_versions": [
+                [w.index, int(a.versions.min()), int(a.versions.max())] for w, a in zip(served, answers)
+            ],
             "replica_versions_at_end": summary["replica_versions"],
             "traffic_route": feed.route,
         },
         "data": feed.summary(),
-        "eval_rows": {"start": int(offsets[ev][0]) if ev.any() else None, "end": int(offsets[-1]) + 1,
-                      "static_windows": static_windows, "num_classes": facts.num_classes},
+        "eval_rows": {
+            "start": int(offsets[ev][0]) if ev.any() else None,
+            "end": int(offsets[-1]) + 1,
+            "static_windows": static_windows,
+            "num_classes": facts.num_classes,
+        },
         "scores": scores,
         "phases": (evaluate.phase_mse if regression else evaluate.phase_accuracy)(rows, static_windows),
         **feed.report_extras(rows, static_windows),
         **trainer,
         "freshness_s": evaluate.percentiles(fresh, (50, 99)),
-        "http": {"requests": len(latencies), "failed": len(errors), "errors": errors[:20],
-                 "latency_s": evaluate.percentiles(latencies, (50, 99))},
+        "http": {
+            "requests": len(latencies),
+            "failed": len(errors),
+            "errors": errors[:20],
+            "latency_s": evaluate.percentiles(latencies, (50, 99)),
+        },
         "drift": drift_section(job, summary["decisions"], None if regression else curves["dynamic (served)"]),
         "versions": summary["versions"][-5:],
         "config": job.model_dump(mode="json"),
@@ -162,8 +207,9 @@ def build(*, job: config.JobConfig, log: ServedLog, summary: dict[str, Any], fee
     return report, curves, rows
 
 
-def drift_section(job: config.JobConfig, events: list[dict[str, Any]],
-                  served: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+def drift_section(
+    job: config.JobConfig, events: list[dict[str, Any]], served: tuple[np.ndarray, np.ndarray] | None
+) -> dict[str, Any]:
     """The controller's decision log: each drift signal with what it saw and the decision it led to.
 
     Each event also gets ``recovery_windows``: windows after the signal until the served
@@ -183,25 +229,35 @@ def drift_section(job: config.JobConfig, events: list[dict[str, Any]],
         i = at.get(e["window"] + 1)
         e["recovery_windows"] = evaluate.recovery_windows(acc, i) if i is not None and i >= 10 else None
     recoveries = [e["recovery_windows"] for e in events if e["recovery_windows"] is not None]
-    return {"detector": job.drift.detector, "policy": job.policy.name, "decisions": dict(counts),
-            "recovery_windows": evaluate.percentiles(recoveries, (50, 90)), "events": events}
+    return {
+        "detector": job.drift.detector,
+        "policy": job.policy.name,
+        "decisions": dict(counts),
+        "recovery_windows": evaluate.percentiles(recoveries, (50, 90)),
+        "events": events,
+    }
 
 
-def write(report: dict[str, Any], curves: dict[str, Any], rows: dict[str, np.ndarray], *,
-          job: config.JobConfig) -> dict[str, Any]:
+def write(
+    report: dict[str, Any], curves: dict[str, Any], rows: dict[str, np.ndarray], *, job: config.JobConfig
+) -> dict[str, Any]:
     """Save ``predictions.npz``, the plot (``report.plot``) and ``report.json`` under
     ``report.output_dir/<run name>``, print the score table, and return ``report`` with its ``files``."""
     run_name = report["run"]["name"]
     out = Path(job.report.output_dir) / run_name
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "predictions.npz", **rows)  # served answers joined with the revealed labels
+    np.savez(out / "predictions.npz", **rows)  # type: ignore[arg-type]  # numpy stubs: no allow_pickle key  # served answers joined with the revealed labels
     report["files"] = {"report": str(out / "report.json"), "predictions": str(out / "predictions.npz")}
     if job.report.plot:
         marks = [(e["window"], e["decision"]) for e in report["drift"]["events"]]
-        what = ("served accuracy", "accuracy per window") if job.model.task == "classification" else (
-            "served one-step error", "MSE per window")
-        report["files"]["plot"] = str(evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: {what[0]}",
-                                                             marks, what[1]))
+        what = (
+            ("served accuracy", "accuracy per window")
+            if job.model.task == "classification"
+            else ("served one-step error", "MSE per window")
+        )
+        report["files"]["plot"] = str(
+            evaluate.plot_accuracy(curves, out / "accuracy.png", f"{run_name}: {what[0]}", marks, what[1])
+        )
     evaluate.write_report(report, out / "report.json")
     print(evaluate.format_table(report))
     print(f"report: {report['files']}")

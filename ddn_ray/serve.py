@@ -33,10 +33,11 @@ other way round).
 # No `from __future__ import annotations` here: FastAPI must see the real request model
 # type on the route methods, or it reads `request` as a query parameter.
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -50,8 +51,8 @@ from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import models, registry
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer
-from ddn_ray.records import RecordError
 from ddn_ray.metrics import ReplicaMetrics
+from ddn_ray.records import RecordError
 
 __all__ = [
     "AppArgs",
@@ -99,8 +100,10 @@ class PredictRequest(BaseModel):
             missing = "data" if raw.get("data") is None else "columns"
             raise ValueError(f"'columns' and 'data' go together (pandas' split orientation); '{missing}' is missing")
         if sum(raw.get(k) is not None for k in ("instances", "records", "columns")) != 1:
-            raise ValueError("send exactly one of 'instances' (rows of numbers), 'records' (objects of named "
-                             f"columns) or 'columns' + 'data' (named columns, rows of values); got {sorted(raw)}"[:300])
+            raise ValueError(
+                "send exactly one of 'instances' (rows of numbers), 'records' (objects of named "
+                f"columns) or 'columns' + 'data' (named columns, rows of values); got {sorted(raw)}"[:300]
+            )
         return raw
 
 
@@ -185,9 +188,12 @@ class InputRoutes:
 def _record_schema(featurizer: Featurizer) -> dict[str, Any]:
     """The record of a replica's table in the OpenAPI (``components.schemas.Record``)."""
     number, text_ = {"type": "number", "nullable": True}, {"type": ["string", "number", "boolean"], "nullable": True}
-    return {"type": "object", "additionalProperties": False,
-            "required": [*featurizer.numeric, *featurizer.categorical],
-            "properties": {**{c: number for c in featurizer.numeric}, **{c: text_ for c in featurizer.categorical}}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [*featurizer.numeric, *featurizer.categorical],
+        "properties": {**dict.fromkeys(featurizer.numeric, number), **dict.fromkeys(featurizer.categorical, text_)},
+    }
 
 
 class Replica(Protocol):
@@ -202,8 +208,12 @@ class Replica(Protocol):
     def current(self) -> tuple[int, torch.nn.Module]: ...
     def check_batch(self, n: int) -> None: ...
     def served(self, rows: int) -> None: ...
-    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None,
-               split: "tuple[list[str], list[list[Any]]] | None" = None) -> BaseModel: ...
+    def answer(
+        self,
+        x: torch.Tensor | None,
+        records: "list[dict[str, Any]] | None" = None,
+        split: "tuple[list[str], list[list[Any]]] | None" = None,
+    ) -> BaseModel: ...
     def reject(self, status: int, message: str) -> HTTPException: ...
     @property
     def service(self) -> Any: ...
@@ -212,7 +222,7 @@ class Replica(Protocol):
 
 def current_replica() -> Replica:
     """The replica serving this request: a FastAPI dependency for :class:`InputRoutes` handlers."""
-    return serve.get_replica_context().servable_object
+    return cast(Replica, serve.get_replica_context().servable_object)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
@@ -250,7 +260,9 @@ class Predictor:
         RuntimeError: no version was published within ``start_timeout_s``.
     """
 
-    async def __init__(
+    app: FastAPI  # set by serve.ingress
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         controller_name: str | None = None,
         namespace: str = "ddn_ray",
@@ -286,8 +298,14 @@ class Predictor:
             spec = await self._controller.model_spec.remote() if model is None else {}
         else:
             raise ValueError("Predictor needs a checkpoint or a controller_name")
-        spec = {**(spec or {}), **{k: v for k, v in {"model": model, "num_features": num_features,
-                                                       "num_classes": num_classes}.items() if v is not None}}
+        spec = {
+            **(spec or {}),
+            **{
+                k: v
+                for k, v in {"model": model, "num_features": num_features, "num_classes": num_classes}.items()
+                if v is not None
+            },
+        }
         missing = [k for k in ("model", "num_features", "num_classes") if k not in spec]
         if missing:
             raise ValueError(f"the model version source does not describe the model: missing {missing}")
@@ -309,8 +327,13 @@ class Predictor:
             raise RuntimeError(f"no model version was published within {start_timeout_s} s")
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
-    def _install(self, version: int, weights: Any, preprocessing: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+    def _install(
+        self,
+        version: int,
+        weights: Any,
+        preprocessing: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         num_classes = int((meta or {}).get("num_classes", self._num_classes))  # the head may have grown
         model = models.build_for_inference(self._model_cfg, self._num_features, num_classes, weights)
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
@@ -342,8 +365,11 @@ class Predictor:
                 for option in body.get("records", {}).get("anyOf", []):
                     if option.get("type") == "array":
                         option["items"] = {"$ref": "#/components/schemas/Record"}
-                names = [*featurizer.numeric, *featurizer.categorical, *([featurizer.id_column] if featurizer.id_column
-                                                                         else [])]
+                names = [
+                    *featurizer.numeric,
+                    *featurizer.categorical,
+                    *([featurizer.id_column] if featurizer.id_column else []),
+                ]
                 for option in body.get("columns", {}).get("anyOf", []):
                     if option.get("type") == "array":
                         option["items"] = {"type": "string", "enum": names}
@@ -370,28 +396,51 @@ class Predictor:
             except Exception:  # keep serving the current version; retry shortly
                 log.exception("model version poll failed; keeping version %s", self._current and self._current[0])
                 await asyncio.sleep(0.5)
-                try:  # a restarted controller (a service's learner came back) has the same name
-                    self._controller = ray.get_actor(self._controller_name, namespace=self._namespace)
-                except ValueError:
-                    pass
+                # a restarted controller (a service's learner came back) has the same name
+                if self._controller_name is not None:
+                    with contextlib.suppress(ValueError):
+                        self._controller = ray.get_actor(self._controller_name, namespace=self._namespace)
 
-    def _log_answer(self, event_ids: list[str], rows: Any, featurizer: Featurizer, predictions: np.ndarray,
-                    probabilities: np.ndarray | None, version: int) -> None:
+    def _log_answer(
+        self,
+        event_ids: list[str],
+        rows: Any,
+        featurizer: Featurizer,
+        predictions: np.ndarray,
+        probabilities: np.ndarray | None,
+        version: int,
+    ) -> None:
         """Hand the answered rows to the service's prediction log in the background (off the request path)."""
         import time
 
-        task = asyncio.get_running_loop().create_task(self._send_log(
-            event_ids, rows, featurizer, predictions, probabilities, version, time.time()))
+        task = asyncio.get_running_loop().create_task(
+            self._send_log(event_ids, rows, featurizer, predictions, probabilities, version, time.time())
+        )
         self._log_tasks.add(task)
         task.add_done_callback(self._log_tasks.discard)
 
-    async def _send_log(self, event_ids: list[str], rows: Any, featurizer: Featurizer, predictions: np.ndarray,
-                        probabilities: np.ndarray | None, version: int, at_s: float) -> None:
+    async def _send_log(
+        self,
+        event_ids: list[str],
+        rows: Any,
+        featurizer: Featurizer,
+        predictions: np.ndarray,
+        probabilities: np.ndarray | None,
+        version: int,
+        at_s: float,
+    ) -> None:
         from ddn_ray.eventlog import AnsweredRows
 
-        batch = AnsweredRows(event_ids=event_ids, features=featurizer.record_table(rows), predictions=predictions,
-                             probabilities=probabilities, model_version=version, predicted_at_s=at_s,
-                             replica=self._replica)
+        batch = AnsweredRows(
+            event_ids=event_ids,
+            features=featurizer.record_table(rows),
+            predictions=predictions,
+            probabilities=probabilities,
+            model_version=version,
+            predicted_at_s=at_s,
+            replica=self._replica,
+        )
+        assert self._service is not None, "answers are logged only by a service's replica"
         delay = 0.2
         while True:  # until the learner takes it: it may be restarting (its log is rebuilt from the files)
             try:
@@ -399,7 +448,7 @@ class Predictor:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception:  # noqa: BLE001 (any failure of the learner's actor: retried, never dropped)
                 log.warning("the service's log did not take %d answered rows; retrying in %.1f s", len(batch), delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
@@ -411,25 +460,38 @@ class Predictor:
 
     def check_health(self) -> None:
         """Serve health check: unhealthy if the version poller died."""
-        if self._poller is not None and self._poller.done() and not self._poller.cancelled() and self._poller.exception() is not None:
+        if (
+            self._poller is not None
+            and self._poller.done()
+            and not self._poller.cancelled()
+            and self._poller.exception() is not None
+        ):
             raise RuntimeError(f"version poller died: {self._poller.exception()!r}")
 
-    def answer(self, x: torch.Tensor | None, records: "list[dict[str, Any]] | None" = None,
-               split: "tuple[list[str], list[list[Any]]] | None" = None
-               ) -> PredictResponse | ValuesResponse | RecordsResponse:
+    def answer(
+        self,
+        x: torch.Tensor | None,
+        records: "list[dict[str, Any]] | None" = None,
+        split: "tuple[list[str], list[list[Any]]] | None" = None,
+    ) -> PredictResponse | ValuesResponse | RecordsResponse:
         """The answer to ``x``: ``(batch, num_features)`` float32 model inputs, or named rows (``records``, or
         ``split``: ``(columns, data)`` in pandas' split orientation) featurized by the served version's
         preprocessing; a classifier's classes and probabilities, a regression's outputs."""
-        version, model, featurizer = self._current  # one read: this request's version, whatever the poller does
+        version, model, featurizer = self._served()  # one read: this request's version, whatever the poller does
         ids = None
+        rows: Any = None
         if records is not None or split is not None:
-            name, n = ("records", len(records)) if records is not None else ("data", len(split[1]))
+            name, n = ("records", len(records)) if records is not None else ("data", len(split[1]) if split else 0)
             if featurizer is None:
                 raise self.reject(400, f"this model takes 'instances' (rows of numbers), not '{name}'")
             if n > self._max_batch_rows:
                 raise self.reject(413, f"{name} has {n} rows; at most {self._max_batch_rows} per request")
             try:
-                rows, ids = featurizer.read_records(records) if records is not None else featurizer.read_split(*split)
+                rows, ids = (
+                    featurizer.read_records(records)
+                    if records is not None
+                    else featurizer.read_split(*cast(tuple, split))
+                )
             except RecordError as exc:
                 raise self.reject(422, str(exc)) from None
             good, reasons = featurizer.check(rows, labels=False)
@@ -437,6 +499,8 @@ class Predictor:
                 i = int(np.flatnonzero(~good)[0])
                 raise self.reject(422, f"{name}[{i}]: {reasons[0]}")
             x = torch.from_numpy(featurizer.transform(rows))
+        if x is None:
+            raise ValueError("answer needs x, records or split")
         with torch.no_grad():
             out = model(x)
         self._metrics.request(200, rows=len(x))
@@ -445,21 +509,31 @@ class Predictor:
             from ddn_ray.eventlog import new_event_ids
 
             fresh = iter(new_event_ids(len(x) if ids is None else sum(i is None for i in ids)))
-            event_ids = [next(fresh) for _ in range(len(x))] if ids is None else [
-                str(i) if i is not None else next(fresh) for i in ids]
+            event_ids = (
+                [next(fresh) for _ in range(len(x))]
+                if ids is None
+                else [str(i) if i is not None else next(fresh) for i in ids]
+            )
         if self._model_cfg.task == "regression":
-            if event_ids is not None:
+            if event_ids is not None and featurizer is not None:
                 self._log_answer(event_ids, rows, featurizer, out.numpy().astype(np.float32), None, version)
-            return ValuesResponse(outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids,
-                                  event_ids=event_ids)
-        if records is not None or split is not None:
+            return ValuesResponse(
+                outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids, event_ids=event_ids
+            )
+        if featurizer is not None and (records is not None or split is not None):
             probs = torch.softmax(out, dim=1)
             class_ids = probs.argmax(dim=1).tolist()
             if event_ids is not None:
                 self._log_answer(event_ids, rows, featurizer, np.asarray(class_ids, np.int64), probs.numpy(), version)
-            return RecordsResponse(predictions=featurizer.class_names(class_ids), class_ids=class_ids,
-                                   probabilities=probs.tolist(), model_version=version, replica=self._replica, ids=ids,
-                                   event_ids=event_ids)
+            return RecordsResponse(
+                predictions=featurizer.class_names(class_ids),
+                class_ids=class_ids,
+                probabilities=probs.tolist(),
+                model_version=version,
+                replica=self._replica,
+                ids=ids,
+                event_ids=event_ids,
+            )
         probs = torch.softmax(out, dim=1)
         return PredictResponse(
             predictions=probs.argmax(dim=1).tolist(),
@@ -497,9 +571,15 @@ class Predictor:
     def max_batch_rows(self) -> int:
         return self._max_batch_rows
 
+    def _served(self) -> tuple[int, torch.nn.Module, Featurizer | None]:
+        """``(version, model, featurizer)`` read once (a replica takes requests only once a version is in)."""
+        if self._current is None:
+            raise RuntimeError("no model version loaded yet")
+        return self._current
+
     def current(self) -> tuple[int, torch.nn.Module]:
         """``(version, model)`` read once: use both for one request, whatever the poller swaps in meanwhile."""
-        version, model, _ = self._current
+        version, model, _ = self._served()
         return version, model
 
     def check_batch(self, n: int) -> None:
@@ -516,12 +596,14 @@ class Predictor:
         if request.records is not None:
             return self.answer(None, request.records)
         if request.columns is not None:
-            return self.answer(None, split=(request.columns, request.data))
-        if self._current[2] is not None:
-            raise self.reject(400, "this model featurizes named columns: send 'records' or 'columns' + 'data' "
-                                   "(GET /schema lists them)")
+            return self.answer(None, split=(request.columns, request.data or []))
+        if self._served()[2] is not None:
+            raise self.reject(
+                400,
+                "this model featurizes named columns: send 'records' or 'columns' + 'data' (GET /schema lists them)",
+            )
         try:
-            check_instances(request.instances, self._num_features, self._max_batch_rows)
+            check_instances(request.instances or [], self._num_features, self._max_batch_rows)
         except HTTPException as exc:
             self._metrics.request(exc.status_code)
             raise
@@ -529,36 +611,45 @@ class Predictor:
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:
-        version, _, featurizer = self._current
-        return {"model_version": version, "replica": self._replica, "inputs": self._inputs,
-                **({"schema": featurizer.schema()} if featurizer is not None else {})}
+        version, _, featurizer = self._served()
+        return {
+            "model_version": version,
+            "replica": self._replica,
+            "inputs": self._inputs,
+            **({"schema": featurizer.schema()} if featurizer is not None else {}),
+        }
 
     @app.get("/schema")
     async def schema(self) -> dict[str, Any]:
         """The record a request sends (columns by kind, the missing-value rule) and the classes of this version."""
-        version, _, featurizer = self._current
+        version, _, featurizer = self._served()
         if featurizer is None:
             raise self.reject(404, f"this model takes rows of {self._num_features} numbers ('instances'), no records")
         return {"model_version": version, **featurizer.schema()}
 
 
-def build_app(cfg: JobConfig, num_features: int, num_classes: int,
-              inputs: dict[str, Any] | None = None) -> serve.Application:
+def build_app(
+    cfg: JobConfig, num_features: int, num_classes: int, inputs: dict[str, Any] | None = None
+) -> serve.Application:
     """The Serve application for a job config (replicas and CPUs from ``cfg.serve``; ``inputs`` as in
     :class:`Predictor`)."""
-    return Predictor.options(
-        num_replicas=cfg.serve.num_replicas,
-        ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
-        max_ongoing_requests=32,
-    ).bind(
-        cfg.controller.name,
-        cfg.ray.namespace,
-        cfg.model.model_dump(),
-        num_features,
-        num_classes,
-        cfg.serve.max_batch_rows,
-        cfg.controller.poll_timeout_s,
-        inputs=inputs,
+    return (
+        cast(serve.Deployment, Predictor)
+        .options(
+            num_replicas=cfg.serve.num_replicas,
+            ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
+            max_ongoing_requests=32,
+        )
+        .bind(
+            cfg.controller.name,
+            cfg.ray.namespace,
+            cfg.model.model_dump(),
+            num_features,
+            num_classes,
+            cfg.serve.max_batch_rows,
+            cfg.controller.poll_timeout_s,
+            inputs=inputs,
+        )
     )
 
 
@@ -597,5 +688,6 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         pydantic.ValidationError: bad ``args`` (both or neither source, unknown keys).
     """
     a = AppArgs(**args)
-    return Predictor.bind(a.controller, a.namespace, None, None, None, a.max_batch_rows, a.poll_timeout_s,
-                          checkpoint=a.checkpoint)
+    return cast(serve.Deployment, Predictor).bind(
+        a.controller, a.namespace, None, None, None, a.max_batch_rows, a.poll_timeout_s, checkpoint=a.checkpoint
+    )

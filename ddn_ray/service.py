@@ -32,6 +32,7 @@ counted in ``trained_again_rows``), and versions continue from the last one reco
 
 # No `from __future__ import annotations`: FastAPI must see the real request models on the routes.
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -53,8 +54,18 @@ from ddn_ray.eventlog import EventLog, JoinResult
 from ddn_ray.records import RecordError
 from ddn_ray.serve import Predictor, Replica, current_replica
 
-__all__ = ["ROUTES", "Feedback", "LearnRequest", "LearningService", "ServiceAnswer", "build_apps",
-           "ingress_builder", "learner_app_name", "learner_builder", "service_config"]
+__all__ = [
+    "ROUTES",
+    "Feedback",
+    "LearnRequest",
+    "LearningService",
+    "ServiceAnswer",
+    "build_apps",
+    "ingress_builder",
+    "learner_app_name",
+    "learner_builder",
+    "service_config",
+]
 
 log = logging.getLogger("ray.serve")
 
@@ -86,29 +97,36 @@ class ServiceAnswer:
 
 
 def _join_body(result: JoinResult, retention_s: float) -> dict[str, Any]:
-    return {"joined": len(result.joined), "first_offset": result.first_offset, "unknown": result.unknown,
-            "duplicate": result.duplicate,
-            "late": [{"event_id": e, "reason": f"the prediction is older than the retention window "
-                                               f"({retention_s:g} s)"} for e in result.late]}
+    return {
+        "joined": len(result.joined),
+        "first_offset": result.first_offset,
+        "unknown": result.unknown,
+        "duplicate": result.duplicate,
+        "late": [
+            {"event_id": e, "reason": f"the prediction is older than the retention window ({retention_s:g} s)"}
+            for e in result.late
+        ],
+    }
 
 
 ROUTES = APIRouter()
 
 
 @ROUTES.post("/feedback")
-async def feedback(items: list[Feedback] = Body(...),  # noqa: B008 (FastAPI's way)
-                   replica: Replica = Depends(current_replica)) -> JSONResponse:  # noqa: B008
+async def feedback(
+    items: list[Feedback] = Body(...),
+    replica: Replica = Depends(current_replica),
+) -> JSONResponse:
     """Labels for answered rows, by ``event_id``."""
     if not items:
         raise replica.reject(422, "body: send at least one {event_id, label}")
     replica.check_batch(len(items))
-    answer: ServiceAnswer = await replica.service.feedback.remote([i.event_id for i in items],
-                                                                   [i.label for i in items])
+    answer: ServiceAnswer = await replica.service.feedback.remote([i.event_id for i in items], [i.label for i in items])
     return JSONResponse(answer.body, status_code=answer.status)
 
 
 @ROUTES.post("/learn")
-async def learn(request: LearnRequest, replica: Replica = Depends(current_replica)) -> JSONResponse:  # noqa: B008
+async def learn(request: LearnRequest, replica: Replica = Depends(current_replica)) -> JSONResponse:
     """Rows that come with their labels: joined at once, learned in the next windows."""
     featurizer = replica.featurizer()
     if featurizer is None or featurizer.label is None:
@@ -139,13 +157,14 @@ async def learn(request: LearnRequest, replica: Replica = Depends(current_replic
 
 
 @ROUTES.get("/stats")
-async def stats(replica: Replica = Depends(current_replica)) -> dict[str, Any]:  # noqa: B008
+async def stats(replica: Replica = Depends(current_replica)) -> dict[str, Any]:
     """The service's counts and online figures (:meth:`LearningService.stats`)."""
     return await replica.service.stats.remote()
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, health_check_period_s=5.0,
-                  graceful_shutdown_timeout_s=120.0)
+@serve.deployment(
+    num_replicas=1, max_ongoing_requests=1000, health_check_period_s=5.0, graceful_shutdown_timeout_s=120.0
+)
 class LearningService:
     """The service's learner: versions, prediction log, feedback join and the Train workers (module doc).
 
@@ -193,10 +212,9 @@ class LearningService:
             self.featurizer.load_state_dict(restored[2]["preprocessing"])
             nc = int(restored[2].get("num_classes", nc))
         last = max(int(state.get("last_version", -1)), restored[0] if restored else -1)
-        try:  # a controller left by a learner replica that died: its versions are in the files
+        # a controller left by a learner replica that died: its versions are in the files
+        with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(cfg.controller.name, namespace=cfg.ray.namespace))
-        except ValueError:
-            pass
         actor: Any = ray.remote(ControllerActor)
         self.controller: Any = actor.options(
             name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
@@ -204,8 +222,15 @@ class LearningService:
         spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"})
         await self.controller.set_model_spec.remote(spec)
         if restored is not None:  # replicas keep answering with the learned weights, not a fresh model
-            weights, meta = restored[1], {"window": restored[2]["next_window"] - 1, "resumed": True,
-                                          "trained_end_offset": restored[2]["next_offset"], "num_classes": nc}
+            weights, meta = (
+                restored[1],
+                {
+                    "window": restored[2]["next_window"] - 1,
+                    "resumed": True,
+                    "trained_end_offset": restored[2]["next_offset"],
+                    "num_classes": nc,
+                },
+            )
         else:
             weights = models.state_to_numpy(models.build(cfg.model, len(names), nc, seed=cfg.train.seed))
             meta = {"window": -1, "trained_end_offset": 0, "num_classes": nc}
@@ -216,12 +241,21 @@ class LearningService:
         self._fit_error: BaseException | None = None
         self._fit_thread = threading.Thread(target=lambda: None, daemon=True)
         if cfg.service.learn:
-            args = WorkerArgs(job=cfg, feature_names=names, num_classes=nc, queues=self.queues,
-                              controller=self.controller, inputs={"kind": "records"}, checkpoint_at_end=True)
+            args = WorkerArgs(
+                job=cfg,
+                feature_names=names,
+                num_classes=nc,
+                queues=self.queues,
+                controller=self.controller,
+                inputs={"kind": "records"},
+                checkpoint_at_end=True,
+            )
             trainer = TorchTrainer(
-                train_loop_per_worker, train_loop_config={"args": args},
-                scaling_config=ScalingConfig(num_workers=workers,
-                                             resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                train_loop_per_worker,
+                train_loop_config={"args": args},
+                scaling_config=ScalingConfig(
+                    num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+                ),
                 run_config=RunConfig(storage_path=cfg.storage_uri, name=cfg.run_name),
             )
             self._fit_thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True)
@@ -271,7 +305,9 @@ class LearningService:
                 self.featurizer.load_state_dict(self.ready["preprocessing"])
             self.next_window = self.ready["next_window"]
             again = [w for w in self.learned if w["end"] > self.ready["next_offset"]]
-            self.trained_again_rows = sum(w["learned_rows"] for w in again)  # learned before the restart, not checkpointed
+            self.trained_again_rows = sum(
+                w["learned_rows"] for w in again
+            )  # learned before the restart, not checkpointed
             self.learned = [w for w in self.learned if w["end"] <= self.ready["next_offset"]]
             size, wait_s = self.cfg.stream.window_size, self.cfg.service.window_timeout_s
             while not self._stopping:
@@ -314,15 +350,25 @@ class LearningService:
             workers = len(self.queues)
             learned_rows = (len(w) // workers) * workers
             for rank, shard in enumerate(stream.shard_tables(w, workers)):
-                await self.queues[rank].put_async(WindowItem(index, start, end, ray.data.from_arrow(shard),
-                                                             f.state_dict(), f.num_classes))
+                await self.queues[rank].put_async(
+                    WindowItem(index, start, end, ray.data.from_arrow(shard), f.state_dict(), f.num_classes)
+                )
             while (await self.controller.wait_progress.remote(index, 5.0)) < index:
                 self._check_trainer()
             self.next_window = index + 1
         version = await self.controller.latest_version.remote()
-        self.learned.append({"index": index, "start": start, "end": end, "rows": end - start,
-                             "learned_rows": learned_rows, "quarantined": end - start - int(good.sum()),
-                             "version": version, "at_s": time.time()})
+        self.learned.append(
+            {
+                "index": index,
+                "start": start,
+                "end": end,
+                "rows": end - start,
+                "learned_rows": learned_rows,
+                "quarantined": end - start - int(good.sum()),
+                "version": version,
+                "at_s": time.time(),
+            }
+        )
         self._write_json("learned.json", self.learned)
         self._write_json("state.json", {"last_version": version})
         self.windows_learned += 1
@@ -355,8 +401,10 @@ class LearningService:
         for i, v in enumerate(labels):
             k = lookup.get((type(v) is bool, v))
             if k is None and not f.allow_new_classes:
-                return None, (f"{where}[{i}].label: {v!r} is not one of the classes {f.classes} "
-                              "(data.classes; or set data.allow_new_classes)")
+                return None, (
+                    f"{where}[{i}].label: {v!r} is not one of the classes {f.classes} "
+                    "(data.classes; or set data.allow_new_classes)"
+                )
             ids[i] = -1 if k is None else k
         return ids, None
 
@@ -385,11 +433,18 @@ class LearningService:
     async def stats(self) -> dict[str, Any]:
         """Counts and online figures: the log's (:meth:`~ddn_ray.eventlog.EventLog.stats`), the windows learned
         in this run of the learner, the rows learned again after a restart, the served version."""
-        return {"run_name": self.cfg.run_name, "model_version": await self.controller.latest_version.remote(),
-                "trainer_ready": self.ready is not None, "next_window": self.next_window,
-                "windows_learned": self.windows_learned, "rows_learned": self.rows_learned,
-                "rows_quarantined": self.rows_quarantined, "trained_again_rows": self.trained_again_rows,
-                "error": self._error or (repr(self._fit_error) if self._fit_error else None), **self.events.stats()}
+        return {
+            "run_name": self.cfg.run_name,
+            "model_version": await self.controller.latest_version.remote(),
+            "trainer_ready": self.ready is not None,
+            "next_window": self.next_window,
+            "windows_learned": self.windows_learned,
+            "rows_learned": self.rows_learned,
+            "rows_quarantined": self.rows_quarantined,
+            "trained_again_rows": self.trained_again_rows,
+            "error": self._error or (repr(self._fit_error) if self._fit_error else None),
+            **self.events.stats(),
+        }
 
     async def drain(self) -> dict[str, Any]:
         """Stop: finish the window being learned, write the log, end the trainer with a checkpoint of every
@@ -452,8 +507,10 @@ def service_config(path: str | None, overrides: dict[str, Any] | None = None) ->
 
     cfg = config.load(path, overrides)
     if cfg.data.source is None:
-        raise ConfigError("the service serves a user's records: set data.source (a table with the columns; its "
-                          "first file gives their types), data.features and data.label")
+        raise ConfigError(
+            "the service serves a user's records: set data.source (a table with the columns; its "
+            "first file gives their types), data.features and data.label"
+        )
     if not cfg.run_name:
         cfg = cfg.model_copy(update={"run_name": f"{feeds.source_stem(cfg.data.source)}-service"})
     return cfg
@@ -462,13 +519,30 @@ def service_config(path: str | None, overrides: dict[str, Any] | None = None) ->
 def build_apps(cfg: config.JobConfig) -> tuple[serve.Application, serve.Application]:
     """``(learner, ingress)``: run the learner's application first (its controller is what replicas follow)."""
     f = tables.featurizer_for(cfg.data, cfg.model.task)
-    learner = cast(Any, LearningService).options(ray_actor_options={"num_cpus": cfg.service.cpus}).bind(cfg.model_dump(mode="json"))
-    ingress = cast(Any, Predictor).options(
-        num_replicas=cfg.serve.num_replicas, ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
-        max_ongoing_requests=32,
-    ).bind(cfg.controller.name, cfg.ray.namespace, cfg.model.model_dump(), f.width, f.num_classes,
-           cfg.serve.max_batch_rows, cfg.controller.poll_timeout_s, inputs={"kind": "records"},
-           service_app=learner_app_name(cfg))
+    learner = (
+        cast(Any, LearningService)
+        .options(ray_actor_options={"num_cpus": cfg.service.cpus})
+        .bind(cfg.model_dump(mode="json"))
+    )
+    ingress = (
+        cast(Any, Predictor)
+        .options(
+            num_replicas=cfg.serve.num_replicas,
+            ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
+            max_ongoing_requests=32,
+        )
+        .bind(
+            cfg.controller.name,
+            cfg.ray.namespace,
+            cfg.model.model_dump(),
+            f.width,
+            f.num_classes,
+            cfg.serve.max_batch_rows,
+            cfg.controller.poll_timeout_s,
+            inputs={"kind": "records"},
+            service_app=learner_app_name(cfg),
+        )
+    )
     return learner, ingress
 
 

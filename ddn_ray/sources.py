@@ -36,8 +36,7 @@ from ddn_ray.features import Rows
 
 __all__ = ["FORMATS", "FileSource", "LandingDirSource", "RecordWindow", "infer_format", "open_dataset", "resolve"]
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
-           ".ndjson": "json"}
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
 _GLOB = set("*?[")
 
 
@@ -115,8 +114,13 @@ def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str
             raise DataError(f"data.source.uri {uri!r}: no such file or directory")
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
-                           and (fmt is not None or _suffix_format(i.path) is not None))
+            files = sorted(
+                i.path
+                for i in infos
+                if i.type == pafs.FileType.File
+                and not i.base_name.startswith((".", "_"))
+                and (fmt is not None or _suffix_format(i.path) is not None)
+            )
         else:
             files = [path]
     if fmt is not None:  # a file whose suffix names another format is not part of this table
@@ -126,9 +130,11 @@ def resolve(uri: str, fmt: str | None = None) -> tuple[pafs.FileSystem, list[str
     if fmt is None:  # one table is read with one format: a mix would fail on its first file of another kind
         kinds = {_suffix_format(f): f for f in reversed(files)}
         if len(kinds) > 1:
-            raise DataError(f"data.source.uri {uri!r} holds files of several formats ("
-                            + ", ".join(f"{k}: {f}" for k, f in sorted(kinds.items(), key=lambda kv: str(kv[0])))
-                            + "); keep one format there, or set data.format to read only files of that format")
+            raise DataError(
+                f"data.source.uri {uri!r} holds files of several formats ("
+                + ", ".join(f"{k}: {f}" for k, f in sorted(kinds.items(), key=lambda kv: str(kv[0])))
+                + "); keep one format there, or set data.format to read only files of that format"
+            )
     return fs, files, infer_format(files[0], fmt)
 
 
@@ -145,11 +151,19 @@ def _check_columns(path: str, schema: pa.Schema, columns: Sequence[str], numeric
     for c in numeric:
         t = schema.field(c).type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)):
-            raise DataError(f"{path}: column {c!r} is {t}, expected numbers (list it in data.categorical, or fix the file)")
+            raise DataError(
+                f"{path}: column {c!r} is {t}, expected numbers (list it in data.categorical, or fix the file)"
+            )
 
 
-def open_dataset(fs: pafs.FileSystem, files: list[str], fmt: str, columns: Sequence[str],
-                 numeric: Sequence[str], schema: pa.Schema | None = None) -> pads.Dataset:
+def open_dataset(
+    fs: pafs.FileSystem,
+    files: list[str],
+    fmt: str,
+    columns: Sequence[str],
+    numeric: Sequence[str],
+    schema: pa.Schema | None = None,
+) -> pads.Dataset:
     """A pyarrow dataset over ``files`` whose every file was checked for ``columns``.
 
     ``schema``: the first file's, already read (:func:`ddn_ray.tables.read_schema`); ``None`` reads it
@@ -167,8 +181,9 @@ def open_dataset(fs: pafs.FileSystem, files: list[str], fmt: str, columns: Seque
             for frag in ds.get_fragments():
                 _check_columns(frag.path, frag.physical_schema, columns, numeric)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{files[0] if len(files) == 1 else 'a file of ' + repr(files[:3])} does not parse as "
-                        f"{fmt}: {exc}") from exc
+        raise DataError(
+            f"{files[0] if len(files) == 1 else 'a file of ' + repr(files[:3])} does not parse as {fmt}: {exc}"
+        ) from exc
     return ds
 
 
@@ -179,8 +194,13 @@ class _Windows:
     converted once, whole, and every window carries its slice of it (``RecordWindow.rows``).
     """
 
-    def __init__(self, window_size: int, start_offset: int, max_rows: int | None,
-                 prepare: Callable[[pa.Table], Rows] | None = None) -> None:
+    def __init__(
+        self,
+        window_size: int,
+        start_offset: int,
+        max_rows: int | None,
+        prepare: Callable[[pa.Table], Rows] | None = None,
+    ) -> None:
         if window_size <= 0:
             raise ValueError(f"window_size must be > 0, got {window_size}")
         self.window_size, self.start_offset, self.max_rows, self.prepare = window_size, start_offset, max_rows, prepare
@@ -210,7 +230,7 @@ class _Windows:
                 table, rows = parts[0]
             else:
                 table = pa.concat_tables([t for t, _ in parts], promote_options="permissive")
-                rows = None if self.prepare is None else Rows.concat([r for _, r in parts])
+                rows = None if self.prepare is None else Rows.concat([r for _, r in parts if r is not None])
             start, offset = offset, offset + n
             buffered -= n
             if offset <= self.start_offset:
@@ -254,10 +274,21 @@ class FileSource:
             numeric column holds something else; the message names the file and the column.
     """
 
-    def __init__(self, *, uri: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
-                 format: str | None = None, order_by: str | None = None, start_offset: int = 0,
-                 max_rows: int | None = None, batch_rows: int = 65536,
-                 prepare: Callable[[pa.Table], Rows] | None = None, schema: pa.Schema | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        uri: str,
+        columns: Sequence[str],
+        numeric: Sequence[str] = (),
+        window_size: int,
+        format: str | None = None,
+        order_by: str | None = None,
+        start_offset: int = 0,
+        max_rows: int | None = None,
+        batch_rows: int = 65536,
+        prepare: Callable[[pa.Table], Rows] | None = None,
+        schema: pa.Schema | None = None,
+    ) -> None:
         self.fs, self.files, self.format = resolve(uri, format)
         self.columns = list(dict.fromkeys([*columns, *([order_by] if order_by else [])]))
         self.dataset = open_dataset(self.fs, self.files, self.format, self.columns, numeric, schema)
@@ -297,13 +328,26 @@ class LandingDirSource:
         DataError: (while iterating) a file does not parse or lacks a column; the message names it.
     """
 
-    def __init__(self, *, path: str, columns: Sequence[str], numeric: Sequence[str] = (), window_size: int,
-                 format: str | None = None, start_offset: int = 0, max_rows: int | None = None,
-                 poll_interval_s: float = 0.5, idle_timeout_s: float = 30.0,
-                 prepare: Callable[[pa.Table], Rows] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        path: str,
+        columns: Sequence[str],
+        numeric: Sequence[str] = (),
+        window_size: int,
+        format: str | None = None,
+        start_offset: int = 0,
+        max_rows: int | None = None,
+        poll_interval_s: float = 0.5,
+        idle_timeout_s: float = 30.0,
+        prepare: Callable[[pa.Table], Rows] | None = None,
+    ) -> None:
         path = os.path.expanduser(os.path.expandvars(path))
-        self.fs, self.path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(),
-                                                                                    os.path.abspath(path))
+        self.fs: pafs.FileSystem
+        self.path: str
+        self.fs, self.path = (
+            pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+        )
         self.columns, self.numeric, self.format = list(columns), list(numeric), format
         self.poll_interval_s, self.idle_timeout_s = poll_interval_s, idle_timeout_s
         self.cutter = _Windows(window_size, start_offset, max_rows, prepare)
@@ -312,8 +356,14 @@ class LandingDirSource:
 
     def _new_files(self, seen: set[str]) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".")
-                      and i.path not in seen and (self.format or _suffix_format(i.path) is not None))
+        return sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and not i.base_name.startswith(".")
+            and i.path not in seen
+            and (self.format or _suffix_format(i.path) is not None)
+        )
 
     def _tables(self) -> Iterator[pa.Table]:
         seen: set[str] = set()
@@ -323,7 +373,8 @@ class LandingDirSource:
             for f in new:
                 seen.add(f)
                 yield open_dataset(self.fs, [f], infer_format(f, self.format), self.columns, self.numeric).to_table(
-                    columns=self.columns)
+                    columns=self.columns
+                )
                 self.files_read.append(f)
             if new:
                 last_new = time.monotonic()

@@ -106,11 +106,16 @@ def _validate(
     regression targets, which must be finite; else class ids, which must lie in ``[0, num_classes)``."""
     finite = np.isfinite(x).all(axis=1)
     label_ok = np.isfinite(y).all(axis=1) if y.ndim == 2 else (y >= 0) & (y < num_classes)
-    good = finite & label_ok
+    good: np.ndarray = finite & label_ok
     for i in np.flatnonzero(~good):
         quarantine.offsets.append(int(offsets[i]))
-        reason = ("non-finite feature" if not finite[i] else "non-finite target" if y.ndim == 2
-                  else f"label {int(y[i])} not in [0, {num_classes})")
+        reason = (
+            "non-finite feature"
+            if not finite[i]
+            else "non-finite target"
+            if y.ndim == 2
+            else f"label {int(y[i])} not in [0, {num_classes})"
+        )
         quarantine.reasons.append(reason)
     return good
 
@@ -177,7 +182,9 @@ class ReplaySource:
 
     def __iter__(self) -> Iterator[Window]:
         n = len(self.table)
-        for index, start in enumerate(range(self.start_offset, n, self.window_size), start=self.start_offset // self.window_size):
+        for index, start in enumerate(
+            range(self.start_offset, n, self.window_size), start=self.start_offset // self.window_size
+        ):
             end = min(start + self.window_size, n)
             offsets = np.arange(start, end, dtype=np.int64)
             x, y = self.table.features[start:end], self.table.labels[start:end]
@@ -206,7 +213,9 @@ def to_arrow(features: np.ndarray, labels: np.ndarray) -> pa.Table:
     feats = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
     if np.ndim(labels) == 2:
         y = np.ascontiguousarray(labels, dtype=np.float32)
-        return pa.table({"features": feats, "label": pa.FixedSizeListArray.from_arrays(pa.array(y.ravel()), y.shape[1])})
+        return pa.table(
+            {"features": feats, "label": pa.FixedSizeListArray.from_arrays(pa.array(y.ravel()), y.shape[1])}
+        )
     return pa.table({"features": feats, "label": pa.array(np.asarray(labels, dtype=np.int64))})
 
 
@@ -276,7 +285,9 @@ class LandingDirSource:
         index = self.start_offset // self.window_size
         last_new = time.monotonic()
         while True:
-            new = sorted(p for p in self.directory.glob("*.parquet") if not p.name.startswith(".") and p.name not in seen)
+            new = sorted(
+                p for p in self.directory.glob("*.parquet") if not p.name.startswith(".") and p.name not in seen
+            )
             for path in new:
                 seen.add(path.name)
                 x, y = self._read(path)

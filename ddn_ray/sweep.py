@@ -69,10 +69,17 @@ class SweepConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "sweep"
     job: str = Field(description="the base job YAML; every trial starts from it")
-    stream: str = Field("ddn_ray.usecase:stream_table", description="the 'package.module:function' "
-                        "(JobConfig) -> ddn_ray.stream.Table that loads the stream every trial replays")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys fixed for every trial and the best YAML")
-    max_rows: int | None = Field(None, gt=0, description="trials replay only the first max_rows rows (not written to the best YAML)")
+    stream: str = Field(
+        "ddn_ray.usecase:stream_table",
+        description="the 'package.module:function' "
+        "(JobConfig) -> ddn_ray.stream.Table that loads the stream every trial replays",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted keys fixed for every trial and the best YAML"
+    )
+    max_rows: int | None = Field(
+        None, gt=0, description="trials replay only the first max_rows rows (not written to the best YAML)"
+    )
     search: dict[str, dict[str, Any]] = Field(default_factory=dict)
     scheduler: SchedulerConfig = SchedulerConfig()
     num_samples: int = Field(8, ge=1, description="trials (times every grid point)")
@@ -125,7 +132,9 @@ def domain(spec: dict[str, Any], key: str = "<key>") -> Any:
         return tune.choice(args) if kind == "choice" else tune.grid_search(args)
     n = 3 if kind == "qloguniform" else 2
     if not isinstance(args, list) or len(args) != n or not args[0] < args[1]:
-        raise ValueError(f"search.{key}.{kind}: expected [low, high{', q' if n == 3 else ''}] with low < high, got {args!r}")
+        raise ValueError(
+            f"search.{key}.{kind}: expected [low, high{', q' if n == 3 else ''}] with low < high, got {args!r}"
+        )
     return getattr(tune, kind)(*args)
 
 
@@ -209,8 +218,16 @@ def run_trial(params: dict[str, Any]) -> None:
     learner = in_process_learner(cfg, stream.input_names(table.feature_names, lag), table.num_classes)
     model = learner.model
     me = tune.get_context().get_trial_id()
-    pos = {"offset": 0, "correct": 0, "rows": 0, "windows": 0, "recent": [0, 0], "decisions": {},
-           "owner": me, "exploited": []}
+    pos = {
+        "offset": 0,
+        "correct": 0,
+        "rows": 0,
+        "windows": 0,
+        "recent": [0, 0],
+        "decisions": {},
+        "owner": me,
+        "exploited": [],
+    }
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # PBT exploit or a restored trial: continue the stream where the checkpoint was
         with ckpt.as_directory() as d:
@@ -230,17 +247,26 @@ def run_trial(params: dict[str, Any]) -> None:
     windows = stream.iter_windows(stream.ReplaySource(table, cfg.stream.window_size, pos["offset"]), lag)
 
     def report(final: bool) -> None:
-        metrics = {METRIC: pos["correct"] / max(pos["rows"], 1), "recent_accuracy": pos["recent"][0] / max(pos["recent"][1], 1),
-                   "rows": pos["rows"], "windows": pos["windows"], "drift_signals": sum(pos["decisions"].values()),
-                   "decisions": json.dumps(pos["decisions"], sort_keys=True), "offset": pos["offset"],
-                   "exploited": json.dumps(pos["exploited"]), "stream_end": final}
+        metrics = {
+            METRIC: pos["correct"] / max(pos["rows"], 1),
+            "recent_accuracy": pos["recent"][0] / max(pos["recent"][1], 1),
+            "rows": pos["rows"],
+            "windows": pos["windows"],
+            "drift_signals": sum(pos["decisions"].values()),
+            "decisions": json.dumps(pos["decisions"], sort_keys=True),
+            "offset": pos["offset"],
+            "exploited": json.dumps(pos["exploited"]),
+            "stream_end": final,
+        }
         pos["recent"] = [0, 0]
         if not with_ckpt:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": learner.raw.state_dict(), "learner": learner.state_dict(), "position": pos},
-                       Path(d) / "state.pt")
+            torch.save(
+                {"model": learner.raw.state_dict(), "learner": learner.state_dict(), "position": pos},
+                Path(d) / "state.pt",
+            )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     for w in windows:
@@ -307,53 +333,87 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     total_rows = len(registry.load(cfg.stream, what="sweep.stream")(probe))
     max_t = math.ceil(total_rows / cfg.report_every_rows)
     space: dict[str, Any] = {k: domain(v, k) for k, v in cfg.search.items()}
-    space |= {k: v for k, v in cfg.overrides.items()}
+    space |= dict(cfg.overrides)
     if probe.data.path is not None and "://" not in probe.data.path:  # trials run in their own directories
         space["data.path"] = str(Path(probe.data.path).expanduser().resolve())
     source = probe.data.source
     if source is not None and source.kind == "table" and "://" not in source.uri:  # ${VAR}s as the driver has them
         space["data.source.uri"] = str(Path(os.path.expandvars(source.uri)).expanduser().absolute())
-    space |= {"train.seed": probe.train.seed, "_base": base, "_max_rows": cfg.max_rows, "_stream": cfg.stream,
-              "_every": cfg.report_every_rows, "_checkpoint": cfg.scheduler.name == "pbt"}
+    space |= {
+        "train.seed": probe.train.seed,
+        "_base": base,
+        "_max_rows": cfg.max_rows,
+        "_stream": cfg.stream,
+        "_every": cfg.report_every_rows,
+        "_checkpoint": cfg.scheduler.name == "pbt",
+    }
     storage = str(Path(cfg.storage_path).expanduser().resolve()) if "://" not in cfg.storage_path else cfg.storage_path
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial}),
         param_space=space,
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=_scheduler(cfg, max_t),
-                                    search_alg=BasicVariantGenerator(random_state=cfg.seed),
-                                    num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                  # Keep every checkpoint: PBT may exploit one a trial has already moved past.
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            scheduler=_scheduler(cfg, max_t),
+            search_alg=BasicVariantGenerator(random_state=cfg.seed),
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=0,
+            # Keep every checkpoint: PBT may exploit one a trial has already moved past.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        ),
     )
     grid = tuner.fit()
+    results = [grid[i] for i in range(len(grid))]
     trials = []
-    for r in grid:
-        settings = {k: r.config[k] for k in cfg.search}
-        row = {"trial": (r.metrics or {}).get("trial_id", "?"), "settings": settings,
-               "score": r.metrics.get(METRIC) if r.metrics else None, "rows": (r.metrics or {}).get("rows", 0),
-               "iterations": (r.metrics or {}).get("training_iteration", 0),
-               "wall_s": (r.metrics or {}).get("time_total_s"), "decisions": (r.metrics or {}).get("decisions", "{}"),
-               "exploited": json.loads((r.metrics or {}).get("exploited", "[]")),
-               "status": "error" if r.error else ("complete" if (r.metrics or {}).get("stream_end") else "stopped early")}
+    for r in results:
+        settings = {k: (r.config or {})[k] for k in cfg.search}
+        row = {
+            "trial": (r.metrics or {}).get("trial_id", "?"),
+            "settings": settings,
+            "score": r.metrics.get(METRIC) if r.metrics else None,
+            "rows": (r.metrics or {}).get("rows", 0),
+            "iterations": (r.metrics or {}).get("training_iteration", 0),
+            "wall_s": (r.metrics or {}).get("time_total_s"),
+            "decisions": (r.metrics or {}).get("decisions", "{}"),
+            "exploited": json.loads((r.metrics or {}).get("exploited", "[]")),
+            "status": "error" if r.error else ("complete" if (r.metrics or {}).get("stream_end") else "stopped early"),
+        }
         trials.append(row)
     finished = [t for t in trials if t["status"] == "complete" and t["score"] is not None]
     if not finished:
-        errors = [str(r.error)[:500] for r in grid if r.error]
+        errors = [str(r.error)[:500] for r in results if r.error]
         raise RuntimeError(f"no trial replayed the whole stream; errors: {errors}")
     best = max(finished, key=lambda t: t["score"])
     out = Path(out_dir or cfg.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-    files = {"results": str(out / "results.csv"), "best": str(out / "best.yaml"), "plot": str(out / "scores.png"),
-             "summary": str(out / "summary.json")}
+    files = {
+        "results": str(out / "results.csv"),
+        "best": str(out / "best.yaml"),
+        "plot": str(out / "scores.png"),
+        "summary": str(out / "summary.json"),
+    }
     _write_csv(trials, cfg, out / "results.csv")
     best_yaml = write_best_yaml(cfg, base, best, out / "best.yaml", name)
     plot_scores(grid, cfg, out / "scores.png", f"{name}: prequential accuracy ({cfg.scheduler.name})")
-    summary = {"name": name, "scheduler": cfg.scheduler.name, "metric": METRIC, "rows": total_rows,
-               "pbt_exploits": sum(len(t["exploited"]) for t in trials),
-               "wall_s": time.monotonic() - t0, "best": best, "best_yaml": best_yaml, "trials": trials,
-               "files": files, "tune_path": str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}"}
+    summary = {
+        "name": name,
+        "scheduler": cfg.scheduler.name,
+        "metric": METRIC,
+        "rows": total_rows,
+        "pbt_exploits": sum(len(t["exploited"]) for t in trials),
+        "wall_s": time.monotonic() - t0,
+        "best": best,
+        "best_yaml": best_yaml,
+        "trials": trials,
+        "files": files,
+        "tune_path": str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}",
+    }
     Path(files["summary"]).write_text(json.dumps(summary, indent=2, default=str))
     print(format_table(summary))
     if started:
@@ -369,8 +429,18 @@ def _write_csv(trials: list[dict[str, Any]], cfg: SweepConfig, path: Path) -> No
         w = csv.writer(f)
         w.writerow(["trial", *keys, "score", "rows", "iterations", "wall_s", "status", "decisions"])
         for t in trials:
-            w.writerow([t["trial"], *[json.dumps(t["settings"][k]) for k in keys], t["score"], t["rows"],
-                        t["iterations"], t["wall_s"], t["status"], t["decisions"]])
+            w.writerow(
+                [
+                    t["trial"],
+                    *[json.dumps(t["settings"][k]) for k in keys],
+                    t["score"],
+                    t["rows"],
+                    t["iterations"],
+                    t["wall_s"],
+                    t["status"],
+                    t["decisions"],
+                ]
+            )
 
 
 def write_best_yaml(cfg: SweepConfig, base: dict[str, Any], best: dict[str, Any], path: Path, name: str) -> str:
@@ -427,18 +497,27 @@ def format_table(summary: dict[str, Any]) -> str:
     """The results as a Markdown table, best first."""
     trials = sorted(summary["trials"], key=lambda t: -(t["score"] or -1))
     keys = list(trials[0]["settings"]) if trials else []
-    lines = [(f"sweep {summary['name']} ({summary['scheduler']}), metric {summary['metric']}, "
-              f"{summary['rows']:,} rows, {summary['wall_s']:.0f} s"),
-             "| trial | " + " | ".join(k for k in keys) + " | score | rows | wall s | status |",
-             "|---" * (len(keys) + 5) + "|"]
+    lines = [
+        (
+            f"sweep {summary['name']} ({summary['scheduler']}), metric {summary['metric']}, "
+            f"{summary['rows']:,} rows, {summary['wall_s']:.0f} s"
+        ),
+        "| trial | " + " | ".join(k for k in keys) + " | score | rows | wall s | status |",
+        "|---" * (len(keys) + 5) + "|",
+    ]
     for t in trials:
         score = f"{t['score']:.4f}" if t["score"] is not None else "-"
         wall = f"{t['wall_s']:.1f}" if t["wall_s"] is not None else "-"
-        lines.append(f"| {t['trial']} | " + " | ".join(_short(t["settings"][k]) for k in keys)
-                     + f" | {score} | {t['rows']:,} | {wall} | {t['status']} |")
+        lines.append(
+            f"| {t['trial']} | "
+            + " | ".join(_short(t["settings"][k]) for k in keys)
+            + f" | {score} | {t['rows']:,} | {wall} | {t['status']} |"
+        )
     if summary["scheduler"] == "pbt":
         lines.append(f"PBT exploits (a trial continued from a better trial's checkpoint): {summary['pbt_exploits']}")
-    lines.append(f"best: trial {summary['best']['trial']} {summary['best']['settings']} -> {summary['best']['score']:.4f}")
+    lines.append(
+        f"best: trial {summary['best']['trial']} {summary['best']['settings']} -> {summary['best']['score']:.4f}"
+    )
     return "\n".join(lines)
 
 
@@ -447,12 +526,17 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="ddn-ray tune", description="Ray Tune sweep of adaptation hyperparameters (prequential score).",
+        prog="ddn-ray tune",
+        description="Ray Tune sweep of adaptation hyperparameters (prequential score).",
         epilog="example: ddn-ray tune --config jobs/configs/sweep_elec2.yaml --set num_samples=4 --set scheduler.name=pbt",
     )
     parser.add_argument("--config", default="jobs/configs/sweep_elec2.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a sweep field (e.g. num_samples=4, max_rows=4000)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a sweep field (e.g. num_samples=4, max_rows=4000)",
+    )
     args = parser.parse_args(argv)
     return run(load(args.config, config.parse_overrides(args.set)))
-

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ddn_ray.errors import DataError
-from ddn_ray.features import Featurizer, Rows
+from ddn_ray.features import Featurizer, Rows, Task
 from ddn_ray.sources import FileSource, LandingDirSource, RecordWindow, open_dataset, resolve
 from ddn_ray.stream import Quarantine, Table, Window
 
@@ -31,10 +31,18 @@ def _json_column(col: pa.ChunkedArray) -> list[Any]:
     t = col.type
     if pa.types.is_floating(t):
         values = col.to_pylist()
-        return [None if v is not None and math.isnan(v) else v for v in values] if pc.any(pc.is_nan(col)).as_py() \
+        return (
+            [None if v is not None and math.isnan(v) else v for v in values]
+            if pc.any(pc.is_nan(col)).as_py()
             else values
-    if pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t) \
-            or pa.types.is_null(t):
+        )
+    if (
+        pa.types.is_integer(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+    ):
         return col.to_pylist()
     return pc.cast(col, pa.string()).to_pylist()
 
@@ -48,8 +56,9 @@ class TabularStream:
         id_column: a column carried into every request and answer (``None``: none).
     """
 
-    def __init__(self, *, source: FileSource | LandingDirSource, featurizer: Featurizer,
-                 id_column: str | None = None) -> None:
+    def __init__(
+        self, *, source: FileSource | LandingDirSource, featurizer: Featurizer, id_column: str | None = None
+    ) -> None:
         self.source, self.featurizer, self.id_column = source, featurizer, id_column
         self.quarantine = Quarantine()
         self._others = [*featurizer.categorical, *([id_column] if id_column else [])]
@@ -63,8 +72,9 @@ class TabularStream:
             if not good.all():
                 self.quarantine.offsets += w.offsets[~good].tolist()
                 self.quarantine.reasons += reasons
-                w = RecordWindow(w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)),
-                                 rows.filter(good))
+                w = RecordWindow(
+                    w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)), rows.filter(good)
+                )
             elif w.rows is None:
                 w = RecordWindow(w.index, w.start, w.end, w.offsets, w.table, rows)
             yield w
@@ -93,7 +103,7 @@ class TabularStream:
         others = zip(*[_json_column(window.table[c]) for c in self._others])
         return [[*row, *rest] for row, rest in zip(numeric, others)]
 
-    def ids(self, window: RecordWindow) -> list[str] | None:
+    def ids(self, window: RecordWindow) -> list[str | None] | None:
         if self.id_column is None:
             return None
         return [None if v is None else str(v) for v in window.table[self.id_column].to_pylist()]
@@ -125,7 +135,7 @@ def read_schema(data: Any) -> pa.Schema | None:
     return open_dataset(fs, files[:1], fmt, [*data.features, data.label], ()).schema
 
 
-def featurizer_for(data: Any, task: str, *, schema: pa.Schema | None = None) -> Featurizer:
+def featurizer_for(data: Any, task: Task, *, schema: pa.Schema | None = None) -> Featurizer:
     """The featurizer a ``DataConfig`` with a ``source`` describes, not yet fitted.
 
     Without ``data.categorical``, a table source's string and dictionary columns are the categorical
@@ -140,32 +150,58 @@ def featurizer_for(data: Any, task: str, *, schema: pa.Schema | None = None) -> 
         categorical = ()
         if data.source.kind == "table":
             schema = schema if schema is not None else read_schema(data)
-            categorical = tuple(c for c in data.features if pa.types.is_string(schema.field(c).type)
-                                or pa.types.is_large_string(schema.field(c).type)
-                                or pa.types.is_dictionary(schema.field(c).type) or pa.types.is_boolean(schema.field(c).type))
+            assert schema is not None, "a table source has a schema"
+            categorical = tuple(
+                c
+                for c in data.features
+                if pa.types.is_string(schema.field(c).type)
+                or pa.types.is_large_string(schema.field(c).type)
+                or pa.types.is_dictionary(schema.field(c).type)
+                or pa.types.is_boolean(schema.field(c).type)
+            )
     numeric = [c for c in data.features if c not in categorical]
-    return Featurizer(numeric=numeric, categorical=list(categorical), label=data.label, task=task,
-                      classes=list(data.classes), allow_new_classes=data.allow_new_classes, missing=data.missing,
-                      scaling=data.scaling, max_categories=data.max_categories, id_column=data.id)
+    return Featurizer(
+        numeric=numeric,
+        categorical=list(categorical),
+        label=data.label,
+        task=task,
+        classes=list(data.classes),
+        allow_new_classes=data.allow_new_classes,
+        missing=data.missing,
+        scaling=data.scaling,
+        max_categories=data.max_categories,
+        id_column=data.id,
+    )
 
 
-def source_for(data: Any, featurizer: Featurizer, *, window_size: int, start_offset: int = 0,
-               schema: pa.Schema | None = None) -> FileSource | LandingDirSource:
+def source_for(
+    data: Any, featurizer: Featurizer, *, window_size: int, start_offset: int = 0, schema: pa.Schema | None = None
+) -> FileSource | LandingDirSource:
     """The source a ``DataConfig`` with a ``source`` describes, reading the featurizer's columns (and id, order_by).
 
     ``schema``: a table's first file's (:func:`read_schema`), so that it is not read again.
     """
     columns = [*featurizer.numeric, *featurizer.categorical, data.label, *([data.id] if data.id else [])]
-    common: dict[str, Any] = {"columns": columns, "numeric": featurizer.numeric, "window_size": window_size,
-                              "format": data.format, "start_offset": start_offset, "max_rows": data.max_rows,
-                              "prepare": featurizer.prepare}
+    common: dict[str, Any] = {
+        "columns": columns,
+        "numeric": featurizer.numeric,
+        "window_size": window_size,
+        "format": data.format,
+        "start_offset": start_offset,
+        "max_rows": data.max_rows,
+        "prepare": featurizer.prepare,
+    }
     if data.source.kind == "table":
         return FileSource(uri=data.source.uri, order_by=data.order_by, schema=schema, **common)
-    return LandingDirSource(path=data.source.path, poll_interval_s=data.source.poll_interval_s,
-                            idle_timeout_s=data.source.idle_timeout_s, **common)
+    return LandingDirSource(
+        path=data.source.path,
+        poll_interval_s=data.source.poll_interval_s,
+        idle_timeout_s=data.source.idle_timeout_s,
+        **common,
+    )
 
 
-def replay_table(data: Any, task: str, *, window_size: int) -> Table:
+def replay_table(data: Any, task: Task, *, window_size: int) -> Table:
     """A user's table as the rows a sweep trial replays in-process (:mod:`ddn_ray.sweep`), featurized as served.
 
     The table is streamed as the main job streams it: rows :meth:`Featurizer.check` refuses are left out,
@@ -190,8 +226,9 @@ def replay_table(data: Any, task: str, *, window_size: int) -> Table:
         raise ValueError("a sweep replays a table source; a landing dir is consumed while the job runs")
     schema = read_schema(data)
     featurizer = featurizer_for(data, task, schema=schema)
-    ts = TabularStream(source=source_for(data, featurizer, window_size=window_size, schema=schema),
-                       featurizer=featurizer)
+    ts = TabularStream(
+        source=source_for(data, featurizer, window_size=window_size, schema=schema), featurizer=featurizer
+    )
     xs, ys = [], []
     for w in ts.windows():
         if not len(w):
@@ -202,5 +239,10 @@ def replay_table(data: Any, task: str, *, window_size: int) -> Table:
         ys.append(featurizer.label_ids(rows))
     if not xs:
         raise DataError(f"every row of {data.source.uri} was refused: {ts.quarantine.reasons[:3]}")
-    return Table(features=np.concatenate(xs), labels=np.concatenate(ys), feature_names=tuple(featurizer.input_names),
-                 num_classes=featurizer.num_classes, task=task)
+    return Table(
+        features=np.concatenate(xs),
+        labels=np.concatenate(ys),
+        feature_names=tuple(featurizer.input_names),
+        num_classes=featurizer.num_classes,
+        task=task,
+    )

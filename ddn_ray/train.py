@@ -91,7 +91,7 @@ class WorkerArgs:
 
 
 def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [b for b in item.dataset.iter_torch_batches(batch_size=None, dtypes={FEATURES: torch.float32, LABEL: label_dtype})]
+    rows = list(item.dataset.iter_torch_batches(batch_size=None, dtypes={FEATURES: torch.float32, LABEL: label_dtype}))
     if not rows:
         return torch.zeros((0, 0)), torch.zeros((0,), dtype=torch.int64)
     return torch.cat([b[FEATURES] for b in rows]), torch.cat([b[LABEL] for b in rows])
@@ -145,17 +145,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         models.load_numpy_state(model, weights)
     model = ray.train.torch.prepare_model(model)
     learner = OnlineLearner(
-        model, models.fresh(mcfg, nf, nc, cfg.seed), cfg, job.strategy, job.drift, job.policy, cfg.seed, rank, world,
-        args.feature_names, mcfg.task,
+        model,
+        models.fresh(mcfg, nf, nc, cfg.seed),
+        cfg,
+        job.strategy,
+        job.drift,
+        job.policy,
+        cfg.seed,
+        rank,
+        world,
+        args.feature_names,
+        mcfg.task,
     )
     if state is not None:
         saved = state["learner"]  # one state per rank; more ranks than saved reuse the last one
         learner.load_state_dict(saved[min(rank, len(saved) - 1)])
     if rank == 0:
         if ckpt is not None:  # serve the restored weights, not the job's fresh initial version
-            meta = {"window": next_index - 1, "trained_end_offset": next_offset, "parent": version, "resumed": True,
-                    "num_classes": learner.num_classes}
-            version = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))["version"]
+            meta = {
+                "window": next_index - 1,
+                "trained_end_offset": next_offset,
+                "parent": version,
+                "resumed": True,
+                "num_classes": learner.num_classes,
+            }
+            version = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))[
+                "version"
+            ]
         ray.get(controller.trainer_ready.remote(next_offset, next_index, version, preprocessing))
 
     def report_checkpoint(metrics: dict[str, Any]) -> None:
@@ -164,9 +180,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
             checkpoint = None
             if rank == 0:
-                meta = {"next_offset": next_offset, "next_window": next_index, "model_version": version,
-                        **checkpoint_io.model_spec(mcfg, nf, learner.num_classes, args.feature_names, args.inputs),
-                        "preprocessing": preprocessing}
+                meta = {
+                    "next_offset": next_offset,
+                    "next_window": next_index,
+                    "model_version": version,
+                    **checkpoint_io.model_spec(mcfg, nf, learner.num_classes, args.feature_names, args.inputs),
+                    "preprocessing": preprocessing,
+                }
                 checkpoint_io.write(tmp, learner.raw.state_dict(), learner_states, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -188,17 +208,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if next_index % cfg.publish_every_windows == 0:
             rejected = None
             if rank == 0:
-                meta = {"window": item.index, "trained_end_offset": item.end, "pre_accuracy": metrics.pre_accuracy,
-                        "parent": version, "decision": event["decision"] if event else None,
-                        "num_classes": learner.num_classes}
+                meta = {
+                    "window": item.index,
+                    "trained_end_offset": item.end,
+                    "pre_accuracy": metrics.pre_accuracy,
+                    "parent": version,
+                    "decision": event["decision"] if event else None,
+                    "num_classes": learner.num_classes,
+                }
                 result = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))
                 version = result["version"] if result["accepted"] else version
                 rejected = None if result["accepted"] else result["decision"]
             rejected = gather(rejected, world)[0]
             if rejected is not None and learner.policy_cfg.rollback_on_reject:
                 version, weights = ray.get(controller.latest_weights.remote())
-                events.append(learner.rollback(weights, item.index, f"gate rejected the update ({rejected}); "
-                                                                    f"reloaded version {version}"))
+                events.append(
+                    learner.rollback(
+                        weights, item.index, f"gate rejected the update ({rejected}); reloaded version {version}"
+                    )
+                )
         if next_index % cfg.checkpoint_every_windows == 0:
             report_checkpoint({"next_offset": next_offset, "pre_accuracy": metrics.pre_accuracy})
             checkpointed_index = next_index
@@ -229,8 +257,17 @@ def in_process_learner(cfg: Any, feature_names: list[str], num_classes: int) -> 
 
     nf = len(feature_names)
     model = models.build(cfg.model, nf, num_classes, seed=cfg.train.seed)
-    return OnlineLearner(model, models.fresh(cfg.model, nf, num_classes, cfg.train.seed), cfg.train, cfg.strategy,
-                         cfg.drift, cfg.policy, cfg.train.seed, feature_names=feature_names, task=cfg.model.task)
+    return OnlineLearner(
+        model,
+        models.fresh(cfg.model, nf, num_classes, cfg.train.seed),
+        cfg.train,
+        cfg.strategy,
+        cfg.drift,
+        cfg.policy,
+        cfg.train.seed,
+        feature_names=feature_names,
+        task=cfg.model.task,
+    )
 
 
 def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> InProcessRun:

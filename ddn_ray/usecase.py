@@ -117,8 +117,9 @@ class UseCase(Protocol):
         """A regression's no-change forecast for ``labels`` (same shape, float64), in the targets' units."""
         ...
 
-    def report_extras(self, *, job: JobConfig, scenario: Scenario, rows: dict[str, np.ndarray],
-                      static_windows: int) -> dict[str, Any]:
+    def report_extras(
+        self, *, job: JobConfig, scenario: Scenario, rows: dict[str, np.ndarray], static_windows: int
+    ) -> dict[str, Any]:
         """Report sections only this use case has, from the served rows joined with their labels
         (``rows``: the columns of ``predictions.npz``)."""
         ...
@@ -134,15 +135,19 @@ def get(name: str) -> UseCase:
     """
     where = BUILT_IN.get(name) or (name if ":" in name else None)
     if where is None:
-        raise ConfigError(f"data.name {name!r} is not a built-in use case; one of {sorted(BUILT_IN)}, a "
-                          "'package.module:attribute' UseCase, or describe your own table with data.source")
+        raise ConfigError(
+            f"data.name {name!r} is not a built-in use case; one of {sorted(BUILT_IN)}, a "
+            "'package.module:attribute' UseCase, or describe your own table with data.source"
+        )
     try:
         usecase = registry.load(where, what="data.name")
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     if not isinstance(usecase, UseCase):
-        raise ConfigError(f"data.name {name!r}: {where} is not a UseCase (task, scenarios, options, scenario, "
-                          "client_route, no_change, report_extras; ddn_ray.usecase)")
+        raise ConfigError(
+            f"data.name {name!r}: {where} is not a UseCase (task, scenarios, options, scenario, "
+            "client_route, no_change, report_extras; ddn_ray.usecase)"
+        )
     if not (isinstance(usecase.options, type) and issubclass(usecase.options, Options)):
         raise ConfigError(f"data.name {name!r}: {where}.options must be a subclass of ddn_ray.usecase.Options")
     return usecase

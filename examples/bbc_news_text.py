@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "jobs")]
 
 TOPICS = ("business", "entertainment", "politics", "sport", "tech")
-DOCS = ("The central bank raised interest rates as shares fell on the stock market.",
-        "The new phone runs faster software and its chip makers expect strong sales of broadband devices.")
+DOCS = (
+    "The central bank raised interest rates as shares fell on the stock market.",
+    "The new phone runs faster software and its chip makers expect strong sales of broadband devices.",
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,15 +44,30 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        summary = bbc_news.cli(["--variants", variant, "--set", f"data.max_rows={args.rows}",
-                                "--set", "report.static_windows=4", "--set", "train.checkpoint_every_windows=4",
-                                "--set", f"storage_path={out / 'storage'}", "--set", f"report.output_dir={out}",
-                                "--set", f"serve.port={args.port}"])
+        summary = bbc_news.cli(
+            [
+                "--variants",
+                variant,
+                "--set",
+                f"data.max_rows={args.rows}",
+                "--set",
+                "report.static_windows=4",
+                "--set",
+                "train.checkpoint_every_windows=4",
+                "--set",
+                f"storage_path={out / 'storage'}",
+                "--set",
+                f"report.output_dir={out}",
+                "--set",
+                f"serve.port={args.port}",
+            ]
+        )
         run = Path(summary["variants"][variant]["report"]).parent.name
         ckpt = checkpoint.latest(out / "storage" / run)
         serve.run(app_builder({"checkpoint": str(ckpt)}), name="bbc", route_prefix="/bbc")
-        answer = requests.post(f"http://127.0.0.1:{args.port}/bbc/predict_text", json={"texts": list(DOCS)},
-                               timeout=60).json()
+        answer = requests.post(
+            f"http://127.0.0.1:{args.port}/bbc/predict_text", json={"texts": list(DOCS)}, timeout=60
+        ).json()
         for doc, got in zip(DOCS, answer["predictions"]):
             print(f"{TOPICS[got]:<14} {doc}")
         print(f"model version {answer['model_version']} from {ckpt}")

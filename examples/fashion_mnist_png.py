@@ -39,10 +39,24 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        summary = fashion_mnist.cli(["--variants", "rotation/finetune", "--set", f"data.options.stream_rows={args.stream_rows}",
-                                     "--set", "report.static_windows=8", "--set", "train.checkpoint_every_windows=5",
-                                     "--set", f"storage_path={out / 'storage'}", "--set", f"report.output_dir={out}",
-                                     "--set", f"serve.port={args.port}"])
+        summary = fashion_mnist.cli(
+            [
+                "--variants",
+                "rotation/finetune",
+                "--set",
+                f"data.options.stream_rows={args.stream_rows}",
+                "--set",
+                "report.static_windows=8",
+                "--set",
+                "train.checkpoint_every_windows=5",
+                "--set",
+                f"storage_path={out / 'storage'}",
+                "--set",
+                f"report.output_dir={out}",
+                "--set",
+                f"serve.port={args.port}",
+            ]
+        )
         run = Path(summary["variants"]["rotation/finetune"]["report"]).parent.name
         ckpt = checkpoint.latest(out / "storage" / run)
         serve.run(app_builder({"checkpoint": str(ckpt)}), name="fashion", route_prefix="/fashion")

@@ -39,18 +39,37 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        summary = gym_dynamics.cli(["--variants", variant, "--set", f"data.options.stream_rows={args.steps}",
-                                    "--set", f"data.options.standardize_rows={args.steps // 5}", "--set", "report.static_windows=3",
-                                    "--set", "train.checkpoint_every_windows=3", "--set", f"storage_path={out / 'storage'}",
-                                    "--set", f"report.output_dir={out}", "--set", f"serve.port={args.port}"])
+        summary = gym_dynamics.cli(
+            [
+                "--variants",
+                variant,
+                "--set",
+                f"data.options.stream_rows={args.steps}",
+                "--set",
+                f"data.options.standardize_rows={args.steps // 5}",
+                "--set",
+                "report.static_windows=3",
+                "--set",
+                "train.checkpoint_every_windows=3",
+                "--set",
+                f"storage_path={out / 'storage'}",
+                "--set",
+                f"report.output_dir={out}",
+                "--set",
+                f"serve.port={args.port}",
+            ]
+        )
         print("fault alarm:", summary["variants"][variant]["fault"])
         run = Path(summary["variants"][variant]["report"]).parent.name
         ckpt = checkpoint.latest(out / "storage" / run)
         serve.run(app_builder({"checkpoint": str(ckpt)}), name="gym", route_prefix="/gym")
         r = control.rollout("CartPole-v1", args.steps, control.worn_actuator(args.steps // 3, 2 * args.steps // 3))
         s, a = r.inputs[-5:, :4], r.inputs[-5:, 4:]
-        answer = requests.post(f"http://127.0.0.1:{args.port}/gym/predict_next_state",
-                               json={"states": s.tolist(), "actions": a.tolist()}, timeout=30).json()
+        answer = requests.post(
+            f"http://127.0.0.1:{args.port}/gym/predict_next_state",
+            json={"states": s.tolist(), "actions": a.tolist()},
+            timeout=30,
+        ).json()
         for got, want in zip(np.array(answer["next_states"]), s + r.targets[-5:]):
             print("predicted", np.round(got, 4), " true", np.round(want, 4))
         print(f"model version {answer['model_version']} from {ckpt}")

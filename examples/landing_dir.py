@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     landing = Path(tempfile.mkdtemp(prefix="ddn_ray_landing_"))
     raw["data"]["source"] = {"kind": "landing_dir", "path": str(landing), "poll_interval_s": 0.2, "idle_timeout_s": 5}
     cfg = config.load(overrides=config.merge(raw, config.parse_overrides(args.set)))
-    producer = threading.Thread(target=produce, args=(uri, landing, args.rows, args.rows_per_file, args.interval_s),
-                                daemon=True)
+    producer = threading.Thread(
+        target=produce, args=(uri, landing, args.rows, args.rows_per_file, args.interval_s), daemon=True
+    )
     producer.start()
     report = continuous.main(cfg)
     producer.join()

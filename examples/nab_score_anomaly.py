@@ -39,9 +39,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        summary = nab_job.cli(["--variants", "machine_temperature", "--set", f"data.max_rows={args.rows}",
-                               "--set", "train.checkpoint_every_windows=5", "--set", f"storage_path={out / 'storage'}",
-                               "--set", f"report.output_dir={out}", "--set", f"serve.port={args.port}"])
+        summary = nab_job.cli(
+            [
+                "--variants",
+                "machine_temperature",
+                "--set",
+                f"data.max_rows={args.rows}",
+                "--set",
+                "train.checkpoint_every_windows=5",
+                "--set",
+                f"storage_path={out / 'storage'}",
+                "--set",
+                f"report.output_dir={out}",
+                "--set",
+                f"serve.port={args.port}",
+            ]
+        )
         print("NAB scores of the slice:", summary["variants"]["machine_temperature"]["anomaly"])
         run = Path(summary["variants"]["machine_temperature"]["report"]).parent.name
         ckpt = checkpoint.latest(out / "storage" / run)
@@ -52,8 +65,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for end in (failure - 2000, failure - 300, failure):
             body = {"series": SERIES, "values": s.values[end - 400 : end + 1].tolist()}
             a = requests.post(f"http://127.0.0.1:{args.port}/nab/score_anomaly", json=body, timeout=30).json()
-            print(f"{str(s.timestamps[end])[:16]}  value {s.values[end]:7.2f}  forecast {a['forecast']:7.2f}  "
-                  f"anomaly score {a['anomaly_score']:.3f}{'  ALARM' if a['alarm'] else ''}")
+            print(
+                f"{str(s.timestamps[end])[:16]}  value {s.values[end]:7.2f}  forecast {a['forecast']:7.2f}  "
+                f"anomaly score {a['anomaly_score']:.3f}{'  ALARM' if a['alarm'] else ''}"
+            )
             answers.append(a)
         return answers
     finally:

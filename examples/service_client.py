@@ -87,8 +87,9 @@ class FeedbackSender(threading.Thread):
                 if e in unknown and tries < self.retries:
                     self.schedule(time.monotonic() + 1.0, row, e, y, tries + 1)
                 else:
-                    self.outcome[row] = ("unknown" if e in unknown else "late" if e in late
-                                         else "duplicate" if e in dup else "joined")
+                    self.outcome[row] = (
+                        "unknown" if e in unknown else "late" if e in late else "duplicate" if e in dup else "joined"
+                    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -100,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=20, help="rows per /predict request")
     p.add_argument("--rate", type=float, default=5.0, help="/predict requests per second")
     p.add_argument("--feedback-fraction", type=float, default=0.7, help="share of rows whose label is sent")
-    p.add_argument("--max-delay-s", type=float, default=2.0, help="a label is sent 0..this many seconds after its answer")
+    p.add_argument(
+        "--max-delay-s", type=float, default=2.0, help="a label is sent 0..this many seconds after its answer"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
     p.add_argument("--out", default=None, help="write one row per answered row here (Parquet)")
@@ -131,9 +134,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         body = r.json()
         for i, eid in enumerate(body["event_ids"]):
             row = start + i
-            answered.append({"row": row, "event_id": eid, "model_version": body["model_version"],
-                             "replica": body["replica"], "predicted": json.dumps(body["predictions"][i]),
-                             "label": json.dumps(labels[row]), "sent_at_s": time.time()})
+            answered.append(
+                {
+                    "row": row,
+                    "event_id": eid,
+                    "model_version": body["model_version"],
+                    "replica": body["replica"],
+                    "predicted": json.dumps(body["predictions"][i]),
+                    "label": json.dumps(labels[row]),
+                    "sent_at_s": time.time(),
+                }
+            )
             if rng.random() < args.feedback_fraction:
                 sender.schedule(time.monotonic() + rng.uniform(0, args.max_delay_s), row, eid, labels[row])
     sender.closed = True
@@ -141,11 +152,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for a in answered:
         a["feedback"] = sender.outcome.get(a["row"], "not sent")
     correct = [json.loads(a["predicted"]) == json.loads(a["label"]) for a in answered]
-    summary = {"rows_answered": len(answered), "feedback": {k: sum(a["feedback"] == k for a in answered)
-                                                            for k in ("joined", "unknown", "duplicate", "late", "not sent")},
-               "served_accuracy": sum(correct) / max(1, len(correct)),
-               "versions": [answered[0]["model_version"], answered[-1]["model_version"]] if answered else None,
-               "wall_s": time.monotonic() - t0}
+    summary = {
+        "rows_answered": len(answered),
+        "feedback": {
+            k: sum(a["feedback"] == k for a in answered) for k in ("joined", "unknown", "duplicate", "late", "not sent")
+        },
+        "served_accuracy": sum(correct) / max(1, len(correct)),
+        "versions": [answered[0]["model_version"], answered[-1]["model_version"]] if answered else None,
+        "wall_s": time.monotonic() - t0,
+    }
     if args.out:
         pq.write_table(pa.Table.from_pylist(answered), args.out)
     print(json.dumps(summary))

@@ -50,8 +50,13 @@ def start_ray(cfg: config.JobConfig) -> bool:
     if os.environ.get("RAY_ADDRESS"):  # a submitted job, or a user joining a cluster: its CPUs, its dashboard
         ray.init(namespace=cfg.ray.namespace, log_to_driver=False)  # the job's own runtime_env applies
         return False
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.include_dashboard,
-             namespace=cfg.ray.namespace, runtime_env=env, log_to_driver=False)
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        include_dashboard=cfg.ray.include_dashboard,
+        namespace=cfg.ray.namespace,
+        runtime_env=env,
+        log_to_driver=False,
+    )
     return True
 
 
@@ -67,25 +72,40 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     nf, workers = len(feature_names), cfg.train.num_workers
 
     # Controller: owns every version; version 0 is the seeded initial model.
-    controller = ray.remote(ControllerActor).options(
-        name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
-    ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
+    controller = (
+        ray.remote(ControllerActor)
+        .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000)
+        .remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
+    )
     ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, feed.inputs)))
     init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
-    ray.get(controller.publish.remote(models.state_to_numpy(init), {"window": -1, "trained_end_offset": 0,
-                                                                    "num_classes": nc}, feed.initial_preprocessing()))
+    ray.get(
+        controller.publish.remote(
+            models.state_to_numpy(init),
+            {"window": -1, "trained_end_offset": 0, "num_classes": nc},
+            feed.initial_preprocessing(),
+        )
+    )
 
     # Serve: replicas load the latest version before they take traffic.
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg, nf, nc, feed.inputs), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}{feed.route}"
-    client = TrafficClient(url, cfg.serve.request_rows, cfg.serve.num_clients, cfg.serve.request_timeout_s, feed.body,
-                           outputs=nc if cfg.model.task == "regression" else None, answer_key=feed.answer_key)
+    client = TrafficClient(
+        url,
+        cfg.serve.request_rows,
+        cfg.serve.num_clients,
+        cfg.serve.request_timeout_s,
+        feed.body,
+        outputs=nc if cfg.model.task == "regression" else None,
+        answer_key=feed.answer_key,
+    )
 
     # Train: one long-lived fit(); windows arrive through one queue per rank.
     queues = [Queue(actor_options={"num_cpus": 0}) for _ in range(workers)]
-    args = WorkerArgs(job=cfg, feature_names=feature_names, num_classes=nc, queues=queues, controller=controller,
-                      inputs=feed.inputs)
+    args = WorkerArgs(
+        job=cfg, feature_names=feature_names, num_classes=nc, queues=queues, controller=controller, inputs=feed.inputs
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"args": args},
@@ -132,7 +152,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 version, weights = ray.get(controller.latest_weights.remote())
                 feed.snapshot_static(ray.get(controller.preprocessing.remote(version)))
                 static_model = models.load_numpy_state(
-                    models.build(cfg.model, nf, models.output_width(weights)), weights).eval()
+                    models.build(cfg.model, nf, models.output_width(weights)), weights
+                ).eval()
             if not len(window):
                 continue
             # 2. Serve the features before the labels exist anywhere in the system.
@@ -141,11 +162,25 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             revealed = feed.reveal(window)
             w = revealed.window
             for rank, shard in enumerate(stream.shard_tables(w, workers)):
-                queues[rank].put(WindowItem(w.index, w.start, w.end, ray.data.from_arrow(shard),
-                                            revealed.preprocessing, revealed.num_classes))
-            log.add(window=w, answers=answers, ids=feed.ids(window), rows_trained=(len(w) // workers) * workers,
-                    static_prediction=None if static_model is None else
-                    models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task))
+                queues[rank].put(
+                    WindowItem(
+                        w.index,
+                        w.start,
+                        w.end,
+                        ray.data.from_arrow(shard),
+                        revealed.preprocessing,
+                        revealed.num_classes,
+                    )
+                )
+            log.add(
+                window=w,
+                answers=answers,
+                ids=feed.ids(window),
+                rows_trained=(len(w) // workers) * workers,
+                static_prediction=None
+                if static_model is None
+                else models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task),
+            )
             last_sent = w.index
         for q in queues:
             q.put(None)
@@ -174,8 +209,13 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         print(f"nothing to serve: run {run_name!r} had already trained up to offset {ready['next_offset']:,}")
         return {"run": {"name": run_name, "rows_served": 0, "resumed_at": ready["next_offset"]}}
     # 4. The report: served answers joined with the revealed labels, scored against static and no-change.
-    facts = report.RunFacts(run_name=run_name, num_classes=nc, static_windows=static_windows,
-                            first_update_s=first_update_s, sync_timeouts=sync_timeouts)
+    facts = report.RunFacts(
+        run_name=run_name,
+        num_classes=nc,
+        static_windows=static_windows,
+        first_update_s=first_update_s,
+        sync_timeouts=sync_timeouts,
+    )
     result, curves, rows = report.build(job=cfg, log=log, summary=summary, feed=feed, facts=facts)
     result["run"]["peak_rss_bytes"] = rss.stop()
     result["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
@@ -190,7 +230,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
 def _fit(trainer: TorchTrainer, into: dict[str, Any]) -> Any:
     try:
         return trainer.fit()
-    except Exception as exc:  # surfaced by the stream loop
+    except Exception as exc:  # noqa: BLE001 (any failure of fit is surfaced by the stream loop)
         into["error"] = exc
         return None
 

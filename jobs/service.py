@@ -68,8 +68,11 @@ def main(cfg: config.JobConfig, stop_event: threading.Event | None = None) -> di
     final: dict[str, Any] = {}
     try:
         url = deploy(cfg)
-        print(f"ddn_ray service {cfg.run_name!r} at {url}: POST /predict, /feedback, /learn; GET /stats, /schema. "
-              "Stop with SIGTERM or Ctrl-C.", flush=True)
+        print(
+            f"ddn_ray service {cfg.run_name!r} at {url}: POST /predict, /feedback, /learn; GET /stats, /schema. "
+            "Stop with SIGTERM or Ctrl-C.",
+            flush=True,
+        )
         while not stop_event.wait(2.0):
             if cfg.serve.app_name not in serve.status().applications:  # `ddn-ray stop` stopped it
                 break

@@ -29,14 +29,21 @@ from ddn_ray import config, evaluate
 DYN, STATIC = "dynamic (served)", "static (frozen after training)"
 
 
-def parse_args(description: str, default_config: Path, variants: dict[str, list[str]],
-               argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, default_config: Path, variants: dict[str, list[str]], argv: list[str] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(default_config))
-    parser.add_argument("--variants", default=",".join(variants),
-                        help=f"comma-separated subset of: {', '.join(variants)}")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a field in every variant (after the variant's own overrides)")
+    parser.add_argument(
+        "--variants", default=",".join(variants), help=f"comma-separated subset of: {', '.join(variants)}"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a field in every variant (after the variant's own overrides)",
+    )
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants.split(",") if v not in variants]
     if unknown:
@@ -50,8 +57,9 @@ def cli(name: str, description: str, variants: dict[str, list[str]], argv: list[
     return run(name, args.config, variants, args.variants.split(","), args.set)
 
 
-def run(name: str, config_path: str, variants: dict[str, list[str]], selected: list[str],
-        overrides: list[str]) -> dict[str, Any]:
+def run(
+    name: str, config_path: str, variants: dict[str, list[str]], selected: list[str], overrides: list[str]
+) -> dict[str, Any]:
     """Run the selected variants one after the other and write the comparison.
 
     Returns:
@@ -60,8 +68,12 @@ def run(name: str, config_path: str, variants: dict[str, list[str]], selected: l
     Raises:
         ConfigError: a variant's overrides make an invalid config (checked for all before any run).
     """
-    cfgs = {v: config.load(config_path, config.merge(config.parse_overrides(variants[v]),
-                                                     config.parse_overrides(overrides))) for v in selected}
+    cfgs = {
+        v: config.load(
+            config_path, config.merge(config.parse_overrides(variants[v]), config.parse_overrides(overrides))
+        )
+        for v in selected
+    }
     first = next(iter(cfgs.values()))
     started = continuous.start_ray(first)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -77,10 +89,17 @@ def run(name: str, config_path: str, variants: dict[str, list[str]], selected: l
             ray.shutdown()
     out = Path(first.report.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"use_case": name, "config": config_path, "overrides": overrides,
-               "variants": {v: summarize(r, variants[v]) for v, r in reports.items()}}
-    summary["files"] = {"summary": str(out / "summary.json"), "table": str(out / "summary.md"),
-                        "plot": str(plot(name, reports, cfgs, out / "accuracy.png"))}
+    summary = {
+        "use_case": name,
+        "config": config_path,
+        "overrides": overrides,
+        "variants": {v: summarize(r, variants[v]) for v, r in reports.items()},
+    }
+    summary["files"] = {
+        "summary": str(out / "summary.json"),
+        "table": str(out / "summary.md"),
+        "plot": str(plot(name, reports, cfgs, out / "accuracy.png")),
+    }
     (out / "summary.md").write_text(table(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("\n" + table(summary))
@@ -95,15 +114,25 @@ def summarize(report: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     acc = {k: v["mse" if regression else "accuracy"] for k, v in s.items()}
     no_change = evaluate.REGRESSION_NO_CHANGE if regression else "no-change (same label delay)"
     return {
-        "metric": "mse" if regression else "accuracy", "fault": report.get("fault"), "anomaly": report.get("anomaly"),
-        "overrides": sets, "rows_scored": report["eval_rows"]["end"] - (report["eval_rows"]["start"] or 0)
-        if report.get("eval_rows") else 0,
-        "dynamic": acc.get(DYN), "static": acc.get(STATIC), "no_change": acc.get(no_change),
-        "kappa_dynamic": s.get(DYN, {}).get("kappa"), "phases": report.get("phases", []),
-        "versions": report["run"].get("versions_published"), "http_failed": report.get("http", {}).get("failed"),
+        "metric": "mse" if regression else "accuracy",
+        "fault": report.get("fault"),
+        "anomaly": report.get("anomaly"),
+        "overrides": sets,
+        "rows_scored": report["eval_rows"]["end"] - (report["eval_rows"]["start"] or 0)
+        if report.get("eval_rows")
+        else 0,
+        "dynamic": acc.get(DYN),
+        "static": acc.get(STATIC),
+        "no_change": acc.get(no_change),
+        "kappa_dynamic": s.get(DYN, {}).get("kappa"),
+        "phases": report.get("phases", []),
+        "versions": report["run"].get("versions_published"),
+        "http_failed": report.get("http", {}).get("failed"),
         "latency_p50_s": report.get("http", {}).get("latency_s", {}).get("p50"),
-        "drift": report.get("drift", {}).get("decisions"), "route": report["run"].get("traffic_route"),
-        "wall_s": report["run"].get("wall_s"), "report": report.get("files", {}).get("report"),
+        "drift": report.get("drift", {}).get("decisions"),
+        "route": report["run"].get("traffic_route"),
+        "wall_s": report["run"].get("wall_s"),
+        "report": report.get("files", {}).get("report"),
     }
 
 
@@ -123,23 +152,57 @@ def table(summary: dict[str, Any]) -> str:
     faults = any(r.get("fault") for r in rows.values())
     anomalies = any(r.get("anomaly") for r in rows.values())
     ids = sorted({p["phase"] for r in rows.values() for p in r["phases"]})
-    head = ["variant", "dynamic (served)", "static", "no-change", *[f"phase {k}" for k in ids],
-            *(["fault alarm delay (rows)", "false alarms"] if faults else []),
-            *(["NAB std / low FP / low FN, served", "static"] if anomalies else []), "versions", "drift decisions", "wall"]
+    head = [
+        "variant",
+        "dynamic (served)",
+        "static",
+        "no-change",
+        *[f"phase {k}" for k in ids],
+        *(["fault alarm delay (rows)", "false alarms"] if faults else []),
+        *(["NAB std / low FP / low FN, served", "static"] if anomalies else []),
+        "versions",
+        "drift decisions",
+        "wall",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, r in rows.items():
         by_id = {p["phase"]: f"{fmt(p['dynamic'])} / {fmt(p['static'])}" for p in r["phases"]}
         phases = [by_id.get(k, "") for k in ids]
         fault = r.get("fault") or {}
-        fault_cells = [str(fault.get("delay_rows", "-")), str(fault.get("false_alarms_before_onset", "-"))] if faults else []
+        fault_cells = (
+            [str(fault.get("delay_rows", "-")), str(fault.get("false_alarms_before_onset", "-"))] if faults else []
+        )
         an = r.get("anomaly") or {}
-        nab_cells = [" / ".join(f"{an.get(m, {}).get(p, float('nan')):.1f}" for p in
-                                ("standard", "reward_low_FP_rate", "reward_low_FN_rate")) for m in ("dynamic", "static")
-                     ] if anomalies else []
+        nab_cells = (
+            [
+                " / ".join(
+                    f"{an.get(m, {}).get(p, float('nan')):.1f}"
+                    for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+                )
+                for m in ("dynamic", "static")
+            ]
+            if anomalies
+            else []
+        )
         drift = ", ".join(f"{k} {n}" for k, n in (r["drift"] or {}).items()) or "-"
-        lines.append("| " + " | ".join([v, fmt(r["dynamic"]), fmt(r["static"]), fmt(r["no_change"]), *phases,
-                                        *fault_cells, *nab_cells, str(r["versions"]), drift,
-                                        f"{r['wall_s']:.0f} s"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    v,
+                    fmt(r["dynamic"]),
+                    fmt(r["static"]),
+                    fmt(r["no_change"]),
+                    *phases,
+                    *fault_cells,
+                    *nab_cells,
+                    str(r["versions"]),
+                    drift,
+                    f"{r['wall_s']:.0f} s",
+                ]
+            )
+            + " |"
+        )
     lines.append("")
     what = "MSE of the standardised one-step change" if regression else "Accuracy"
     lines.append(f"{what} on the rows after the static model's training windows; phase cells: served / static.")
@@ -160,8 +223,9 @@ def plot(name: str, reports: dict[str, dict[str, Any]], cfgs: dict[str, config.J
                 _, curves = evaluate.score_regression_rows(rows, reports[v]["eval_rows"]["static_windows"])
                 regression = True
             else:
-                _, curves = evaluate.score_rows(rows, reports[v]["eval_rows"]["static_windows"],
-                                                reports[v]["eval_rows"]["num_classes"])
+                _, curves = evaluate.score_rows(
+                    rows, reports[v]["eval_rows"]["static_windows"], reports[v]["eval_rows"]["num_classes"]
+                )
                 regression = False
             w, a = curves[DYN]
             ax.plot(w, a, label=f"{v} (served)", lw=1.2)

@@ -11,6 +11,19 @@ from ddn_ray.drift.monitor import DriftSignal, Monitor
 from ddn_ray.drift.residuals import residual_alarms
 
 __all__ = [
-    "ADWIN", "DDM", "KSWIN", "Detector", "DriftSignal", "FeatureDrift", "Monitor", "NoDrift", "PageHinkley", "RiverDetector", "Trigger",
-    "ks_features", "make", "mmd_permutation_test", "residual_alarms",
+    "ADWIN",
+    "DDM",
+    "KSWIN",
+    "Detector",
+    "DriftSignal",
+    "FeatureDrift",
+    "Monitor",
+    "NoDrift",
+    "PageHinkley",
+    "RiverDetector",
+    "Trigger",
+    "ks_features",
+    "make",
+    "mmd_permutation_test",
+    "residual_alarms",
 ]

@@ -81,7 +81,9 @@ def PageHinkley(threshold: float = 50.0, delta: float = 0.005, **kwargs: Any) ->
     return RiverDetector(lambda: drift.PageHinkley(threshold=threshold, delta=delta, **kwargs), "PageHinkley")
 
 
-def KSWIN(alpha: float = 0.005, window_size: int = 100, stat_size: int = 30, seed: int = 0, **kwargs: Any) -> RiverDetector:
+def KSWIN(
+    alpha: float = 0.005, window_size: int = 100, stat_size: int = 30, seed: int = 0, **kwargs: Any
+) -> RiverDetector:
     """River's KSWIN (a Kolmogorov-Smirnov test over a sliding window)."""
     from river import drift
 
@@ -94,7 +96,9 @@ def DDM(warm_start: int = 30, drift_threshold: float = 3.0, **kwargs: Any) -> Ri
     """River's DDM on a binary error stream (``update(1.0)`` for a mistake, ``0.0`` otherwise)."""
     from river.drift import binary
 
-    return _BinaryRiverDetector(lambda: binary.DDM(warm_start=warm_start, drift_threshold=drift_threshold, **kwargs), "DDM")
+    return _BinaryRiverDetector(
+        lambda: binary.DDM(warm_start=warm_start, drift_threshold=drift_threshold, **kwargs), "DDM"
+    )
 
 
 class _BinaryRiverDetector(RiverDetector):
@@ -181,7 +185,11 @@ def make(name: str, params: dict[str, float] | None = None) -> Detector:
         'ADWIN'
     """
     builders: dict[str, Callable[..., Any]] = {
-        "none": NoDrift, "adwin": ADWIN, "page_hinkley": PageHinkley, "kswin": KSWIN, "ddm": DDM,
+        "none": NoDrift,
+        "adwin": ADWIN,
+        "page_hinkley": PageHinkley,
+        "kswin": KSWIN,
+        "ddm": DDM,
     }
     if name not in builders:
         raise ValueError(f"unknown detector {name!r}; use one of {sorted(builders)}")
@@ -191,7 +199,7 @@ def make(name: str, params: dict[str, float] | None = None) -> Detector:
     for key in ("window_size", "stat_size", "seed", "warm_start", "min_instances", "clock", "grace_period"):
         if key in params:
             params[key] = int(params[key])
-    det = builders[name](**params)
+    det: Detector = builders[name](**params)
     if isinstance(det, RiverDetector):
         det._make()  # River validates its arguments here, so a bad config fails at load
     return det

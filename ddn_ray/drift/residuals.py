@@ -14,8 +14,13 @@ import numpy as np
 __all__ = ["residual_alarms"]
 
 
-def residual_alarms(squared_residuals: np.ndarray, reference: slice, threshold: float = 400.0,
-                    delta: float = 0.5, min_instances: int = 200) -> list[int]:
+def residual_alarms(
+    squared_residuals: np.ndarray,
+    reference: slice,
+    threshold: float = 400.0,
+    delta: float = 0.5,
+    min_instances: int = 200,
+) -> list[int]:
     """Indices where Page-Hinkley fires on the standardised log residuals after ``reference``.
 
     Args:

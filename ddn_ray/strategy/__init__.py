@@ -23,7 +23,9 @@ def build(cfg: StrategyConfig, seed: int = 0) -> Strategy:
     if cfg.name == "replay":
         return Replay(cfg.memory_size, cfg.replay_ratio, cfg.class_balanced, seed=seed)
     if cfg.name in ("ewc", "online_ewc"):
-        return EWC(cfg.ewc_lambda, "online" if cfg.name == "online_ewc" else "separate", cfg.ewc_decay, cfg.ewc_max_anchors)
+        return EWC(
+            cfg.ewc_lambda, "online" if cfg.name == "online_ewc" else "separate", cfg.ewc_decay, cfg.ewc_max_anchors
+        )
     if cfg.name == "lwf":
         return LwF(cfg.lwf_alpha, cfg.temperature)
     return Finetune()

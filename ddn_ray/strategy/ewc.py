@@ -13,7 +13,9 @@ from ddn_ray.strategy.base import Finetune, all_mean
 __all__ = ["EWC"]
 
 
-def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """Empirical diagonal Fisher: the mean over rows of squared per-row log-likelihood gradients.
 
     ``F_i = 1/n sum_k (d log p(y_k | x_k) / d theta_i)^2`` (Kirkpatrick et al. 2017, with
@@ -98,7 +100,7 @@ class EWC(Finetune):
             fisher = {n: self.decay * old[n] + f for n, f in fisher.items()}
             self.anchors = [(fisher, star)]
         else:
-            self.anchors = (self.anchors + [(fisher, star)])[-self.max_anchors :]
+            self.anchors = [*self.anchors, (fisher, star)][-self.max_anchors :]
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchors": self.anchors}

@@ -23,8 +23,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """
     t = temperature
     return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean", log_target=True,
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
     ) * (t * t)
 
 

@@ -44,7 +44,7 @@ class Replay(Finetune):
         return int(self.y.shape[0])
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        k = min(len(self), int(round(self.replay_ratio * x.shape[0])))
+        k = min(len(self), round(self.replay_ratio * x.shape[0]))
         if k == 0 or self.x is None:
             return x, y
         idx = torch.randint(len(self), (k,), generator=generator)
@@ -52,19 +52,20 @@ class Replay(Finetune):
 
     def _offer(self, key: int, rows: torch.Tensor, capacity: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Algorithm R over ``rows`` (indices into x) for the reservoir ``key`` holding ``capacity`` slots."""
-        slots = (self.y == key).nonzero().flatten() if key >= 0 else torch.arange(len(self))
-        slots = slots.tolist()
+        held = (self.y == key).nonzero().flatten() if key >= 0 else torch.arange(len(self))
+        slots: list[int] = held.tolist()
         for i in rows.tolist():
             n = self.seen.get(key, 0)
             self.seen[key] = n + 1
             if len(slots) < capacity:
-                first = self.x is None  # the memory takes the rows' dtypes: class ids, or regression targets (1, k)
-                self.x = x[i : i + 1].clone() if first else torch.cat([self.x, x[i : i + 1]])
-                self.y = y[i : i + 1].clone() if first else torch.cat([self.y, y[i : i + 1]])
+                if self.x is None:  # the memory takes the rows' dtypes: class ids, or regression targets (1, k)
+                    self.x, self.y = x[i : i + 1].clone(), y[i : i + 1].clone()
+                else:
+                    self.x, self.y = torch.cat([self.x, x[i : i + 1]]), torch.cat([self.y, y[i : i + 1]])
                 slots.append(len(self) - 1)
             else:
                 j = int(torch.randint(n + 1, (1,), generator=self._gen))
-                if j < capacity:
+                if j < capacity and self.x is not None:
                     self.x[slots[j]] = x[i]
                     self.y[slots[j]] = y[i]
 
@@ -79,6 +80,7 @@ class Replay(Finetune):
             if len(held) > capacity:
                 keep = torch.ones(len(self), dtype=torch.bool)
                 keep[held[capacity:]] = False
+                assert self.x is not None  # rows are held
                 self.x, self.y = self.x[keep], self.y[keep]
         for c in classes:
             self._offer(c, (y == c).nonzero().flatten(), capacity, x, y)

@@ -37,8 +37,16 @@ from scipy.special import erfc
 
 from ddn_ray.usecases.nab import probation_length
 
-__all__ = ["Detector", "log_score", "moving_mean", "seasonal_period", "series_rows", "spatial_anomalies",
-           "suppress", "tail_probability"]
+__all__ = [
+    "Detector",
+    "log_score",
+    "moving_mean",
+    "seasonal_period",
+    "series_rows",
+    "spatial_anomalies",
+    "suppress",
+    "tail_probability",
+]
 
 LOG_FLOOR = 1e-10
 
@@ -69,7 +77,7 @@ def seasonal_period(x: np.ndarray, max_lag: int, min_acf: float = 0.3) -> int:
     negative = np.flatnonzero(acf < 0)
     if not len(negative):
         return 0
-    peak = int(negative[0] + np.argmax(acf[negative[0]:]))
+    peak = int(negative[0] + np.argmax(acf[negative[0] :]))
     return peak if acf[peak] >= min_acf else 0
 
 
@@ -228,8 +236,9 @@ class Detector:
     alarm_level: float = 0.5
     quiet_fraction: float = 0.01
 
-    def scores(self, errors: np.ndarray, values: np.ndarray, start: int, learning: int | None = None,
-               length: int | None = None) -> np.ndarray:
+    def scores(
+        self, errors: np.ndarray, values: np.ndarray, start: int, learning: int | None = None, length: int | None = None
+    ) -> np.ndarray:
         """Anomaly scores of one series.
 
         Args:

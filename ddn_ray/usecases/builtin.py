@@ -21,8 +21,18 @@ from ddn_ray.feeds import Reveal
 from ddn_ray.usecase import BodyFn, Options, Scenario, UseCase
 from ddn_ray.usecases import anomaly, images, nab, scenarios
 
-__all__ = ["BBC_NEWS", "CARTPOLE", "ELEC2", "FASHION_MNIST", "NAB", "PENDULUM", "BuiltinUseCase", "ScenarioFeed",
-           "anomaly_section", "fault_section"]
+__all__ = [
+    "BBC_NEWS",
+    "CARTPOLE",
+    "ELEC2",
+    "FASHION_MNIST",
+    "NAB",
+    "PENDULUM",
+    "BuiltinUseCase",
+    "ScenarioFeed",
+    "anomaly_section",
+    "fault_section",
+]
 
 
 class BuiltinUseCase:
@@ -35,8 +45,13 @@ class BuiltinUseCase:
         options: the model of its ``data.options`` (:data:`ddn_ray.usecases.scenarios.OPTIONS`).
     """
 
-    def __init__(self, *, task: Literal["classification", "regression"] = "classification",
-                 scenarios: tuple[str, ...] = ("none",), options: type[Options] = Options) -> None:
+    def __init__(
+        self,
+        *,
+        task: Literal["classification", "regression"] = "classification",
+        scenarios: tuple[str, ...] = ("none",),
+        options: type[Options] = Options,
+    ) -> None:
         self.task, self.scenarios, self.options = task, scenarios, options
 
     def scenario(self, data: config.DataConfig) -> Scenario:
@@ -48,8 +63,9 @@ class BuiltinUseCase:
     def no_change(self, scenario: Scenario, labels: np.ndarray) -> np.ndarray:
         return np.zeros(labels.shape)
 
-    def report_extras(self, *, job: config.JobConfig, scenario: Scenario, rows: dict[str, np.ndarray],
-                      static_windows: int) -> dict[str, Any]:
+    def report_extras(
+        self, *, job: config.JobConfig, scenario: Scenario, rows: dict[str, np.ndarray], static_windows: int
+    ) -> dict[str, Any]:
         return {}
 
 
@@ -71,23 +87,32 @@ class _Dynamics(BuiltinUseCase):
         spec = scenario.inputs  # next state = state: a standardised change of -mean / std
         return np.broadcast_to(-np.array(spec["y_mean"]) / np.array(spec["y_std"]), labels.shape).copy()
 
-    def report_extras(self, *, job: config.JobConfig, scenario: Scenario, rows: dict[str, np.ndarray],
-                      static_windows: int) -> dict[str, Any]:
+    def report_extras(
+        self, *, job: config.JobConfig, scenario: Scenario, rows: dict[str, np.ndarray], static_windows: int
+    ) -> dict[str, Any]:
         return {"fault": fault_section(rows, static_windows)} if job.data.scenario == "worn_actuator" else {}
 
 
 class _Series(BuiltinUseCase):
-    def report_extras(self, *, job: config.JobConfig, scenario: Scenario, rows: dict[str, np.ndarray],
-                      static_windows: int) -> dict[str, Any]:
+    def report_extras(
+        self, *, job: config.JobConfig, scenario: Scenario, rows: dict[str, np.ndarray], static_windows: int
+    ) -> dict[str, Any]:
         return {"anomaly": anomaly_section(job.data, rows, scenario)}
 
 
 ELEC2: UseCase = BuiltinUseCase(options=scenarios.OPTIONS["elec2"])
-FASHION_MNIST: UseCase = _Images(scenarios=("none", "rotation", "new_classes"), options=scenarios.OPTIONS["fashion_mnist"])
-BBC_NEWS: UseCase = _Texts(scenarios=("none", "topic_incremental", "topic_shift"), options=scenarios.OPTIONS["bbc_news"])
-CARTPOLE: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift", "worn_actuator"),
-                              options=scenarios.OPTIONS["cartpole"])
-PENDULUM: UseCase = _Dynamics(task="regression", scenarios=("none", "physics_drift"), options=scenarios.OPTIONS["pendulum"])
+FASHION_MNIST: UseCase = _Images(
+    scenarios=("none", "rotation", "new_classes"), options=scenarios.OPTIONS["fashion_mnist"]
+)
+BBC_NEWS: UseCase = _Texts(
+    scenarios=("none", "topic_incremental", "topic_shift"), options=scenarios.OPTIONS["bbc_news"]
+)
+CARTPOLE: UseCase = _Dynamics(
+    task="regression", scenarios=("none", "physics_drift", "worn_actuator"), options=scenarios.OPTIONS["cartpole"]
+)
+PENDULUM: UseCase = _Dynamics(
+    task="regression", scenarios=("none", "physics_drift"), options=scenarios.OPTIONS["pendulum"]
+)
 NAB: UseCase = _Series(task="regression", options=scenarios.OPTIONS["nab"])
 
 
@@ -120,7 +145,9 @@ class ScenarioFeed:
         """The use case's raw inputs (PNG images, texts) when it has them, ``serve.raw_inputs`` is on and no
         label is fed back as an input; else feature rows to ``/predict`` (also for dynamics and series models:
         the stream's rows are scaled, ``/predict`` answers in those units)."""
-        route = None if not self.job.serve.raw_inputs or self.lag else self.usecase.client_route(self.scenario, self.job)
+        route = (
+            None if not self.job.serve.raw_inputs or self.lag else self.usecase.client_route(self.scenario, self.job)
+        )
         return route or ("/predict", instances_body)
 
     @property
@@ -140,8 +167,10 @@ class ScenarioFeed:
         if s.source == "replay":
             self._source = stream.ReplaySource(self.table, s.window_size, next_offset)
         else:
-            self._source = stream.LandingDirSource(s.landing_dir, self.num_classes, s.window_size, next_offset,
-                                                   s.poll_interval_s, s.idle_timeout_s)
+            assert s.landing_dir is not None, "the config requires stream.landing_dir for a landing source"
+            self._source = stream.LandingDirSource(
+                s.landing_dir, self.num_classes, s.window_size, next_offset, s.poll_interval_s, s.idle_timeout_s
+            )
         self._first_offset = next_offset
 
     def total_windows(self) -> int | None:
@@ -177,14 +206,15 @@ class ScenarioFeed:
         return self.usecase.no_change(self.scenario, labels)
 
     def report_extras(self, rows: dict[str, np.ndarray], static_windows: int) -> dict[str, Any]:
-        return self.usecase.report_extras(job=self.job, scenario=self.scenario, rows=rows, static_windows=static_windows)
+        return self.usecase.report_extras(
+            job=self.job, scenario=self.scenario, rows=rows, static_windows=static_windows
+        )
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.job.data.name, "scenario": self.job.data.scenario}
 
 
-def fault_section(rows: dict[str, np.ndarray], static_windows: int,
-                  threshold: float = 400.0) -> dict[str, Any]:
+def fault_section(rows: dict[str, np.ndarray], static_windows: int, threshold: float = 400.0) -> dict[str, Any]:
     """The worn-actuator alarm: Page-Hinkley on the static (healthy, frozen) model's residuals
     (:func:`ddn_ray.drift.residual_alarms`), its delay after the fault's onset and its false alarms.
 
@@ -199,11 +229,15 @@ def fault_section(rows: dict[str, np.ndarray], static_windows: int,
     alarms = [int(offsets[i]) for i in drift.residual_alarms(se, slice(0, healthy // 2), threshold)]
     onset = int(offsets[healthy]) if healthy < len(offsets) else None
     after = [a for a in alarms if onset is not None and a >= onset]
-    return {"detector": "page_hinkley on log squared residuals of the static model", "threshold": threshold,
-            "onset_offset": onset, "first_alarm_offset": after[0] if after else None,
-            "delay_rows": after[0] - onset if after else None,
-            "false_alarms_before_onset": sum(a < (onset if onset is not None else 1 << 62) for a in alarms),
-            "alarms": alarms[:50]}
+    return {
+        "detector": "page_hinkley on log squared residuals of the static model",
+        "threshold": threshold,
+        "onset_offset": onset,
+        "first_alarm_offset": after[0] if after else None,
+        "delay_rows": after[0] - onset if after and onset is not None else None,
+        "false_alarms_before_onset": sum(a < (onset if onset is not None else 1 << 62) for a in alarms),
+        "alarms": alarms[:50],
+    }
 
 
 def anomaly_section(data: config.DataConfig, rows: dict[str, np.ndarray], scn: Scenario) -> dict[str, Any]:
@@ -218,12 +252,21 @@ def anomaly_section(data: config.DataConfig, rows: dict[str, np.ndarray], scn: S
     lags, points = scn.inputs["lags"], scn.inputs["lags"] + len(scn.table)
     name = scn.inputs["series"]
     series = nab.load_corpus(data.path, [name])[name]
-    series = nab.Series(series.name, series.timestamps[:points], series.values[:points],
-                        tuple(w for w in series.windows if w[1] < points))
+    series = nab.Series(
+        series.name,
+        series.timestamps[:points],
+        series.values[:points],
+        tuple(w for w in series.windows if w[1] < points),
+    )
     profiles = nab.load_profiles(data.path)
     detector, probation = anomaly.Detector(), nab.probation_length(points)
-    out: dict[str, Any] = {"series": name, "points": points, "windows": len(series.windows),
-                           "period": scn.inputs["period"], "alarm_level": detector.alarm_level}
+    out: dict[str, Any] = {
+        "series": name,
+        "points": points,
+        "windows": len(series.windows),
+        "period": scn.inputs["period"],
+        "alarm_level": detector.alarm_level,
+    }
     for name, pred in (("dynamic", rows["prediction"]), ("static", rows["static_prediction"])):
         err = np.zeros(points)
         at = rows["offset"] + lags
@@ -232,7 +275,9 @@ def anomaly_section(data: config.DataConfig, rows: dict[str, np.ndarray], scn: S
             early = ~np.isfinite(pred[:, 0])
             err[at[early]] = np.nan_to_num(np.abs(rows["prediction"][early, 0] - rows["label"][early, 0]), nan=0.0)
         scores = detector.scores(err, series.values, lags)
-        out[name] = {p: round(float(nab.score_corpus({series.name: scores}, {series.name: series}, prof)["score"]), 2)
-                     for p, prof in profiles.items()}
+        out[name] = {
+            p: round(float(nab.score_corpus({series.name: scores}, {series.name: series}, prof)["score"]), 2)
+            for p, prof in profiles.items()
+        }
         out[name]["alarms"] = int((scores[probation:] >= detector.alarm_level).sum())
     return out

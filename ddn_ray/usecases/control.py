@@ -81,12 +81,21 @@ def physics_drift(env_id: str, steps: int) -> tuple[Schedule, list[tuple[str, in
     """
     a, b = steps // 3, 2 * steps // 3
     if env_id == "CartPole-v1":
-        return (Schedule(((a, {"length": 0.5, "masspole": 0.1}), (b, {"length": 1.0, "masspole": 0.3, "gravity": 9.8}),
-                          (b + 1, {"gravity": 15.0}))),
-                [("default", 0), ("gradual: length 0.5->1, masspole 0.1->0.3", a), ("abrupt: gravity 9.8->15", b + 1)])
+        return (
+            Schedule(
+                (
+                    (a, {"length": 0.5, "masspole": 0.1}),
+                    (b, {"length": 1.0, "masspole": 0.3, "gravity": 9.8}),
+                    (b + 1, {"gravity": 15.0}),
+                )
+            ),
+            [("default", 0), ("gradual: length 0.5->1, masspole 0.1->0.3", a), ("abrupt: gravity 9.8->15", b + 1)],
+        )
     if env_id == "Pendulum-v1":
-        return (Schedule(((a, {"m": 1.0, "g": 10.0}), (b, {"m": 2.0, "g": 10.0}), (b + 1, {"g": 15.0}))),
-                [("default", 0), ("gradual: m 1->2", a), ("abrupt: g 10->15", b + 1)])
+        return (
+            Schedule(((a, {"m": 1.0, "g": 10.0}), (b, {"m": 2.0, "g": 10.0}), (b + 1, {"g": 15.0}))),
+            [("default", 0), ("gradual: m 1->2", a), ("abrupt: g 10->15", b + 1)],
+        )
     raise ValueError(f"env_id must be one of {list(PARAMS)}, got {env_id!r}")
 
 
@@ -145,8 +154,14 @@ def _behaviour(env_id: str, rng: np.random.Generator, epsilon: float) -> Callabl
     return lambda s: np.array([rng.uniform(-2.0, 2.0)], dtype=np.float32)
 
 
-def rollout(env_id: str, steps: int, schedule: Schedule = Schedule(), seed: int = 0, epsilon: float = 0.3,
-            max_episode_steps: int = 200) -> Rollouts:
+def rollout(
+    env_id: str,
+    steps: int,
+    schedule: Schedule = Schedule(),
+    seed: int = 0,
+    epsilon: float = 0.3,
+    max_episode_steps: int = 200,
+) -> Rollouts:
     """Roll out a behaviour policy for ``steps`` transitions while the physics follow ``schedule``.
 
     CartPole: a balancing heuristic with ``epsilon``-random actions; Pendulum: uniform random torque.
@@ -185,5 +200,6 @@ def rollout(env_id: str, steps: int, schedule: Schedule = Schedule(), seed: int 
             state, _ = env.reset(seed=int(rng.integers(2**31)))
             episode, t = episode + 1, 0
     env.close()
-    return Rollouts(np.asarray(xs, np.float32), np.asarray(ys, np.float32), np.asarray(ph), np.asarray(ep, np.int64),
-                    env_id)
+    return Rollouts(
+        np.asarray(xs, np.float32), np.asarray(ys, np.float32), np.asarray(ph), np.asarray(ep, np.int64), env_id
+    )

@@ -116,6 +116,8 @@ def _sha256(path: Path) -> str:
 
 
 def _download(spec: DatasetSpec, dest: Path, timeout_s: float = 60.0) -> Path:
+    if spec.url is None:
+        raise DataError(f"{spec.subdir}/{spec.filename} has no download address; put it under $DDN_RAY_DATA_DIR")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
         tmp_path = Path(tmp.name)
@@ -176,7 +178,11 @@ def find(spec: DatasetSpec, path: str | os.PathLike[str] | None = None, download
     if not download or spec.url is None:
         raise DataError(
             f"{spec.subdir}/{spec.filename} not found under {', '.join(map(str, roots))}; "
-            + (f"set ${DATA_DIR_ENV} or allow the download" if spec.url else f"it has no public download: set ${DATA_DIR_ENV}")
+            + (
+                f"set ${DATA_DIR_ENV} or allow the download"
+                if spec.url
+                else f"it has no public download: set ${DATA_DIR_ENV}"
+            )
         )
     return _download(spec, cache_dir() / spec.subdir / spec.filename)
 
@@ -211,7 +217,7 @@ def load_elec2(path: str | os.PathLike[str] | None = None, max_rows: int | None 
     names = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
     missing = [c for c in (*names, "class") if c not in tab.column_names]
     if missing:
-        raise DataError(f"{file} lacks columns {missing}; expected {list(names) + ['class']}")
+        raise DataError(f"{file} lacks columns {missing}; expected {[*names, 'class']}")
     if max_rows is not None:
         tab = tab.slice(0, max_rows)
     try:

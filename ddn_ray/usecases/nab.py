@@ -33,8 +33,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Profile", "Series", "load_corpus", "load_profiles", "probation_length", "scaled_sigmoid", "score_corpus",
-           "score_per_file", "sweep_scores"]
+__all__ = [
+    "Profile",
+    "Series",
+    "load_corpus",
+    "load_profiles",
+    "probation_length",
+    "scaled_sigmoid",
+    "score_corpus",
+    "score_per_file",
+    "sweep_scores",
+]
 
 PROBATION_FRACTION = 0.15
 MAX_PROBATION = 750
@@ -104,7 +113,8 @@ def sweep_scores(n: int, windows: tuple[tuple[int, int], ...], profile: Profile)
     worth = np.empty(n, dtype=np.float64)
     window = np.full(n, -1, dtype=np.int64)
     max_tp = float(scaled_sigmoid(-1.0))
-    prev_end, prev_width = None, None
+    prev_end: int | None = None
+    prev_width = 0.0  # read only once a window has closed
     i = 0
     for k, (first, last) in enumerate([*windows, (n, n - 1)]):  # a sentinel closes the tail
         # Outside windows: before this one, after the previous one.
@@ -194,9 +204,14 @@ def score_corpus(
             j += 1
         if total > best["raw"]:
             best = {"raw": total, "threshold": float(level), "tp": int(tp), "fp": fp}
-    return {"score": float(100.0 * (best["raw"] - null) / (perfect - null)) if num_windows else 0.0,
-            "threshold": best["threshold"], "raw": float(best["raw"]), "tp": best["tp"], "fp": best["fp"],
-            "fn": int(num_windows - best["tp"])}
+    return {
+        "score": float(100.0 * (best["raw"] - null) / (perfect - null)) if num_windows else 0.0,
+        "threshold": best["threshold"],
+        "raw": float(best["raw"]),
+        "tp": best["tp"],
+        "fp": best["fp"],
+        "fn": int(num_windows - best["tp"]),
+    }
 
 
 def score_per_file(
@@ -222,8 +237,10 @@ def score_per_file(
         >>> score_per_file({"a.csv": sa, "b.csv": sb}, {"a.csv": a, "b.csv": b}, Profile())["score"]
         100.0
     """
-    parts = [score_corpus({name: scores[name]} if name in scores else {}, {name: series}, profile)
-             for name, series in corpus.items()]
+    parts = [
+        score_corpus({name: scores[name]} if name in scores else {}, {name: series}, profile)
+        for name, series in corpus.items()
+    ]
     tot = {k: sum(p[k] for p in parts) for k in ("raw", "tp", "fp", "fn")}
     windows = tot["tp"] + tot["fn"]
     null, perfect = -profile.fn_weight * windows, profile.tp_weight * windows
@@ -242,8 +259,10 @@ def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     for c in candidates:
         if (c / "labels" / "combined_windows.json").is_file():
             return c
-    raise FileNotFoundError(f"NAB not found in {[str(c) for c in candidates]}: pass its folder or set DDN_RAY_DATA_DIR "
-                            "(github.com/numenta/NAB, v1.1: data/, labels/, config/)")
+    raise FileNotFoundError(
+        f"NAB not found in {[str(c) for c in candidates]}: pass its folder or set DDN_RAY_DATA_DIR "
+        "(github.com/numenta/NAB, v1.1: data/, labels/, config/)"
+    )
 
 
 def load_corpus(path: str | os.PathLike[str] | None = None, names: list[str] | None = None) -> dict[str, Series]:
@@ -277,5 +296,7 @@ def load_corpus(path: str | os.PathLike[str] | None = None, names: list[str] | N
 def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, Profile]:
     """The three NAB profiles from ``config/profiles.json``."""
     raw = json.loads((data_dir(path) / "config" / "profiles.json").read_text())
-    return {name: Profile(c["CostMatrix"]["tpWeight"], c["CostMatrix"]["fpWeight"], c["CostMatrix"]["fnWeight"])
-            for name, c in raw.items()}
+    return {
+        name: Profile(c["CostMatrix"]["tpWeight"], c["CostMatrix"]["fpWeight"], c["CostMatrix"]["fnWeight"])
+        for name, c in raw.items()
+    }

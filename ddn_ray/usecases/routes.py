@@ -30,8 +30,18 @@ from ddn_ray.serve import FiniteFloat, InputRoutes, PredictResponse, current_rep
 from ddn_ray.serve import Replica as _Replica
 from ddn_ray.usecases import anomaly, images, text
 
-__all__ = ["DYNAMICS", "IMAGES", "SERIES", "TEXTS", "AnomalyResponse", "DynamicsRequest", "ImageRequest",
-           "NextStateResponse", "SeriesRequest", "TextRequest"]
+__all__ = [
+    "DYNAMICS",
+    "IMAGES",
+    "SERIES",
+    "TEXTS",
+    "AnomalyResponse",
+    "DynamicsRequest",
+    "ImageRequest",
+    "NextStateResponse",
+    "SeriesRequest",
+    "TextRequest",
+]
 
 Replica = Annotated[_Replica, Depends(current_replica)]
 DETECTOR = anomaly.Detector()  # /score_anomaly scores as the NAB job's report does
@@ -154,15 +164,17 @@ async def score_anomaly(request: SeriesRequest, replica: Replica) -> AnomalyResp
     short = DETECTOR.scales[0][0]
     need = first + short + 1
     if len(request.values) < need:
-        raise replica.reject(422, f"values has {len(request.values)} points; send at least {need} "
-                                  f"({first} of inputs + {short + 1} to score)")
+        raise replica.reject(
+            422,
+            f"values has {len(request.values)} points; send at least {need} ({first} of inputs + {short + 1} to score)",
+        )
     if len(request.values) > replica.max_batch_rows + first:
         raise replica.reject(413, f"values has {len(request.values)} points; at most {replica.max_batch_rows + first}")
     span = spec["hi"] - spec["lo"] if spec["hi"] > spec["lo"] else 1.0
     x = (np.asarray(request.values, dtype=np.float32) - spec["lo"]) / span
     # Rows for every value sent and one more: the last row forecasts the next value.
     feats, target = anomaly.series_rows(np.append(x, x[-1]), lags, period, width)
-    feats, target = feats[first - lags:], target[first - lags:, 0]
+    feats, target = feats[first - lags :], target[first - lags :, 0]
     version, model = replica.current()
     with torch.no_grad():
         out = model(torch.from_numpy(feats))[:, 0].numpy()
@@ -171,8 +183,14 @@ async def score_anomaly(request: SeriesRequest, replica: Replica) -> AnomalyResp
     score = float(DETECTOR.scores(errors, x, first, 0)[-1])
     replica.served(len(x) - first)
     forecast = float((x[-1] + out[-1]) * span + spec["lo"])  # the model forecasts the change
-    return AnomalyResponse(series=request.series, anomaly_score=score, alarm=score >= DETECTOR.alarm_level,
-                           forecast=forecast, model_version=version, replica=replica.replica_id)
+    return AnomalyResponse(
+        series=request.series,
+        anomaly_score=score,
+        alarm=score >= DETECTOR.alarm_level,
+        forecast=forecast,
+        model_version=version,
+        replica=replica.replica_id,
+    )
 
 
 IMAGES = InputRoutes(router=_images)

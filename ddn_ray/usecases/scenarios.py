@@ -47,8 +47,18 @@ from ddn_ray.stream import Table
 from ddn_ray.usecase import Options, Scenario
 from ddn_ray.usecases import datasets, text
 
-__all__ = ["OPTIONS", "BbcNewsOptions", "ControlOptions", "FashionMnistOptions", "NabOptions", "load",
-           "new_class_order", "rotate", "rotation_angles", "topic_order"]
+__all__ = [
+    "OPTIONS",
+    "BbcNewsOptions",
+    "ControlOptions",
+    "FashionMnistOptions",
+    "NabOptions",
+    "load",
+    "new_class_order",
+    "rotate",
+    "rotation_angles",
+    "topic_order",
+]
 
 IMAGE_SHAPE = (1, 28, 28)
 
@@ -65,7 +75,8 @@ class BbcNewsOptions(Options):
 
     phases: int = Field(5, ge=2, le=10, description="topic_incremental / topic_shift: drift phases")
     text_features: Literal["hashing", "minilm"] = Field(
-        "hashing", description="hashed word 1-2-grams, or frozen all-MiniLM-L6-v2 embeddings (extra [text])")
+        "hashing", description="hashed word 1-2-grams, or frozen all-MiniLM-L6-v2 embeddings (extra [text])"
+    )
     hash_features: int = Field(4096, ge=16, le=2**20, description="hashing: feature columns")
 
 
@@ -79,16 +90,27 @@ class ControlOptions(Options):
 class NabOptions(Options):
     """``data.options`` of ``nab`` (``data.path`` is the NAB folder)."""
 
-    series: str = Field("realKnownCause/machine_temperature_system_failure.csv",
-                        description="the series, <category>/<file>.csv")
+    series: str = Field(
+        "realKnownCause/machine_temperature_system_failure.csv", description="the series, <category>/<file>.csv"
+    )
     lags: int = Field(16, ge=1, le=1024, description="past values (scaled by the file's min / max) per row")
-    seasonal_width: int = Field(8, ge=0, le=256, description="inputs on each side of the same phase one period "
-                                "earlier (period found on the probation's values; 0: none)")
+    seasonal_width: int = Field(
+        8,
+        ge=0,
+        le=256,
+        description="inputs on each side of the same phase one period "
+        "earlier (period found on the probation's values; 0: none)",
+    )
 
 
-OPTIONS: dict[str, type[Options]] = {"elec2": Options, "fashion_mnist": FashionMnistOptions,
-                                     "bbc_news": BbcNewsOptions, "cartpole": ControlOptions,
-                                     "pendulum": ControlOptions, "nab": NabOptions}
+OPTIONS: dict[str, type[Options]] = {
+    "elec2": Options,
+    "fashion_mnist": FashionMnistOptions,
+    "bbc_news": BbcNewsOptions,
+    "cartpole": ControlOptions,
+    "pendulum": ControlOptions,
+    "nab": NabOptions,
+}
 """Each built-in data set's ``data.options`` model (Elec2 has no settings)."""
 
 
@@ -125,8 +147,9 @@ def rotate(images: np.ndarray, angles_deg: np.ndarray, shape: tuple[int, int, in
     return out
 
 
-def new_class_order(labels: np.ndarray, num_classes: int, phases: int, n: int, rng: np.random.Generator
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def new_class_order(
+    labels: np.ndarray, num_classes: int, phases: int, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices for the ``new_classes`` scenario and the phase of each.
 
     Phase ``k`` (of ``phases`` equal phases of ``n // phases`` rows) samples, without
@@ -152,8 +175,9 @@ def new_class_order(labels: np.ndarray, num_classes: int, phases: int, n: int, r
     return np.array(idx, dtype=np.int64), np.array(ph, dtype=np.int64)
 
 
-def topic_order(labels: np.ndarray, num_classes: int, phases: int, scenario: str, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray]:
+def topic_order(
+    labels: np.ndarray, num_classes: int, phases: int, scenario: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (every row once) and phases for the ``topic_incremental`` / ``topic_shift`` scenarios.
 
     Topics are taken in a seeded random order ``t_0, t_1, ...``; phase ``k`` features ``t_(k mod C)``.
@@ -231,7 +255,18 @@ def load(cfg: DataConfig, opts: Options | None = None) -> Scenario:
                 phase = np.searchsorted([0.2, 0.5, 0.75], np.arange(n) / n, side="right").astype(np.int64)
         table = Table(x, full.labels[idx], full.feature_names, full.num_classes)
         inputs = {"kind": "image", "shape": list(IMAGE_SHAPE), "routes": "ddn_ray.usecases.routes:IMAGES"}
-        names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+        names: tuple[str, ...] = (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        )
     else:
         assert isinstance(opts, BbcNewsOptions), cfg.name
         corpus = datasets.load_bbc_news(cfg.path)
@@ -259,6 +294,7 @@ def load(cfg: DataConfig, opts: Options | None = None) -> Scenario:
 def _control(cfg: DataConfig, opts: ControlOptions) -> Scenario:
     from ddn_ray.usecases import control
 
+    assert cfg.name is not None, "a built-in use case has a name"
     env_id = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}[cfg.name]
     n = opts.stream_rows
     if cfg.scenario == "physics_drift":
@@ -276,9 +312,18 @@ def _control(cfg: DataConfig, opts: ControlOptions) -> Scenario:
     y = ((r.targets - ym) / ys).astype(np.float32)
     phase = (np.searchsorted([start for _, start in named[1:]], np.arange(n), side="right")).astype(np.int64)
     states, actions = control.STATE_NAMES[env_id], control.ACTION_NAMES[env_id]
-    inputs = {"kind": "dynamics", "env": env_id, "state_names": list(states), "action_names": list(actions),
-              "x_mean": xm.tolist(), "x_std": xs.tolist(), "y_mean": ym.tolist(), "y_std": ys.tolist(),
-              "phases": [name for name, _ in named], "routes": "ddn_ray.usecases.routes:DYNAMICS"}
+    inputs = {
+        "kind": "dynamics",
+        "env": env_id,
+        "state_names": list(states),
+        "action_names": list(actions),
+        "x_mean": xm.tolist(),
+        "x_std": xs.tolist(),
+        "y_mean": ym.tolist(),
+        "y_std": ys.tolist(),
+        "phases": [name for name, _ in named],
+        "routes": "ddn_ray.usecases.routes:DYNAMICS",
+    }
     table = Table(x, y, (*states, *actions), len(states), task="regression")
     if cfg.max_rows is not None:
         m = min(cfg.max_rows, n)
@@ -302,8 +347,17 @@ def _nab(cfg: DataConfig, opts: NabOptions) -> Scenario:
     phase = (points >= probation).astype(np.int64)
     if cfg.max_rows is not None:
         feats, target, phase = feats[: cfg.max_rows], target[: cfg.max_rows], phase[: cfg.max_rows]
-    inputs = {"kind": "series", "series": opts.series, "lags": lags, "lo": lo, "hi": hi, "points": len(x),
-              "period": period, "seasonal_width": width, "probation": probation,
-              "routes": "ddn_ray.usecases.routes:SERIES"}
+    inputs = {
+        "kind": "series",
+        "series": opts.series,
+        "lags": lags,
+        "lo": lo,
+        "hi": hi,
+        "points": len(x),
+        "period": period,
+        "seasonal_width": width,
+        "probation": probation,
+        "routes": "ddn_ray.usecases.routes:SERIES",
+    }
     names = tuple(f"lag{lags - j}" for j in range(lags)) + tuple(f"season{j - width + 1:+d}" for j in range(2 * width))
     return Scenario(Table(feats, target, names, 1, task="regression"), inputs, phase, ("value",))

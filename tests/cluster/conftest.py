@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+
 from tests.cluster.head_cluster import PORTS, WORKER_PORTS, Head
 
 
@@ -26,7 +27,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/cluster/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-    tier = lambda item: 2 if "/tests/integration/" in str(item.fspath) else 1 if "/tests/cluster/" in str(item.fspath) else 0
+    tier = lambda item: (
+        2 if "/tests/integration/" in str(item.fspath) else 1 if "/tests/cluster/" in str(item.fspath) else 0
+    )
     items.sort(key=tier)  # stable: the order within a tier is kept
 
 
@@ -60,15 +63,30 @@ def head() -> Iterator[Head]:
         "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     }
     env.pop("RAY_ADDRESS", None)
-    cmd = [f"{bin_dir}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={PORTS['gcs']}",
-           "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={PORTS['dashboard']}", f"--dashboard-agent-listen-port={PORTS['agent_listen']}",
-           f"--dashboard-agent-grpc-port={PORTS['agent_grpc']}", f"--metrics-export-port={PORTS['metrics']}",
-           f"--ray-client-server-port={PORTS['client']}", f"--node-manager-port={PORTS['node_manager']}",
-           f"--object-manager-port={PORTS['object_manager']}", f"--runtime-env-agent-port={PORTS['runtime_env_agent']}",
-           f"--min-worker-port={WORKER_PORTS[0]}", f"--max-worker-port={WORKER_PORTS[1]}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    log = open(Path(f"/tmp/ddnray_head_{os.getpid()}.log"), "w")
+    cmd = [
+        f"{bin_dir}/ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={PORTS['gcs']}",
+        "--num-cpus=4",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={PORTS['dashboard']}",
+        f"--dashboard-agent-listen-port={PORTS['agent_listen']}",
+        f"--dashboard-agent-grpc-port={PORTS['agent_grpc']}",
+        f"--metrics-export-port={PORTS['metrics']}",
+        f"--ray-client-server-port={PORTS['client']}",
+        f"--node-manager-port={PORTS['node_manager']}",
+        f"--object-manager-port={PORTS['object_manager']}",
+        f"--runtime-env-agent-port={PORTS['runtime_env_agent']}",
+        f"--min-worker-port={WORKER_PORTS[0]}",
+        f"--max-worker-port={WORKER_PORTS[1]}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    log = open(Path(f"/tmp/ddnray_head_{os.getpid()}.log"), "w")  # noqa: SIM115 (open while the head runs)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{PORTS['dashboard']}"
     try:

@@ -7,8 +7,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every port this head uses, pinned, apart from the session cluster's (18123/18124) and Ray's defaults.
-PORTS = {"gcs": 6391, "dashboard": 21265, "agent_listen": 21266, "agent_grpc": 21267, "metrics": 21268,
-         "client": 21269, "node_manager": 21270, "object_manager": 21271, "runtime_env_agent": 21272, "serve": 21800}
+PORTS = {
+    "gcs": 6391,
+    "dashboard": 21265,
+    "agent_listen": 21266,
+    "agent_grpc": 21267,
+    "metrics": 21268,
+    "client": 21269,
+    "node_manager": 21270,
+    "object_manager": 21271,
+    "runtime_env_agent": 21272,
+    "serve": 21800,
+}
 WORKER_PORTS = (21300, 21399)
 
 

@@ -53,14 +53,35 @@ def job(head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 raise TimeoutError(f"the Jobs API never accepted a submission: {exc}") from exc
             time.sleep(2.0)
     out = tmp_path_factory.mktemp("submitted")
-    overrides = ["data.max_rows=1500", "stream.window_size=100", "report.static_windows=5", "run_name=jobs-api",
-                 f"report.output_dir={out / 'runs'}", f"storage_path={out / 'storage'}", f"serve.port={PORTS['serve']}",
-                 "train.checkpoint_every_windows=5", "drift.detector=none"]
-    job_id, status = cli.submit(head.address, "jobs/configs/elec2.yaml", overrides, env={"DDN_RAY_DATA_DIR": str(SHARED)},
-                                working_dir=str(ROOT), wait=False, headers=head.headers)
+    overrides = [
+        "data.max_rows=1500",
+        "stream.window_size=100",
+        "report.static_windows=5",
+        "run_name=jobs-api",
+        f"report.output_dir={out / 'runs'}",
+        f"storage_path={out / 'storage'}",
+        f"serve.port={PORTS['serve']}",
+        "train.checkpoint_every_windows=5",
+        "drift.detector=none",
+    ]
+    job_id, status = cli.submit(
+        head.address,
+        "jobs/configs/elec2.yaml",
+        overrides,
+        env={"DDN_RAY_DATA_DIR": str(SHARED)},
+        working_dir=str(ROOT),
+        wait=False,
+        headers=head.headers,
+    )
     seen: set[str] = set()
-    names = ["ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy", "ray_ddn_ray_model_version",
-             "ray_ddn_ray_freshness_seconds_count", "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total"]
+    names = [
+        "ray_ddn_ray_windows_trained_total",
+        "ray_ddn_ray_prequential_accuracy",
+        "ray_ddn_ray_model_version",
+        "ray_ddn_ray_freshness_seconds_count",
+        "ray_ddn_ray_served_model_version",
+        "ray_ddn_ray_requests_total",
+    ]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = client.get_job_status(job_id)
@@ -68,8 +89,14 @@ def job(head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             break
         seen |= _scrape(names)  # while the job's controller and replicas live
         time.sleep(1.0)
-    return {"id": job_id, "status": status, "logs": client.get_job_logs(job_id), "out": out, "metrics": seen,
-            "probe": client.get_job_status(probe)}
+    return {
+        "id": job_id,
+        "status": status,
+        "logs": client.get_job_logs(job_id),
+        "out": out,
+        "metrics": seen,
+        "probe": client.get_job_status(probe),
+    }
 
 
 def test_jobs_api_runs_the_main_job(job: dict[str, Any]) -> None:
@@ -84,27 +111,47 @@ def test_jobs_api_runs_the_main_job(job: dict[str, Any]) -> None:
 
 
 def test_metrics_reach_the_heads_prometheus_endpoint(job: dict[str, Any]) -> None:
-    assert job["metrics"] == {"ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy",
-                              "ray_ddn_ray_model_version", "ray_ddn_ray_freshness_seconds_count",
-                              "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total"}
+    assert job["metrics"] == {
+        "ray_ddn_ray_windows_trained_total",
+        "ray_ddn_ray_prequential_accuracy",
+        "ray_ddn_ray_model_version",
+        "ray_ddn_ray_freshness_seconds_count",
+        "ray_ddn_ray_served_model_version",
+        "ray_ddn_ray_requests_total",
+    }
 
 
-def test_serve_learn_runs_until_sigterm_then_serve_deploy_resumes_and_ddn_ray_stop_ends_it(head: Head, tmp_path: Path) -> None:
+def test_serve_learn_runs_until_sigterm_then_serve_deploy_resumes_and_ddn_ray_stop_ends_it(
+    head: Head, tmp_path: Path
+) -> None:
     """`ddn-ray serve-learn` joined to this head: a client's rows and labels, SIGTERM (drain, checkpoint, exit 0);
     then `serve deploy` of clusters/service_config.yaml resumes the same run with no driver, and `ddn-ray stop`
     from another process ends it (exit 0). Before the checkpoint's `serve deploy` below, whose config replaces
     every app."""
     bin_dir = Path(sys.executable).parent
-    sets = [f"storage_path={tmp_path / 'storage'}", f"report.output_dir={tmp_path / 'runs'}", "run_name=cli-svc",
-            f"serve.port={PORTS['serve']}", "serve.route_prefix=/svc", "serve.num_replicas=1",
-            "service.window_timeout_s=2", "drift.detector=none"]
+    sets = [
+        f"storage_path={tmp_path / 'storage'}",
+        f"report.output_dir={tmp_path / 'runs'}",
+        "run_name=cli-svc",
+        f"serve.port={PORTS['serve']}",
+        "serve.route_prefix=/svc",
+        "serve.num_replicas=1",
+        "service.window_timeout_s=2",
+        "drift.detector=none",
+    ]
     argv = ["--config", "jobs/configs/service.yaml", *[a for s in sets for a in ("--set", s)]]
     env = {**head.env, "RAY_ADDRESS": f"127.0.0.1:{PORTS['gcs']}", "DDN_RAY_DATA_DIR": str(SHARED)}
     url = f"http://127.0.0.1:{PORTS['serve']}/svc"
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen([str(bin_dir / "ddn-ray"), "serve-learn", *argv], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [str(bin_dir / "ddn-ray"), "serve-learn", *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def stats_when(proc: subprocess.Popen, ok, timeout_s: float = 240) -> dict[str, Any]:
         deadline, last = time.monotonic() + timeout_s, None
@@ -122,10 +169,29 @@ def test_serve_learn_runs_until_sigterm_then_serve_deploy_resumes_and_ddn_ray_st
     first = start()
     try:
         stats_when(first, lambda s: s["trainer_ready"])
-        client = subprocess.run([sys.executable, "examples/service_client.py", "--url", url, "--table",
-                                 str(SHARED / "elec2" / "electricity.csv"), "--label", "class", "--rows", "200",
-                                 "--rate", "20", "--max-delay-s", "0.5"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=300, check=False)
+        client = subprocess.run(
+            [
+                sys.executable,
+                "examples/service_client.py",
+                "--url",
+                url,
+                "--table",
+                str(SHARED / "elec2" / "electricity.csv"),
+                "--label",
+                "class",
+                "--rows",
+                "200",
+                "--rate",
+                "20",
+                "--max-delay-s",
+                "0.5",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert client.returncode == 0, client.stderr[-3000:]
         assert json.loads(client.stdout.strip().splitlines()[-1])["rows_answered"] == 200
         before = stats_when(first, lambda s: s["windows_learned"] >= 2)
@@ -151,8 +217,15 @@ def test_serve_learn_runs_until_sigterm_then_serve_deploy_resumes_and_ddn_ray_st
     raw["applications"][1]["route_prefix"] = "/svc"
     path = tmp_path / "service_config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([str(bin_dir / "serve"), "deploy", str(path), "--address", head.address], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [str(bin_dir / "serve"), "deploy", str(path), "--address", head.address],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     deadline, third = time.monotonic() + 240, None
     while time.monotonic() < deadline and third is None:
@@ -162,29 +235,57 @@ def test_serve_learn_runs_until_sigterm_then_serve_deploy_resumes_and_ddn_ray_st
             time.sleep(2.0)
     assert third is not None and third["joined_offset"] == final["joined_offset"], third
     assert third["predicted"] == final["predicted"] and third["model_version"] > final["model_version"]
-    stop = subprocess.run([str(bin_dir / "ddn-ray"), "stop", *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    stop = subprocess.run(
+        [str(bin_dir / "ddn-ray"), "stop", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert stop.returncode == 0 and "stopped 'cli-svc'" in stop.stdout, stop.stdout[-2000:] + stop.stderr[-2000:]
     assert json.loads(stop.stdout.strip().splitlines()[-1].split(": ", 1)[1])["joined_offset"] == final["joined_offset"]
 
 
-def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, job: dict[str, Any],
-                                                                     tmp_path: Path) -> None:
-    metas = {p.parent: json.loads(p.read_text()) for p in (job["out"] / "storage" / "jobs-api").glob("checkpoint_*/meta.json")}
+def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(
+    head: Head, job: dict[str, Any], tmp_path: Path
+) -> None:
+    metas = {
+        p.parent: json.loads(p.read_text())
+        for p in (job["out"] / "storage" / "jobs-api").glob("checkpoint_*/meta.json")
+    }
     assert metas, "the job wrote no checkpoint"
     last = max(metas, key=lambda d: metas[d]["next_offset"])
     meta = metas[last]
     # The shipped Serve config file with fewer replicas for 2 cores; `ddn-ray serve` fills in the
     # checkpoint and the port and runs `serve deploy` against this head.
     raw = yaml.safe_load((ROOT / "clusters" / "serve_config.yaml").read_text())
-    raw["applications"][0]["deployments"][0]["autoscaling_config"].update(min_replicas=1, initial_replicas=1,
-                                                                          max_replicas=2)
+    raw["applications"][0]["deployments"][0]["autoscaling_config"].update(
+        min_replicas=1, initial_replicas=1, max_replicas=2
+    )
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(raw))
     serve_bin = str(Path(sys.executable).parent / "serve")
-    done = subprocess.run([str(Path(sys.executable).parent / "ddn-ray"), "serve", "--checkpoint", str(last),
-                           "--config", str(path), "--address", head.address, "--port", str(PORTS["serve"])],
-                          env=head.env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ddn-ray"),
+            "serve",
+            "--checkpoint",
+            str(last),
+            "--config",
+            str(path),
+            "--address",
+            head.address,
+            "--port",
+            str(PORTS["serve"]),
+        ],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "serve deploy" in done.stdout
     url = f"http://127.0.0.1:{PORTS['serve']}/predict"
@@ -205,8 +306,14 @@ def test_serve_deploy_of_the_config_file_serves_the_jobs_checkpoint(head: Head, 
     assert body["model_version"] == meta["model_version"] and len(body["predictions"]) == 3
     bad = requests.post(url, json={"records": [{**record, "colour": "red"}]}, timeout=5)
     assert bad.status_code == 422 and "records[0].colour" in bad.text
-    status = subprocess.run([serve_bin, "status", "--address", head.address], env=head.env, capture_output=True, check=False,
-                            text=True, timeout=60)
+    status = subprocess.run(
+        [serve_bin, "status", "--address", head.address],
+        env=head.env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
     assert "RUNNING" in status.stdout and "Predictor" in status.stdout
     deadline, seen = time.monotonic() + 30, set()
     while time.monotonic() < deadline and len(seen) < 2:
@@ -229,12 +336,27 @@ def test_a_use_case_job_runs_through_the_jobs_api(head: Head, job: dict[str, Any
     shutil.copytree(ROOT / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "acme_dynamics_models.py").write_text((ROOT / "tests" / "integration" / "user_models.py").read_text())
     assert importlib.util.find_spec("acme_dynamics_models") is None
-    overrides = ["data.options.stream_rows=1200", "data.options.standardize_rows=400", "report.static_windows=2",
-                 f"report.output_dir={tmp_path / 'runs'}", f"storage_path={tmp_path / 'storage'}",
-                 f"serve.port={PORTS['serve']}", "train.checkpoint_every_windows=3",
-                 "model.builder=acme_dynamics_models:residual_mlp", "model.options={width: 64, blocks: 2}"]
-    _, status = cli.submit(head.address, "jobs/configs/gym_dynamics.yaml", overrides, script="jobs/gym_dynamics.py",
-                           working_dir=str(work), wait=True, timeout_s=600, headers=head.headers)
+    overrides = [
+        "data.options.stream_rows=1200",
+        "data.options.standardize_rows=400",
+        "report.static_windows=2",
+        f"report.output_dir={tmp_path / 'runs'}",
+        f"storage_path={tmp_path / 'storage'}",
+        f"serve.port={PORTS['serve']}",
+        "train.checkpoint_every_windows=3",
+        "model.builder=acme_dynamics_models:residual_mlp",
+        "model.options={width: 64, blocks: 2}",
+    ]
+    _, status = cli.submit(
+        head.address,
+        "jobs/configs/gym_dynamics.yaml",
+        overrides,
+        script="jobs/gym_dynamics.py",
+        working_dir=str(work),
+        wait=True,
+        timeout_s=600,
+        headers=head.headers,
+    )
     assert status == JobStatus.SUCCEEDED.value
     summary = json.loads((tmp_path / "runs" / "gym_dynamics" / "summary.json").read_text())
     assert set(summary["variants"]) == {"physics_drift/cartpole", "physics_drift/pendulum", "worn_actuator/cartpole"}
@@ -247,5 +369,6 @@ def test_a_use_case_job_runs_through_the_jobs_api(head: Head, job: dict[str, Any
     for p in states:
         keys = set(torch.load(p, map_location="cpu", weights_only=False)["model"])
         assert {"body.2.fc.weight", "body.3.fc.weight", "head.weight"} <= keys, (p, sorted(keys))
-        assert json.loads((p.parent / "meta.json").read_text())["model"]["builder"] == \
-            "acme_dynamics_models:residual_mlp"
+        assert (
+            json.loads((p.parent / "meta.json").read_text())["model"]["builder"] == "acme_dynamics_models:residual_mlp"
+        )

@@ -32,13 +32,22 @@ def loans(n: int, *, seed: int = 0, drift_at: float = 0.5, missing: float = 0.03
     channel = rng.choice(CHANNELS, n, p=[0.5, 0.3, 0.2])
     z = (np.log(amount) - 8.0) / 0.6 + (term - 33) / 18
     after = np.arange(n) >= int(drift_at * n)
-    risk = np.where(after, -z + 1.5 * (region == "south") - 0.75,
-                    z + 1.5 * (region == "north") - 0.75) + 0.8 * (channel == "web")
+    risk = np.where(after, -z + 1.5 * (region == "south") - 0.75, z + 1.5 * (region == "north") - 0.75) + 0.8 * (
+        channel == "web"
+    )
     defaulted = np.where(risk + rng.normal(0, 0.4, n) > 0, "yes", "no")
     amount_col = pa.array(amount, mask=rng.random(n) < missing)
-    return pa.table({"loan_id": [f"L{start_id + i:06d}" for i in range(n)], "created_at": np.arange(n) * 60,
-                     "amount": amount_col, "term_months": term.astype(np.int64), "region": region,
-                     "channel": channel, "defaulted": defaulted})
+    return pa.table(
+        {
+            "loan_id": [f"L{start_id + i:06d}" for i in range(n)],
+            "created_at": np.arange(n) * 60,
+            "amount": amount_col,
+            "term_months": term.astype(np.int64),
+            "region": region,
+            "channel": channel,
+            "defaulted": defaulted,
+        }
+    )
 
 
 def demand(n: int, *, seed: int = 1) -> pa.Table:
@@ -74,8 +83,8 @@ class FlipUseCase:
         y = (x[:, 0] > 0).astype(np.int64)
         phase = np.zeros(opts.num_rows, np.int64)
         if data.scenario == "flip":
-            y[opts.flip_at:] = 1 - y[opts.flip_at:]
-            phase[opts.flip_at:] = 1
+            y[opts.flip_at :] = 1 - y[opts.flip_at :]
+            phase[opts.flip_at :] = 1
         return usecase.Scenario(Table(x, y, ("a", "b", "c"), 2), {"kind": "table"}, phase, ("low", "high"))
 
     def client_route(self, scenario: usecase.Scenario, job: config.JobConfig) -> None:
@@ -84,10 +93,14 @@ class FlipUseCase:
     def no_change(self, scenario: usecase.Scenario, labels: np.ndarray) -> np.ndarray:
         return np.zeros(labels.shape)
 
-    def report_extras(self, *, job: config.JobConfig, scenario: usecase.Scenario, rows: dict[str, np.ndarray],
-                      static_windows: int) -> dict[str, Any]:
-        return {"flip": {"rows_after_flip": int((rows["offset"] >= self.options.model_validate(job.data.options)
-                                                  .flip_at).sum())}}
+    def report_extras(
+        self, *, job: config.JobConfig, scenario: usecase.Scenario, rows: dict[str, np.ndarray], static_windows: int
+    ) -> dict[str, Any]:
+        return {
+            "flip": {
+                "rows_after_flip": int((rows["offset"] >= self.options.model_validate(job.data.options).flip_at).sum())
+            }
+        }
 
 
 FLIP = FlipUseCase()

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 from tests.integration.session_ports import METRICS_PORT, SERVE_PORT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,7 +30,8 @@ def ray_cluster() -> Any:
     # Serve's proxy must answer its readiness check within 5 s, 3 times, or it is killed and
     # restarted; on 2 busy cores its start-up can take longer (seen here with benchmarks running).
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # application metrics reach the endpoint within ~1 s
+    # application metrics reach the endpoint within ~1 s (Ray reads this exact, lower-case name)
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112
     shared = ROOT.parent / "shared" / "datasets"
     if shared.is_dir():
         os.environ.setdefault("DDN_RAY_DATA_DIR", str(shared))

@@ -68,9 +68,15 @@ def loans(ray_cluster, tmp_path_factory) -> dict[str, Any]:
     table = table.set_column(table.schema.get_field_index("defaulted"), "defaulted", pa.array(labels, pa.string()))
     shuffled = table.take(np.random.default_rng(0).permutation(ROWS))
     pacsv.write_csv(shuffled, tmp / "loans.csv")
-    data = {"source": {"kind": "table", "uri": str(tmp / "loans.csv")},
-            "features": ["amount", "term_months", "region", "channel"], "categorical": ["region", "channel"],
-            "label": "defaulted", "classes": ["no", "yes"], "order_by": "created_at", "id": "loan_id"}
+    data = {
+        "source": {"kind": "table", "uri": str(tmp / "loans.csv")},
+        "features": ["amount", "term_months", "region", "channel"],
+        "categorical": ["region", "channel"],
+        "label": "defaulted",
+        "classes": ["no", "yes"],
+        "order_by": "created_at",
+        "id": "loan_id",
+    }
     config = _write_config(tmp / "loans.yaml", data, tmp, run_name="loans", train={"checkpoint_every_windows": 10})
     report = _run(config, f"data.max_rows={FIRST_RUN_ROWS}")
     return {"tmp": tmp, "config": config, "report": report, "table": table}
@@ -99,8 +105,18 @@ def test_loans_csv_runs_end_to_end_and_beats_static(loans) -> None:
     expected = [i for o, i in enumerate(loans["table"]["loan_id"].to_pylist()[:FIRST_RUN_ROWS]) if o not in BAD_LABELS]
     assert ids.tolist() == expected
     # The console script re-renders the report from the run directory alone, and exits 0.
-    done = subprocess.run([str(Path(sys.executable).parent / "ddn-ray"), "report", "--no-write",
-                           str(Path(report["files"]["report"]).parent)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ddn-ray"),
+            "report",
+            "--no-write",
+            str(Path(report["files"]["report"]).parent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{report['scores']['dynamic (served)']['accuracy']:.2%}" in done.stdout
 
@@ -141,25 +157,30 @@ def test_checkpoint_serves_named_records_with_class_names_and_ids(checkpoint_app
     assert set(columns["enum"]) == {"amount", "term_months", "region", "channel", "loan_id"}
     # The same rows in pandas' split orientation (names once, any column order): the same answer.
     names = ["region", "loan_id", "channel", "term_months", "amount"]
-    split = requests.post(f"{url}/predict", json={"columns": names, "data": [[r[c] for c in names] for r in records]},
-                          timeout=10)
+    split = requests.post(
+        f"{url}/predict", json={"columns": names, "data": [[r[c] for c in names] for r in records]}, timeout=10
+    )
     assert split.status_code == 200, split.text
-    assert {k: v for k, v in split.json().items() if k != "replica"} == \
-        {k: v for k, v in body.items() if k != "replica"}
+    assert {k: v for k, v in split.json().items() if k != "replica"} == {
+        k: v for k, v in body.items() if k != "replica"
+    }
 
 
-@pytest.mark.parametrize("bad,status,needle", [
-    ({"records": [_record(), {k: v for k, v in _record().items() if k != "region"}]}, 422, "records[1].region"),
-    ({"records": [_record(amount="1200")]}, 422, "records[0].amount"),
-    ({"records": [_record(colour="red")]}, 422, "records[0].colour"),
-    ({"records": [_record(), 7]}, 422, '"records",1'),
-    ({"records": []}, 422, "records"),
-    ({"columns": ["amount", "region"], "data": [[1.0, "north"]]}, 422, "columns: missing column"),
-    ({"columns": list(_record()), "data": [list(_record().values()), [1.0]]}, 422, "data[1]"),
-    ({"columns": list(_record()), "data": [list(_record(amount="1200").values())]}, 422, "data[0].amount"),
-    ({"columns": list(_record())}, 422, "'data' is missing"),
-    ({"columns": list(_record()), "data": [list(_record().values())], "records": [_record()]}, 422, "exactly one"),
-])
+@pytest.mark.parametrize(
+    "bad,status,needle",
+    [
+        ({"records": [_record(), {k: v for k, v in _record().items() if k != "region"}]}, 422, "records[1].region"),
+        ({"records": [_record(amount="1200")]}, 422, "records[0].amount"),
+        ({"records": [_record(colour="red")]}, 422, "records[0].colour"),
+        ({"records": [_record(), 7]}, 422, '"records",1'),
+        ({"records": []}, 422, "records"),
+        ({"columns": ["amount", "region"], "data": [[1.0, "north"]]}, 422, "columns: missing column"),
+        ({"columns": list(_record()), "data": [list(_record().values()), [1.0]]}, 422, "data[1]"),
+        ({"columns": list(_record()), "data": [list(_record(amount="1200").values())]}, 422, "data[0].amount"),
+        ({"columns": list(_record())}, 422, "'data' is missing"),
+        ({"columns": list(_record()), "data": [list(_record().values())], "records": [_record()]}, 422, "exactly one"),
+    ],
+)
 def test_bad_records_are_422_naming_row_and_column_and_replica_stays_up(checkpoint_app, bad, status, needle) -> None:
     url, _ = checkpoint_app
     r = requests.post(f"{url}/predict", json=bad, timeout=10)
@@ -182,12 +203,19 @@ def test_resumed_run_keeps_the_vocabularies_and_scaling(loans) -> None:
 
 def test_regression_table_with_a_user_model_builder_on_two_workers(ray_cluster, tmp_path) -> None:
     pq.write_table(byo_streams.demand(1500), tmp_path / "demand.parquet")
-    data = {"source": {"kind": "table", "uri": f"file://{tmp_path}/demand.parquet"},
-            "features": ["price", "promo"], "label": "units"}  # promo: categorical from its string type
-    model = {"task": "regression", "builder": "tests.integration.user_models:residual_mlp",
-             "options": {"width": 24, "blocks": 2}}
-    config = _write_config(tmp_path / "demand.yaml", data, tmp_path, run_name="demand", model=model,
-                           train={"num_workers": 2})  # two DDP ranks, each trained on its shard of every window
+    data = {
+        "source": {"kind": "table", "uri": f"file://{tmp_path}/demand.parquet"},
+        "features": ["price", "promo"],
+        "label": "units",
+    }  # promo: categorical from its string type
+    model = {
+        "task": "regression",
+        "builder": "tests.integration.user_models:residual_mlp",
+        "options": {"width": 24, "blocks": 2},
+    }
+    config = _write_config(
+        tmp_path / "demand.yaml", data, tmp_path, run_name="demand", model=model, train={"num_workers": 2}
+    )  # two DDP ranks, each trained on its shard of every window
     report = _run(config)
     assert report["run"]["windows"] == 15 and report["http"]["failed"] == 0
     assert report["run"]["rows_trained"] == report["run"]["rows_served"] == 1500
@@ -216,9 +244,14 @@ def test_landing_dir_receives_parquet_files_while_the_job_runs(ray_cluster, tmp_
         done.set()
 
     producer = threading.Thread(target=produce, daemon=True)
-    data = {"source": {"kind": "landing_dir", "path": str(landing), "poll_interval_s": 0.2, "idle_timeout_s": 6.0},
-            "features": ["amount", "term_months", "region", "channel"], "categorical": ["region", "channel"],
-            "label": "defaulted", "allow_new_classes": True, "id": "loan_id"}  # classes learned as they appear
+    data = {
+        "source": {"kind": "landing_dir", "path": str(landing), "poll_interval_s": 0.2, "idle_timeout_s": 6.0},
+        "features": ["amount", "term_months", "region", "channel"],
+        "categorical": ["region", "channel"],
+        "label": "defaulted",
+        "allow_new_classes": True,
+        "id": "loan_id",
+    }  # classes learned as they appear
     config = _write_config(tmp_path / "landing.yaml", data, tmp_path, run_name="landing")
     producer.start()
     report = _run(config)
@@ -235,8 +268,12 @@ def test_a_file_without_a_feature_column_stops_at_start_naming_file_and_column(r
     good = byo_streams.loans(300, seed=1)
     pacsv.write_csv(good, tmp_path / "a.csv")
     pacsv.write_csv(good.drop_columns(["channel"]), tmp_path / "b.csv")
-    data = {"source": {"kind": "table", "uri": str(tmp_path / "*.csv")}, "features": ["amount", "region", "channel"],
-            "label": "defaulted", "classes": ["no", "yes"]}
+    data = {
+        "source": {"kind": "table", "uri": str(tmp_path / "*.csv")},
+        "features": ["amount", "region", "channel"],
+        "label": "defaulted",
+        "classes": ["no", "yes"],
+    }
     config = _write_config(tmp_path / "bad.yaml", data, tmp_path, run_name="bad")
     with pytest.raises(DataError, match=r"b\.csv: missing column 'channel'"):
         _run(config)
@@ -249,18 +286,27 @@ def test_a_stream_whose_every_row_is_bad_fails_with_the_reasons_and_trains_on_no
     table = byo_streams.loans(300, seed=2)
     table = table.set_column(table.schema.get_field_index("defaulted"), "defaulted", pa.array(["maybe"] * 300))
     pq.write_table(table, tmp_path / "all_bad.parquet")
-    data = {"source": {"kind": "table", "uri": str(tmp_path / "all_bad.parquet")},
-            "features": ["amount", "region"], "label": "defaulted", "classes": ["no", "yes"]}
+    data = {
+        "source": {"kind": "table", "uri": str(tmp_path / "all_bad.parquet")},
+        "features": ["amount", "region"],
+        "label": "defaulted",
+        "classes": ["no", "yes"],
+    }
     config = _write_config(tmp_path / "all_bad.yaml", data, tmp_path, run_name="all_bad")
-    with pytest.raises(DataError, match=r"every row of the stream was quarantined \(300 rows\), e.g. offset 0: label not"):
+    with pytest.raises(
+        DataError, match=r"every row of the stream was quarantined \(300 rows\), e.g. offset 0: label not"
+    ):
         _run(config)
 
 
 def test_a_users_use_case_module_runs_the_main_job_with_its_own_settings(ray_cluster, tmp_path) -> None:
     """``data.name`` names a user's UseCase by ``module:attribute``; ``data.options`` are its own settings. The
     main job streams it, serves it over HTTP and reports its extras, as it does for the built-in use cases."""
-    data = {"name": "tests.integration.byo_streams:FLIP", "scenario": "flip",
-            "options": {"num_rows": 1000, "flip_at": 500}}  # the label flips where the static model is frozen
+    data = {
+        "name": "tests.integration.byo_streams:FLIP",
+        "scenario": "flip",
+        "options": {"num_rows": 1000, "flip_at": 500},
+    }  # the label flips where the static model is frozen
     report = _run(_write_config(tmp_path / "flip.yaml", data, tmp_path, run_name="flip", policy={"name": "all"}))
     run = report["run"]
     assert run["rows_served"] == 1000 and report["http"]["failed"] == 0 and report["http"]["requests"] > 0

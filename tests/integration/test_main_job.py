@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -54,9 +55,14 @@ def test_main_job_on_8000_rows_beats_static(ray_cluster, continuous, job_config)
 
     last = max(ckpts, key=lambda p: json.loads(p.read_text())["next_offset"]).parent
     version, weights, meta = checkpoint_io.read(str(last))
-    assert meta["num_features"] == 6 and meta["num_classes"] == 2 and tuple(meta["model"]["hidden_sizes"]) == cfg.model.hidden_sizes
-    assert version == report["versions"][-1]["version"] and set(weights) == set(models.state_to_numpy(
-        models.build(cfg.model, 6, 2)))
+    assert (
+        meta["num_features"] == 6
+        and meta["num_classes"] == 2
+        and tuple(meta["model"]["hidden_sizes"]) == cfg.model.hidden_sizes
+    )
+    assert version == report["versions"][-1]["version"] and set(weights) == set(
+        models.state_to_numpy(models.build(cfg.model, 6, 2))
+    )
 
 
 def test_restart_resumes_at_the_checkpointed_offset(ray_cluster, continuous, job_config) -> None:
@@ -78,9 +84,12 @@ def test_restart_resumes_at_the_checkpointed_offset(ray_cluster, continuous, job
 def test_two_ddp_workers_with_each_strategy(ray_cluster, continuous, job_config, name) -> None:
     import torch
 
-    cfg = job_config(data={"max_rows": 2000}, train={"num_workers": 2, "cpus_per_worker": 0.5,
-                                                      "checkpoint_every_windows": 10},
-                     strategy={"name": name, "memory_size": 200}, run_name=f"ddp-{name}")
+    cfg = job_config(
+        data={"max_rows": 2000},
+        train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_windows": 10},
+        strategy={"name": name, "memory_size": 200},
+        run_name=f"ddp-{name}",
+    )
     report = continuous.main(cfg)
     assert report["run"]["num_workers"] == 2
     assert report["run"]["rows_trained"] == 2000  # 100-row windows split 50 / 50
@@ -112,10 +121,14 @@ def test_two_workers_with_ewc_replay_and_a_drift_policy_log_decisions(ray_cluste
     """EWC + Replay under DDP with ADWIN and the 'all' policy: signals, decisions and state end up in the report."""
     import torch
 
-    cfg = job_config(data={"max_rows": 4000}, train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_windows": 10},
-                     strategy={"name": "ewc+replay", "memory_size": 200},
-                     drift={"detector": "adwin", "params": {"delta": 0.05}, "reference_windows": 3},
-                     policy={"name": "all", "cooldown_windows": 5, "retrain_epochs": 2}, run_name="ddp-drift")
+    cfg = job_config(
+        data={"max_rows": 4000},
+        train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_windows": 10},
+        strategy={"name": "ewc+replay", "memory_size": 200},
+        drift={"detector": "adwin", "params": {"delta": 0.05}, "reference_windows": 3},
+        policy={"name": "all", "cooldown_windows": 5, "retrain_epochs": 2},
+        run_name="ddp-drift",
+    )
     report = continuous.main(cfg)
     _check_versions_and_freshness(report)
     d = report["drift"]
@@ -129,7 +142,7 @@ def test_two_workers_with_ewc_replay_and_a_drift_policy_log_decisions(ray_cluste
     assert all("recovery_windows" in e for e in d["events"]) and set(d["recovery_windows"]) == {"p50", "p90", "max"}
     acted = [e["window"] for e in d["events"] if e["decision"] == "all"]
     assert acted and d["decisions"]["all"] == len(acted)
-    assert all(b - a >= 5 for a, b in zip(acted, acted[1:]))  # the cooldown holds
+    assert all(b - a >= 5 for a, b in itertools.pairwise(acted))  # the cooldown holds
     # the version published after a retraining says so
     stamped = {v["meta"].get("window") for v in report["versions"] if v["meta"].get("decision") == "all"}
     assert stamped <= set(acted)
@@ -165,11 +178,26 @@ def test_landing_dir_producer_runs_the_same_job(ray_cluster, job_config, monkeyp
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     cfg = job_config()
-    report = example.main([
-        "--rows", "2000", "--rows-per-file", "300", "--interval-s", "0.1",
-        "--set", f"serve.port={cfg.serve.port}", "--set", f"storage_path={cfg.storage_path}",
-        "--set", f"report.output_dir={cfg.report.output_dir}", "--set", "stream.window_size=100", "--set", "report.static_windows=5",
-    ])
+    report = example.main(
+        [
+            "--rows",
+            "2000",
+            "--rows-per-file",
+            "300",
+            "--interval-s",
+            "0.1",
+            "--set",
+            f"serve.port={cfg.serve.port}",
+            "--set",
+            f"storage_path={cfg.storage_path}",
+            "--set",
+            f"report.output_dir={cfg.report.output_dir}",
+            "--set",
+            "stream.window_size=100",
+            "--set",
+            "report.static_windows=5",
+        ]
+    )
     assert report["run"]["rows_served"] == 2000 and report["run"]["windows"] == 20
     assert report["config"]["data"]["source"]["kind"] == "landing_dir" and report["data"]["files_read"] == 7
     assert report["run"]["traffic_route"] == "/predict" and report["data"]["numeric"][:2] == ["period", "nswprice"]

@@ -20,10 +20,14 @@ APP, PREFIX = "http_test", "/http"
 @pytest.fixture(scope="module")
 def app(ray_cluster, job_config):
     ray = ray_cluster
-    cfg = job_config(controller={"name": "http_test_controller", "poll_timeout_s": 2.0}, serve={"max_batch_rows": 8, "app_name": APP})
-    controller = ray.remote(ControllerActor).options(
-        name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=100
-    ).remote()
+    cfg = job_config(
+        controller={"name": "http_test_controller", "poll_timeout_s": 2.0}, serve={"max_batch_rows": 8, "app_name": APP}
+    )
+    controller = (
+        ray.remote(ControllerActor)
+        .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=100)
+        .remote()
+    )
     ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=0)), {}))
     serve.run(build_app(cfg, 6, 2), name=APP, route_prefix=PREFIX)
     url = f"http://127.0.0.1:{cfg.serve.port}{PREFIX}"
@@ -50,7 +54,7 @@ def _versions(url: str, n: int = 20) -> set[int]:
     ],
 )
 def test_malformed_request_gets_4xx_naming_the_problem_and_next_request_works(app, payload, status, needle) -> None:
-    cfg, _, url = app
+    _, _, url = app
     bad = requests.post(f"{url}/predict", data=payload, headers={"content-type": "application/json"}, timeout=10)
     assert bad.status_code == status, bad.text
     assert needle in bad.text
@@ -87,8 +91,11 @@ def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
     cfg, controller, url = app
     ray = ray_cluster
     latest = ray.get(controller.latest_version.remote())
-    serve.run(build_app(cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"num_replicas": 3})}), 6, 2),
-              name=APP, route_prefix=PREFIX)
+    serve.run(
+        build_app(cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"num_replicas": 3})}), 6, 2),
+        name=APP,
+        route_prefix=PREFIX,
+    )
     deadline = time.monotonic() + 60
     while ray.get(controller.num_live_replicas.remote()) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -101,14 +108,26 @@ def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
     cfg, controller, url = app
     v = ray_get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=5)), {}))["version"]
     ray_get(controller.wait_all_serving.remote(v, 20.0))
-    ray_get(controller.trainer_progress.remote({"index": 0, "num_rows": 50, "pre_accuracy": 0.75,
-                                                 "events": [{"window": 0, "decision": "all"}]}))
+    ray_get(
+        controller.trainer_progress.remote(
+            {"index": 0, "num_rows": 50, "pre_accuracy": 0.75, "events": [{"window": 0, "decision": "all"}]}
+        )
+    )
     assert requests.post(f"{url}/predict", json={"instances": [[0.5] * 6] * 3}, timeout=10).status_code == 200
     assert requests.post(f"{url}/predict", json={"instances": [[0.5] * 5]}, timeout=10).status_code == 422
-    names = ["ray_ddn_ray_model_version", "ray_ddn_ray_versions_total", "ray_ddn_ray_freshness_seconds_count",
-             "ray_ddn_ray_windows_trained_total", "ray_ddn_ray_prequential_accuracy", "ray_ddn_ray_rows_trained_total",
-             "ray_ddn_ray_drift_signals_total", "ray_ddn_ray_served_model_version", "ray_ddn_ray_requests_total",
-             "ray_ddn_ray_request_errors_total", "ray_ddn_ray_rows_predicted_total"]
+    names = [
+        "ray_ddn_ray_model_version",
+        "ray_ddn_ray_versions_total",
+        "ray_ddn_ray_freshness_seconds_count",
+        "ray_ddn_ray_windows_trained_total",
+        "ray_ddn_ray_prequential_accuracy",
+        "ray_ddn_ray_rows_trained_total",
+        "ray_ddn_ray_drift_signals_total",
+        "ray_ddn_ray_served_model_version",
+        "ray_ddn_ray_requests_total",
+        "ray_ddn_ray_request_errors_total",
+        "ray_ddn_ray_rows_predicted_total",
+    ]
     found = scrape(names)
     assert all(found.values()), [n for n, lines in found.items() if not lines]
     value = lambda line: float(line.rsplit(" ", 1)[1])
@@ -121,27 +140,41 @@ def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
     assert any(value(ln) == 0.75 for ln in found["ray_ddn_ray_prequential_accuracy"])
 
 
-
 def test_checkpoint_source_serves_that_version_without_a_controller(ray_cluster, tmp_path) -> None:
     from ddn_ray import checkpoint as checkpoint_io
     from ddn_ray.config import ModelConfig
     from ddn_ray.serve import app_builder
 
     model = models.build(ModelConfig(hidden_sizes=(8,)), 7, 2, seed=3)
-    checkpoint_io.write(tmp_path, model.state_dict(), [{}], {
-        "next_offset": 500, "next_window": 10, "model_version": 41, "model": {"hidden_sizes": [8]},
-        "num_features": 7, "num_classes": 2, "feature_names": list("abcdefg")})
+    checkpoint_io.write(
+        tmp_path,
+        model.state_dict(),
+        [{}],
+        {
+            "next_offset": 500,
+            "next_window": 10,
+            "model_version": 41,
+            "model": {"hidden_sizes": [8]},
+            "num_features": 7,
+            "num_classes": 2,
+            "feature_names": list("abcdefg"),
+        },
+    )
     serve.run(app_builder({"checkpoint": str(tmp_path)}), name="ckpt_test", route_prefix="/ckpt")
     try:
         x = np.random.default_rng(0).random((4, 7), dtype=np.float32)
-        body = requests.post(f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": x.tolist()}, timeout=10).json()
+        body = requests.post(
+            f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": x.tolist()}, timeout=10
+        ).json()
         assert body["model_version"] == 41
         import torch
 
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).softmax(1).numpy()
         np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
-        wrong = requests.post(f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": [[0.0] * 6]}, timeout=10)
+        wrong = requests.post(
+            f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": [[0.0] * 6]}, timeout=10
+        )
         assert wrong.status_code == 422 and "expected 7" in wrong.text
     finally:
         serve.delete("ckpt_test")

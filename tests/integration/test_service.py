@@ -37,10 +37,20 @@ def drifting_table(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     x1, x2 = rng.uniform(-1, 1, ROWS), rng.uniform(-1, 1, ROWS)
     region = rng.choice(["north", "south"], ROWS)
-    side = (x1 + 0.5 * x2 > 0)
+    side = x1 + 0.5 * x2 > 0
     side[FLIP_AT:] = ~side[FLIP_AT:]
-    pq.write_table(pa.table({"txn": [f"t{i:05d}" for i in range(ROWS)], "x1": x1, "x2": x2, "region": region,
-                             "y": np.where(side, "yes", "no")}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "txn": [f"t{i:05d}" for i in range(ROWS)],
+                "x1": x1,
+                "x2": x2,
+                "region": region,
+                "y": np.where(side, "yes", "no"),
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -73,15 +83,29 @@ def service_run(ray_cluster, service_recipe, tmp_path_factory) -> dict[str, Any]
     recipe = service_recipe
     tmp = tmp_path_factory.mktemp("service")
     table = drifting_table(tmp / "drift.parquet")
-    cfg = service.service_config(ROOT / "jobs" / "configs" / "service.yaml", {
-        "run_name": "svc-test", "storage_path": str(tmp / "storage"),
-        "data": {"source": {"kind": "table", "uri": str(table)}, "features": ["x1", "x2", "region"], "label": "y", "id": "txn",
-                 "classes": ["no", "yes"], "scaling": "standard", "missing": "impute"},
-        "stream": {"window_size": 50}, "service": {"window_timeout_s": 3.0, "log_flush_interval_s": 0.5},
-        "drift": {"detector": "none"}, "policy": {"name": "none"},
-        "serve": {"port": SERVE_PORT, "app_name": "svc", "num_replicas": 2},
-        "controller": {"name": "svc_controller"}, "report": {"output_dir": str(tmp / "runs")},
-    })
+    cfg = service.service_config(
+        ROOT / "jobs" / "configs" / "service.yaml",
+        {
+            "run_name": "svc-test",
+            "storage_path": str(tmp / "storage"),
+            "data": {
+                "source": {"kind": "table", "uri": str(table)},
+                "features": ["x1", "x2", "region"],
+                "label": "y",
+                "id": "txn",
+                "classes": ["no", "yes"],
+                "scaling": "standard",
+                "missing": "impute",
+            },
+            "stream": {"window_size": 50},
+            "service": {"window_timeout_s": 3.0, "log_flush_interval_s": 0.5},
+            "drift": {"detector": "none"},
+            "policy": {"name": "none"},
+            "serve": {"port": SERVE_PORT, "app_name": "svc", "num_replicas": 2},
+            "controller": {"name": "svc_controller"},
+            "report": {"output_dir": str(tmp / "runs")},
+        },
+    )
     out: dict[str, Any] = {"cfg": cfg, "tmp": tmp}
     recipe.deploy(cfg)
     try:
@@ -89,10 +113,32 @@ def service_run(ray_cluster, service_recipe, tmp_path_factory) -> dict[str, Any]
         out["bad_input"] = bad_requests()
         answers = tmp / "answers.parquet"
         client = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "service_client.py"), "--url", URL, "--table", str(table),
-             "--label", "y", "--batch", str(BATCH), "--rate", "1", "--feedback-fraction", "0.7",
-             "--max-delay-s", "2.0", "--out", str(answers), "--timeout-s", "600"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                str(ROOT / "examples" / "service_client.py"),
+                "--url",
+                URL,
+                "--table",
+                str(table),
+                "--label",
+                "y",
+                "--batch",
+                str(BATCH),
+                "--rate",
+                "1",
+                "--feedback-fraction",
+                "0.7",
+                "--max-delay-s",
+                "2.0",
+                "--out",
+                str(answers),
+                "--timeout-s",
+                "600",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # the learner's replica dies in the middle of the stream, before the drift
         before = wait_for("400 answered rows", lambda s: s["predicted"] >= 400, 300)
         pid = serve.get_app_handle(service.learner_app_name(cfg)).pid.remote().result(timeout_s=30)
@@ -103,10 +149,19 @@ def service_run(ray_cluster, service_recipe, tmp_path_factory) -> dict[str, Any]
         out["client"] = json.loads(stdout.strip().splitlines()[-1])
         out["answers"] = pq.read_table(answers).to_pylist()
         # every joined row learned: nothing waits, the offsets all covered
-        out["learned"] = wait_for("every joined row learned", lambda s: s["trainer_ready"] and s["pending_learn"] == 0
-                                  and s["joined"] == s["joined_offset"], 300)
-        out["metrics"] = scrape(["ray_ddn_ray_service_labels_total", "ray_ddn_ray_service_windows_learned_total",
-                                 "ray_ddn_ray_service_online_accuracy", "ray_ddn_ray_service_label_delay_s"])
+        out["learned"] = wait_for(
+            "every joined row learned",
+            lambda s: s["trainer_ready"] and s["pending_learn"] == 0 and s["joined"] == s["joined_offset"],
+            300,
+        )
+        out["metrics"] = scrape(
+            [
+                "ray_ddn_ray_service_labels_total",
+                "ray_ddn_ray_service_windows_learned_total",
+                "ray_ddn_ray_service_online_accuracy",
+                "ray_ddn_ray_service_label_delay_s",
+            ]
+        )
         out["final"] = recipe.stop(cfg)
         # a second start with the same run_name: the log, offsets and versions continue (labels join before its
         # trainer is up; the stop does not wait for a trainer that learned nothing)
@@ -114,15 +169,17 @@ def service_run(ray_cluster, service_recipe, tmp_path_factory) -> dict[str, Any]
         out["restarted"] = stats()
         unlabelled = [a["event_id"] for a in out["answers"] if a["feedback"] == "not sent"][:5]
         labels = [json.loads(a["label"]) for a in out["answers"] if a["feedback"] == "not sent"][:5]
-        r = requests.post(URL + "/feedback", json=[{"event_id": e, "label": y} for e, y in zip(unlabelled, labels)],
-                          timeout=60)
+        r = requests.post(
+            URL + "/feedback", json=[{"event_id": e, "label": y} for e, y in zip(unlabelled, labels)], timeout=60
+        )
         out["late_feedback"] = (r.status_code, r.json())
         out["final2"] = recipe.stop(cfg)
     finally:
         recipe.stop(cfg)
         if os.environ.get("DDN_RAY_DEBUG_DUMP"):
-            Path(os.environ["DDN_RAY_DEBUG_DUMP"]).write_text(json.dumps(
-                {k: v for k, v in out.items() if k not in ("cfg", "answers", "tmp")}, default=str, indent=1))
+            Path(os.environ["DDN_RAY_DEBUG_DUMP"]).write_text(
+                json.dumps({k: v for k, v in out.items() if k not in ("cfg", "answers", "tmp")}, default=str, indent=1)
+            )
     return out
 
 
@@ -137,15 +194,19 @@ def bad_requests() -> dict[str, Any]:
         "unknown_class": requests.post(URL + "/feedback", json=[{"event_id": eid, "label": "maybe"}], timeout=30),
         "all_unknown_ids": requests.post(URL + "/feedback", json=[{"event_id": "nope", "label": "yes"}], timeout=30),
         "learn_without_label": requests.post(URL + "/learn", json={"records": [record]}, timeout=30),
-        "learn_bad_value": requests.post(URL + "/learn", json={"records": [{**record, "x1": "a", "y": "no"}]}, timeout=30),
+        "learn_bad_value": requests.post(
+            URL + "/learn", json={"records": [{**record, "x1": "a", "y": "no"}]}, timeout=30
+        ),
         "predict_missing_column": requests.post(URL + "/predict", json={"records": [{"x1": 1.0}]}, timeout=30),
     }
     out = {k: (r.status_code, r.text) for k, r in cases.items()}
-    ok = requests.post(URL + "/feedback", json=[{"event_id": eid, "label": "yes"}, {"event_id": "nope", "label": "no"}],
-                       timeout=30)
+    ok = requests.post(
+        URL + "/feedback", json=[{"event_id": eid, "label": "yes"}, {"event_id": "nope", "label": "no"}], timeout=30
+    )
     out["partly_known"] = (ok.status_code, ok.json())
-    learned = requests.post(URL + "/learn", json={"records": [{**record, "y": "yes", "event_id": "direct-1"}]},
-                            timeout=30)
+    learned = requests.post(
+        URL + "/learn", json={"records": [{**record, "y": "yes", "event_id": "direct-1"}]}, timeout=30
+    )
     out["learn"] = (learned.status_code, learned.json())
     out["healthy_after"] = requests.get(URL + "/stats", timeout=30).status_code
     out["probe_ids"] = {"logged": [eid], "joined": [eid, "direct-1"]}  # eid: generated (the probe sent no txn)
@@ -161,8 +222,10 @@ def test_bad_input_is_a_4xx_naming_the_field_and_the_service_stays_healthy(servi
     assert bad["learn_without_label"][0] == 422 and "records[0].y" in bad["learn_without_label"][1]
     assert bad["learn_bad_value"][0] == 422 and "records[0].x1" in bad["learn_bad_value"][1]
     assert bad["predict_missing_column"][0] == 422 and "x2" in bad["predict_missing_column"][1]
-    assert bad["partly_known"] == (200, {"joined": 1, "first_offset": 0, "unknown": ["nope"], "duplicate": [],
-                                         "late": []})
+    assert bad["partly_known"] == (
+        200,
+        {"joined": 1, "first_offset": 0, "unknown": ["nope"], "duplicate": [], "late": []},
+    )
     assert bad["learn"][0] == 200 and bad["learn"][1]["joined"] == 1
     assert bad["healthy_after"] == 200
     assert len(bad["probe_ids"]["logged"][0]) == 32  # a request without the id column: generated event ids
@@ -175,11 +238,11 @@ def test_a_client_process_drives_learning_through_a_drift_and_the_model_recovers
     versions = [a["model_version"] for a in answers]
     assert versions[-1] > service_run["killed_at"]["model_version"] > versions[0]
     correct = np.array([json.loads(a["predicted"]) == json.loads(a["label"]) for a in answers])
-    before = correct[FLIP_AT - 400:FLIP_AT].mean()
+    before = correct[FLIP_AT - 400 : FLIP_AT].mean()
     after = correct[-400:].mean()
     assert before > 0.85, before
     assert after >= before - 0.05, (before, after)
-    assert correct[FLIP_AT:FLIP_AT + 100].mean() < 0.5  # the drift happened: the old model was wrong
+    assert correct[FLIP_AT : FLIP_AT + 100].mean() < 0.5  # the drift happened: the old model was wrong
 
 
 def test_a_killed_learner_and_a_restart_lose_no_row(service_run) -> None:
@@ -197,7 +260,7 @@ def test_a_killed_learner_and_a_restart_lose_no_row(service_run) -> None:
     client_joined = {a["event_id"] for a in answers if a["feedback"] == "joined"}
     joined_ids = joined["event_id"].to_pylist()
     assert len(joined_ids) == len(set(joined_ids))
-    assert set(joined_ids[:joined.num_rows - 5]) == client_joined | set(probes["joined"])  # 5: after the restart
+    assert set(joined_ids[: joined.num_rows - 5]) == client_joined | set(probes["joined"])  # 5: after the restart
     assert {a["feedback"] for a in answers} <= {"joined", "not sent"}, "a label was lost or refused"
     assert joined.sort_by("offset")["offset"].to_pylist() == list(range(joined.num_rows))
     # the learned windows cover the joined offsets exactly once, in order, across the kill and the restart
@@ -217,8 +280,10 @@ def test_a_restart_resumes_the_log_offsets_and_versions(service_run) -> None:
     assert again["joined_offset"] == first["joined_offset"]
     assert again["model_version"] > first["model_version"] and again["predicted"] == first["predicted"]
     # the stop checkpointed every window learned: a restart learns none of them again
-    metas = [json.loads(p.read_text()) for p in
-             (Path(service_run["cfg"].storage_path) / "svc-test").glob("checkpoint_*/meta.json")]
+    metas = [
+        json.loads(p.read_text())
+        for p in (Path(service_run["cfg"].storage_path) / "svc-test").glob("checkpoint_*/meta.json")
+    ]
     assert max(m["next_offset"] for m in metas) == first["joined_offset"]
     status, body = service_run["late_feedback"]
     assert status == 200 and body["joined"] == 5 and body["first_offset"] == first["joined_offset"]
@@ -230,9 +295,11 @@ def test_online_figures_reach_prometheus_and_the_plot_from_the_logs(service_run)
     found = service_run["metrics"]
     assert all(found.values()), {k: v for k, v in found.items() if not v}
     assert any('result="joined"' in ln for ln in found["ray_ddn_ray_service_labels_total"])
-    assert {q for q in ("p50", "p90", "p99") if any(f'quantile="{q}"' in ln
-                                                    for ln in found["ray_ddn_ray_service_label_delay_s"])} == {
-        "p50", "p90", "p99"}
+    assert {
+        q
+        for q in ("p50", "p90", "p99")
+        if any(f'quantile="{q}"' in ln for ln in found["ray_ddn_ray_service_label_delay_s"])
+    } == {"p50", "p90", "p99"}
     run_dir = Path(service_run["cfg"].storage_path) / "svc-test"
     figures = cli.service_report(run_dir)
     answers = service_run["answers"]

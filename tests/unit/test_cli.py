@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("command", ["run", "tune", "submit", "serve", "report"])
-def test_help_shows_an_example(command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_help_shows_an_example(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -32,12 +35,12 @@ def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str
 
 
 def test_report_of_a_directory_without_a_run_names_the_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="report.json"):
+    with pytest.raises(FileNotFoundError, match=re.escape("report.json")):
         cli.main(["report", str(tmp_path)])
 
 
 def test_submit_checks_the_files_before_contacting_a_cluster(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="jobs/continuous.py"):
+    with pytest.raises(FileNotFoundError, match=re.escape("jobs/continuous.py")):
         cli.submit("http://127.0.0.1:1", "jobs/configs/elec2.yaml", [], working_dir=str(tmp_path))
 
 

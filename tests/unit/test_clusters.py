@@ -53,17 +53,27 @@ def test_launcher_schema_rejects_a_typo() -> None:
 
 def _cluster_spec(name: str) -> dict[str, Any]:
     doc = KUBERAY[name]
-    return {"raycluster": lambda: doc["spec"], "rayjob": lambda: doc["spec"]["rayClusterSpec"],
-            "rayservice": lambda: doc["spec"]["rayClusterConfig"],
-            "rayservice_service": lambda: doc["spec"]["rayClusterConfig"]}[name]()
+    return {
+        "raycluster": lambda: doc["spec"],
+        "rayjob": lambda: doc["spec"]["rayClusterSpec"],
+        "rayservice": lambda: doc["spec"]["rayClusterConfig"],
+        "rayservice_service": lambda: doc["spec"]["rayClusterConfig"],
+    }[name]()
 
 
 @pytest.mark.parametrize("name", ["raycluster", "rayjob", "rayservice", "rayservice_service"])
 def test_kuberay_manifests_pin_ray_and_keep_auth_on(name: str) -> None:
     doc = KUBERAY[name]
     assert doc["apiVersion"] == "ray.io/v1"
-    assert doc["kind"] == {"raycluster": "RayCluster", "rayjob": "RayJob", "rayservice": "RayService",
-                           "rayservice_service": "RayService"}[name]
+    assert (
+        doc["kind"]
+        == {
+            "raycluster": "RayCluster",
+            "rayjob": "RayJob",
+            "rayservice": "RayService",
+            "rayservice_service": "RayService",
+        }[name]
+    )
     spec = _cluster_spec(name)
     assert spec["rayVersion"] == "2.60.0"
     assert spec["authOptions"] == {"mode": "token"}
@@ -89,7 +99,11 @@ def _check_serve_config(raw: dict[str, Any]) -> None:
 
     from ddn_ray.serve import AppArgs, Predictor, app_builder
 
-    schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(raw)
+    schema = (
+        ServeDeploySchema.model_validate(raw)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(raw)
+    )
     (app,) = schema.applications
     module, attr = app.import_path.split(":")
     assert module == "ddn_ray.serve" and attr == "app_builder"
@@ -120,8 +134,10 @@ def _check_service_config(raw: dict[str, Any]) -> list[config.JobConfig]:
 
     schema = ServeDeploySchema.model_validate(raw)
     learner, ingress = schema.applications
-    assert (learner.import_path, ingress.import_path) == ("ddn_ray.service:learner_builder",
-                                                          "ddn_ray.service:ingress_builder")
+    assert (learner.import_path, ingress.import_path) == (
+        "ddn_ray.service:learner_builder",
+        "ddn_ray.service:ingress_builder",
+    )
     assert learner.route_prefix is None and ingress.route_prefix == "/"
     cfgs = []
     for app in (learner, ingress):

@@ -106,8 +106,12 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
     c.trainer_ready(300, 3, 7)
     c.trainer_progress({"index": 3, "num_rows": 100})
     s = c.summary()
-    assert c.windows_done == 3 and s["trainer"] == {"next_offset": 300, "next_window": 3, "version": 7,
-                                                   "preprocessing": None}
+    assert c.windows_done == 3 and s["trainer"] == {
+        "next_offset": 300,
+        "next_window": 3,
+        "version": 7,
+        "preprocessing": None,
+    }
     assert s["progress"] == [{"index": 3, "num_rows": 100}] and s["decisions"] == []
     event = {"window": 4, "offset": 417, "detector": "ADWIN", "decision": "all", "reason": "error 0.1 -> 0.3"}
     c.trainer_progress({"index": 4, "num_rows": 100, "events": [event]})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from ddn_ray.errors import DataError
 from ddn_ray.usecases import datasets
 
-CSV = b"period,nswprice,nswdemand,vicprice,vicdemand,transfer,class\n0,0.1,0.2,0.3,0.4,0.5,1\n0.5,0.2,0.2,0.3,0.4,0.5,0\n"
+CSV = (
+    b"period,nswprice,nswdemand,vicprice,vicdemand,transfer,class\n0,0.1,0.2,0.3,0.4,0.5,1\n0.5,0.2,0.2,0.3,0.4,0.5,0\n"
+)
 
 
 def _spec(url: str, payload: bytes = CSV) -> datasets.DatasetSpec:
@@ -37,7 +40,7 @@ def test_explicit_path_then_env_dir_then_cache(isolated: Path, monkeypatch: pyte
 
 
 def test_missing_explicit_path_does_not_fall_back(isolated: Path) -> None:
-    with pytest.raises(DataError, match="holds no elec2/electricity.csv"):
+    with pytest.raises(DataError, match=re.escape("holds no elec2/electricity.csv")):
         datasets.find(_spec("file:///x"), isolated / "nowhere")
 
 
@@ -98,7 +101,9 @@ def test_fashion_mnist_reads_idx_files_from_a_data_dir(tmp_path: Path) -> None:
         datasets.load_fashion_mnist(tmp_path, split="val")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
 def test_fashion_mnist_from_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DDN_RAY_DATA_DIR", raising=False)
     monkeypatch.setenv("DDN_RAY_CACHE_DIR", "/nonexistent")  # found in the system dir, not downloaded

@@ -20,9 +20,15 @@ class Clock:
 
 def answered(n: int, at: float, version: int = 1, start: float = 0.0) -> AnsweredRows:
     x = np.arange(start, start + n, dtype=np.float64)
-    return AnsweredRows(event_ids=[f"e{int(v)}" for v in x], features=pa.table({"x": x, "c": ["a"] * n}),
-                        predictions=(x.astype(np.int64) % 2), probabilities=np.full((n, 2), 0.5, np.float32),
-                        model_version=version, predicted_at_s=at, replica="r1")
+    return AnsweredRows(
+        event_ids=[f"e{int(v)}" for v in x],
+        features=pa.table({"x": x, "c": ["a"] * n}),
+        predictions=(x.astype(np.int64) % 2),
+        probabilities=np.full((n, 2), 0.5, np.float32),
+        model_version=version,
+        predicted_at_s=at,
+        replica="r1",
+    )
 
 
 def test_join_is_durable_idempotent_and_names_unknown_and_late(tmp_path) -> None:
@@ -81,9 +87,17 @@ def test_generated_event_ids_are_unique() -> None:
 
 def test_a_regressions_error_is_the_squared_error_of_the_served_outputs(tmp_path) -> None:
     log = EventLog(uri=str(tmp_path), task="regression", clock=Clock())
-    log.add(AnsweredRows(event_ids=["a", "b"], features=pa.table({"x": [1.0, 2.0]}),
-                         predictions=np.array([[1.0, 0.0], [2.0, 2.0]], np.float32), probabilities=None,
-                         model_version=3, predicted_at_s=1_000.0, replica="r"))
+    log.add(
+        AnsweredRows(
+            event_ids=["a", "b"],
+            features=pa.table({"x": [1.0, 2.0]}),
+            predictions=np.array([[1.0, 0.0], [2.0, 2.0]], np.float32),
+            probabilities=None,
+            model_version=3,
+            predicted_at_s=1_000.0,
+            replica="r",
+        )
+    )
     r = log.join(["a", "b"], [[1.0, 2.0], [2.0, 2.0]], np.array([[1.0, 2.0], [2.0, 2.0]]))
     assert r.joined == ["a", "b"]
     joined = pq.read_table(tmp_path / "joined")
@@ -98,8 +112,11 @@ def test_the_log_lives_on_any_pyarrow_filesystem_and_restores_from_it(s3) -> Non
     log.add(answered(6, at=clock.t))
     assert log.join(["e1", "e2"], [1, 0], np.array([1, 0])).joined == ["e1", "e2"]
     log.flush()
-    assert sorted(i.base_name for i in s3.get_file_info(pafs.FileSelector("ddn-test/service-log", recursive=True))
-                  if i.type == pafs.FileType.File) == ["part-00000000.parquet", "part-000000000000-000000000001.parquet"]
+    assert sorted(
+        i.base_name
+        for i in s3.get_file_info(pafs.FileSelector("ddn-test/service-log", recursive=True))
+        if i.type == pafs.FileType.File
+    ) == ["part-00000000.parquet", "part-000000000000-000000000001.parquet"]
     again = EventLog(uri=uri, clock=clock)
     again.restore()
     assert again.next_offset == 2 and again.stats()["awaiting_label"] == 4

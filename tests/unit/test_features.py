@@ -29,7 +29,9 @@ def test_scaling_follows_only_the_rows_revealed_so_far() -> None:
     assert x[:, 0] == pytest.approx([(100 - 2) / 1.0, (200 - 2) / 1.0])
     f.update(later)
     all_rows = np.array([1, 2, 3, 100, 200.0])
-    assert f.mean[0] == pytest.approx(all_rows.mean()) and f.m2[0] == pytest.approx(((all_rows - all_rows.mean()) ** 2).sum())
+    assert f.mean[0] == pytest.approx(all_rows.mean()) and f.m2[0] == pytest.approx(
+        ((all_rows - all_rows.mean()) ** 2).sum()
+    )
 
 
 def test_vocabulary_grows_with_an_unknown_slot_and_a_capacity() -> None:
@@ -91,19 +93,25 @@ def test_regression_targets_and_non_finite_values() -> None:
     f = Featurizer(numeric=["a"], label="t", task="regression")
     rows = _table(a=[1.0, float("inf"), 2.0], t=[0.5, 1.0, None])
     good, reasons = f.check(rows)
-    assert good.tolist() == [True, False, False] and reasons == ["non-finite value in a", "missing or non-finite target t"]
+    assert good.tolist() == [True, False, False] and reasons == [
+        "non-finite value in a",
+        "missing or non-finite target t",
+    ]
     assert f.label_ids(rows.slice(0, 1)).tolist() == [[0.5]] and f.num_classes == 1
 
 
-@pytest.mark.parametrize("records,field", [
-    ([{"a": 1.0}], "records[0].c"),
-    ([{"a": 1.0, "c": "x"}, {"a": "1.0", "c": "x"}], "records[1].a"),
-    ([{"a": 1.0, "c": "x", "zzz": 1}], "records[0].zzz"),
-    ([{"a": True, "c": "x"}], "records[0].a"),
-    ([{"a": 1e400, "c": "x"}], "records[0].a"),
-    ([{"a": 1.0, "c": ["x"]}], "records[0].c"),
-    ([[1.0, "x"]], "records[0]"),
-])
+@pytest.mark.parametrize(
+    "records,field",
+    [
+        ([{"a": 1.0}], "records[0].c"),
+        ([{"a": 1.0, "c": "x"}, {"a": "1.0", "c": "x"}], "records[1].a"),
+        ([{"a": 1.0, "c": "x", "zzz": 1}], "records[0].zzz"),
+        ([{"a": True, "c": "x"}], "records[0].a"),
+        ([{"a": 1e400, "c": "x"}], "records[0].a"),
+        ([{"a": 1.0, "c": ["x"]}], "records[0].c"),
+        ([[1.0, "x"]], "records[0]"),
+    ],
+)
 def test_records_name_the_row_and_column(records: list, field: str) -> None:
     with pytest.raises(RecordError) as err:
         records_table(records, numeric=["a"], categorical=["c"])
@@ -114,13 +122,21 @@ def test_records_name_the_row_and_column(records: list, field: str) -> None:
     assert err.value.field == field
 
 
-_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, width=32),
-                   st.sampled_from(["n", "s", "3", ""]))
+_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, width=32),
+    st.sampled_from(["n", "s", "3", ""]),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.fixed_dictionaries({"a": _VALUE, "b": _VALUE, "c": _VALUE}, optional={"id": _VALUE}),
-                min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.fixed_dictionaries({"a": _VALUE, "b": _VALUE, "c": _VALUE}, optional={"id": _VALUE}), min_size=1, max_size=8
+    )
+)
 def test_records_read_column_wise_featurize_as_records_table(records: list) -> None:
     """The column-wise path a replica takes for plain records agrees with :func:`records_table` on any request."""
     f = Featurizer(numeric=["a", "b"], categorical=["c"], id_column="id", max_categories=4)
@@ -139,8 +155,10 @@ def test_records_read_column_wise_featurize_as_records_table(records: list) -> N
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.fixed_dictionaries({"a": _VALUE, "b": _VALUE, "c": _VALUE, "id": _VALUE}), min_size=1, max_size=8),
-       st.permutations(["a", "b", "c", "id"]))
+@given(
+    st.lists(st.fixed_dictionaries({"a": _VALUE, "b": _VALUE, "c": _VALUE, "id": _VALUE}), min_size=1, max_size=8),
+    st.permutations(["a", "b", "c", "id"]),
+)
 def test_split_orientation_reads_as_the_same_records(records: list, columns: list) -> None:
     """``{"columns", "data"}`` (pandas' split orientation) gives what the same rows as records give, or the same
     error with ``data[i]`` for ``records[i]``; the columns may come in any order."""
@@ -159,15 +177,18 @@ def test_split_orientation_reads_as_the_same_records(records: list, columns: lis
     assert ids == want_ids
 
 
-@pytest.mark.parametrize("columns,data,field", [
-    (["a"], [[1.0]], "columns"),                          # c missing
-    (["a", "c", "zzz"], [[1.0, "x", 1]], "columns"),      # unknown
-    (["a", "c", "a"], [[1.0, "x", 1.0]], "columns"),      # twice
-    (["a", "c"], [[1.0, "x"], [1.0]], "data[1]"),         # a short row
-    (["a", "c"], [[1.0, "x"], {"a": 1.0}], "data[1]"),    # not a list
-    (["c", "a"], [["x", 1.0], ["x", "1.0"]], "data[1].a"),
-    (["a", "c"], [[1.0, ["x"]]], "data[0].c"),
-])
+@pytest.mark.parametrize(
+    "columns,data,field",
+    [
+        (["a"], [[1.0]], "columns"),  # c missing
+        (["a", "c", "zzz"], [[1.0, "x", 1]], "columns"),  # unknown
+        (["a", "c", "a"], [[1.0, "x", 1.0]], "columns"),  # twice
+        (["a", "c"], [[1.0, "x"], [1.0]], "data[1]"),  # a short row
+        (["a", "c"], [[1.0, "x"], {"a": 1.0}], "data[1]"),  # not a list
+        (["c", "a"], [["x", 1.0], ["x", "1.0"]], "data[1].a"),
+        (["a", "c"], [[1.0, ["x"]]], "data[0].c"),
+    ],
+)
 def test_split_orientation_names_columns_row_and_column(columns: list, data: list, field: str) -> None:
     with pytest.raises(RecordError) as err:
         Featurizer(numeric=["a"], categorical=["c"], id_column="id").read_split(columns, data)
@@ -175,7 +196,8 @@ def test_split_orientation_names_columns_row_and_column(columns: list, data: lis
 
 
 def test_records_accept_nulls_and_an_id() -> None:
-    t = records_table([{"a": None, "c": None, "id": 7}, {"a": 2, "c": "x"}], numeric=["a"], categorical=["c"],
-                      optional=["id"])
+    t = records_table(
+        [{"a": None, "c": None, "id": 7}, {"a": 2, "c": "x"}], numeric=["a"], categorical=["c"], optional=["id"]
+    )
     assert t.column_names == ["a", "c", "id"] and t["id"].to_pylist() == ["7", None]
     assert t["a"].type == pa.float64()

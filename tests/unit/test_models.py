@@ -52,21 +52,27 @@ def test_a_user_builder_is_imported_by_name_with_its_options() -> None:
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), again.state_dict().values()))
 
 
-@pytest.mark.parametrize("name,error,needle", [
-    ("no_colon", ValueError, "must be 'package.module:attribute'"),
-    ("ddn_ray.no_such_module:f", ValueError, "cannot import 'ddn_ray.no_such_module'"),
-    ("tests.unit.test_models:missing", TypeError, "has no 'missing'"),
-    ("tests.unit.test_models:NOT_CALLABLE", TypeError, "no callable 'NOT_CALLABLE'"),
-])
+@pytest.mark.parametrize(
+    "name,error,needle",
+    [
+        ("no_colon", ValueError, "must be 'package.module:attribute'"),
+        ("ddn_ray.no_such_module:f", ValueError, "cannot import 'ddn_ray.no_such_module'"),
+        ("tests.unit.test_models:missing", TypeError, "has no 'missing'"),
+        ("tests.unit.test_models:NOT_CALLABLE", TypeError, "no callable 'NOT_CALLABLE'"),
+    ],
+)
 def test_bad_builder_names_are_refused_with_the_name(name: str, error: type, needle: str) -> None:
     with pytest.raises(error, match=needle.replace("(", r"\(").replace(")", r"\)")):
         models.resolve(name)
 
 
-@pytest.mark.parametrize("name,error,needle", [
-    ("tests.unit.test_models:sequential", TypeError, "a .body module and an nn.Linear .head"),
-    ("tests.unit.test_models:wrong_width", ValueError, "head has 4 outputs; expected 3"),
-])
+@pytest.mark.parametrize(
+    "name,error,needle",
+    [
+        ("tests.unit.test_models:sequential", TypeError, "a .body module and an nn.Linear .head"),
+        ("tests.unit.test_models:wrong_width", ValueError, "head has 4 outputs; expected 3"),
+    ],
+)
 def test_a_builder_that_breaks_the_contract_is_refused(name: str, error: type, needle: str) -> None:
     with pytest.raises(error, match=needle):
         models.build(config.ModelConfig(builder=name), 5, 3)
@@ -99,20 +105,23 @@ def test_predict_gives_class_ids_or_outputs() -> None:
 TABLE = {"source": {"kind": "table", "uri": "loans.csv"}, "features": ["amount", "region"], "label": "defaulted"}
 
 
-@pytest.mark.parametrize("data,sections,needle", [
-    ({**TABLE, "name": "elec2"}, {}, "not both"),
-    ({k: v for k, v in TABLE.items() if k != "label"}, {}, "needs data.features"),
-    ({**TABLE, "categorical": ["colour"]}, {}, "data.categorical ['colour'] are not in data.features"),
-    ({**TABLE, "id": "amount"}, {}, "named in more than one role"),
-    (TABLE, {}, "needs data.classes, or data.allow_new_classes"),
-    ({**TABLE, "allow_new_classes": True}, {"train": {"num_workers": 2}}, "needs train.num_workers 1"),
-    ({**TABLE, "allow_new_classes": True}, {"strategy": {"name": "ewc"}}, "strategy finetune or replay"),
-    ({**TABLE, "classes": [0, 1]}, {"model": {"task": "regression"}}, "are for classification"),
-    ({**TABLE, "classes": ["no", "yes"]}, {"stream": {"last_label_feature": True}}, "last_label_feature"),
-    ({**TABLE, "classes": ["no", "yes"]}, {"model": {"kind": "cnn"}}, "model.kind cnn"),
-    ({**TABLE, "classes": ["no", "yes"], "scenario": "rotation"}, {}, "data.scenario is for built-in"),
-    ({**TABLE, "classes": ["no", "yes"]}, {"model": {"builder": "not a name"}}, "model.builder"),
-])
+@pytest.mark.parametrize(
+    "data,sections,needle",
+    [
+        ({**TABLE, "name": "elec2"}, {}, "not both"),
+        ({k: v for k, v in TABLE.items() if k != "label"}, {}, "needs data.features"),
+        ({**TABLE, "categorical": ["colour"]}, {}, "data.categorical ['colour'] are not in data.features"),
+        ({**TABLE, "id": "amount"}, {}, "named in more than one role"),
+        (TABLE, {}, "needs data.classes, or data.allow_new_classes"),
+        ({**TABLE, "allow_new_classes": True}, {"train": {"num_workers": 2}}, "needs train.num_workers 1"),
+        ({**TABLE, "allow_new_classes": True}, {"strategy": {"name": "ewc"}}, "strategy finetune or replay"),
+        ({**TABLE, "classes": [0, 1]}, {"model": {"task": "regression"}}, "are for classification"),
+        ({**TABLE, "classes": ["no", "yes"]}, {"stream": {"last_label_feature": True}}, "last_label_feature"),
+        ({**TABLE, "classes": ["no", "yes"]}, {"model": {"kind": "cnn"}}, "model.kind cnn"),
+        ({**TABLE, "classes": ["no", "yes"], "scenario": "rotation"}, {}, "data.scenario is for built-in"),
+        ({**TABLE, "classes": ["no", "yes"]}, {"model": {"builder": "not a name"}}, "model.builder"),
+    ],
+)
 def test_a_table_config_that_cannot_run_is_refused_naming_the_field(data: dict, sections: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         config.load(overrides={"data": data, **sections})
@@ -120,9 +129,14 @@ def test_a_table_config_that_cannot_run_is_refused_naming_the_field(data: dict, 
 
 
 def test_a_table_config_that_can_run_loads() -> None:
-    cfg = config.load(overrides={"data": {**TABLE, "classes": ["no", "yes"], "order_by": "t"},
-                                 "model": {"builder": "my_models:tabular_resnet", "options": {"depth": 3}}})
+    cfg = config.load(
+        overrides={
+            "data": {**TABLE, "classes": ["no", "yes"], "order_by": "t"},
+            "model": {"builder": "my_models:tabular_resnet", "options": {"depth": 3}},
+        }
+    )
     assert cfg.data.name is None and cfg.data.source.kind == "table" and cfg.model.options == {"depth": 3}
-    landing = config.load(overrides={"data": {**TABLE, "source": {"kind": "landing_dir", "path": "in/"},
-                                              "allow_new_classes": True}})
+    landing = config.load(
+        overrides={"data": {**TABLE, "source": {"kind": "landing_dir", "path": "in/"}, "allow_new_classes": True}}
+    )
     assert landing.data.source.idle_timeout_s == 30.0

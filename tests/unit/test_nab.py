@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def test_detection_worth_follows_the_scaled_sigmoid() -> None:
     assert worth[450] == pytest.approx((2 / (1 + math.exp(-5 * 50 / 100)) - 1) / max_tp)  # p = -0.5
     assert worth[499] == pytest.approx((2 / (1 + math.exp(-5 * 1 / 100)) - 1) / max_tp)  # right edge: ~0
     assert worth[300] == pytest.approx(-0.11)  # before any window: the full fp cost
-    assert worth[500] == pytest.approx(0.11 * (2 / (1 + math.exp(5 / 99)) - 1))  # just after a window: nearly free (-0.003)
+    assert worth[500] == pytest.approx(
+        0.11 * (2 / (1 + math.exp(5 / 99)) - 1)
+    )  # just after a window: nearly free (-0.003)
     assert worth[600] == pytest.approx(0.11 * (2 / (1 + math.exp(5 * 101 / 99)) - 1))
     assert worth[999] == pytest.approx(-0.11)  # 5 widths after: sigma(q >= 3) = -1
     assert (window[:150] == -2).all() and (window[400:500] == 0).all() and window[399] == -1
@@ -76,7 +79,7 @@ def test_window_inside_the_probation_is_not_scored() -> None:
 
 
 def test_missing_series_is_named() -> None:
-    with pytest.raises(ValueError, match="s.csv"):
+    with pytest.raises(ValueError, match=re.escape("s.csv")):
         nab.score_corpus({}, _series(), STD)
 
 

@@ -68,7 +68,9 @@ def _windows(n_windows: int, shift_at: int, rows: int = 50, seed: int = 0):
 
 
 def test_monitor_signal_describes_the_change() -> None:
-    mon = drift.Monitor(drift.Trigger([6 * 50 + 7]), reference_windows=2, mmd_permutations=50, feature_names=["a", "b", "c"])
+    mon = drift.Monitor(
+        drift.Trigger([6 * 50 + 7]), reference_windows=2, mmd_permutations=50, feature_names=["a", "b", "c"]
+    )
     signals = []
     for w, x in _windows(8, shift_at=6):
         wrong = np.full(50, 0.5 if w >= 6 else 0.1)
@@ -99,15 +101,19 @@ def test_monitor_state_round_trip() -> None:
 
 
 def _learner(policy_name: str, strategy_name: str = "finetune", trigger_at: tuple[int, ...] = ()) -> OnlineLearner:
-    cfg = config.load(overrides={
-        "model": {"hidden_sizes": [8]}, "train": {"lr": 0.01, "epochs_per_window": 2},
-        "strategy": {"name": strategy_name, "memory_size": 30},
-        "drift": {"detector": "adwin", "mmd_permutations": 0},
-        "policy": {"name": policy_name, "cooldown_windows": 0, "recent_windows": 2, "retrain_epochs": 2},
-    })
+    cfg = config.load(
+        overrides={
+            "model": {"hidden_sizes": [8]},
+            "train": {"lr": 0.01, "epochs_per_window": 2},
+            "strategy": {"name": strategy_name, "memory_size": 30},
+            "drift": {"detector": "adwin", "mmd_permutations": 0},
+            "policy": {"name": policy_name, "cooldown_windows": 0, "recent_windows": 2, "retrain_epochs": 2},
+        }
+    )
     model = models.build(cfg.model, 3, 2, seed=0)
-    learner = OnlineLearner(model, lambda k: models.build(cfg.model, 3, 2, seed=1000 * k), cfg.train, cfg.strategy,
-                            cfg.drift, cfg.policy)
+    learner = OnlineLearner(
+        model, lambda k: models.build(cfg.model, 3, 2, seed=1000 * k), cfg.train, cfg.strategy, cfg.drift, cfg.policy
+    )
     learner.monitor.detector = drift.Trigger(trigger_at)
     return learner
 

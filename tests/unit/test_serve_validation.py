@@ -24,12 +24,16 @@ def test_malformed_bodies_name_the_field(body: dict, field: str) -> None:
     assert field in {".".join(map(str, e["loc"])) for e in err.value.errors()}
 
 
-@pytest.mark.parametrize("body,got", [({"rows": [[1.0]]}, "['rows']"),
-                                      ({"instances": [[1.0]], "records": [{"a": 1}]}, "['instances', 'records']")])
+@pytest.mark.parametrize(
+    "body,got",
+    [({"rows": [[1.0]]}, "['rows']"), ({"instances": [[1.0]], "records": [{"a": 1}]}, "['instances', 'records']")],
+)
 def test_a_body_needs_exactly_one_of_instances_or_records_and_is_told_what_came(body: dict, got: str) -> None:
     with pytest.raises(ValidationError) as err:
         PredictRequest.model_validate(body)
-    assert "send exactly one of 'instances'" in str(err.value) and "'records'" in str(err.value) and got in str(err.value)
+    assert (
+        "send exactly one of 'instances'" in str(err.value) and "'records'" in str(err.value) and got in str(err.value)
+    )
 
 
 def test_ints_are_numbers_strings_are_not() -> None:

@@ -54,7 +54,9 @@ def test_landing_dir_yields_the_same_windows_as_replay(tmp_path) -> None:
 def test_landing_dir_resume_skips_windows_before_offset(tmp_path) -> None:
     t = _table(12)
     stream.write_landing_file(tmp_path, 0, t.features, t.labels)
-    got = list(stream.LandingDirSource(tmp_path, 2, window_size=4, start_offset=8, poll_interval_s=0.01, idle_timeout_s=0.05))
+    got = list(
+        stream.LandingDirSource(tmp_path, 2, window_size=4, start_offset=8, poll_interval_s=0.01, idle_timeout_s=0.05)
+    )
     assert [(w.index, w.start, w.end) for w in got] == [(2, 8, 12)]
 
 

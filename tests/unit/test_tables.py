@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -20,8 +21,15 @@ from ddn_ray.features import Featurizer
 
 def _rows(n: int, start: int = 0) -> pa.Table:
     i = np.arange(start, start + n)
-    return pa.table({"id": [f"r{k}" for k in i], "t": (i[::-1]).astype(np.int64), "amount": i.astype(float),
-                     "region": [["n", "s", "e"][k % 3] for k in i], "y": [["no", "yes"][k % 2] for k in i]})
+    return pa.table(
+        {
+            "id": [f"r{k}" for k in i],
+            "t": (i[::-1]).astype(np.int64),
+            "amount": i.astype(float),
+            "region": [["n", "s", "e"][k % 3] for k in i],
+            "y": [["no", "yes"][k % 2] for k in i],
+        }
+    )
 
 
 def _write(table: pa.Table, path: Path) -> Path:
@@ -39,8 +47,9 @@ def _write(table: pa.Table, path: Path) -> Path:
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_each_format_streams_the_same_windows(tmp_path: Path, suffix: str) -> None:
     f = _write(_rows(25), tmp_path / f"data{suffix}")
-    src = sources.FileSource(uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10,
-                            batch_rows=7)
+    src = sources.FileSource(
+        uri=str(f), columns=["amount", "region", "y"], numeric=["amount"], window_size=10, batch_rows=7
+    )
     ws = list(src)
     assert [(w.start, w.end) for w in ws] == [(0, 10), (10, 20), (20, 25)] and src.count_rows() == 25
     assert ws[1].table["amount"].to_pylist() == [float(k) for k in range(10, 20)]
@@ -53,15 +62,18 @@ def test_directory_glob_and_file_uri_read_every_file_in_name_order(tmp_path: Pat
     _write(_rows(5), tmp_path / "d" / ".in-progress.parquet")
     cols: dict = {"columns": ["amount"], "numeric": ["amount"], "window_size": 4}
     by_dir = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=str(tmp_path / "d"), **cols)]
-    by_glob = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=str(tmp_path / "d" / "part-*.parquet"), **cols)]
+    by_glob = [
+        w.table["amount"].to_pylist() for w in sources.FileSource(uri=str(tmp_path / "d" / "part-*.parquet"), **cols)
+    ]
     by_uri = [w.table["amount"].to_pylist() for w in sources.FileSource(uri=f"file://{tmp_path}/d", **cols)]
     assert by_dir == by_glob == by_uri and [v for w in by_dir for v in w] == [float(k) for k in range(15)]
 
 
 def test_order_by_resume_and_max_rows(tmp_path: Path) -> None:
     f = _write(_rows(30), tmp_path / "x.csv")
-    src = sources.FileSource(uri=str(f), columns=["amount"], numeric=["amount"], window_size=10, order_by="t",
-                            start_offset=10, max_rows=25)
+    src = sources.FileSource(
+        uri=str(f), columns=["amount"], numeric=["amount"], window_size=10, order_by="t", start_offset=10, max_rows=25
+    )
     ws = list(src)
     assert [(w.index, w.start, w.end) for w in ws] == [(1, 10, 20), (2, 20, 25)]
     assert ws[0].table["amount"].to_pylist()[0] == 19.0  # sorted by t, which runs backwards
@@ -79,9 +91,10 @@ def test_bad_files_stop_at_start_naming_file_and_column(tmp_path: Path) -> None:
         sources.FileSource(uri=str(broken), columns=["amount"], window_size=2)
     with pytest.raises(DataError, match="no such file"):
         sources.FileSource(uri=str(tmp_path / "nope.csv"), columns=["amount"], window_size=2)
-    with pytest.raises(DataError, match="set data.format"):
-        sources.FileSource(uri=str(_write(_rows(2), tmp_path / "c.csv").rename(tmp_path / "c.dat")),
-                          columns=["amount"], window_size=2)
+    with pytest.raises(DataError, match=re.escape("set data.format")):
+        sources.FileSource(
+            uri=str(_write(_rows(2), tmp_path / "c.csv").rename(tmp_path / "c.dat")), columns=["amount"], window_size=2
+        )
 
 
 def test_landing_dir_reads_files_as_they_arrive(tmp_path: Path) -> None:
@@ -95,8 +108,14 @@ def test_landing_dir_reads_files_as_they_arrive(tmp_path: Path) -> None:
             _write(_rows(7, 7 * k), land / f".{name}").rename(land / name)
 
     threading.Thread(target=produce, daemon=True).start()
-    src = sources.LandingDirSource(path=str(land), columns=["amount", "y"], numeric=["amount"], window_size=5,
-                                  poll_interval_s=0.05, idle_timeout_s=1.0)
+    src = sources.LandingDirSource(
+        path=str(land),
+        columns=["amount", "y"],
+        numeric=["amount"],
+        window_size=5,
+        poll_interval_s=0.05,
+        idle_timeout_s=1.0,
+    )
     ws = list(src)
     assert [(w.start, w.end) for w in ws] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 21)]
     assert [v for w in ws for v in w.table["amount"].to_pylist()] == [float(k) for k in range(21)]
@@ -107,11 +126,21 @@ def test_tabular_stream_quarantines_then_reveals_after_serving(tmp_path: Path) -
     t = _rows(6).set_column(2, "amount", pa.array([0.0, None, 2.0, 3.0, 4.0, 5.0]))
     t = t.set_column(4, "y", pa.array(["no", "yes", "maybe", "no", None, "yes"]))
     f = _write(t, tmp_path / "q.parquet")
-    feat = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"],
-                      missing="quarantine", max_categories=4)
-    ts = tables.TabularStream(source=sources.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
-                                                       numeric=["amount"], window_size=3),
-                              featurizer=feat, id_column="id")
+    feat = Featurizer(
+        numeric=["amount"],
+        categorical=["region"],
+        label="y",
+        classes=["no", "yes"],
+        missing="quarantine",
+        max_categories=4,
+    )
+    ts = tables.TabularStream(
+        source=sources.FileSource(
+            uri=str(f), columns=["amount", "region", "y", "id"], numeric=["amount"], window_size=3
+        ),
+        featurizer=feat,
+        id_column="id",
+    )
     served = []
     for w in ts.windows():
         recs = ts.records(w)
@@ -143,8 +172,7 @@ def test_elec2_as_a_user_table_gives_the_built_in_windows_bit_for_bit(monkeypatc
     from ddn_ray.usecases import datasets
 
     monkeypatch.setenv("DDN_RAY_DATA_DIR", str(SHARED))
-    cfg = config.load(Path(__file__).parents[2] / "jobs" / "configs" / "elec2.yaml",
-                      {"data": {"max_rows": 3000}})
+    cfg = config.load(Path(__file__).parents[2] / "jobs" / "configs" / "elec2.yaml", {"data": {"max_rows": 3000}})
     fz = tables.featurizer_for(cfg.data, cfg.model.task)
     generic = tables.TabularStream(source=tables.source_for(cfg.data, fz, window_size=50), featurizer=fz)
     built_in = stream.iter_windows(stream.ReplaySource(datasets.load_elec2(SHARED, 3000), 50, 0), False)
@@ -162,15 +190,30 @@ def test_batches_converted_once_give_the_windows_of_per_window_conversion(tmp_pa
     """Windows that cross record batches (7 rows each) carry the same Rows as converting each window's table;
     with ``prepare``, the batch's checks (and a stateless featurizer's inputs) are those of each window."""
     t = _rows(40).set_column(2, "amount", pa.array([None if k % 9 == 4 else float(k) for k in range(40)]))
-    t = t.set_column(4, "y", pa.array([None if k % 11 == 3 else ("maybe" if k % 13 == 5 else ("no", "yes")[k % 2])
-                                       for k in range(40)]))
+    t = t.set_column(
+        4,
+        "y",
+        pa.array([None if k % 11 == 3 else ("maybe" if k % 13 == 5 else ("no", "yes")[k % 2]) for k in range(40)]),
+    )
     f = _write(t, tmp_path / "b.parquet")
     stateless = how.endswith("stateless")
-    feat = Featurizer(numeric=["amount", "t"], categorical=[] if stateless else ["region"], label="y",
-                      classes=["no", "yes"], max_categories=3, scaling="none" if stateless else "standard",
-                      missing="quarantine" if stateless else "impute")
-    src = sources.FileSource(uri=str(f), columns=["amount", "t", "region", "y"], numeric=["amount", "t"],
-                            window_size=10, batch_rows=7, prepare=feat.rows if how == "rows" else feat.prepare)
+    feat = Featurizer(
+        numeric=["amount", "t"],
+        categorical=[] if stateless else ["region"],
+        label="y",
+        classes=["no", "yes"],
+        max_categories=3,
+        scaling="none" if stateless else "standard",
+        missing="quarantine" if stateless else "impute",
+    )
+    src = sources.FileSource(
+        uri=str(f),
+        columns=["amount", "t", "region", "y"],
+        numeric=["amount", "t"],
+        window_size=10,
+        batch_rows=7,
+        prepare=feat.rows if how == "rows" else feat.prepare,
+    )
     windows = list(src)
     assert [len(w) for w in windows] == [10, 10, 10, 10]
     assert (windows[0].rows.checked is None) == (how == "rows")
@@ -193,9 +236,13 @@ def test_split_rows_are_the_records_values_in_column_order(tmp_path: Path) -> No
     t = _rows(6).set_column(2, "amount", pa.array([0.0, None, 2.0, 3.0, 4.0, 5.0]))
     f = _write(t, tmp_path / "s.parquet")
     feat = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"])
-    ts = tables.TabularStream(source=sources.FileSource(uri=str(f), columns=["amount", "region", "y", "id"],
-                                                       numeric=["amount"], window_size=4, prepare=feat.prepare),
-                              featurizer=feat, id_column="id")
+    ts = tables.TabularStream(
+        source=sources.FileSource(
+            uri=str(f), columns=["amount", "region", "y", "id"], numeric=["amount"], window_size=4, prepare=feat.prepare
+        ),
+        featurizer=feat,
+        id_column="id",
+    )
     assert ts.record_columns == ["amount", "region", "id"]
     for w in ts.windows():
         assert ts.split(w) == [[r[c] for c in ts.record_columns] for r in ts.records(w)]
@@ -215,8 +262,9 @@ def test_replay_table_featurizes_each_window_as_served_and_leaves_refused_rows_o
 
     t = _rows(30).set_column(4, "y", pa.array([None if k == 7 else ("no", "yes")[k % 2] for k in range(30)]))
     f = _write(t, tmp_path / "r.csv")
-    data = config.DataConfig(source={"kind": "table", "uri": str(f)}, features=["amount", "region"], label="y",
-                             classes=["no", "yes"])
+    data = config.DataConfig(
+        source={"kind": "table", "uri": str(f)}, features=["amount", "region"], label="y", classes=["no", "yes"]
+    )
     table = tables.replay_table(data, "classification", window_size=10)
     assert table.features.shape == (29, 2 + 32) and table.labels.tolist()[:7] == [0, 1, 0, 1, 0, 1, 0]
     assert table.feature_names[:2] == ("amount", "amount__missing") and table.num_classes == 2
@@ -224,8 +272,9 @@ def test_replay_table_featurizes_each_window_as_served_and_leaves_refused_rows_o
     assert table.features[:9, 0].tolist() == [float(k) for k in range(10) if k != 7]
     window0 = np.array([k for k in range(10) if k != 7], float)
     assert table.features[9, 0] == pytest.approx((10 - window0.mean()) / window0.std(ddof=1), rel=1e-6)
-    landing = config.DataConfig(source={"kind": "landing_dir", "path": str(tmp_path)}, features=["amount"], label="y",
-                                classes=["no", "yes"])
+    landing = config.DataConfig(
+        source={"kind": "landing_dir", "path": str(tmp_path)}, features=["amount"], label="y", classes=["no", "yes"]
+    )
     with pytest.raises(ValueError, match="landing dir"):
         tables.replay_table(landing, "classification", window_size=10)
 
@@ -249,17 +298,26 @@ def test_an_s3_uri_streams_what_the_local_files_stream(s3: pafs.S3FileSystem, tm
         assert [w.table["amount"].to_pylist() for w in src] == expected, uri
     # The whole path of a job's table: schema, categorical columns, quarantine, featurized as served.
     kw: dict = {"features": ["amount", "region"], "label": "y", "classes": ["no", "yes"]}
-    local = tables.replay_table(config.DataConfig(source={"kind": "table", "uri": str(tmp_path / "local")}, **kw),
-                                "classification", window_size=10)
-    remote = tables.replay_table(config.DataConfig(source={"kind": "table", "uri": "s3://ddn-test/loans"}, **kw),
-                                 "classification", window_size=10)
+    local = tables.replay_table(
+        config.DataConfig(source={"kind": "table", "uri": str(tmp_path / "local")}, **kw),
+        "classification",
+        window_size=10,
+    )
+    remote = tables.replay_table(
+        config.DataConfig(source={"kind": "table", "uri": "s3://ddn-test/loans"}, **kw),
+        "classification",
+        window_size=10,
+    )
     assert remote.features.shape == (29, 2 + 32) and remote.feature_names == local.feature_names
     np.testing.assert_array_equal(remote.features, local.features)
     np.testing.assert_array_equal(remote.labels, local.labels)
     # A CSV beside the parquet parts: refused at start, unless data.format picks the parquet ones.
     _put(s3, t.slice(0, 5), "ddn-test/loans/extra.csv", tmp_path / "extra.csv")
-    with pytest.raises(DataError, match=r"several formats \(csv: ddn-test/loans/extra\.csv, parquet: "
-                                        r"ddn-test/loans/part-0\.parquet\); keep one format"):
+    with pytest.raises(
+        DataError,
+        match=r"several formats \(csv: ddn-test/loans/extra\.csv, parquet: "
+        r"ddn-test/loans/part-0\.parquet\); keep one format",
+    ):
         sources.FileSource(uri="s3://ddn-test/loans", **cols)
     src = sources.FileSource(uri="s3://ddn-test/loans", format="parquet", **cols)
     assert [w.table["amount"].to_pylist() for w in src] == expected
@@ -280,8 +338,14 @@ def test_a_landing_dir_on_s3_reads_objects_as_they_arrive(s3: pafs.S3FileSystem,
     s3.create_dir("ddn-test/land")
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    src = sources.LandingDirSource(path="s3://ddn-test/land", columns=["amount", "y"], numeric=["amount"],
-                                  window_size=5, poll_interval_s=0.05, idle_timeout_s=1.5)
+    src = sources.LandingDirSource(
+        path="s3://ddn-test/land",
+        columns=["amount", "y"],
+        numeric=["amount"],
+        window_size=5,
+        poll_interval_s=0.05,
+        idle_timeout_s=1.5,
+    )
     ws = list(src)
     producer.join()
     assert [v for w in ws for v in w.table["amount"].to_pylist()] == [float(k) for k in range(21)]

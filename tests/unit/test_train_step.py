@@ -33,8 +33,15 @@ def test_scores_before_learning_then_learns() -> None:
     assert post_loss < pre_loss and post_acc > 0.9
 
 
-@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                      ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
 def test_optimizer_by_name(name: str, cls: type) -> None:
     cfg = config.load(overrides={"train": {"optimizer": name, "lr": 0.5}})
     opt = make_optimizer(cfg.train, models.build(cfg.model, 3, 2).parameters())
@@ -67,8 +74,11 @@ def test_build_for_inference_aliases_read_only_weights_and_matches() -> None:
 
 @pytest.mark.parametrize(
     ("schedule", "expected"),
-    [("constant", [1.0, 1.0, 1.0, 1.0, 1.0]), ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),
-     ("cosine", [1.0, 0.55, 0.1, 0.1, 0.1])],
+    [
+        ("constant", [1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),
+        ("cosine", [1.0, 0.55, 0.1, 0.1, 0.1]),
+    ],
 )
 def test_lr_schedules_per_window(schedule: str, expected: list[float]) -> None:
     cfg = config.TrainConfig(lr=1.0, lr_schedule=schedule, lr_period_windows=2, lr_gamma=0.5, lr_min_factor=0.1)
@@ -104,12 +114,16 @@ def test_no_prediction_uses_a_label_revealed_after_it(name: str, window: int) ->
     k = 84
     flipped = y.copy()
     flipped[k:] = 1 - flipped[k:]
-    cfg = config.load(overrides={
-        "stream": {"window_size": window, "last_label_feature": True}, "model": {"hidden_sizes": [8]},
-        "train": {"epochs_per_window": 2}, "strategy": {"name": name, "memory_size": 20},
-        "drift": {"detector": "adwin", "params": {"delta": 0.5}, "mmd_permutations": 0},
-        "policy": {"name": "all", "cooldown_windows": 0},
-    })
+    cfg = config.load(
+        overrides={
+            "stream": {"window_size": window, "last_label_feature": True},
+            "model": {"hidden_sizes": [8]},
+            "train": {"epochs_per_window": 2},
+            "strategy": {"name": name, "memory_size": 20},
+            "drift": {"detector": "adwin", "params": {"delta": 0.5}, "mmd_permutations": 0},
+            "policy": {"name": "all", "cooldown_windows": 0},
+        }
+    )
     a = replay_in_process(cfg, Table(x, y, ("a", "b", "c"), 2))
     b = replay_in_process(cfg, Table(x, flipped, ("a", "b", "c"), 2))
     first_window_with_k = k // window
