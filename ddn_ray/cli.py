@@ -63,6 +63,7 @@ def submit(
     wait: bool = True,
     timeout_s: float = 3600.0,
     headers: dict[str, str] | None = None,
+    args: list[str] | None = None,
 ) -> tuple[str, str]:
     """Submit a job recipe to a running cluster through the Jobs API (``JobSubmissionClient``).
 
@@ -78,6 +79,7 @@ def submit(
         timeout_s: give up waiting after this long (the job keeps running).
         headers: extra HTTP headers, e.g. ``{"Authorization": "Bearer <token>"}``; with
             ``RAY_AUTH_MODE=token`` in the environment Ray adds the token itself.
+        args: more arguments for the recipe, e.g. ``["--variants", "physics_drift/cartpole"]``.
 
     Returns:
         ``(submission_id, status)``; the status is ``PENDING``/``RUNNING`` when not waiting.
@@ -91,7 +93,9 @@ def submit(
     for rel in (script, config_path):
         if not (Path(working_dir) / rel).is_file():
             raise FileNotFoundError(f"{rel} not found under the working dir {working_dir}")
-    entrypoint = shlex.join(["python", script, "--config", config_path, *[a for o in overrides for a in ("--set", o)]])
+    entrypoint = shlex.join(
+        ["python", script, "--config", config_path, *(args or []), *[a for o in overrides for a in ("--set", o)]]
+    )
     client = JobSubmissionClient(address, headers=headers)
     runtime_env = {"working_dir": working_dir, "excludes": SUBMIT_EXCLUDES, "env_vars": dict(env or {})}
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)

@@ -109,7 +109,7 @@ def head() -> Iterator[Head]:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 5  # the agents can outlive the SIGTERM (issue 17): killed below
         while _ours(temp_dir) and time.monotonic() < deadline:
             time.sleep(1.0)
         for p in _ours(temp_dir):  # anything left of this head only (matched by its temp dir)

@@ -125,7 +125,7 @@ def service_run(ray_cluster, service_recipe, tmp_path_factory) -> dict[str, Any]
                 "--batch",
                 str(BATCH),
                 "--rate",
-                "1",
+                "1.5",
                 "--feedback-fraction",
                 "0.7",
                 "--max-delay-s",
