@@ -6,6 +6,7 @@ SHARED  := $(abspath ../shared/datasets)
 # Point the loaders at ../shared/datasets when it exists (else: cache dir, then checked download).
 export DDN_RAY_DATA_DIR ?= $(if $(wildcard $(SHARED)),$(SHARED),)
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
+export NO_MKDOCS_2_WARNING := 1
 CONFIG  ?= jobs/configs/elec2.yaml
 
 .PHONY: setup run test unit integration lint docs docs-build results bench-freshness fashion-mnist bbc-news gym-dynamics nab
@@ -48,6 +49,16 @@ lint: setup  ## ruff (lint, format check) on the repository, mypy on ddn_ray/ (s
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+docs: setup  ## the documentation site at http://127.0.0.1:8000 (docs/; mkdocs.yml)
+	$(BIN)/mkdocs serve
+
+docs-build: setup  ## results tables up to date with benchmarks/results/, then the site with every link checked
+	$(BIN)/python docs/gen_results.py --check
+	$(BIN)/mkdocs build --strict --quiet
+
+results: setup  ## rewrite the results pages and tables from benchmarks/results/
+	$(BIN)/python docs/gen_results.py
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit ddn_ray

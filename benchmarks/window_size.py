@@ -8,7 +8,7 @@ This runs the main job's learning protocol in-process (``train.replay_in_process
 the one the Ray job's served predictions match row for row) for each W and prints
 prequential accuracy, kappa, kappa-temporal, the static and no-change baselines, and
 compute time. In the Ray job each window also costs a fixed overhead (HTTP, Dataset
-hand-off, publish, replica sync): see the main job's wall time in the README.
+hand-off, publish, replica sync): see the main job's wall time in docs/usecases/elec2.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 editable install), so the CLI and ``ray job submit`` run the very same script. Every
 subcommand's ``--help`` ends with an example.
 
-Example:
+Examples:
     ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000
 """
 

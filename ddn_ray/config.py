@@ -477,7 +477,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``extra`` on top, mappings merged key by key (neither input is changed).
 
-    Example:
+    Examples:
         >>> merge({"train": {"lr": 0.1, "seed": 0}}, {"train": {"lr": 0.01}})
         {'train': {'lr': 0.01, 'seed': 0}}
     """
@@ -490,7 +490,7 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def nest(dotted: dict[str, Any]) -> dict[str, Any]:
     """Turn dotted keys into nested mappings.
 
-    Example:
+    Examples:
         >>> nest({"train.lr": 0.01, "model.hidden_sizes": [32]})
         {'train': {'lr': 0.01}, 'model': {'hidden_sizes': [32]}}
     """

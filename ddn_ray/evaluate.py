@@ -38,7 +38,7 @@ def cohen_kappa(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> flo
     ``p0`` is the accuracy and ``pe`` the agreement expected by chance from the two
     marginal class frequencies. Returns 0.0 when ``pe == 1`` (a single class on both sides).
 
-    Example:
+    Examples:
         >>> cohen_kappa(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
         0.5
     """
@@ -96,7 +96,7 @@ def score_rows(rows: Mapping[str, np.ndarray], static_windows: int, num_classes:
         ``(scores, curves)``: scores by model name (see :func:`score`); curves by name,
         each ``(window ids, accuracy)``.
 
-    Example:
+    Examples:
         >>> r = {"window": np.array([0, 1, 1, 2, 2]), "label": np.array([1, 0, 1, 1, 1]),
         ...      "prediction": np.array([1, 0, 0, 1, -1]), "last_revealed": np.array([0, 1, 1, 1, 1])}
         >>> scores, curves = score_rows(r, 1, 2)
@@ -139,7 +139,7 @@ def score_regression_rows(rows: Mapping[str, np.ndarray], static_windows: int) -
         ``(scores, curves)``: scores by model, ``{"mse", "mae", "rows"}`` (errors averaged over
         the ``k`` outputs); curves by name, ``(window ids, mse per window)``.
 
-    Example:
+    Examples:
         >>> r = {"window": np.array([0, 1, 1]), "label": np.array([[0.0], [1.0], [2.0]]),
         ...      "prediction": np.array([[9.0], [1.0], [1.0]]), "no_change": np.zeros((3, 1))}
         >>> score_regression_rows(r, 1)[0]["dynamic (served)"]
@@ -198,7 +198,7 @@ def phase_accuracy(rows: Mapping[str, np.ndarray], static_windows: int) -> list[
         One entry per phase with scored rows: ``{"phase", "rows", "dynamic", "static"}``
         (``static`` is ``None`` when the static model did not answer).
 
-    Example:
+    Examples:
         >>> r = {"window": np.array([0, 1, 1, 2]), "label": np.array([1, 0, 1, 1]), "phase": np.array([0, 0, 1, 1]),
         ...      "prediction": np.array([1, 0, 0, 1]), "static_prediction": np.array([-1, 1, 1, 1])}
         >>> phase_accuracy(r, 1)
@@ -381,7 +381,7 @@ def recovery_windows(
         ``w - drift_window`` for the first ``w >= drift_window`` whose accuracy is at least
         ``fraction * level`` (0: no visible loss), or ``None`` if it never recovers.
 
-    Example:
+    Examples:
         >>> recovery_windows(np.array([0.9, 0.9, 0.5, 0.7, 0.88]), 2, pre_windows=2)
         2
     """
@@ -402,7 +402,7 @@ def detection_delays(
     Returns:
         ``(delays, false_alarms)``: one delay in rows per drift point (``None`` = missed).
 
-    Example:
+    Examples:
         >>> detection_delays([120, 1030, 1100, 3000], [1000, 2000], max_delay=500)
         ([30, None], 3)
     """
@@ -429,7 +429,7 @@ def gem_metrics(r: np.ndarray, b: np.ndarray | None = None) -> dict[str, float]:
         ``{"ACC": mean_j r[T-1, j], "BWT": mean_{j<T-1} (r[T-1, j] - r[j, j]),
         "FWT": mean_{j>0} (r[j-1, j] - b[j])}`` (FWT is ``nan`` without ``b``).
 
-    Example:
+    Examples:
         >>> r = np.array([[0.9, 0.2], [0.7, 0.8]])
         >>> {k: round(v, 3) for k, v in gem_metrics(r, np.array([0.1, 0.1])).items()}
         {'ACC': 0.75, 'BWT': -0.2, 'FWT': 0.1}

@@ -338,7 +338,8 @@ class EventLog:
 
         Args:
             features: the rows' feature columns (as :class:`AnsweredRows.features`).
-            labels, targets: as :meth:`join`.
+            labels: as :meth:`join`.
+            targets: as :meth:`join`.
             event_ids: the rows' ids (default: generated); an id already joined is a duplicate, not learned again.
         """
         ids = list(event_ids) if event_ids is not None else new_event_ids(features.num_rows)

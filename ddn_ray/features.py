@@ -24,7 +24,7 @@ starts with the declared ``classes``; a label never seen before either grows it
 (``allow_new_classes``) or makes the row quarantined. Regression targets are the float label
 column as it is, ``(n, 1)`` float32.
 
-Example:
+Examples:
     >>> import pyarrow as pa
     >>> f = Featurizer(numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"], max_categories=3)
     >>> f.input_names

@@ -269,9 +269,13 @@ class OnlineLearner:
             :class:`~ddn_ray.models.MLP`).
         fresh: ``fresh(k, classes)`` builds the ``k``-th fresh model (same on every rank) for a reset
             (:func:`ddn_ray.models.fresh`; ``classes`` defaults to the width it was made for).
-        train_cfg, strategy_cfg, drift_cfg, policy_cfg: the job's sections.
+        train_cfg: the job's ``train`` section.
+        strategy_cfg: the job's ``strategy`` section.
+        drift_cfg: the job's ``drift`` section.
+        policy_cfg: the job's ``policy`` section.
         seed: base seed (this rank's shuffles use ``seed + rank``).
-        rank, world: this worker's rank and the number of workers.
+        rank: this worker's rank.
+        world: the number of workers.
         feature_names: names of the input columns, for drift signals.
         task: ``classification`` or ``regression`` (see :func:`prequential_step`).
     """
@@ -325,8 +329,11 @@ class OnlineLearner:
         """Test then train on one window; on a drift signal, apply the policy's decision.
 
         Args:
-            index, start, end: the window's number and ``[start, end)`` offsets.
-            x: ``(n, num_features)`` float32, this rank's rows; y: ``(n,)`` int64.
+            index: the window's number.
+            start: the window's first offset.
+            end: the offset after the window's last row.
+            x: ``(n, num_features)`` float32, this rank's rows.
+            y: ``(n,)`` int64 class ids (regression: ``(n, k)`` float32 targets).
 
         Returns:
             The window's metrics, and the drift event (signal, decision, reason) or ``None``.

@@ -73,7 +73,7 @@ class LevelPolicy:
     Raises:
         ValueError: an unknown mode, or ``reset_error_increase < min_error_increase``.
 
-    Example:
+    Examples:
         >>> p = LevelPolicy(cooldown_windows=5, reset_error_increase=0.15)
         >>> s = DriftSignal(window=10, offset=510, detector="ADWIN", error_before=0.1, error_recent=0.3)
         >>> p.decide(s).value, p.reason

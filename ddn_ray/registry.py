@@ -29,7 +29,7 @@ def load(name: str, *, what: str) -> Any:
         ValueError: the name is not of that form, or the module cannot be imported.
         TypeError: the module has no such attribute.
 
-    Example:
+    Examples:
         >>> load("ddn_ray.models:mlp", what="model.builder").__name__
         'mlp'
     """

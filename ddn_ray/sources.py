@@ -319,7 +319,12 @@ class LandingDirSource:
 
     Args:
         path: the directory (local path or pyarrow filesystem URI).
-        columns, numeric, window_size, start_offset, max_rows, prepare: as :class:`FileSource`.
+        columns: as :class:`FileSource`.
+        numeric: as :class:`FileSource`.
+        window_size: as :class:`FileSource`.
+        start_offset: as :class:`FileSource`.
+        max_rows: as :class:`FileSource`.
+        prepare: as :class:`FileSource`.
         format: the files' format; ``None``: every file whose suffix names one, each read as its suffix says.
         poll_interval_s: how often to list the directory, in seconds.
         idle_timeout_s: end of stream after this many seconds with no new file.

@@ -144,7 +144,7 @@ def with_last_label(windows: Iterable[Window], initial: int = 0) -> Iterator[Win
     Yields:
         The same windows with ``features`` ``(n, num_features + 1)`` float32.
 
-    Example:
+    Examples:
         >>> w = [Window(i, i, i + 1, np.array([i]), np.zeros((1, 1), np.float32), np.array([i % 2])) for i in range(3)]
         >>> [float(v.features[0, 1]) for v in with_last_label(w)]
         [0.0, 0.0, 1.0]
@@ -165,7 +165,7 @@ class ReplaySource:
         window_size: rows per window (the last window may be shorter).
         start_offset: resume here (must be a window boundary of a previous run).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> t = Table(np.zeros((5, 2), np.float32), np.array([0, 1, 0, 1, 1]), ("a", "b"), 2)
         >>> [(w.start, w.end) for w in ReplaySource(t, window_size=2)]

@@ -115,7 +115,7 @@ def domain(spec: dict[str, Any], key: str = "<key>") -> Any:
     Raises:
         ValueError: not a one-key mapping of a known kind, or bad bounds.
 
-    Example:
+    Examples:
         >>> domain({"choice": [1, 2]}).categories
         [1, 2]
         >>> domain({"loguniform": [1e-4, 1e-2]}).lower

@@ -133,7 +133,7 @@ class NoDrift:
 class Trigger:
     """A deterministic detector for tests: signals on the given update numbers (0-based).
 
-    Example:
+    Examples:
         >>> t = Trigger([2])
         >>> hits = []
         >>> for i in range(4):
@@ -180,7 +180,7 @@ def make(name: str, params: dict[str, float] | None = None) -> Detector:
         ValueError: unknown name.
         TypeError: (from River) a parameter the detector does not take.
 
-    Example:
+    Examples:
         >>> make("adwin", {"delta": 0.01}).name
         'ADWIN'
     """

@@ -27,7 +27,8 @@ def residual_alarms(
         squared_residuals: ``(n,)`` float, one per step in time order.
         reference: the healthy stretch that sets the scale (watched from its end on).
         threshold: Page-Hinkley's ``threshold`` (lambda): higher, fewer false alarms, later alarms.
-        delta, min_instances: Page-Hinkley's tolerance and warm-up.
+        delta: Page-Hinkley's tolerance.
+        min_instances: Page-Hinkley's warm-up, in steps.
 
     Returns:
         Step indices of the alarms (the detector restarts after each one).
@@ -35,7 +36,7 @@ def residual_alarms(
     Raises:
         ValueError: an empty reference.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> r = np.concatenate([rng.exponential(1.0, 3000), rng.exponential(4.0, 1000)])
         >>> alarms = residual_alarms(r, slice(0, 1000))

@@ -18,7 +18,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean (Hinton et al. 2015).
 
     Args:
-        student_logits, teacher_logits: ``(b, num_classes)`` float32.
+        student_logits: ``(b, num_classes)`` float32.
+        teacher_logits: ``(b, num_classes)`` float32.
         temperature: ``T > 0``; the ``T^2`` factor keeps gradient scale independent of ``T``.
     """
     t = temperature

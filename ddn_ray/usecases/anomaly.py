@@ -63,7 +63,7 @@ def seasonal_period(x: np.ndarray, max_lag: int, min_acf: float = 0.3) -> int:
         The period in points, or 0 when the autocorrelation never turns negative or its peak is
         below ``min_acf``.
 
-    Example:
+    Examples:
         >>> t = np.arange(600)
         >>> seasonal_period(np.sin(2 * np.pi * t / 48), 300), seasonal_period(np.ones(600), 300)
         (48, 0)
@@ -91,13 +91,14 @@ def series_rows(x: np.ndarray, lags: int, period: int = 0, width: int = 0) -> tu
     Args:
         x: ``(n,)`` float32 values scaled to about ``[0, 1]``.
         lags: values before each point.
-        period, width: the seasonal inputs (``width`` 0: none).
+        period: the seasonal period, in points.
+        width: half the seasonal inputs: ``2 * width`` values around the point one period back (0: none).
 
     Returns:
         ``(features, target)``: ``(n - lags, lags + 2 * width)`` float32 and ``(n - lags, 1)``
         float32, the change ``x[t] - x[t-1]``.
 
-    Example:
+    Examples:
         >>> f, y = series_rows(np.arange(6, dtype=np.float32), 2, period=3, width=1)
         >>> f.tolist(), y[:, 0].tolist()
         ([[0.0, 1.0, 0.0, 0.0], [1.0, 2.0, -2.0, -1.0], [2.0, 3.0, -2.0, -1.0], [3.0, 4.0, -2.0, -1.0]], [1.0, 1.0, 1.0, 1.0])
@@ -128,12 +129,13 @@ def tail_probability(errors: np.ndarray, start: int, learning: int, short: int, 
         errors: ``(n,)`` non-negative forecast errors; those before ``start`` are not used.
         start: first point with an error.
         learning: points after ``start`` that get 0.5 (the reference is still forming).
-        short, long: the recent and the reference window, in points.
+        short: the recent window, in points.
+        long: the reference window, in points.
 
     Returns:
         ``(n,)`` float64 tail probabilities in ``[0, 0.5]`` (0 where the Gaussian tail underflows).
 
-    Example:
+    Examples:
         >>> e = np.r_[np.zeros(4), np.tile([0.1, 0.12], 100), np.full(10, 1.0)]
         >>> p = tail_probability(e, 4, 20, 5, 100)
         >>> bool(p[100] > 0.01), bool(p[-10] < 1e-6), float(p[10])
@@ -157,7 +159,7 @@ def tail_probability(errors: np.ndarray, start: int, learning: int, short: int, 
 def log_score(tail: np.ndarray) -> np.ndarray:
     """Tail probabilities as scores in ``[0, 1]``: ``log(p) / log(1e-10)`` (1e-5 -> 0.5).
 
-    Example:
+    Examples:
         >>> log_score(np.array([0.5, 1e-5, 1e-12])).round(3).tolist()
         [0.03, 0.5, 1.0]
     """
@@ -167,7 +169,7 @@ def log_score(tail: np.ndarray) -> np.ndarray:
 def spatial_anomalies(values: np.ndarray, tolerance: float) -> np.ndarray:
     """``(n,)`` bool: the value lies outside ``[min - tol, max + tol]`` of all values before it, ``tol = tolerance * (max - min)``.
 
-    Example:
+    Examples:
         >>> spatial_anomalies(np.array([0.0, 1.0, 0.5, 1.02, 1.2, -0.5]), 0.05).tolist()
         [False, False, False, False, True, True]
     """
@@ -183,7 +185,7 @@ def spatial_anomalies(values: np.ndarray, tolerance: float) -> np.ndarray:
 def moving_mean(x: np.ndarray, window: int) -> np.ndarray:
     """``(n,)`` float64 trailing means: ``out[i]`` is the mean of ``x[max(0, i-window+1) .. i]``.
 
-    Example:
+    Examples:
         >>> moving_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist()
         [1.0, 2.0, 4.0, 6.0]
     """
@@ -197,7 +199,7 @@ def moving_mean(x: np.ndarray, window: int) -> np.ndarray:
 def suppress(scores: np.ndarray, level: float, quiet: int) -> np.ndarray:
     """After a score at or above ``level``, cap the next ``quiet`` scores just below it (one alarm per event).
 
-    Example:
+    Examples:
         >>> suppress(np.array([0.1, 0.6, 0.9, 0.2, 0.7]), 0.5, 2).round(3).tolist()
         [0.1, 0.6, 0.5, 0.2, 0.7]
     """
@@ -255,7 +257,7 @@ class Detector:
         Raises:
             ValueError: ``errors`` and ``values`` differ in length.
 
-        Example:
+        Examples:
             >>> rng = np.random.default_rng(0)
             >>> v = np.sin(np.arange(3000) / 10) + rng.normal(0, 0.05, 3000); v[2500] += 5
             >>> e = np.abs(np.diff(v, prepend=v[0])); s = Detector().scores(e, v, 1, 300)

@@ -46,7 +46,7 @@ class Schedule:
             environment's default before its first knot and its last value after its last one,
             and moves linearly between two knots that set it.
 
-    Example:
+    Examples:
         >>> s = Schedule(((0, {"length": 0.5}), (100, {"length": 1.0})))
         >>> s.at(50), s.at(500)
         ({'length': 0.75}, {'length': 1.0})

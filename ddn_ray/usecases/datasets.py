@@ -204,7 +204,7 @@ def load_elec2(path: str | os.PathLike[str] | None = None, max_rows: int | None 
     Raises:
         DataError: the file is missing, or a column is missing or not numeric.
 
-    Example:
+    Examples:
         >>> t = load_elec2(max_rows=10)  # doctest: +SKIP
         >>> t.features.shape  # doctest: +SKIP
         (10, 6)

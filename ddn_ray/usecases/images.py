@@ -56,7 +56,7 @@ def decode_png(items: Sequence[str], shape: Sequence[int]) -> np.ndarray:
         ValueError: naming the first bad item, ``png[i]``: not base64, not a PNG file,
             or not ``W x H`` pixels.
 
-    Example:
+    Examples:
         >>> rows = np.arange(4, dtype=np.float32).reshape(1, 4) / 255
         >>> bool((decode_png(encode_png(rows, (1, 2, 2)), (1, 2, 2)) == rows).all())
         True

@@ -78,7 +78,7 @@ class Series:
 def scaled_sigmoid(p: float | np.ndarray) -> float | np.ndarray:
     """``2 / (1 + exp(5 p)) - 1``, and ``-1`` from ``p >= 3`` on.
 
-    Example:
+    Examples:
         >>> round(float(scaled_sigmoid(-1.0)), 5), round(float(scaled_sigmoid(-0.5)), 5), float(scaled_sigmoid(0.0))
         (0.98661, 0.84828, 0.0)
     """
@@ -90,7 +90,7 @@ def scaled_sigmoid(p: float | np.ndarray) -> float | np.ndarray:
 def probation_length(n: int) -> int:
     """Points at the start of a series that are not scored: 15 % of ``n``, at most 750.
 
-    Example:
+    Examples:
         >>> probation_length(1000), probation_length(22695)
         (150, 750)
     """
@@ -154,7 +154,7 @@ def score_corpus(
     Raises:
         ValueError: a series is missing or its scores have the wrong length.
 
-    Example:
+    Examples:
         >>> s = Series("a.csv", np.arange(100), np.zeros(100), ((40, 49),))
         >>> perfect = np.zeros(100); perfect[40] = 1.0
         >>> score_corpus({"a.csv": perfect}, {"a.csv": s}, Profile())["score"]
@@ -228,7 +228,7 @@ def score_per_file(
     Raises:
         ValueError: as :func:`score_corpus`.
 
-    Example:
+    Examples:
         >>> a = Series("a.csv", np.arange(100), np.zeros(100), ((40, 49),))
         >>> b = Series("b.csv", np.arange(100), np.zeros(100), ((60, 69),))
         >>> sa, sb = np.zeros(100), np.zeros(100); sa[40] = 0.9; sa[20] = 0.6; sb[60] = 0.5

@@ -117,7 +117,7 @@ OPTIONS: dict[str, type[Options]] = {
 def rotation_angles(n: int) -> np.ndarray:
     """The ``rotation`` schedule: ``(n,)`` float64 angles in degrees (see the module doc).
 
-    Example:
+    Examples:
         >>> rotation_angles(8).tolist()
         [0.0, 0.0, 10.0, 35.0, 60.0, 60.0, 180.0, 180.0]
     """

@@ -187,7 +187,7 @@ def test_gym_worn_actuator_slice_learns_dynamics_alarms_and_serves_next_states(
     assert worn["dynamic"] < worn["static"] / 2
     fault = report["fault"]
     # The healthy model's alarm comes after the onset, and none before it. (On this short slice it comes
-    # late: 1,518 rows after the onset, when the force is down to 5 N; README has the full stream's figure.)
+    # late: 1,518 rows after the onset, when the force is down to 5 N; docs/usecases/gym-dynamics.md has the full stream's figure.)
     assert fault["onset_offset"] == 1500 and fault["delay_rows"] is not None and fault["delay_rows"] < 3000
     assert fault["false_alarms_before_onset"] == 0
 
