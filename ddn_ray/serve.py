@@ -629,10 +629,14 @@ class Predictor:
 
 
 def build_app(
-    cfg: JobConfig, num_features: int, num_classes: int, inputs: dict[str, Any] | None = None
+    cfg: JobConfig,
+    num_features: int,
+    num_classes: int,
+    inputs: dict[str, Any] | None = None,
+    service_app: str | None = None,
 ) -> serve.Application:
-    """The Serve application for a job config (replicas and CPUs from ``cfg.serve``; ``inputs`` as in
-    :class:`Predictor`)."""
+    """The Serve application for a job config (replicas and CPUs from ``cfg.serve``; ``inputs`` and
+    ``service_app`` as in :class:`Predictor`)."""
     return (
         cast(serve.Deployment, Predictor)
         .options(
@@ -649,6 +653,7 @@ def build_app(
             cfg.serve.max_batch_rows,
             cfg.controller.poll_timeout_s,
             inputs=inputs,
+            service_app=service_app,
         )
     )
 

@@ -52,7 +52,7 @@ from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import config, feeds, models, stream, tables
 from ddn_ray.eventlog import EventLog, JoinResult
 from ddn_ray.records import RecordError
-from ddn_ray.serve import Predictor, Replica, current_replica
+from ddn_ray.serve import Replica, build_app, current_replica
 
 __all__ = [
     "ROUTES",
@@ -524,25 +524,7 @@ def build_apps(cfg: config.JobConfig) -> tuple[serve.Application, serve.Applicat
         .options(ray_actor_options={"num_cpus": cfg.service.cpus})
         .bind(cfg.model_dump(mode="json"))
     )
-    ingress = (
-        cast(Any, Predictor)
-        .options(
-            num_replicas=cfg.serve.num_replicas,
-            ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
-            max_ongoing_requests=32,
-        )
-        .bind(
-            cfg.controller.name,
-            cfg.ray.namespace,
-            cfg.model.model_dump(),
-            f.width,
-            f.num_classes,
-            cfg.serve.max_batch_rows,
-            cfg.controller.poll_timeout_s,
-            inputs={"kind": "records"},
-            service_app=learner_app_name(cfg),
-        )
-    )
+    ingress = build_app(cfg, f.width, f.num_classes, inputs={"kind": "records"}, service_app=learner_app_name(cfg))
     return learner, ingress
 
 
