@@ -44,7 +44,9 @@ class WindowMetrics:
     """What one prequential step measured, summed over all workers.
 
     Attributes:
-        index, start, end: the window.
+        index: the window's number.
+        start: the window's first offset.
+        end: the offset after the window's last row.
         num_rows: rows trained on (all workers).
         pre_loss: mean loss of the model *before* it learned this window (cross-entropy; for
             regression the squared error per row, averaged over outputs).

@@ -46,7 +46,8 @@ class RecordWindow:
 
     Attributes:
         index: window number, from 0.
-        start, end: the ``[start, end)`` offsets it covers.
+        start: the first offset it covers.
+        end: the offset after the last one it covers (``[start, end)``).
         offsets: ``(n,)`` int64 offsets of its rows (all of them, or the valid ones after :meth:`ddn_ray.tables.TabularStream.windows`).
         table: the rows, with the source's columns.
         rows: the featurizer's view of ``table`` (each column converted once): sliced from the batch read when the

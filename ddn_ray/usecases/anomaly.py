@@ -223,11 +223,12 @@ class Detector:
             their maximum.
         spatial_tolerance: the records' margin on the values (:func:`spatial_anomalies`), a
             fraction of the range seen so far; negative turns these records off.
-        level_window, level_tolerance: the records of the ``level_window``-point
-            :func:`moving_mean` of the values (from the first full window on), and their margin
-            (negative: off).
+        level_window: the records of the ``level_window``-point :func:`moving_mean` of the values
+            (from the first full window on).
+        level_tolerance: those records' margin (negative: off).
         error_tolerance: the records' margin on the forecast errors from ``start`` on (negative: off).
-        alarm_level, quiet_fraction: :func:`suppress`'s level and quiet time as a fraction of the series.
+        alarm_level: :func:`suppress`'s level.
+        quiet_fraction: :func:`suppress`'s quiet time, as a fraction of the series.
     """
 
     scales: tuple[tuple[int, int], ...] = ((30, 500), (100, 2000))
