@@ -284,7 +284,10 @@ def test_a_restart_resumes_the_log_offsets_and_versions(service_run) -> None:
         json.loads(p.read_text())
         for p in (Path(service_run["cfg"].storage_path) / "svc-test").glob("checkpoint_*/meta.json")
     ]
-    assert max(m["next_offset"] for m in metas) == first["joined_offset"]
+    offsets = {m["next_offset"] for m in metas}
+    assert first["joined_offset"] in offsets  # the stop's checkpoint covers every row joined before it
+    # beyond it only the 5 rows joined after the restart, if their window was learned before the second stop
+    assert max(offsets) in (first["joined_offset"], first["joined_offset"] + 5), sorted(offsets)[-3:]
     status, body = service_run["late_feedback"]
     assert status == 200 and body["joined"] == 5 and body["first_offset"] == first["joined_offset"]
 
