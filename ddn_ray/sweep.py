@@ -200,8 +200,10 @@ def run_trial(params: dict[str, Any]) -> None:
 
     Reports ``prequential_accuracy`` (every row so far, predicted before it was learned),
     ``recent_accuracy`` (rows since the previous report), ``rows``, ``windows``,
-    ``drift_signals``, ``decisions`` (by kind, as JSON), ``offset`` (next row), ``exploited`` (PBT: ``[[trial, offset], ...]``
-    whose weights this trial took over, as JSON) and ``stream_end``.
+    ``drift_signals``, ``decisions`` (by kind, as JSON), ``offset`` (next row), ``exploited`` (PBT, as JSON: ``[[source, into, offset], ...]``, every exploit
+    in the lineage of this trial's weights, oldest first: trial ``into`` took over ``source``'s weights at
+    row ``offset``; a checkpoint carries the list, so the last entry is this trial's own latest exploit and
+    earlier ones may name this trial as a source) and ``stream_end``.
     """
     import torch
     from ray import tune
@@ -236,7 +238,7 @@ def run_trial(params: dict[str, Any]) -> None:
         learner.load_state_dict(state["learner"])
         pos = state["position"]
         if pos["owner"] != me:  # PBT exploit: these weights and counts are another trial's, from this row on
-            pos["exploited"] = [*pos["exploited"], [pos["owner"], pos["offset"]]]
+            pos["exploited"] = [*pos["exploited"], [pos["owner"], me, pos["offset"]]]
             pos["owner"] = me
         for group in learner.optimizer.param_groups:  # this trial's (possibly mutated) learning rate
             group["lr"] = group["initial_lr"] = cfg.train.lr
@@ -406,7 +408,8 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         "scheduler": cfg.scheduler.name,
         "metric": METRIC,
         "rows": total_rows,
-        "pbt_exploits": sum(len(t["exploited"]) for t in trials),
+        # each exploit once (a trial that took over weights also took over their lineage)
+        "pbt_exploits": len({tuple(e) for t in trials for e in t["exploited"]}),
         "wall_s": time.monotonic() - t0,
         "best": best,
         "best_yaml": best_yaml,

@@ -65,8 +65,10 @@ def test_pbt_exploits_copy_weights_from_checkpoints(ray_cluster: Any, tmp_path: 
     assert summary["pbt_exploits"] >= 1
     ids = {t["trial"] for t in trials}
     for t in trials:
-        for source, offset in t["exploited"]:
-            assert source in ids - {t["trial"]} and 0 < offset < 3000 and offset % 50 == 0
+        lineage = t["exploited"]  # every exploit behind this trial's weights, its own latest last
+        assert not lineage or lineage[-1][1] == t["trial"]
+        for source, into, offset in lineage:
+            assert source in ids - {into} and into in ids and 0 < offset < 3000 and offset % 50 == 0
     # The copy resumed the stream where the source was: every trial still saw each row once.
     assert all(t["rows"] == 3000 for t in trials)
     assert config.load(summary["files"]["best"]).strategy.name == "replay"
