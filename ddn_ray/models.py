@@ -180,19 +180,18 @@ def build(cfg: ModelConfig, num_features: int, num_classes: int, seed: int | Non
         torch.manual_seed(seed)
     name = cfg.builder or cfg.kind
     model = resolve(name)(num_features, num_classes, cfg)
-    if (
-        not isinstance(model, nn.Module)
-        or not isinstance(getattr(model, "body", None), nn.Module)
-        or not isinstance(getattr(model, "head", None), nn.Linear)
-    ):
+    try:
+        if not isinstance(model, nn.Module):
+            raise TypeError(type(model).__name__)
+        body_of(model)
+        outputs = head_of(model).out_features
+    except TypeError:
         raise TypeError(
             f"model.builder {name!r} must return an nn.Module with a .body module and an nn.Linear "
             f".head (forward(x) == head(body(x))); got {type(model).__name__}"
-        )
-    if head_of(model).out_features != num_classes:
-        raise ValueError(
-            f"model.builder {name!r}: head has {head_of(model).out_features} outputs; expected {num_classes}"
-        )
+        ) from None
+    if outputs != num_classes:
+        raise ValueError(f"model.builder {name!r}: head has {outputs} outputs; expected {num_classes}")
     return model
 
 
