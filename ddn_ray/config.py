@@ -215,6 +215,51 @@ class ModelConfig(_Frozen):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     image_shape: tuple[int, int, int] = Field((1, 28, 28), description="cnn: (channels, height, width) of a row")
     channels: tuple[int, ...] = Field((16, 32), min_length=1, description="cnn: output channels of each conv block")
+    exits: tuple[int, ...] = Field(
+        (),
+        description="early exits (BranchyNet): mlp: after these hidden layers (0-based, not the last); cnn: after "
+        "these conv blocks; the head is always the last exit. () : one exit, the head",
+    )
+    exit_loss_weights: tuple[float, ...] | None = Field(
+        None, description="weight of each exit's loss in the joint loss, the head's last; None: equal weights"
+    )
+    exit_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="a row is answered by the first exit whose confidence exceeds this (a request may set its own); "
+        "1: always the last exit",
+    )
+    exit_criterion: Literal["max_prob", "entropy"] = Field(
+        "max_prob",
+        description="an exit's confidence: the largest softmax probability, or 1 - entropy / log(classes)",
+    )
+
+    @model_validator(mode="after")
+    def _exits(self) -> ModelConfig:
+        if not self.exits:
+            if self.exit_loss_weights is not None and len(self.exit_loss_weights) != 1:
+                raise ValueError("model.exit_loss_weights: one weight per exit; without model.exits there is one")
+            return self
+        if self.builder is not None:
+            raise ValueError("model.exits places the built-in models' exits; a user's builder declares its own")
+        if self.task != "classification":
+            raise ValueError("model.exits: early exit answers by confidence, so it is for classification only")
+        if list(self.exits) != sorted(set(self.exits)) or self.exits[0] < 0:
+            raise ValueError(f"model.exits {self.exits}: distinct layer indices in increasing order")
+        limit = len(self.hidden_sizes) - 1 if self.kind == "mlp" else len(self.channels)
+        if self.exits[-1] >= limit:
+            what = "hidden layers but the last" if self.kind == "mlp" else "conv blocks"
+            raise ValueError(f"model.exits {self.exits}: a {self.kind} of this size has {limit} {what} to exit after")
+        if self.exit_loss_weights is not None:
+            if len(self.exit_loss_weights) != len(self.exits) + 1:
+                raise ValueError(
+                    f"model.exit_loss_weights: {len(self.exits) + 1} weights (each exit's, the head's last); "
+                    f"got {len(self.exit_loss_weights)}"
+                )
+            if min(self.exit_loss_weights) < 0 or sum(self.exit_loss_weights) <= 0:
+                raise ValueError("model.exit_loss_weights: non-negative, and not all zero")
+        return self
 
 
 class StrategyConfig(_Frozen):
@@ -324,6 +369,11 @@ class ServeConfig(_Frozen):
     request_rows: int = Field(100, gt=0, description="rows per HTTP request sent by the traffic client")
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
     request_timeout_s: float = Field(30.0, gt=0)
+    quantize: Literal["none", "dynamic_int8"] = Field(
+        "none",
+        description="dynamic_int8: replicas serve a dynamically quantised copy (int8 linear layers) of each "
+        "version, built once when the version is loaded",
+    )
     raw_inputs: bool = Field(
         True,
         description="the traffic client sends raw inputs (PNG images, texts) to /predict_images or "
@@ -441,6 +491,8 @@ class JobConfig(_Frozen):
                 "(the classes then grow as labels are revealed)"
             )
         if d.allow_new_classes:
+            if self.model.exits:
+                raise ValueError("data.allow_new_classes grows the head only: it does not go with model.exits")
             bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
             if self.train.num_workers != 1 or bad:
                 raise ValueError(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddn_ray import drift, models, policy, strategy
+from ddn_ray import drift, exits, models, policy, strategy
 from ddn_ray.config import DriftConfig, PolicyConfig, StrategyConfig, TrainConfig
 from ddn_ray.policy import Decision
 from ddn_ray.strategy import Finetune, Strategy
@@ -36,6 +36,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "prequential_step",
+    "task_loss",
 ]
 
 
@@ -138,6 +139,16 @@ def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
+def task_loss(raw: nn.Module, task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`loss_fn` of the head's output ``out``; for a multi-exit model in training, the joint loss of every
+    exit (:func:`ddn_ray.exits.joint_loss`, the earlier exits' logits kept by its ``forward``)."""
+    early = getattr(raw, "exit_logits", None) if raw.training else None
+    if not early:
+        return loss_fn(task, out, y)
+    raw.exit_logits = []  # type: ignore[assignment]  # this forward's graph is used once
+    return exits.joint_loss(raw, [*(loss_fn(task, e, y) for e in early), loss_fn(task, out, y)])
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     inner = getattr(model, "module", None)  # DDP keeps the model in .module
     return inner if isinstance(inner, nn.Module) else model
@@ -179,7 +190,7 @@ def fit(
             idx = order[i : i + batch_size]
             xb, yb = strategy.batch(x[idx], y[idx], generator)
             logits = model(xb)
-            loss = loss_fn(task, logits, yb) + strategy.penalty(raw, xb, logits)
+            loss = task_loss(raw, task, logits, yb) + strategy.penalty(raw, xb, logits)
             model.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -426,6 +437,8 @@ class OnlineLearner:
         """
         if num_classes <= self.num_classes:
             return False
+        if exits.num_exits(self.raw) > 1:
+            raise ValueError("a multi-exit model cannot grow its outputs: only the head would widen")
         models.grow_head(self.raw, num_classes, self.seed)
         self.optimizer = make_optimizer(self.cfg, self.model.parameters())
         self.scheduler = make_scheduler(self.cfg, self.optimizer)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ddn_ray import registry
 from ddn_ray.config import ModelConfig
+from ddn_ray.exits import MultiExitCNN, MultiExitMLP, hidden_layers
 
 __all__ = [
     "BUILDERS",
@@ -42,22 +43,12 @@ __all__ = [
     "mlp",
     "output_width",
     "predict",
+    "quantized",
     "resolve",
     "state_to_numpy",
 ]
 
 Builder = Callable[[int, int, ModelConfig], nn.Module]
-
-
-def _hidden(width: int, hidden_sizes: tuple[int, ...], dropout: float) -> tuple[list[nn.Module], int]:
-    """``Linear -> ReLU (-> Dropout)`` per hidden size, from ``width`` inputs; returns the layers and the last width."""
-    layers: list[nn.Module] = []
-    for size in hidden_sizes:
-        layers += [nn.Linear(width, size), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = size
-    return layers, width
 
 
 class MLP(nn.Module):
@@ -77,7 +68,7 @@ class MLP(nn.Module):
         self, num_features: int, num_classes: int, hidden_sizes: tuple[int, ...], dropout: float = 0.0
     ) -> None:
         super().__init__()
-        layers, width = _hidden(num_features, hidden_sizes, dropout)
+        layers, width = hidden_layers(num_features, hidden_sizes, dropout)
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
 
@@ -119,7 +110,7 @@ class CNN(nn.Module):
             layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         layers.append(nn.Flatten())
-        hidden, width = _hidden(c * h * w, hidden_sizes, dropout)
+        hidden, width = hidden_layers(c * h * w, hidden_sizes, dropout)
         self.body = nn.Sequential(*layers, *hidden)
         self.head = nn.Linear(width, num_classes)
 
@@ -127,13 +118,17 @@ class CNN(nn.Module):
         return self.head(self.body(x))
 
 
-def mlp(num_features: int, num_classes: int, cfg: ModelConfig) -> MLP:
-    """The built-in ``mlp``: :class:`MLP` with ``cfg.hidden_sizes`` and ``cfg.dropout``."""
+def mlp(num_features: int, num_classes: int, cfg: ModelConfig) -> MLP | MultiExitMLP:
+    """The built-in ``mlp``: :class:`MLP` with ``cfg.hidden_sizes`` and ``cfg.dropout``; with ``cfg.exits``, the
+    multi-exit :class:`~ddn_ray.exits.MultiExitMLP`."""
+    if cfg.exits:
+        return MultiExitMLP(num_features, num_classes, cfg.hidden_sizes, cfg.exits, cfg.dropout, cfg.exit_loss_weights)
     return MLP(num_features, num_classes, tuple(cfg.hidden_sizes), cfg.dropout)
 
 
-def cnn(num_features: int, num_classes: int, cfg: ModelConfig) -> CNN:
-    """The built-in ``cnn``: :class:`CNN` on rows of ``cfg.image_shape`` images.
+def cnn(num_features: int, num_classes: int, cfg: ModelConfig) -> CNN | MultiExitCNN:
+    """The built-in ``cnn``: :class:`CNN` on rows of ``cfg.image_shape`` images; with ``cfg.exits``, the
+    multi-exit :class:`~ddn_ray.exits.MultiExitCNN`.
 
     Raises:
         ValueError: ``image_shape`` does not hold ``num_features`` values.
@@ -142,6 +137,10 @@ def cnn(num_features: int, num_classes: int, cfg: ModelConfig) -> CNN:
     if c * h * w != num_features:
         raise ValueError(
             f"model.image_shape {tuple(cfg.image_shape)} holds {c * h * w} values; rows have {num_features}"
+        )
+    if cfg.exits:
+        return MultiExitCNN(
+            (c, h, w), num_classes, cfg.channels, cfg.hidden_sizes, cfg.exits, cfg.dropout, cfg.exit_loss_weights
         )
     return CNN((c, h, w), num_classes, tuple(cfg.channels), tuple(cfg.hidden_sizes), cfg.dropout)
 
@@ -299,3 +298,20 @@ def predict(model: nn.Module, x: np.ndarray, task: str) -> np.ndarray:
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
     return out.double().numpy() if task == "regression" else out.argmax(1).numpy()
+
+
+def quantized(model: nn.Module) -> nn.Module:
+    """A dynamically quantised copy of ``model`` for inference: every ``nn.Linear`` with int8 weights, activations
+    quantised per batch at run time (``torch.ao.quantization.quantize_dynamic``; Jacob et al. 2018,
+    "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference").
+
+    ``model`` is left as it was; convolutions stay float. The copy is for eval-mode CPU inference only.
+    Shapes are the model's: ``(batch, num_features)`` float32 in, float32 logits out.
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch 2.13 marks eager-mode quantisation as moving to torchao; it is the API the project pins.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8, inplace=False)

@@ -37,7 +37,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, cast
+from typing import Annotated, Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import models, registry
+from ddn_ray import exits, models, registry
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer
 from ddn_ray.metrics import ReplicaMetrics
@@ -90,6 +90,13 @@ class PredictRequest(BaseModel):
     # The same rows in pandas' split orientation (df.to_json(orient="split", index=False)): names sent once.
     columns: list[str] | None = Field(None, min_length=1)
     data: list[list[Any]] | None = Field(None, min_length=1)
+    exit_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="early exit: a row is answered by the first exit whose confidence exceeds this "
+        "(1: the last exit); None: the model's model.exit_threshold",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +122,7 @@ class ValuesResponse(BaseModel):
     replica: str
     ids: list[str | None] | None = None
     event_ids: list[str] | None = None
+    macs: list[int] | None = None
 
 
 class RecordsResponse(BaseModel):
@@ -128,15 +136,20 @@ class RecordsResponse(BaseModel):
     replica: str
     ids: list[str | None] | None = None
     event_ids: list[str] | None = None
+    exits: list[int] | None = None
+    macs: list[int] | None = None
 
 
 class PredictResponse(BaseModel):
-    """Response body: one prediction and probability row per instance."""
+    """Response body: one prediction and probability row per instance, the exit that answered it (0 for a model
+    with one exit) and the multiply-accumulates that answer cost (``FlopCounterMode``, :mod:`ddn_ray.exits`)."""
 
     predictions: list[int]
     probabilities: list[list[float]]
     model_version: int
     replica: str
+    exits: list[int] | None = None
+    macs: list[int] | None = None
 
 
 def check_instances(instances: "list[list[float]]", num_features: int, max_batch_rows: int) -> None:
@@ -151,6 +164,24 @@ def check_instances(instances: "list[list[float]]", num_features: int, max_batch
     for i, row in enumerate(instances):
         if len(row) != num_features:
             raise HTTPException(422, f"instances[{i}] has {len(row)} features; expected {num_features}")
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a replica serves now, read once per request (the poller swaps the whole object).
+
+    Attributes:
+        version: the model version.
+        model: the model in eval mode (a dynamically quantised copy with ``serve.quantize``).
+        featurizer: the version's preprocessing (``None``: a model of rows of numbers).
+        exit_macs: multiply-accumulates to answer one row at each exit, the head's last
+            (:func:`ddn_ray.exits.exit_macs`, counted on the float model once per version).
+    """
+
+    version: int
+    model: torch.nn.Module
+    featurizer: Featurizer | None
+    exit_macs: tuple[int, ...]
 
 
 app = FastAPI(title="ddn_ray inference")
@@ -213,6 +244,7 @@ class Replica(Protocol):
         x: torch.Tensor | None,
         records: "list[dict[str, Any]] | None" = None,
         split: "tuple[list[str], list[list[Any]]] | None" = None,
+        exit_threshold: float | None = None,
     ) -> BaseModel: ...
     def reject(self, status: int, message: str) -> HTTPException: ...
     @property
@@ -250,6 +282,8 @@ class Predictor:
         checkpoint: serve this checkpoint instead of following a controller.
         inputs: the raw-input spec (``{"kind": ..., "routes": "package.module:attribute", ...}``, the
             routes an :class:`InputRoutes`); else from the source, else ``{"kind": "table"}``.
+        quantize: ``dynamic_int8``: serve a dynamically quantised copy of each version
+            (:func:`ddn_ray.models.quantized`, built when the version is loaded); ``none``: the float model.
         service_app: the Serve application of a long-running service's learner (:mod:`ddn_ray.service`): each
             answer to named records then carries ``event_ids``, every answered row is handed to that learner's
             prediction log (off the request path, retried until it is taken), and the replica adds the routes
@@ -275,6 +309,7 @@ class Predictor:
         checkpoint: str | None = None,
         inputs: dict[str, Any] | None = None,
         service_app: str | None = None,
+        quantize: str = "none",
     ) -> None:
         import ray
 
@@ -285,7 +320,10 @@ class Predictor:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._max_batch_rows = max_batch_rows
         self._poll_timeout_s = poll_timeout_s
-        self._current: tuple[int, torch.nn.Module, Featurizer | None] | None = None
+        self._current: Served | None = None
+        if quantize not in ("none", "dynamic_int8"):
+            raise ValueError(f"quantize must be 'none' or 'dynamic_int8', got {quantize!r}")
+        self._quantize = quantize
         self._poller: asyncio.Task | None = None
         global _metrics
         _metrics = self._metrics = ReplicaMetrics(self._replica)
@@ -336,8 +374,11 @@ class Predictor:
     ) -> None:
         num_classes = int((meta or {}).get("num_classes", self._num_classes))  # the head may have grown
         model = models.build_for_inference(self._model_cfg, self._num_features, num_classes, weights)
+        macs = exits.exit_macs(model, self._num_features)
+        if self._quantize == "dynamic_int8":
+            model = models.quantized(model)  # once per version, not per request
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
-        self._current = (version, model, featurizer)  # one assignment: requests see old or new, never half
+        self._current = Served(version, model, featurizer, macs)  # one assignment: old or new, never half
         self._metrics.serving(version)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -358,7 +399,7 @@ class Predictor:
 
             served = self.app
             spec = get_openapi(title=served.title, version=served.version, routes=served.routes)
-            featurizer = self._current[2] if self._current is not None else None
+            featurizer = self._current.featurizer if self._current is not None else None
             if featurizer is not None:
                 spec.setdefault("components", {}).setdefault("schemas", {})["Record"] = _record_schema(featurizer)
                 body = spec["components"]["schemas"].get("PredictRequest", {}).get("properties", {})
@@ -390,11 +431,11 @@ class Predictor:
 
         while True:
             try:
-                await self._load_next(self._current[0] if self._current else None, self._poll_timeout_s)
+                await self._load_next(self._current.version if self._current else None, self._poll_timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep serving the current version; retry shortly
-                log.exception("model version poll failed; keeping version %s", self._current and self._current[0])
+                log.exception("model version poll failed; keeping version %s", self._current and self._current.version)
                 await asyncio.sleep(0.5)
                 # a restarted controller (a service's learner came back) has the same name
                 if self._controller_name is not None:
@@ -473,11 +514,17 @@ class Predictor:
         x: torch.Tensor | None,
         records: "list[dict[str, Any]] | None" = None,
         split: "tuple[list[str], list[list[Any]]] | None" = None,
+        exit_threshold: float | None = None,
     ) -> PredictResponse | ValuesResponse | RecordsResponse:
         """The answer to ``x``: ``(batch, num_features)`` float32 model inputs, or named rows (``records``, or
         ``split``: ``(columns, data)`` in pandas' split orientation) featurized by the served version's
-        preprocessing; a classifier's classes and probabilities, a regression's outputs."""
-        version, model, featurizer = self._served()  # one read: this request's version, whatever the poller does
+        preprocessing; a classifier's classes and probabilities, a regression's outputs.
+
+        A classifier answers each row from its first exit more confident than ``exit_threshold`` (``None``: the
+        model's ``model.exit_threshold``; :func:`ddn_ray.exits.early_exit`); every answer names that exit and
+        its MACs."""
+        served = self._served()  # one read: this request's version, whatever the poller does
+        version, model, featurizer = served.version, served.model, served.featurizer
         ids = None
         rows: Any = None
         if records is not None or split is not None:
@@ -501,8 +548,15 @@ class Predictor:
             x = torch.from_numpy(featurizer.transform(rows))
         if x is None:
             raise ValueError("answer needs x, records or split")
-        with torch.no_grad():
-            out = model(x)
+        if self._model_cfg.task == "classification":
+            threshold = self._model_cfg.exit_threshold if exit_threshold is None else exit_threshold
+            out, exit_of = exits.early_exit(model, x, threshold, self._model_cfg.exit_criterion)
+        else:
+            with torch.no_grad():
+                out = model(x)
+            exit_of = torch.full((len(x),), len(served.exit_macs) - 1, dtype=torch.int64)
+        exit_list = exit_of.tolist()
+        macs = [served.exit_macs[i] for i in exit_list]
         self._metrics.request(200, rows=len(x))
         event_ids = None
         if self._service is not None and featurizer is not None:
@@ -518,7 +572,12 @@ class Predictor:
             if event_ids is not None and featurizer is not None:
                 self._log_answer(event_ids, rows, featurizer, out.numpy().astype(np.float32), None, version)
             return ValuesResponse(
-                outputs=out.tolist(), model_version=version, replica=self._replica, ids=ids, event_ids=event_ids
+                outputs=out.tolist(),
+                model_version=version,
+                replica=self._replica,
+                ids=ids,
+                event_ids=event_ids,
+                macs=macs,
             )
         if featurizer is not None and (records is not None or split is not None):
             probs = torch.softmax(out, dim=1)
@@ -533,6 +592,8 @@ class Predictor:
                 replica=self._replica,
                 ids=ids,
                 event_ids=event_ids,
+                exits=exit_list,
+                macs=macs,
             )
         probs = torch.softmax(out, dim=1)
         return PredictResponse(
@@ -540,6 +601,8 @@ class Predictor:
             probabilities=probs.tolist(),
             model_version=version,
             replica=self._replica,
+            exits=exit_list,
+            macs=macs,
         )
 
     def reject(self, status: int, message: str) -> HTTPException:
@@ -565,22 +628,22 @@ class Predictor:
 
     def featurizer(self) -> Featurizer | None:
         """The preprocessing of the version served now (``None``: a model of rows of numbers)."""
-        return self._current[2] if self._current is not None else None
+        return self._current.featurizer if self._current is not None else None
 
     @property
     def max_batch_rows(self) -> int:
         return self._max_batch_rows
 
-    def _served(self) -> tuple[int, torch.nn.Module, Featurizer | None]:
-        """``(version, model, featurizer)`` read once (a replica takes requests only once a version is in)."""
+    def _served(self) -> Served:
+        """What is served now, read once (a replica takes requests only once a version is in)."""
         if self._current is None:
             raise RuntimeError("no model version loaded yet")
         return self._current
 
     def current(self) -> tuple[int, torch.nn.Module]:
         """``(version, model)`` read once: use both for one request, whatever the poller swaps in meanwhile."""
-        version, model, _ = self._served()
-        return version, model
+        served = self._served()
+        return served.version, served.model
 
     def check_batch(self, n: int) -> None:
         """Raises the 413 :class:`HTTPException` when ``n`` items exceed ``max_batch_rows``."""
@@ -593,11 +656,12 @@ class Predictor:
 
     @app.post("/predict", response_model=PredictResponse | RecordsResponse | ValuesResponse)
     async def predict(self, request: PredictRequest) -> PredictResponse | RecordsResponse | ValuesResponse:
+        threshold = request.exit_threshold
         if request.records is not None:
-            return self.answer(None, request.records)
+            return self.answer(None, request.records, exit_threshold=threshold)
         if request.columns is not None:
-            return self.answer(None, split=(request.columns, request.data or []))
-        if self._served()[2] is not None:
+            return self.answer(None, split=(request.columns, request.data or []), exit_threshold=threshold)
+        if self._served().featurizer is not None:
             raise self.reject(
                 400,
                 "this model featurizes named columns: send 'records' or 'columns' + 'data' (GET /schema lists them)",
@@ -607,22 +671,26 @@ class Predictor:
         except HTTPException as exc:
             self._metrics.request(exc.status_code)
             raise
-        return self.answer(torch.tensor(request.instances, dtype=torch.float32))
+        return self.answer(torch.tensor(request.instances, dtype=torch.float32), exit_threshold=threshold)
 
     @app.get("/version")
     async def version(self) -> dict[str, Any]:
-        version, _, featurizer = self._served()
+        served = self._served()
+        version, featurizer = served.version, served.featurizer
         return {
             "model_version": version,
             "replica": self._replica,
             "inputs": self._inputs,
+            "exit_macs": list(served.exit_macs),
+            "quantize": self._quantize,
             **({"schema": featurizer.schema()} if featurizer is not None else {}),
         }
 
     @app.get("/schema")
     async def schema(self) -> dict[str, Any]:
         """The record a request sends (columns by kind, the missing-value rule) and the classes of this version."""
-        version, _, featurizer = self._served()
+        served = self._served()
+        version, featurizer = served.version, served.featurizer
         if featurizer is None:
             raise self.reject(404, f"this model takes rows of {self._num_features} numbers ('instances'), no records")
         return {"model_version": version, **featurizer.schema()}
@@ -654,6 +722,7 @@ def build_app(
             cfg.controller.poll_timeout_s,
             inputs=inputs,
             service_app=service_app,
+            quantize=cfg.serve.quantize,
         )
     )
 
@@ -672,6 +741,7 @@ class AppArgs(BaseModel):
     namespace: str = "ddn_ray"
     max_batch_rows: int = Field(1024, gt=0)
     poll_timeout_s: float = Field(5.0, gt=0)
+    quantize: Literal["none", "dynamic_int8"] = Field("none", description="serve an int8 dynamically quantised copy")
 
     def model_post_init(self, _context: Any) -> None:
         if (self.checkpoint is None) == (self.controller is None):
@@ -694,5 +764,13 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     """
     a = AppArgs(**args)
     return cast(serve.Deployment, Predictor).bind(
-        a.controller, a.namespace, None, None, None, a.max_batch_rows, a.poll_timeout_s, checkpoint=a.checkpoint
+        a.controller,
+        a.namespace,
+        None,
+        None,
+        None,
+        a.max_batch_rows,
+        a.poll_timeout_s,
+        checkpoint=a.checkpoint,
+        quantize=a.quantize,
     )

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ddn_ray import config
+from ddn_ray import config, pareto
 from ddn_ray.errors import ConfigError
 
 __all__ = ["SchedulerConfig", "SweepConfig", "domain", "load", "run", "run_trial", "trial_job_config"]
@@ -87,6 +87,12 @@ class SweepConfig(BaseModel):
     cpus_per_trial: float = Field(0.5, gt=0)
     report_every_rows: int = Field(1000, gt=0, description="one Tune iteration")
     seed: int = 0
+    pareto_tolerance: float = Field(
+        0.005,
+        ge=0,
+        description="architecture search: the chosen trial is the cheapest (mean MACs) of the Pareto front "
+        "within this much accuracy of its best",
+    )
     output_dir: str = "runs/sweeps"
     storage_path: str = "runs/tune"
     num_cpus: int | None = Field(4, gt=0, description="logical CPUs of a local Ray cluster started by the sweep")
@@ -198,8 +204,10 @@ def run_trial(params: dict[str, Any]) -> None:
     ``params``: the trial's dotted job-config settings plus ``_base`` (raw base job mapping),
     ``_max_rows``, ``_every`` (rows per report) and ``_checkpoint`` (report checkpoints, for PBT).
 
-    Reports ``prequential_accuracy`` (every row so far, predicted before it was learned),
-    ``recent_accuracy`` (rows since the previous report), ``rows``, ``windows``,
+    Reports ``prequential_accuracy`` (every row so far, predicted before it was learned, each by its early
+    exit at ``model.exit_threshold``: :func:`ddn_ray.exits.early_exit`), ``recent_accuracy`` (rows since the
+    previous report), ``rows``, ``mean_macs`` (multiply-accumulates per answer so far, counted per exit by
+    :func:`ddn_ray.exits.exit_macs`), ``windows``,
     ``drift_signals``, ``decisions`` (by kind, as JSON), ``offset`` (next row), ``exploited`` (PBT, as JSON: ``[[source, into, offset], ...]``, every exploit
     in the lineage of this trial's weights, oldest first: trial ``into`` took over ``source``'s weights at
     row ``offset``; a checkpoint carries the list, so the last entry is this trial's own latest exploit and
@@ -208,7 +216,7 @@ def run_trial(params: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from ddn_ray import registry, stream
+    from ddn_ray import exits, registry, stream
     from ddn_ray.train import in_process_learner
 
     torch.set_num_threads(1)
@@ -217,8 +225,10 @@ def run_trial(params: dict[str, Any]) -> None:
     every, with_ckpt = int(params["_every"]), bool(params["_checkpoint"])
     table = registry.load(params["_stream"], what="sweep.stream")(cfg)
     lag = cfg.stream.last_label_feature
-    learner = in_process_learner(cfg, stream.input_names(table.feature_names, lag), table.num_classes)
+    names = stream.input_names(table.feature_names, lag)
+    learner = in_process_learner(cfg, names, table.num_classes)
     model = learner.model
+    costs = exits.exit_macs(learner.raw, len(names))  # per exit; a reset keeps the architecture
     me = tune.get_context().get_trial_id()
     pos = {
         "offset": 0,
@@ -229,6 +239,7 @@ def run_trial(params: dict[str, Any]) -> None:
         "decisions": {},
         "owner": me,
         "exploited": [],
+        "macs": 0,
     }
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # PBT exploit or a restored trial: continue the stream where the checkpoint was
@@ -253,6 +264,7 @@ def run_trial(params: dict[str, Any]) -> None:
             METRIC: pos["correct"] / max(pos["rows"], 1),
             "recent_accuracy": pos["recent"][0] / max(pos["recent"][1], 1),
             "rows": pos["rows"],
+            "mean_macs": pos.get("macs", 0) / max(pos["rows"], 1),
             "windows": pos["windows"],
             "drift_signals": sum(pos["decisions"].values()),
             "decisions": json.dumps(pos["decisions"], sort_keys=True),
@@ -275,8 +287,9 @@ def run_trial(params: dict[str, Any]) -> None:
         x, y = torch.from_numpy(w.features), torch.from_numpy(w.labels)
         if len(w):
             model.eval()
-            with torch.no_grad():
-                hits = int((model(x).argmax(1) == y).sum())
+            out, exit_of = exits.early_exit(model, x, cfg.model.exit_threshold, cfg.model.exit_criterion)
+            hits = int((out.argmax(1) == y).sum())
+            pos["macs"] = pos.get("macs", 0) + sum(costs[i] for i in exit_of.tolist())
             pos["correct"] += hits
             pos["rows"] += len(w)
             pos["recent"][0] += hits
@@ -311,7 +324,8 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     Writes, under ``<output_dir>/<name>/``: ``results.csv`` (trial, settings, score, rows,
     iterations, wall time, status), ``best.yaml`` (the base job YAML with the best settings:
     a config the main job accepts unchanged), ``scores.png`` (score over the stream per
-    trial) and ``summary.json``.
+    trial), ``pareto.md`` / ``pareto.png`` (the front of accuracy against mean MACs per answer,
+    :mod:`ddn_ray.pareto`), ``chosen.yaml`` (the front's chosen trade-off as a job YAML) and ``summary.json``.
 
     Returns:
         The summary: ``best`` (trial, settings, score), ``trials`` (rows of the table), ``files``.
@@ -380,6 +394,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             "settings": settings,
             "score": r.metrics.get(METRIC) if r.metrics else None,
             "rows": (r.metrics or {}).get("rows", 0),
+            "mean_macs": (r.metrics or {}).get("mean_macs"),
             "iterations": (r.metrics or {}).get("training_iteration", 0),
             "wall_s": (r.metrics or {}).get("time_total_s"),
             "decisions": (r.metrics or {}).get("decisions", "{}"),
@@ -403,6 +418,23 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     _write_csv(trials, cfg, out / "results.csv")
     best_yaml = write_best_yaml(cfg, base, best, out / "best.yaml", name)
     plot_scores(grid, cfg, out / "scores.png", f"{name}: prequential accuracy ({cfg.scheduler.name})")
+    front = pareto.front(finished)
+    chosen = pareto.choose(front, cfg.pareto_tolerance)
+    files |= {
+        "pareto": str(out / "pareto.md"),
+        "pareto_plot": str(out / "pareto.png"),
+        "chosen": str(out / "chosen.yaml"),
+    }
+    Path(files["pareto"]).write_text(pareto.format_front(front, chosen, None) + "\n")
+    pareto.plot_front(finished, front, out / "pareto.png", f"{name}: accuracy against compute")
+    write_best_yaml(
+        cfg,
+        base,
+        chosen,
+        out / "chosen.yaml",
+        name,
+        what=f"Chosen (cheapest of the Pareto front within {cfg.pareto_tolerance:g} of its best accuracy)",
+    )
     summary = {
         "name": name,
         "scheduler": cfg.scheduler.name,
@@ -413,6 +445,8 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         "wall_s": time.monotonic() - t0,
         "best": best,
         "best_yaml": best_yaml,
+        "pareto": front,
+        "chosen": chosen,
         "trials": trials,
         "files": files,
         "tune_path": str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}",
@@ -446,15 +480,17 @@ def _write_csv(trials: list[dict[str, Any]], cfg: SweepConfig, path: Path) -> No
             )
 
 
-def write_best_yaml(cfg: SweepConfig, base: dict[str, Any], best: dict[str, Any], path: Path, name: str) -> str:
-    """Write the base job YAML with ``overrides`` and the best settings applied; return its text.
+def write_best_yaml(
+    cfg: SweepConfig, base: dict[str, Any], best: dict[str, Any], path: Path, name: str, what: str = "Best"
+) -> str:
+    """Write the base job YAML with ``overrides`` and a trial's (the best's) settings applied; return its text.
 
     The slice (``max_rows``) is not carried over: the best settings are for the whole stream.
     """
     merged = config.merge(base, config.nest({**cfg.overrides, **best["settings"]}))
     config.JobConfig.model_validate(merged)  # what the main job will do with it
     header = (
-        f"# Best trial {best['trial']} of sweep {name} ({cfg.scheduler.name}, {len(cfg.search)} searched keys):\n"
+        f"# {what} trial {best['trial']} of sweep {name} ({cfg.scheduler.name}, {len(cfg.search)} searched keys):\n"
         f"#   prequential accuracy {best['score']:.4f} on the first {best['rows']:,} rows of the replayed stream.\n"
         f"# Base: {cfg.job}; searched: {', '.join(f'{k}={v!r}' for k, v in best['settings'].items())}\n"
         f"#   python jobs/continuous.py --config {path}\n"
@@ -505,22 +541,29 @@ def format_table(summary: dict[str, Any]) -> str:
             f"sweep {summary['name']} ({summary['scheduler']}), metric {summary['metric']}, "
             f"{summary['rows']:,} rows, {summary['wall_s']:.0f} s"
         ),
-        "| trial | " + " | ".join(k for k in keys) + " | score | rows | wall s | status |",
-        "|---" * (len(keys) + 5) + "|",
+        "| trial | " + " | ".join(k for k in keys) + " | score | mean MACs | rows | wall s | status |",
+        "|---" * (len(keys) + 6) + "|",
     ]
     for t in trials:
         score = f"{t['score']:.4f}" if t["score"] is not None else "-"
         wall = f"{t['wall_s']:.1f}" if t["wall_s"] is not None else "-"
+        macs = f"{t['mean_macs']:,.0f}" if t.get("mean_macs") is not None else "-"
         lines.append(
             f"| {t['trial']} | "
             + " | ".join(_short(t["settings"][k]) for k in keys)
-            + f" | {score} | {t['rows']:,} | {wall} | {t['status']} |"
+            + f" | {score} | {macs} | {t['rows']:,} | {wall} | {t['status']} |"
         )
     if summary["scheduler"] == "pbt":
         lines.append(f"PBT exploits (a trial continued from a better trial's checkpoint): {summary['pbt_exploits']}")
     lines.append(
         f"best: trial {summary['best']['trial']} {summary['best']['settings']} -> {summary['best']['score']:.4f}"
     )
+    if summary.get("chosen"):
+        c = summary["chosen"]
+        lines.append(
+            f"chosen (Pareto front, {len(summary['pareto'])} points): trial {c['trial']} {c['settings']} -> "
+            f"{c['score']:.4f} at {c['mean_macs']:,.0f} MACs per answer"
+        )
     return "\n".join(lines)
 
 

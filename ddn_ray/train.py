@@ -288,7 +288,7 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
     Returns:
         An :class:`InProcessRun`, rows in stream order.
     """
-    from ddn_ray import stream
+    from ddn_ray import exits, stream
 
     lag = cfg.stream.last_label_feature
     learner = in_process_learner(cfg, stream.input_names(table.feature_names, lag), table.num_classes)
@@ -297,9 +297,12 @@ def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> 
     for w in stream.iter_windows(stream.ReplaySource(table, cfg.stream.window_size), lag):
         x, y = torch.from_numpy(w.features), torch.from_numpy(w.labels)
         model.eval()
-        with torch.no_grad():
-            out = model(x)
-            preds.append(out.numpy() if cfg.model.task == "regression" else out.argmax(1).numpy())
+        if cfg.model.task == "regression":
+            with torch.no_grad():
+                preds.append(model(x).numpy())
+        else:  # as a replica answers: each row from its early exit (the head, for a model with one exit)
+            out, _ = exits.early_exit(model, x, cfg.model.exit_threshold, cfg.model.exit_criterion)
+            preds.append(out.argmax(1).numpy())
         windows.append(np.full(len(w), w.index))
         if freeze_after is None or w.index < freeze_after:
             m, event = learner.step(w.index, w.start, w.end, x, y)
