@@ -26,11 +26,14 @@ def model_spec(
     num_classes: int,
     feature_names: list[str] | None,
     inputs: dict[str, Any] | None = None,
+    student: Any = None,
 ) -> dict[str, Any]:
     """What Serve needs to build the model: the ``meta.json`` keys, also held by the controller.
 
     ``model_cfg`` is a :class:`~ddn_ray.config.ModelConfig`; ``inputs`` the raw-input spec of
-    :class:`ddn_ray.usecase.Scenario` (default ``{"kind": "table"}``: rows of numbers only).
+    :class:`ddn_ray.usecase.Scenario` (default ``{"kind": "table"}``: rows of numbers only); ``student`` the
+    ``distill.student`` :class:`~ddn_ray.config.ModelConfig` (a version whose meta says ``served_model: student``
+    is built from it).
     """
     return {
         "model": model_cfg.model_dump(mode="json"),
@@ -38,6 +41,7 @@ def model_spec(
         "num_classes": num_classes,
         "feature_names": feature_names,
         "inputs": inputs or {"kind": "table"},
+        **({"student_model": student.model_dump(mode="json")} if student is not None else {}),
     }
 
 

@@ -356,6 +356,48 @@ class PolicyConfig(_Frozen):
     rollback_on_reject: bool = Field(True, description="reload the served version when the gate rejects an update")
 
 
+class MetaConfig(_Frozen):
+    """Meta-learned initialisation (Reptile, Nichol et al. 2018): what a policy's ``reset`` starts from.
+
+    With ``init: reptile`` every ``every_windows`` windows the learner takes ``inner_steps`` SGD steps on the
+    window from the meta-initialisation (each window a task) and moves the meta-initialisation
+    ``outer_lr`` of the way to the adapted weights; a ``reset`` then loads it instead of fresh weights.
+    """
+
+    init: Literal["fresh", "reptile"] = Field("fresh", description="a reset starts from fresh weights or the meta-init")
+    outer_lr: float = Field(
+        0.1, gt=0, le=1, description="Reptile's epsilon: step of the meta-init to the adapted weights"
+    )
+    inner_steps: int = Field(5, ge=1, description="SGD steps on a window from the meta-init")
+    inner_lr: float = Field(0.01, gt=0, description="the inner SGD's learning rate")
+    inner_batch_size: int = Field(32, ge=1, description="rows per inner step (sampled from the window)")
+    every_windows: int = Field(1, ge=1, description="a meta-update every this many windows")
+
+
+class DistillConfig(_Frozen):
+    """A compact student distilled from the learner (the teacher) for serving (Hinton et al. 2015).
+
+    Every ``every_windows`` windows the student learns the teacher's soft targets at ``temperature`` and the hard
+    labels on the recent windows; the controller serves the student while its accuracy on the latest revealed
+    window is within ``margin`` of the teacher's, and the teacher otherwise.
+    """
+
+    student: ModelConfig | None = Field(None, description="the student's architecture; None: no student")
+    every_windows: int = Field(10, ge=1, description="distil every this many windows")
+    epochs: int = Field(3, ge=1, description="passes over the recent windows per distillation")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the soft targets")
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss (1 - alpha: the labels')")
+    lr: float = Field(3e-3, gt=0, description="the student's Adam learning rate")
+    margin: float = Field(0.02, ge=0, le=1, description="serve the student while teacher - student accuracy <= this")
+
+    @field_validator("student")
+    @classmethod
+    def _classifier(cls, v: ModelConfig | None) -> ModelConfig | None:
+        if v is not None and (v.task != "classification" or v.exits):
+            raise ValueError("distill.student: a classifier without early exits (soft targets need classes)")
+        return v
+
+
 class ServeConfig(_Frozen):
     """The Serve application and the traffic client that replays features to it."""
 
@@ -447,6 +489,8 @@ class JobConfig(_Frozen):
     strategy: StrategyConfig = StrategyConfig()
     drift: DriftConfig = DriftConfig()
     policy: PolicyConfig = PolicyConfig()
+    meta: MetaConfig = MetaConfig()
+    distill: DistillConfig = DistillConfig()
     serve: ServeConfig = ServeConfig()
     controller: ControllerConfig = ControllerConfig()
     service: ServiceConfig = ServiceConfig()
@@ -468,6 +512,8 @@ class JobConfig(_Frozen):
                 usecase.check(self.data.name, self.data.scenario, self.model.task, self.data.options)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
+        if self.distill.student is not None and self.model.task != "classification":
+            raise ValueError("distill.student learns a classifier's soft targets: model.task must be classification")
         if self.model.task == "regression":
             bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
             if bad or self.strategy.class_balanced:
@@ -491,8 +537,11 @@ class JobConfig(_Frozen):
                 "(the classes then grow as labels are revealed)"
             )
         if d.allow_new_classes:
-            if self.model.exits:
-                raise ValueError("data.allow_new_classes grows the head only: it does not go with model.exits")
+            if self.model.exits or self.meta.init != "fresh" or self.distill.student is not None:
+                raise ValueError(
+                    "data.allow_new_classes grows the head only: it does not go with model.exits, "
+                    "meta.init reptile or distill.student"
+                )
             bad = [p for p in self.strategy.name.split("+") if p not in ("finetune", "replay")]
             if self.train.num_workers != 1 or bad:
                 raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,9 @@ class Controller:
         replica_ttl_s: a replica not heard from for this long is no longer expected.
         keep_versions: weights of at most this many recent versions are kept.
         first_version: the lowest id to give (a restarted service continues its versions).
+        student_margin: a version published with a distilled student serves the student while the teacher's
+            accuracy on the latest revealed window exceeds the student's by at most this
+            (:func:`ddn_ray.distill.serve_student`), the teacher otherwise.
     """
 
     def __init__(
@@ -116,8 +120,12 @@ class Controller:
         replica_ttl_s: float = 30.0,
         keep_versions: int = 64,
         first_version: int = 0,
+        student_margin: float = 0.02,
     ) -> None:
         self._store = store or _copy_store
+        self.student_margin = student_margin
+        self._students: dict[int, tuple[Any, Mapping[str, np.ndarray]]] = {}  # versions that serve their student
+        self._last_student: Mapping[str, np.ndarray] | None = None
         self.first_version = first_version
         self._clock = clock
         self.replica_ttl_s = replica_ttl_s
@@ -142,8 +150,9 @@ class Controller:
         weights: Mapping[str, np.ndarray],
         meta: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
+        student: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        """Gate and store an update.
+        """Gate and store an update, and choose what its replicas serve: the teacher (``weights``) or the student.
 
         Args:
             weights: the ``state_dict`` as numpy arrays.
@@ -151,6 +160,10 @@ class Controller:
                 A ``num_classes`` above the current version's lets the head grow (see :func:`check_update`).
             preprocessing: the featurizer state the weights were trained with
                 (:meth:`ddn_ray.features.Featurizer.state_dict`), served with them; ``None`` for built-in tables.
+            student: a distilled student's ``state_dict`` (``distill.student``); it is served instead of the
+                teacher while ``meta``'s ``student_accuracy`` is within ``student_margin`` of its
+                ``teacher_accuracy`` and its weights pass the gate. The version's meta gets ``served_model``
+                (``teacher`` or ``student``) and ``student_gate``.
 
         Returns:
             ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
@@ -170,9 +183,26 @@ class Controller:
         version = max(v for v in (latest, parent, self.first_version - 1) if v is not None) + 1
         self._weights[version] = self._store(weights)
         self._preprocessing[version] = dict(preprocessing) if preprocessing is not None else None
+        meta["served_model"] = "teacher"
+        if student is not None:
+            from ddn_ray.distill import serve_student
+
+            gate = check_update(student, self._last_student)
+            meta["student_gate"] = gate.value
+            close = serve_student(
+                float(meta.get("teacher_accuracy", math.nan)),
+                float(meta.get("student_accuracy", math.nan)),
+                self.student_margin,
+            )
+            if gate is Gate.ACCEPT:
+                self._last_student = student
+                if close:
+                    self._students[version] = self._store(student)
+                    meta["served_model"] = "student"
         for old in [v for v in self._weights if v <= version - self.keep_versions]:
             del self._weights[old]
             self._preprocessing.pop(old, None)
+            self._students.pop(old, None)
         self.records.append(VersionRecord(version, parent, now, meta, self.live_replicas()))
         return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
 
@@ -188,8 +218,19 @@ class Controller:
         return v, self._weights[v][0]
 
     def weights(self, version: int | None = None) -> tuple[int, Mapping[str, np.ndarray]]:
+        """``(version, the teacher's weights)``: what a trainer resumes or rolls back to."""
         v, _ = self.handle(version)
         return v, self._weights[v][1]
+
+    def served_handle(self, version: int | None = None) -> tuple[int, Any]:
+        """``(version, stored handle)`` of what replicas serve for ``version``: its student's weights when the
+        version serves its student (``meta["served_model"]``), else the teacher's.
+
+        Raises:
+            KeyError: no such version is kept.
+        """
+        v, ref = self.handle(version)
+        return v, self._students[v][0] if v in self._students else ref
 
     def preprocessing(self, version: int) -> dict[str, Any] | None:
         """The featurizer state ``version`` was trained with (``None``: rows need no featurizing)."""
@@ -282,11 +323,21 @@ class ControllerActor:
     report notifies, so waiters wake without polling.
     """
 
-    def __init__(self, replica_ttl_s: float = 30.0, keep_versions: int = 64, first_version: int = 0) -> None:
+    def __init__(
+        self,
+        replica_ttl_s: float = 30.0,
+        keep_versions: int = 64,
+        first_version: int = 0,
+        student_margin: float = 0.02,
+    ) -> None:
         from ddn_ray.metrics import ControllerMetrics
 
         self.c = Controller(
-            store=_ray_store, replica_ttl_s=replica_ttl_s, keep_versions=keep_versions, first_version=first_version
+            store=_ray_store,
+            replica_ttl_s=replica_ttl_s,
+            keep_versions=keep_versions,
+            first_version=first_version,
+            student_margin=student_margin,
         )
         self._cond = asyncio.Condition()
         self.metrics = ControllerMetrics()
@@ -311,8 +362,9 @@ class ControllerActor:
         weights: Mapping[str, np.ndarray],
         meta: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
+        student: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        result = self.c.publish(weights, meta, preprocessing)
+        result = self.c.publish(weights, meta, preprocessing, student)
         self.metrics.published(result)
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(self.metrics.refresh_forever())
@@ -339,7 +391,7 @@ class ControllerActor:
         newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)
         if not await self._wait(newer, timeout_s):
             return None
-        version, ref = self.c.handle()
+        version, ref = self.c.served_handle()
         return version, [ref], self.c.record(version).meta, self.c.preprocessing(version)
 
     async def ack(self, replica_id: str, version: int) -> None:

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddn_ray import drift, exits, models, policy, strategy
-from ddn_ray.config import DriftConfig, PolicyConfig, StrategyConfig, TrainConfig
+from ddn_ray.config import DistillConfig, DriftConfig, MetaConfig, PolicyConfig, StrategyConfig, TrainConfig
+from ddn_ray.distill import Distiller
+from ddn_ray.meta import Reptile
 from ddn_ray.policy import Decision
 from ddn_ray.strategy import Finetune, Strategy
 
@@ -55,6 +57,8 @@ class WindowMetrics:
         train_loss: mean training loss over the window's last epoch.
         step_s: wall time of the step in seconds (retraining included).
         lr: learning rate used for the window.
+        student_pre_accuracy: accuracy of the distilled student (``distill.student``) before the window was
+            learned (NaN without a student).
     """
 
     index: int
@@ -66,6 +70,7 @@ class WindowMetrics:
     train_loss: float
     step_s: float
     lr: float
+    student_pre_accuracy: float = math.nan
 
 
 class StepResult(NamedTuple):
@@ -291,6 +296,10 @@ class OnlineLearner:
         world: the number of workers.
         feature_names: names of the input columns, for drift signals.
         task: ``classification`` or ``regression`` (see :func:`prequential_step`).
+        meta_cfg: the job's ``meta`` section: with ``init: reptile`` a :class:`~ddn_ray.meta.Reptile`
+            meta-initialisation learns from every window and a ``reset`` starts from it.
+        distill_cfg: the job's ``distill`` section (with ``student``).
+        student: the student model to distil (:class:`~ddn_ray.distill.Distiller`); ``None``: no student.
     """
 
     def __init__(
@@ -306,6 +315,10 @@ class OnlineLearner:
         world: int = 1,
         feature_names: list[str] | None = None,
         task: str = "classification",
+        *,
+        meta_cfg: MetaConfig | None = None,
+        distill_cfg: DistillConfig | None = None,
+        student: nn.Module | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -330,6 +343,23 @@ class OnlineLearner:
         self.recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=policy_cfg.recent_windows)
         self.generator = torch.Generator().manual_seed(seed + rank)
         self.num_resets = 0
+        self.meta_cfg = meta_cfg or MetaConfig()
+        self.reptile = (
+            Reptile(model=self.raw, cfg=self.meta_cfg, loss=self._loss, seed=seed, world=world)
+            if self.meta_cfg.init == "reptile"
+            else None
+        )
+        if student is not None and task != "classification":
+            raise ValueError("a distilled student is for classification")
+        self.distiller = (
+            Distiller(student=student, cfg=distill_cfg or DistillConfig(), seed=seed, world=world)
+            if student is not None
+            else None
+        )
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        return task_loss(model, self.task, out, y)
 
     def _embed(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -353,6 +383,7 @@ class OnlineLearner:
         """
         t0 = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
+        student_hits = self.distiller.correct(x, y) if self.distiller is not None else 0
         local_batch = max(1, self.cfg.batch_size // self.world)
         res = prequential_step(
             self.model,
@@ -367,6 +398,8 @@ class OnlineLearner:
         )
         self.scheduler.step()
         self.recent.append((x, y))
+        if self.reptile is not None and (index + 1) % self.meta_cfg.every_windows == 0:
+            self.reptile.update(x, y)
         event = None
         if self.monitoring:
             wrong = np.concatenate(gather(res.wrong.numpy(), self.world))
@@ -376,6 +409,11 @@ class OnlineLearner:
                 decision, reason = gather((decision, self.policy.reason), self.world)[0]  # rank 0's rules
                 self.apply(decision)
                 event = {**signal.to_dict(), "decision": decision.value, "reason": reason}
+        student_accuracy = math.nan
+        if self.distiller is not None:
+            student_accuracy = _all_sum([student_hits])[0] / max(res.num_rows, 1) if res.num_rows else math.nan
+            if (index + 1) % self.distiller.cfg.every_windows == 0:
+                self.distiller.distil(self.raw, *self._recent_rows(), max(1, self.cfg.batch_size // self.world))
         metrics = WindowMetrics(
             index,
             start,
@@ -386,6 +424,7 @@ class OnlineLearner:
             res.train_loss,
             time.perf_counter() - t0,
             lr,
+            student_accuracy,
         )
         return metrics, event
 
@@ -414,7 +453,8 @@ class OnlineLearner:
         x, y = self._recent_rows()
         if decision is Decision.RESET:
             self.num_resets += 1
-            self.raw.load_state_dict(self.fresh(self.num_resets).state_dict())
+            start = self.reptile.init if self.reptile is not None else self.fresh(self.num_resets).state_dict()
+            self.raw.load_state_dict(start)
             for memory in _replays(self.strategy):
                 if memory.x is not None:
                     x, y = torch.cat([x, memory.x]), torch.cat([y, memory.y])
@@ -465,7 +505,8 @@ class OnlineLearner:
         return {"window": at_window, "decision": Decision.ROLLBACK.value, "reason": reason}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the weights: optimizer, schedule, strategy, monitor, policy, recent windows."""
+        """Everything but the weights: optimizer, schedule, strategy, monitor, policy, recent windows, and the
+        Reptile meta-initialisation and the distilled student when the job has them."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -475,6 +516,8 @@ class OnlineLearner:
             "recent": list(self.recent),
             "num_resets": self.num_resets,
             "generator": self.generator.get_state(),
+            **({"reptile": self.reptile.state_dict()} if self.reptile is not None else {}),
+            **({"distiller": self.distiller.state_dict()} if self.distiller is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -487,3 +530,7 @@ class OnlineLearner:
         self.recent.extend(state["recent"])
         self.num_resets = state["num_resets"]
         self.generator.set_state(state["generator"])
+        if self.reptile is not None and "reptile" in state:  # a checkpoint from before meta.init keeps phi = weights
+            self.reptile.load_state_dict(state["reptile"])
+        if self.distiller is not None and "distiller" in state:
+            self.distiller.load_state_dict(state["distiller"])

@@ -176,12 +176,15 @@ class Served:
         featurizer: the version's preprocessing (``None``: a model of rows of numbers).
         exit_macs: multiply-accumulates to answer one row at each exit, the head's last
             (:func:`ddn_ray.exits.exit_macs`, counted on the float model once per version).
+        served_model: ``teacher`` (the learner's model) or ``student`` (its distilled student, chosen by the
+            controller: :func:`ddn_ray.distill.serve_student`).
     """
 
     version: int
     model: torch.nn.Module
     featurizer: Featurizer | None
     exit_macs: tuple[int, ...]
+    served_model: str = "teacher"
 
 
 app = FastAPI(title="ddn_ray inference")
@@ -348,6 +351,7 @@ class Predictor:
         if missing:
             raise ValueError(f"the model version source does not describe the model: missing {missing}")
         self._model_cfg = ModelConfig(**spec["model"])
+        self._student_cfg = ModelConfig(**spec["student_model"]) if spec.get("student_model") else None
         self._num_features, self._num_classes = int(spec["num_features"]), int(spec["num_classes"])
         self._inputs: dict[str, Any] = inputs or spec.get("inputs") or {"kind": "table"}
         self._routes: InputRoutes | None = None
@@ -373,12 +377,17 @@ class Predictor:
         meta: dict[str, Any] | None = None,
     ) -> None:
         num_classes = int((meta or {}).get("num_classes", self._num_classes))  # the head may have grown
-        model = models.build_for_inference(self._model_cfg, self._num_features, num_classes, weights)
+        served_model = (meta or {}).get("served_model", "teacher")
+        if served_model == "student" and self._student_cfg is None:
+            raise ValueError(f"version {version} serves a distilled student, but the model spec has no student_model")
+        arch = self._student_cfg if served_model == "student" and self._student_cfg is not None else self._model_cfg
+        model = models.build_for_inference(arch, self._num_features, num_classes, weights)
         macs = exits.exit_macs(model, self._num_features)
         if self._quantize == "dynamic_int8":
             model = models.quantized(model)  # once per version, not per request
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
-        self._current = Served(version, model, featurizer, macs)  # one assignment: old or new, never half
+        # one assignment: requests see the old version or the new one, never half
+        self._current = Served(version, model, featurizer, macs, served_model)
         self._metrics.serving(version)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -682,6 +691,7 @@ class Predictor:
             "replica": self._replica,
             "inputs": self._inputs,
             "exit_macs": list(served.exit_macs),
+            "served_model": served.served_model,
             "quantize": self._quantize,
             **({"schema": featurizer.schema()} if featurizer is not None else {}),
         }

@@ -218,8 +218,12 @@ class LearningService:
         actor: Any = ray.remote(ControllerActor)
         self.controller: Any = actor.options(
             name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
-        ).remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s), first_version=last + 1)
-        spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"})
+        ).remote(
+            replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
+            first_version=last + 1,
+            student_margin=cfg.distill.margin,
+        )
+        spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"}, cfg.distill.student)
         await self.controller.set_model_spec.remote(spec)
         if restored is not None:  # replicas keep answering with the learned weights, not a fresh model
             weights, meta = (

@@ -27,6 +27,7 @@ __all__ = [
     "WindowItem",
     "WindowMetrics",
     "WorkerArgs",
+    "build_learner",
     "in_process_learner",
     "make_optimizer",
     "prequential_step",
@@ -144,19 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         version, weights = ray.get(controller.latest_weights.remote())
         models.load_numpy_state(model, weights)
     model = ray.train.torch.prepare_model(model)
-    learner = OnlineLearner(
-        model,
-        models.fresh(mcfg, nf, nc, cfg.seed),
-        cfg,
-        job.strategy,
-        job.drift,
-        job.policy,
-        cfg.seed,
-        rank,
-        world,
-        args.feature_names,
-        mcfg.task,
-    )
+    learner = build_learner(job, model, args.feature_names, nc, rank=rank, world=world)
     if state is not None:
         saved = state["learner"]  # one state per rank; more ranks than saved reuse the last one
         learner.load_state_dict(saved[min(rank, len(saved) - 1)])
@@ -184,7 +173,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "next_offset": next_offset,
                     "next_window": next_index,
                     "model_version": version,
-                    **checkpoint_io.model_spec(mcfg, nf, learner.num_classes, args.feature_names, args.inputs),
+                    **checkpoint_io.model_spec(
+                        mcfg, nf, learner.num_classes, args.feature_names, args.inputs, job.distill.student
+                    ),
                     "preprocessing": preprocessing,
                 }
                 checkpoint_io.write(tmp, learner.raw.state_dict(), learner_states, meta)
@@ -216,7 +207,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "decision": event["decision"] if event else None,
                     "num_classes": learner.num_classes,
                 }
-                result = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))
+                student = None
+                if learner.distiller is not None:  # the controller serves it while it is close enough
+                    meta |= {"teacher_accuracy": metrics.pre_accuracy, "student_accuracy": metrics.student_pre_accuracy}
+                    student = models.state_to_numpy(learner.distiller.student)
+                result = ray.get(
+                    controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing, student)
+                )
                 version = result["version"] if result["accepted"] else version
                 rejected = None if result["accepted"] else result["decision"]
             rejected = gather(rejected, world)[0]
@@ -250,24 +247,40 @@ class InProcessRun(NamedTuple):
     events: list[dict[str, Any]]
 
 
+def build_learner(
+    job: JobConfig, model: torch.nn.Module, feature_names: list[str], num_classes: int, rank: int = 0, world: int = 1
+) -> OnlineLearner:
+    """The :class:`~ddn_ray.learner.OnlineLearner` of ``job`` for ``model`` (DDP-wrapped or not) on one rank, with
+    its fresh-model factory, Reptile meta-initialisation and distilled student (``job.meta``, ``job.distill``)."""
+    from ddn_ray import models
+
+    nf, seed = len(feature_names), job.train.seed
+    student = job.distill.student
+    return OnlineLearner(
+        model,
+        models.fresh(job.model, nf, num_classes, seed),
+        job.train,
+        job.strategy,
+        job.drift,
+        job.policy,
+        seed,
+        rank,
+        world,
+        feature_names,
+        job.model.task,
+        meta_cfg=job.meta,
+        distill_cfg=job.distill,
+        student=models.build(student, nf, num_classes, seed=seed + 1) if student is not None else None,
+    )
+
+
 def in_process_learner(cfg: Any, feature_names: list[str], num_classes: int) -> OnlineLearner:
     """A one-process (no DDP) learner for a ``JobConfig``, seeded as the job's rank 0:
     what :func:`replay_in_process` and the Tune trials of :mod:`ddn_ray.sweep` learn with."""
     from ddn_ray import models
 
-    nf = len(feature_names)
-    model = models.build(cfg.model, nf, num_classes, seed=cfg.train.seed)
-    return OnlineLearner(
-        model,
-        models.fresh(cfg.model, nf, num_classes, cfg.train.seed),
-        cfg.train,
-        cfg.strategy,
-        cfg.drift,
-        cfg.policy,
-        cfg.train.seed,
-        feature_names=feature_names,
-        task=cfg.model.task,
-    )
+    model = models.build(cfg.model, len(feature_names), num_classes, seed=cfg.train.seed)
+    return build_learner(cfg, model, feature_names, num_classes)
 
 
 def replay_in_process(cfg: Any, table: Any, freeze_after: int | None = None) -> InProcessRun:

@@ -75,9 +75,13 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     controller = (
         ray.remote(ControllerActor)
         .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000)
-        .remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s))
+        .remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s), student_margin=cfg.distill.margin)
     )
-    ray.get(controller.set_model_spec.remote(checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, feed.inputs)))
+    ray.get(
+        controller.set_model_spec.remote(
+            checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, feed.inputs, cfg.distill.student)
+        )
+    )
     init = models.build(cfg.model, nf, nc, seed=cfg.train.seed)
     ray.get(
         controller.publish.remote(
