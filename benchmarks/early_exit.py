@@ -122,8 +122,10 @@ def sweep_stream(name: str, thresholds: tuple[float, ...]) -> dict[str, Any]:
 def format_sweep(r: dict[str, Any]) -> str:
     base_acc, base_macs = r["accuracy"][1.0], r["mean_macs"][1.0]
     lines = [
-        f"{r['name']}: {r['rows']:,} rows, exits after {r['exits']} + head; MACs per exit {list(r['costs'])}; "
-        f"{r['wall_s']:.0f} s",
+        (
+            f"{r['name']}: {r['rows']:,} rows, exits after {r['exits']} + head; MACs per exit {list(r['costs'])}; "
+            f"{r['wall_s']:.0f} s"
+        ),
         "",
         "| threshold | accuracy % | vs last exit (points) | mean MACs | MACs saved % | rows per exit % |",
         "|---|---|---|---|---|---|",
@@ -137,8 +139,10 @@ def format_sweep(r: dict[str, Any]) -> str:
             f"{100 * (1 - m / base_macs):.1f} | {share} |"
         )
     p = r["plain"]
-    lines.append(f"| plain network, no exits | {100 * p['accuracy']:.2f} | {100 * (p['accuracy'] - base_acc):+.2f} | "
-                 f"{p['macs']:,} | {100 * (1 - p['macs'] / base_macs):.1f} | 100 |")
+    lines.append(
+        f"| plain network, no exits | {100 * p['accuracy']:.2f} | {100 * (p['accuracy'] - base_acc):+.2f} | "
+        f"{p['macs']:,} | {100 * (1 - p['macs'] / base_macs):.1f} | 100 |"
+    )
     return "\n".join(lines)
 
 
@@ -222,10 +226,14 @@ def format_quantised(r: dict[str, Any]) -> str:
             "",
             "| weights | prequential accuracy % | parameters | state bytes | mean MACs per answer |",
             "|---|---|---|---|---|",
-            f"| float32 | {100 * r['quantised']['float']:.2f} | {r['params']:,} | {r['bytes']['float']:,} | "
-            f"{r['mean_macs'][c]:,.0f} |",
-            f"| int8 dynamic | {100 * r['quantised']['int8']:.2f} | {r['params']:,} | {r['bytes']['int8']:,} | "
-            f"{r['mean_macs'][c]:,.0f} (int8) |",
+            (
+                f"| float32 | {100 * r['quantised']['float']:.2f} | {r['params']:,} | {r['bytes']['float']:,} | "
+                f"{r['mean_macs'][c]:,.0f} |"
+            ),
+            (
+                f"| int8 dynamic | {100 * r['quantised']['int8']:.2f} | {r['params']:,} | {r['bytes']['int8']:,} | "
+                f"{r['mean_macs'][c]:,.0f} (int8) |"
+            ),
         ]
     )
 

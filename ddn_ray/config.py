@@ -5,6 +5,7 @@ Defaults live here and nowhere else. :func:`load` reports every invalid field at
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -589,19 +590,24 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def nest(dotted: dict[str, Any]) -> dict[str, Any]:
-    """Turn dotted keys into nested mappings.
+    """Turn dotted keys into nested mappings. A mapping value and a deeper key under it are merged, whatever their
+    order (a sweep may search ``model`` as whole architectures and ``model.exit_threshold`` beside it); the values
+    are copied, never changed.
 
     Examples:
         >>> nest({"train.lr": 0.01, "model.hidden_sizes": [32]})
         {'train': {'lr': 0.01}, 'model': {'hidden_sizes': [32]}}
+        >>> nest({"model.exit_threshold": 0.8, "model": {"hidden_sizes": [32], "exits": []}})
+        {'model': {'hidden_sizes': [32], 'exits': [], 'exit_threshold': 0.8}}
     """
     out: dict[str, Any] = {}
-    for key, value in dotted.items():
+    for key, value in sorted(dotted.items(), key=lambda kv: kv[0].count(".")):  # shallow keys first
         *parents, leaf = key.split(".")
         node = out
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = value
+        value = copy.deepcopy(value)
+        node[leaf] = merge(node[leaf], value) if isinstance(value, dict) and isinstance(node.get(leaf), dict) else value
     return out
 
 

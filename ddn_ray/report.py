@@ -171,6 +171,10 @@ def build(
             "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
             "versions_published": len(summary["versions"]) - 1,
             "versions_rejected": len(summary["rejected"]),
+            # what each version's replicas served: the learner's model or its distilled student (distill.student)
+            "served_models": dict(
+                Counter(v["meta"].get("served_model", "teacher") for v in summary["versions"] if v["version"] >= 1)
+            ),
             "label_delay_rows": evaluate.percentiles((offsets - trained_end).tolist(), (50, 99)),
             "first_update_served_s": facts.first_update_s,
             "replica_sync_timeouts": facts.sync_timeouts,

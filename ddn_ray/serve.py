@@ -285,6 +285,8 @@ class Predictor:
         checkpoint: serve this checkpoint instead of following a controller.
         inputs: the raw-input spec (``{"kind": ..., "routes": "package.module:attribute", ...}``, the
             routes an :class:`InputRoutes`); else from the source, else ``{"kind": "table"}``.
+        student_model: ``distill.student`` (``ModelConfig`` as a dict): the architecture of a version the controller
+            serves as its distilled student (else from the source's model spec).
         quantize: ``dynamic_int8``: serve a dynamically quantised copy of each version
             (:func:`ddn_ray.models.quantized`, built when the version is loaded); ``none``: the float model.
         service_app: the Serve application of a long-running service's learner (:mod:`ddn_ray.service`): each
@@ -313,6 +315,7 @@ class Predictor:
         inputs: dict[str, Any] | None = None,
         service_app: str | None = None,
         quantize: str = "none",
+        student_model: dict[str, Any] | None = None,
     ) -> None:
         import ray
 
@@ -343,7 +346,12 @@ class Predictor:
             **(spec or {}),
             **{
                 k: v
-                for k, v in {"model": model, "num_features": num_features, "num_classes": num_classes}.items()
+                for k, v in {
+                    "model": model,
+                    "num_features": num_features,
+                    "num_classes": num_classes,
+                    "student_model": student_model,
+                }.items()
                 if v is not None
             },
         }
@@ -733,6 +741,7 @@ def build_app(
             inputs=inputs,
             service_app=service_app,
             quantize=cfg.serve.quantize,
+            student_model=cfg.distill.student.model_dump() if cfg.distill.student is not None else None,
         )
     )
 

@@ -93,6 +93,11 @@ class SweepConfig(BaseModel):
         description="architecture search: the chosen trial is the cheapest (mean MACs) of the Pareto front "
         "within this much accuracy of its best",
     )
+    reference: dict[str, Any] = Field(
+        default_factory=dict,
+        description="architecture search: the settings of the trial the Pareto table compares with (e.g. the "
+        "default model); the first finished trial with these settings",
+    )
     output_dir: str = "runs/sweeps"
     storage_path: str = "runs/tune"
     num_cpus: int | None = Field(4, gt=0, description="logical CPUs of a local Ray cluster started by the sweep")
@@ -420,12 +425,16 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     plot_scores(grid, cfg, out / "scores.png", f"{name}: prequential accuracy ({cfg.scheduler.name})")
     front = pareto.front(finished)
     chosen = pareto.choose(front, cfg.pareto_tolerance)
+    reference = next(
+        (t for t in finished if cfg.reference and all(t["settings"].get(k) == v for k, v in cfg.reference.items())),
+        None,
+    )
     files |= {
         "pareto": str(out / "pareto.md"),
         "pareto_plot": str(out / "pareto.png"),
         "chosen": str(out / "chosen.yaml"),
     }
-    Path(files["pareto"]).write_text(pareto.format_front(front, chosen, None) + "\n")
+    Path(files["pareto"]).write_text(pareto.format_front(front, chosen, reference) + "\n")
     pareto.plot_front(finished, front, out / "pareto.png", f"{name}: accuracy against compute")
     write_best_yaml(
         cfg,
@@ -447,6 +456,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
         "best_yaml": best_yaml,
         "pareto": front,
         "chosen": chosen,
+        "reference": reference,
         "trials": trials,
         "files": files,
         "tune_path": str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}",

@@ -72,3 +72,45 @@ def test_pbt_exploits_copy_weights_from_checkpoints(ray_cluster: Any, tmp_path: 
     # The copy resumed the stream where the source was: every trial still saw each row once.
     assert all(t["rows"] == 3000 for t in trials)
     assert config.load(summary["files"]["best"]).strategy.name == "replay"
+
+
+def test_architecture_search_reports_macs_and_writes_the_pareto_front(ray_cluster: Any, tmp_path: Path) -> None:
+    from ddn_ray import exits, models
+
+    archs = [
+        {"hidden_sizes": [64, 64], "exits": []},
+        {"hidden_sizes": [16], "exits": []},
+        {"hidden_sizes": [32, 32], "exits": [0]},
+    ]
+    summary = _sweep(
+        tmp_path,
+        "nas_elec2.yaml",
+        {
+            "max_rows": 2000,
+            "search": {"model": {"grid": archs}, "model.exit_threshold": {"grid": [0.8]}},
+            "scheduler": {"params": {"grace_period": 4}},
+        },
+    )
+    trials = summary["trials"]
+    assert len(trials) == 3 and all(t["status"] == "complete" for t in trials)
+    for t in trials:  # each trial's result carries its compute: mean MACs per answer, counted per exit
+        arch = t["settings"]["model"]
+        cfg = config.load(None, {"model": {**arch, "exit_threshold": 0.8}})
+        costs = exits.exit_macs(models.build(cfg.model, 6, 2), 6)
+        assert costs[0] <= t["mean_macs"] <= costs[-1]
+        if len(costs) == 1:
+            assert t["mean_macs"] == costs[0]
+    front = summary["pareto"]
+    assert front and summary["chosen"] in front
+    for p in front:  # no trial is as accurate for fewer MACs, or more accurate for as few
+        assert not any(
+            o["score"] >= p["score"]
+            and o["mean_macs"] <= p["mean_macs"]
+            and (o["score"] > p["score"] or o["mean_macs"] < p["mean_macs"])
+            for o in trials
+        )
+    assert summary["reference"] is not None and summary["reference"]["settings"]["model"] == archs[0]
+    assert Path(summary["files"]["pareto_plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert "chosen" in Path(summary["files"]["pareto"]).read_text()
+    chosen = config.load(summary["files"]["chosen"])  # a config the main job runs
+    assert list(chosen.model.hidden_sizes) == summary["chosen"]["settings"]["model"]["hidden_sizes"]
