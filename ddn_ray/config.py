@@ -384,10 +384,10 @@ class DistillConfig(_Frozen):
     """
 
     student: ModelConfig | None = Field(None, description="the student's architecture; None: no student")
-    every_windows: int = Field(10, ge=1, description="distil every this many windows")
+    every_windows: int = Field(1, ge=1, description="distil every this many windows")
     epochs: int = Field(3, ge=1, description="passes over the recent windows per distillation")
     temperature: float = Field(2.0, gt=0, description="softmax temperature of the soft targets")
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target loss (1 - alpha: the labels')")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target loss (1 - alpha: the labels')")
     lr: float = Field(3e-3, gt=0, description="the student's Adam learning rate")
     margin: float = Field(0.02, ge=0, le=1, description="serve the student while teacher - student accuracy <= this")
 

@@ -574,6 +574,8 @@ def format_table(summary: dict[str, Any]) -> str:
             f"chosen (Pareto front, {len(summary['pareto'])} points): trial {c['trial']} {c['settings']} -> "
             f"{c['score']:.4f} at {c['mean_macs']:,.0f} MACs per answer"
         )
+        lines += ["", "Pareto front of prequential accuracy against mean MACs per answer:", ""]
+        lines.append(pareto.format_front(summary["pareto"], c, summary.get("reference")))
     return "\n".join(lines)
 
 

@@ -45,6 +45,15 @@ TITLES: dict[str, tuple[str, str]] = {
     "service_load": ("The service under load", "python benchmarks/service_load.py"),
     "sweep_elec2": ("ASHA sweep on Elec2", "ddn-ray tune --config jobs/configs/sweep_elec2.yaml"),
     "sweep_elec2_pbt": ("PBT sweep on Elec2", "ddn-ray tune --config jobs/configs/sweep_elec2_pbt.yaml"),
+    "dynamic_networks": (
+        "Dynamic networks: early exit, int8 and a distilled student against the plain model",
+        "python benchmarks/dynamic_networks.py",
+    ),
+    "meta_init": ("Meta-init (Reptile) against fresh resets: recovery after drift", "python benchmarks/meta_init.py"),
+    "sweep_nas_elec2": (
+        "Architecture search on Elec2: the Pareto front",
+        "ddn-ray tune --config jobs/configs/sweep_nas_elec2.yaml",
+    ),
     "gym_dynamics": ("Forward dynamics in process, and the fault alarm", "python benchmarks/gym_dynamics.py"),
     "nab_job_learner": ("NAB: the whole corpus", "python benchmarks/nab_job_learner.py"),
     "nab_machine_temperature": (

@@ -84,7 +84,7 @@ def test_architecture_search_reports_macs_and_writes_the_pareto_front(ray_cluste
     ]
     summary = _sweep(
         tmp_path,
-        "nas_elec2.yaml",
+        "sweep_nas_elec2.yaml",
         {
             "max_rows": 2000,
             "search": {"model": {"grid": archs}, "model.exit_threshold": {"grid": [0.8]}},

@@ -20,9 +20,10 @@ def test_shipped_sweeps_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.chdir(ROOT)
     cfg = sweep.load(path)
     assert cfg.search and cfg.num_samples >= 1
-    for key in cfg.search:  # every searched key is a job-config field
-        section, field = key.split(".")
-        assert field in type(getattr(config.JobConfig(), section)).model_fields, key
+    for key in cfg.search:  # every searched key is a job-config field, or a whole section (an architecture)
+        section, _, field = key.partition(".")
+        assert section in config.JobConfig.model_fields, key
+        assert not field or field in type(getattr(config.JobConfig(), section)).model_fields, key
 
 
 def _write(tmp_path: Path, **fields: object) -> Path:
