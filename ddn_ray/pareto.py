@@ -25,10 +25,11 @@ def front(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             either are left out.
 
     Returns:
-        The front, by increasing ``mean_macs`` (so accuracy increases along it).
+        The front, by increasing ``mean_macs`` (so accuracy increases along it); of trials with the same
+        score and MACs (e.g. a threshold that a model without exits ignores) only the first is kept.
     """
     points = [t for t in trials if t.get("score") is not None and t.get("mean_macs") is not None]
-    out = []
+    out: list[dict[str, Any]] = []
     for t in points:
         dominated = any(
             o["score"] >= t["score"]
@@ -36,7 +37,7 @@ def front(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             and (o["score"] > t["score"] or o["mean_macs"] < t["mean_macs"])
             for o in points
         )
-        if not dominated:
+        if not dominated and not any((o["score"], o["mean_macs"]) == (t["score"], t["mean_macs"]) for o in out):
             out.append(t)
     return sorted(out, key=lambda t: (t["mean_macs"], -t["score"]))
 
@@ -55,15 +56,18 @@ def choose(points: Sequence[dict[str, Any]], tolerance: float) -> dict[str, Any]
 
 def format_front(points: Sequence[dict[str, Any]], chosen: dict[str, Any], reference: dict[str, Any] | None) -> str:
     """The front as a Markdown table (settings, accuracy, mean MACs, accuracy per kMAC), the chosen row marked,
-    and the reference (e.g. the default model) as its last row when given."""
+    and the reference (e.g. the default model) marked, or added as the last row when it is not on the front."""
     keys = list(points[0]["settings"]) if points else []
     lines = [
         "| trial | " + " | ".join(k.split(".")[-1] for k in keys) + " | accuracy % | mean MACs | accuracy per kMAC | |",
         "|---" * (len(keys) + 5) + "|",
     ]
-    rows = [*points, *([reference] if reference is not None else [])]
+    same = lambda a, b: b is not None and (a["score"], a["mean_macs"]) == (b["score"], b["mean_macs"])
+    on_front = any(same(p, reference) for p in points)
+    rows = [*points, *([reference] if reference is not None and not on_front else [])]
     for p in rows:
-        mark = "chosen" if p is chosen else ("reference" if p is reference else "")
+        marks = [m for m, o in (("chosen", chosen), ("reference", reference)) if p is o or same(p, o)]
+        mark = ", ".join(marks)
         per_kmac = 100 * p["score"] / max(p["mean_macs"] / 1000, 1e-9)
         lines.append(
             f"| {p['trial']} | "

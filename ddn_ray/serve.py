@@ -7,8 +7,11 @@ half-loaded model, and every answer carries the version that produced it.
 
 Endpoints (under the app's route prefix):
 
-* ``POST /predict`` ``{"instances": [[f1, ..., fN], ...]}`` ->
-  ``{"predictions": [...], "probabilities": [[...]], "model_version": v, "replica": id}``
+* ``POST /predict`` ``{"instances": [[f1, ..., fN], ...], "exit_threshold": 0.8}`` ->
+  ``{"predictions": [...], "probabilities": [[...]], "model_version": v, "replica": id, "exits": [...],
+  "macs": [...]}``: each row is answered by the first exit of a multi-exit model whose confidence exceeds the
+  threshold (optional; default ``model.exit_threshold``; :mod:`ddn_ray.exits`), and says which exit and its
+  multiply-accumulates (a model with one exit: exit 0, the whole network's MACs)
 * ``POST /predict`` ``{"records": [{"amount": 1200, "region": "north"}, ...]}`` (models of a user's table,
   :mod:`ddn_ray.features`): the replica featurizes the named columns with the preprocessing state of the
   version it serves -> ``{"predictions": [class names], "class_ids": [...], "probabilities": [[...]],
@@ -63,6 +66,7 @@ __all__ = [
     "Predictor",
     "RecordsResponse",
     "Replica",
+    "Served",
     "ValuesResponse",
     "app_builder",
     "build_app",
@@ -175,7 +179,7 @@ class Served:
         model: the model in eval mode (a dynamically quantised copy with ``serve.quantize``).
         featurizer: the version's preprocessing (``None``: a model of rows of numbers).
         exit_macs: multiply-accumulates to answer one row at each exit, the head's last
-            (:func:`ddn_ray.exits.exit_macs`, counted on the float model once per version).
+            (:func:`ddn_ray.exits.exit_macs`, counted on the float model once per architecture).
         served_model: ``teacher`` (the learner's model) or ``student`` (its distilled student, chosen by the
             controller: :func:`ddn_ray.distill.serve_student`).
     """
@@ -330,6 +334,7 @@ class Predictor:
         if quantize not in ("none", "dynamic_int8"):
             raise ValueError(f"quantize must be 'none' or 'dynamic_int8', got {quantize!r}")
         self._quantize = quantize
+        self._exit_macs: dict[tuple[str, int], tuple[int, ...]] = {}
         self._poller: asyncio.Task | None = None
         global _metrics
         _metrics = self._metrics = ReplicaMetrics(self._replica)
@@ -390,7 +395,10 @@ class Predictor:
             raise ValueError(f"version {version} serves a distilled student, but the model spec has no student_model")
         arch = self._student_cfg if served_model == "student" and self._student_cfg is not None else self._model_cfg
         model = models.build_for_inference(arch, self._num_features, num_classes, weights)
-        macs = exits.exit_macs(model, self._num_features)
+        key = (served_model, num_classes)  # MACs depend on the architecture, not the weights: counted once
+        if key not in self._exit_macs:
+            self._exit_macs[key] = exits.exit_macs(model, self._num_features)
+        macs = self._exit_macs[key]
         if self._quantize == "dynamic_int8":
             model = models.quantized(model)  # once per version, not per request
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None

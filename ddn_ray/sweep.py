@@ -377,9 +377,9 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             metric=METRIC,
             mode="max",
             scheduler=_scheduler(cfg, max_t),
-            search_alg=BasicVariantGenerator(random_state=cfg.seed),
+            # Tune ignores TuneConfig.max_concurrent_trials with a search-generator instance: the generator limits
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
             num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
             name=name,
