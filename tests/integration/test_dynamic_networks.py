@@ -151,12 +151,14 @@ def test_a_checkpoint_is_served_as_an_int8_copy(ray_cluster, tmp_path: Path) -> 
 
 
 def test_the_main_job_trains_exits_a_student_and_a_meta_init_under_ddp(ray_cluster, continuous, job_config) -> None:
-    """Two DDP workers learn a multi-exit teacher, distil a student every 2 windows and keep a Reptile meta-init;
-    the controller serves the student (margin 1: always, once it is distilled) and the checkpoint holds it all."""
+    """Two DDP workers learn a multi-exit teacher with LwF, distil a student every 2 windows and keep a Reptile
+    meta-init; the controller serves the student (margin 1: always) and the checkpoint holds it all on both ranks.
+    (This run is also the suite's LwF-under-DDP job.)"""
     cfg = job_config(
         data={"max_rows": 2000},
         model={"hidden_sizes": [32, 32], "exits": [0]},
         train={"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_windows": 10},
+        strategy={"name": "lwf"},
         distill={"student": {"hidden_sizes": [8]}, "every_windows": 2, "margin": 1.0},
         meta={"init": "reptile", "inner_steps": 2},
         run_name="dynamic-ddp",
@@ -174,6 +176,8 @@ def test_the_main_job_trains_exits_a_student_and_a_meta_init_under_ddp(ray_clust
     assert states[0]["distiller"]["distillations"] == 10
     for key, value in states[0]["distiller"]["student"].items():  # DDP-averaged: the same student on both ranks
         assert torch.allclose(value, states[1]["distiller"]["student"][key])
+    assert report["config"]["strategy"]["name"] == "lwf" and report["trainer_pre_update_accuracy"] > 0.6
+    assert all(st["strategy"]["teacher"] is not None for st in states)  # LwF's teacher on each rank
     assert states[0]["reptile"]["updates"] == 20
     for key, value in states[0]["reptile"]["init"].items():
         assert torch.allclose(value, states[1]["reptile"]["init"][key])

@@ -81,8 +81,9 @@ def test_restart_resumes_at_the_checkpointed_offset(ray_cluster, continuous, job
 
 
 # finetune is every other two-worker job's training step; replay alone is the same Replay as inside the pair
-# (its memory is checked below); tests/unit/test_strategy.py covers each strategy on its own.
-@pytest.mark.parametrize("name", ["online_ewc+replay", "lwf"])
+# (its memory is checked below); lwf under DDP runs in test_dynamic_networks.py's two-worker job (one job run
+# for both); tests/unit/test_strategy.py covers each strategy on its own.
+@pytest.mark.parametrize("name", ["online_ewc+replay"])
 def test_two_ddp_workers_with_each_strategy(ray_cluster, continuous, job_config, name) -> None:
     import torch
 
