@@ -264,9 +264,9 @@ def early_exit(
     """
     k = num_exits(model)
     with torch.no_grad():
-        if k == 1:
+        if k == 1 or x.shape[0] == 0:  # one exit, or no rows (a window whose every row was quarantined)
             out = model(x)
-            return out, torch.zeros(x.shape[0], dtype=torch.int64)
+            return out, torch.full((x.shape[0],), k - 1, dtype=torch.int64)
         assert isinstance(model, MultiExit)
         exit_of = torch.full((x.shape[0],), k - 1, dtype=torch.int64)
         going = torch.arange(x.shape[0])

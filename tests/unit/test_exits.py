@@ -66,6 +66,11 @@ def test_a_row_past_the_threshold_exits_early_and_one_below_goes_on() -> None:
     assert exits.early_exit(model, x, 0.4)[1].tolist() == [0, 0]
 
 
+def test_an_empty_batch_is_answered_with_no_rows() -> None:
+    logits, exit_of = exits.early_exit(_rigged(), torch.zeros(0, 2), threshold=0.9)
+    assert logits.shape == (0, 2) and exit_of.shape == (0,)
+
+
 def test_the_entropy_criterion_exits_by_normalised_entropy() -> None:
     sure, unsure = torch.tensor([[12.0, 0.0]]), torch.tensor([[0.1, 0.0]])
     assert exits.confidence(sure, "entropy").item() > 0.99
