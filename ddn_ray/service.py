@@ -270,6 +270,7 @@ class LearningService:
         self._drained: dict[str, Any] | None = None
         self._error: str | None = None
         loop = asyncio.get_running_loop()
+        self._log_waiters: list[asyncio.Future[None]] = []  # log_answers calls waiting for their rows on disk
         self._learner = loop.create_task(self._learn_forever() if cfg.service.learn else asyncio.sleep(0))
         self._flusher = loop.create_task(self._flush_forever())
 
@@ -379,19 +380,44 @@ class LearningService:
         self.rows_learned += learned_rows
         self.metrics.window(learned_rows)
 
+    def _flush_log(self) -> None:
+        """Write the prediction log (group commit): every :meth:`log_answers` call waiting returns once its rows
+        are in a written file; on a failed write they keep waiting for the next one.
+
+        Raises:
+            Exception: the write failed (from :meth:`ddn_ray.eventlog.EventLog.flush`).
+        """
+        waiters, self._log_waiters = self._log_waiters, []
+        try:
+            self.events.flush()
+        except BaseException:
+            self._log_waiters = waiters + self._log_waiters
+            raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.service.log_flush_interval_s)
             try:
-                self.events.flush()
+                self._flush_log()
             except Exception:
                 log.exception("the prediction log could not be written; retrying")
             self.metrics.log_figures(self.events.stats())
 
     # what the routes call ------------------------------------------------
     async def log_answers(self, rows: Any) -> None:
-        """A replica's answered rows (:class:`~ddn_ray.eventlog.AnsweredRows`)."""
+        """A replica's answered rows (:class:`~ddn_ray.eventlog.AnsweredRows`); returns once they are written to
+        the prediction log (the next flush, within ``service.log_flush_interval_s``). A replica hands its rows
+        on until this returns, so a row is never acknowledged and then lost with this replica."""
         self.events.add(rows)
+        if self._stopping:  # the periodic flush may have ended: write now
+            self._flush_log()
+            return
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._log_waiters.append(written)
+        await written
 
     def _targets(self, labels: list[Any], where: str) -> tuple[np.ndarray | None, str | None]:
         f = self.featurizer
@@ -458,7 +484,7 @@ class LearningService:
             return self._drained
         self._stopping = True
         await asyncio.wait([self._learner], timeout=120.0)
-        self.events.flush()
+        self._flush_log()
         if self.ready is not None:  # the trainer learned this run's windows: it checkpoints them, then ends
             for q in self.queues:
                 await q.put_async(None)
