@@ -60,6 +60,7 @@ class TrafficClient:
         answer_key: the answer's field holding the class ids (or outputs) per row; default
             ``"predictions"`` (``"outputs"`` for regression). Named records are answered with
             class names in ``"predictions"`` and their ids in ``"class_ids"``.
+        auth_token: sent as ``Authorization: Bearer <auth_token>`` (``serve.auth_token``); ``None``: no header.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class TrafficClient:
         body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body,
         outputs: int | None = None,
         answer_key: str | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self.url = url
         self.request_rows = request_rows
@@ -80,10 +82,12 @@ class TrafficClient:
         self.answer_key = answer_key or ("predictions" if outputs is None else "outputs")
         self._pool = ThreadPoolExecutor(max_workers=num_clients, thread_name_prefix="traffic")
         self._local = threading.local()
+        self._headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
+            self._local.session.headers.update(self._headers)
         return self._local.session
 
     def _send(self, offsets: np.ndarray, rows: Any) -> tuple[list[int] | None, int, float, str | None]:

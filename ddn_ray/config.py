@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from ddn_ray import usecase
+from ddn_ray import guard, usecase
 from ddn_ray.errors import ConfigError
 
 __all__ = [
@@ -417,11 +417,26 @@ class ServeConfig(_Frozen):
         description="dynamic_int8: replicas serve a dynamically quantised copy (int8 linear layers) of each "
         "version, built once when the version is loaded",
     )
+    max_body_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="request bodies over this many bytes get a 413 before they are parsed; None: 32 bytes per "
+        "number of the largest batch (max_batch_rows x input width), at least 8 MiB",
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="every request to the replicas must carry 'Authorization: Bearer <token>' (401 else); None: "
+        "$DDN_RAY_AUTH_TOKEN, and no token when that is unset. Prefer the variable: a config file is copied",
+    )
     raw_inputs: bool = Field(
         True,
         description="the traffic client sends raw inputs (PNG images, texts) to /predict_images or "
         "/predict_text when the data has them (not with stream.last_label_feature); else feature rows to /predict",
     )
+
+    def token(self) -> str | None:
+        """The bearer token the replicas require: ``auth_token``, else ``$DDN_RAY_AUTH_TOKEN``, else ``None``."""
+        return self.auth_token.get_secret_value() if self.auth_token is not None else guard.auth_token_from_env()
 
 
 class ControllerConfig(_Frozen):

@@ -28,9 +28,11 @@ Endpoints (under the app's route prefix):
 * Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
 * ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
 
-Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf, wrong width, empty),
-413 (more than ``max_batch_rows`` rows), or 400 (rows of numbers to a model of named records, or the
-other way round).
+Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf or past float32's range, wrong
+width, empty, text breaking :func:`ddn_ray.guard.normalise_text`), 413 (more than ``max_batch_rows`` rows, or a
+body over ``serve.max_body_bytes``, refused before it is parsed), 401 (a missing or wrong bearer token when
+``serve.auth_token`` or ``$DDN_RAY_AUTH_TOKEN`` is set), or 400 (rows of numbers to a model of named records,
+or the other way round). A model output that is not finite is a 500 that says so; the replica stays healthy.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real request model
@@ -40,26 +42,26 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import exits, models, registry
+from ddn_ray import exits, guard, models, registry
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer
+from ddn_ray.guard import ModelFloat
 from ddn_ray.metrics import ReplicaMetrics
 from ddn_ray.records import RecordError
 
 __all__ = [
     "AppArgs",
-    "FiniteFloat",
     "InputRoutes",
     "PredictRequest",
     "PredictResponse",
@@ -76,9 +78,6 @@ __all__ = [
 
 log = logging.getLogger("ray.serve")
 
-FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-
-
 Value = str | int | float | bool | None
 
 
@@ -87,7 +86,7 @@ class PredictRequest(BaseModel):
     (one object of named columns per row, for a model of a user's table; ``GET /schema`` lists the columns)."""
 
     model_config = ConfigDict(extra="forbid")
-    instances: list[list[FiniteFloat]] | None = Field(None, min_length=1)
+    instances: list[list[ModelFloat]] | None = Field(None, min_length=1)
     # Any, not Value: each value is checked against the served schema by the featurizer (a 422 naming
     # records[i].column), and pydantic's union check would double the cost of a request.
     records: list[dict[str, Any]] | None = Field(None, min_length=1)
@@ -101,6 +100,11 @@ class PredictRequest(BaseModel):
         description="early exit: a row is answered by the first exit whose confidence exceeds this "
         "(1: the last exit); None: the model's model.exit_threshold",
     )
+
+    @field_validator("records", "columns", "data")
+    @classmethod
+    def _text_rule(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else guard.check_strings(value, str(info.field_name))
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +197,16 @@ class Served:
 
 app = FastAPI(title="ddn_ray inference")
 _metrics: "ReplicaMetrics | None" = None  # this replica's (one replica per worker process)
+# (auth token, body limit in bytes) of this process's replica, read by the guard at each request
+_guard_settings: tuple[str | None, int] = (None, 8 << 20)
+
+
+def _count_refusal(status: int) -> None:
+    if _metrics is not None:
+        _metrics.request(status)
+
+
+app.add_middleware(guard.RequestGuard, settings=lambda: _guard_settings, on_refusal=_count_refusal)
 
 
 @app.exception_handler(RequestValidationError)
@@ -254,6 +268,8 @@ class Replica(Protocol):
         exit_threshold: float | None = None,
     ) -> BaseModel: ...
     def reject(self, status: int, message: str) -> HTTPException: ...
+    def check_finite(self, x: torch.Tensor, name: str) -> None: ...
+    def check_output(self, out: torch.Tensor, version: int) -> None: ...
     @property
     def service(self) -> Any: ...
     def featurizer(self) -> Featurizer | None: ...
@@ -297,6 +313,11 @@ class Predictor:
             answer to named records then carries ``event_ids``, every answered row is handed to that learner's
             prediction log (off the request path, retried until it is taken), and the replica adds the routes
             ``/feedback``, ``/learn`` and ``/stats``.
+        auth_token: every request must carry ``Authorization: Bearer <auth_token>`` (a 401 else, on every
+            route; :class:`ddn_ray.guard.RequestGuard`); ``None``: ``$DDN_RAY_AUTH_TOKEN`` in the replica's
+            environment, and no token when that is unset.
+        max_body_bytes: larger request bodies get a 413 before they are parsed; ``None``:
+            :func:`ddn_ray.guard.default_max_body_bytes` of ``max_batch_rows`` and the input width.
 
     Raises:
         ValueError: neither source is given, or the source does not describe the model.
@@ -320,6 +341,8 @@ class Predictor:
         service_app: str | None = None,
         quantize: str = "none",
         student_model: dict[str, Any] | None = None,
+        auth_token: str | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         import ray
 
@@ -366,6 +389,11 @@ class Predictor:
         self._model_cfg = ModelConfig(**spec["model"])
         self._student_cfg = ModelConfig(**spec["student_model"]) if spec.get("student_model") else None
         self._num_features, self._num_classes = int(spec["num_features"]), int(spec["num_classes"])
+        global _guard_settings
+        _guard_settings = (
+            auth_token or guard.auth_token_from_env(),
+            max_body_bytes or guard.default_max_body_bytes(max_batch_rows, self._num_features),
+        )
         self._inputs: dict[str, Any] = inputs or spec.get("inputs") or {"kind": "table"}
         self._routes: InputRoutes | None = None
         if self._inputs.get("routes"):
@@ -573,6 +601,7 @@ class Predictor:
             x = torch.from_numpy(featurizer.transform(rows))
         if x is None:
             raise ValueError("answer needs x, records or split")
+        self.check_finite(x, "records" if records is not None else "data" if split is not None else "inputs")
         if self._model_cfg.task == "classification":
             threshold = self._model_cfg.exit_threshold if exit_threshold is None else exit_threshold
             out, exit_of = exits.early_exit(model, x, threshold, self._model_cfg.exit_criterion)
@@ -580,6 +609,7 @@ class Predictor:
             with torch.no_grad():
                 out = model(x)
             exit_of = torch.full((len(x),), len(served.exit_macs) - 1, dtype=torch.int64)
+        self.check_output(out, version)
         exit_list = exit_of.tolist()
         macs = [served.exit_macs[i] for i in exit_list]
         self._metrics.request(200, rows=len(x))
@@ -634,6 +664,23 @@ class Predictor:
         """The error to raise for a refused request, counted in the replica's metrics."""
         self._metrics.request(status)
         return HTTPException(status, message)
+
+    def check_finite(self, x: torch.Tensor, name: str) -> None:
+        """Raises the 422 :class:`HTTPException` naming the first row of ``x`` (``(batch, width)`` model inputs
+        after preprocessing) with a value that is not finite, e.g. a number past float32's range."""
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise self.reject(422, f"{name}[{i}]: input {j} is not finite in float32 after preprocessing")
+
+    def check_output(self, out: torch.Tensor, version: int) -> None:
+        """Raises a 500 :class:`HTTPException` (counted; the replica stays healthy) when the model's output
+        ``out`` holds a value that is not finite: an answer is never a 200 with NaN or infinity."""
+        bad = ~torch.isfinite(out)
+        if bad.any():
+            rows = sorted({int(i) for i in bad.nonzero()[:, 0]})
+            log.warning("model version %d gave a non-finite output for rows %s", version, rows[:10])
+            raise self.reject(500, f"model version {version} gave a non-finite output for rows {rows[:10]}")
 
     # The surface an InputRoutes handler uses (with Depends(current_replica)).
 
@@ -750,6 +797,8 @@ def build_app(
             service_app=service_app,
             quantize=cfg.serve.quantize,
             student_model=cfg.distill.student.model_dump() if cfg.distill.student is not None else None,
+            auth_token=cfg.serve.token(),
+            max_body_bytes=cfg.serve.max_body_bytes,
         )
     )
 
@@ -759,7 +808,8 @@ class AppArgs(BaseModel):
 
     Exactly one model-version source: ``checkpoint`` (a fixed version) or ``controller``
     (follow a running job). Replicas, CPUs and autoscaling come from the config file's
-    ``deployments`` section.
+    ``deployments`` section. The bearer token is never an argument: set ``DDN_RAY_AUTH_TOKEN`` in the
+    application's ``runtime_env.env_vars`` (a secret in a config file is one in every copy of it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -769,6 +819,7 @@ class AppArgs(BaseModel):
     max_batch_rows: int = Field(1024, gt=0)
     poll_timeout_s: float = Field(5.0, gt=0)
     quantize: Literal["none", "dynamic_int8"] = Field("none", description="serve an int8 dynamically quantised copy")
+    max_body_bytes: int | None = Field(None, gt=0, description="larger request bodies get a 413 (None: derived)")
 
     def model_post_init(self, _context: Any) -> None:
         if (self.checkpoint is None) == (self.controller is None):
@@ -800,4 +851,5 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         a.poll_timeout_s,
         checkpoint=a.checkpoint,
         quantize=a.quantize,
+        max_body_bytes=a.max_body_bytes,
     )

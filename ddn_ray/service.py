@@ -45,12 +45,13 @@ import numpy as np
 import pyarrow as pa
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, feeds, models, stream, tables
+from ddn_ray import config, feeds, guard, models, stream, tables
 from ddn_ray.eventlog import EventLog, JoinResult
+from ddn_ray.guard import ModelFloat, normalise_text
 from ddn_ray.records import RecordError
 from ddn_ray.serve import Replica, build_app, current_replica
 
@@ -69,14 +70,16 @@ __all__ = [
 
 log = logging.getLogger("ray.serve")
 
-Label = StrictStr | StrictInt | Annotated[float, Field(strict=True, allow_inf_nan=False)] | StrictBool
+Label = Annotated[StrictStr, AfterValidator(normalise_text)] | StrictInt | ModelFloat | StrictBool
 
 
 class Feedback(BaseModel):
     """One label for one answered row."""
 
     model_config = ConfigDict(extra="forbid")
-    event_id: StrictStr = Field(min_length=1, max_length=256, description="the event_id of the answer")
+    event_id: Annotated[StrictStr, AfterValidator(normalise_text)] = Field(
+        min_length=1, max_length=256, description="the event_id of the answer"
+    )
     label: Label = Field(description="a class (as data.classes names them), or the target of a regression")
 
 
@@ -86,6 +89,11 @@ class LearnRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     records: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("records")
+    @classmethod
+    def _text_rule(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return guard.check_strings(value, "records")
 
 
 @dataclass(frozen=True)

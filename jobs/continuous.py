@@ -103,6 +103,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         feed.body,
         outputs=nc if cfg.model.task == "regression" else None,
         answer_key=feed.answer_key,
+        auth_token=cfg.serve.token(),
     )
 
     # Train: one long-lived fit(); windows arrive through one queue per rank.

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ddn_ray.guard import check_image_size
+
 __all__ = ["decode_png", "encode_png"]
 
 
@@ -54,7 +56,8 @@ def decode_png(items: Sequence[str], shape: Sequence[int]) -> np.ndarray:
 
     Raises:
         ValueError: naming the first bad item, ``png[i]``: not base64, not a PNG file,
-            or not ``W x H`` pixels.
+            or not ``W x H`` pixels (read from the header before decoding,
+            :func:`ddn_ray.guard.check_image_size`).
 
     Examples:
         >>> rows = np.arange(4, dtype=np.float32).reshape(1, 4) / 255
@@ -70,12 +73,9 @@ def decode_png(items: Sequence[str], shape: Sequence[int]) -> np.ndarray:
             raw = base64.b64decode(item, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(f"png[{i}] is not valid base64") from None
+        check_image_size(raw, (w, h), f"png[{i}]")  # from the header: nothing is decoded before this
         try:
-            with Image.open(io.BytesIO(raw)) as img:
-                if img.format != "PNG":
-                    raise ValueError(f"png[{i}] is a {img.format} image; send PNG")
-                if img.size != (w, h):
-                    raise ValueError(f"png[{i}] is {img.size[0]}x{img.size[1]} pixels; expected {w}x{h}")
+            with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:
                 pixels = np.asarray(img.convert("L"), dtype=np.float32)
         except (UnidentifiedImageError, OSError):
             raise ValueError(f"png[{i}] is not a readable PNG file") from None

@@ -26,7 +26,8 @@ import torch
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ddn_ray.serve import FiniteFloat, InputRoutes, PredictResponse, current_replica
+from ddn_ray.guard import ModelFloat, Text
+from ddn_ray.serve import InputRoutes, PredictResponse, current_replica
 from ddn_ray.serve import Replica as _Replica
 from ddn_ray.usecases import anomaly, images, text
 
@@ -58,7 +59,7 @@ class TextRequest(BaseModel):
     """Request body of ``/predict_text``: raw texts, one document each."""
 
     model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1)
+    texts: list[Text] = Field(min_length=1)
 
 
 class DynamicsRequest(BaseModel):
@@ -66,16 +67,16 @@ class DynamicsRequest(BaseModel):
     ``(batch, action_dim)``, finite numbers in the environment's units."""
 
     model_config = ConfigDict(extra="forbid")
-    states: list[list[FiniteFloat]] = Field(min_length=1)
-    actions: list[list[FiniteFloat]] = Field(min_length=1)
+    states: list[list[ModelFloat]] = Field(min_length=1)
+    actions: list[list[ModelFloat]] = Field(min_length=1)
 
 
 class SeriesRequest(BaseModel):
     """Request body of ``/score_anomaly``: the series' name and its recent values, oldest first."""
 
     model_config = ConfigDict(extra="forbid")
-    series: str
-    values: list[FiniteFloat] = Field(min_length=1)
+    series: Text
+    values: list[ModelFloat] = Field(min_length=1)
 
 
 class AnomalyResponse(BaseModel):
@@ -144,8 +145,10 @@ async def predict_next_state(request: DynamicsRequest, replica: Replica) -> Next
     raw = torch.cat([s, torch.tensor(request.actions, dtype=torch.float32)], dim=1)
     x = (raw - torch.tensor(spec["x_mean"])) / torch.tensor(spec["x_std"])
     version, model = replica.current()
+    replica.check_finite(x, "states")  # a value near float32's limit may overflow when standardised
     with torch.no_grad():
         delta = model(x.float()) * torch.tensor(spec["y_std"]) + torch.tensor(spec["y_mean"])
+    replica.check_output(s + delta, version)
     replica.served(len(s))
     return NextStateResponse(next_states=(s + delta).tolist(), model_version=version, replica=replica.replica_id)
 
@@ -175,14 +178,18 @@ async def score_anomaly(request: SeriesRequest, replica: Replica) -> AnomalyResp
     # Rows for every value sent and one more: the last row forecasts the next value.
     feats, target = anomaly.series_rows(np.append(x, x[-1]), lags, period, width)
     feats, target = feats[first - lags :], target[first - lags :, 0]
+    replica.check_finite(torch.from_numpy(feats), "values")
     version, model = replica.current()
     with torch.no_grad():
-        out = model(torch.from_numpy(feats))[:, 0].numpy()
+        out_t = model(torch.from_numpy(feats))[:, 0]
+    replica.check_output(out_t, version)
+    out = out_t.numpy()
     errors = np.zeros(len(x))
     errors[first:] = np.abs(out[:-1] - target[:-1])
     score = float(DETECTOR.scores(errors, x, first, 0)[-1])
-    replica.served(len(x) - first)
     forecast = float((x[-1] + out[-1]) * span + spec["lo"])  # the model forecasts the change
+    replica.check_output(torch.tensor([score, forecast]), version)
+    replica.served(len(x) - first)
     return AnomalyResponse(
         series=request.series,
         anomaly_score=score,

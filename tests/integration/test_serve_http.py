@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import requests
+import torch
 from ray import serve
 
 from ddn_ray import models
@@ -21,7 +22,8 @@ APP, PREFIX = "http_test", "/http"
 def app(ray_cluster, job_config):
     ray = ray_cluster
     cfg = job_config(
-        controller={"name": "http_test_controller", "poll_timeout_s": 2.0}, serve={"max_batch_rows": 8, "app_name": APP}
+        controller={"name": "http_test_controller", "poll_timeout_s": 2.0},
+        serve={"max_batch_rows": 8, "app_name": APP, "max_body_bytes": 4096},
     )
     controller = (
         ray.remote(ControllerActor)
@@ -51,6 +53,10 @@ def _versions(url: str, n: int = 20) -> set[int]:
         ('{"instances": []}', 422, "at least 1 item"),
         ('{"rows": [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]}', 422, "exactly one of 'instances'"),
         ('{"instances": ' + str([[0.5] * 6] * 9) + "}", 413, "at most 8"),
+        ('{"instances": [[0.1, 1e300, 0.3, 0.4, 0.5, 0.6]]}', 422, '"instances",0,1'),
+        ('{"instances": [[0.1, -1e39, 0.3, 0.4, 0.5, 0.6]]}', 422, "-1e+39 is outside float32's range"),
+        # over the body limit: a 413 before parsing, though the JSON is broken too
+        ('{"instances": [[' + "0.5, " * 1000, 413, "at most 4096 (serve.max_body_bytes)"),
     ],
 )
 def test_malformed_request_gets_4xx_naming_the_problem_and_next_request_works(app, payload, status, needle) -> None:
@@ -63,6 +69,20 @@ def test_malformed_request_gets_4xx_naming_the_problem_and_next_request_works(ap
     body = good.json()
     assert len(body["predictions"]) == 2 and body["model_version"] >= 0
     assert all(abs(sum(p) - 1.0) < 1e-5 for p in body["probabilities"])
+
+
+def test_a_streamed_body_is_cut_at_the_limit_and_the_replica_stays_healthy(app) -> None:
+    _, _, url = app
+
+    def chunks():  # chunked transfer encoding: no Content-Length to refuse on
+        yield b'{"instances": ['
+        for _ in range(400):
+            yield b"[0.5, 0.5, 0.5, 0.5, 0.5, 0.5],"
+        yield b"[0.5, 0.5, 0.5, 0.5, 0.5, 0.5]]}"
+
+    bad = requests.post(f"{url}/predict", data=chunks(), headers={"content-type": "application/json"}, timeout=10)
+    assert bad.status_code == 413 and "over 4096 bytes" in bad.text
+    assert requests.post(f"{url}/predict", json={"instances": [[0.5] * 6]}, timeout=10).status_code == 200
 
 
 def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_cluster) -> None:
@@ -146,6 +166,8 @@ def test_checkpoint_source_serves_that_version_without_a_controller(ray_cluster,
     from ddn_ray.serve import app_builder
 
     model = models.build(ModelConfig(hidden_sizes=(8,)), 7, 2, seed=3)
+    with torch.no_grad():  # inputs near float32's limit overflow: a non-finite output to refuse
+        next(model.parameters()).fill_(1.0)
     checkpoint_io.write(
         tmp_path,
         model.state_dict(),
@@ -162,22 +184,47 @@ def test_checkpoint_source_serves_that_version_without_a_controller(ray_cluster,
     )
     serve.run(app_builder({"checkpoint": str(tmp_path)}), name="ckpt_test", route_prefix="/ckpt")
     try:
+        url = f"http://127.0.0.1:{SERVE_PORT}/ckpt"
         x = np.random.default_rng(0).random((4, 7), dtype=np.float32)
-        body = requests.post(
-            f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": x.tolist()}, timeout=10
-        ).json()
+        body = requests.post(f"{url}/predict", json={"instances": x.tolist()}, timeout=10).json()
         assert body["model_version"] == 41
-        import torch
-
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).softmax(1).numpy()
         np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
-        wrong = requests.post(
-            f"http://127.0.0.1:{SERVE_PORT}/ckpt/predict", json={"instances": [[0.0] * 6]}, timeout=10
-        )
+        wrong = requests.post(f"{url}/predict", json={"instances": [[0.0] * 6]}, timeout=10)
         assert wrong.status_code == 422 and "expected 7" in wrong.text
+        huge = requests.post(f"{url}/predict", json={"instances": [[3e38] * 7]}, timeout=10)
+        assert huge.status_code == 500 and "model version 41 gave a non-finite output for rows [0]" in huge.text
+        assert requests.post(f"{url}/predict", json={"instances": x.tolist()}, timeout=10).ok  # still healthy
     finally:
         serve.delete("ckpt_test")
+
+
+def test_with_a_token_every_route_needs_it(ray_cluster, tmp_path) -> None:
+    """The token from the replica's environment (as a Serve config's ``runtime_env`` sets it), never its args."""
+    from ddn_ray import checkpoint as checkpoint_io
+    from ddn_ray.config import ModelConfig
+    from ddn_ray.serve import Predictor
+
+    model = models.build(ModelConfig(hidden_sizes=(8,)), 3, 2, seed=3)
+    meta = {"model_version": 7, "model": {"hidden_sizes": [8]}, "num_features": 3, "num_classes": 2}
+    checkpoint_io.write(tmp_path, model.state_dict(), [{}], meta)
+    env = {"env_vars": {"DDN_RAY_AUTH_TOKEN": "s3cret"}}
+    app = Predictor.options(ray_actor_options={"num_cpus": 0.25, "runtime_env": env})  # type: ignore[attr-defined]
+    serve.run(app.bind(checkpoint=str(tmp_path)), name="auth_test", route_prefix="/auth")
+    try:
+        url = f"http://127.0.0.1:{SERVE_PORT}/auth"
+        for route in ("/predict", "/version", "/openapi.json", "/docs", "/no-such-route"):
+            plain = requests.request("POST" if route == "/predict" else "GET", url + route, json={}, timeout=10)
+            assert plain.status_code == 401 and plain.headers["www-authenticate"] == "Bearer", (route, plain.text)
+        wrong = requests.post(f"{url}/predict", json={}, headers={"Authorization": "Bearer s3cre"}, timeout=10)
+        assert wrong.status_code == 401 and "wrong bearer token" in wrong.text
+        auth = {"Authorization": "Bearer s3cret"}
+        body = requests.post(f"{url}/predict", json={"instances": [[0.1, 0.2, 0.3]]}, headers=auth, timeout=10)
+        assert body.status_code == 200 and body.json()["model_version"] == 7
+        assert requests.get(f"{url}/version", headers=auth, timeout=10).json()["model_version"] == 7
+    finally:
+        serve.delete("auth_test")
 
 
 def test_app_args_need_exactly_one_source() -> None:
