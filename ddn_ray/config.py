@@ -306,6 +306,11 @@ class TrainConfig(_Frozen):
     lr_min_factor: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of lr")
     publish_every_windows: int = Field(1, ge=1, description="publish weights to the controller every K windows")
     checkpoint_every_windows: int = Field(10, ge=1, description="report a Ray Train checkpoint every M windows")
+    checkpoints_to_keep: int | None = Field(
+        3,
+        ge=1,
+        description="Ray Train keeps the newest N checkpoints of a run (CheckpointConfig.num_to_keep); None: all",
+    )
     seed: int = 0
 
 

@@ -271,6 +271,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{'rows served / trained':34s} {_fmt(run['rows_served'])} / {_fmt(run['rows_trained'])}",
         f"{'windows (size)':34s} {_fmt(run['windows'])} ({run['window_size']} rows)",
         f"{'rows quarantined':34s} {_fmt(run['rows_quarantined'])}",
+        *([f"{'files quarantined':34s} {len(run['files_quarantined'])}"] if run.get("files_quarantined") else []),
         f"{'model versions published / rejected':34s} {_fmt(run['versions_published'])} / {_fmt(run['versions_rejected'])}",
         f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
         f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",

@@ -46,7 +46,6 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # per image, from its header; a model's own size
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
 
 
-
 def _in_float32(value: float) -> float:
     if abs(value) > F32_MAX:
         raise ValueError(f"{value:g} is outside float32's range (|v| <= {F32_MAX:.7g}): the model computes in float32")

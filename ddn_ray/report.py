@@ -169,6 +169,8 @@ def build(
             "window_size": job.stream.window_size,
             "rows_quarantined": len(quarantine),
             "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],
+            # a landing dir's files it could not read (unknown format, truncated, wrong columns): path, reason
+            "files_quarantined": [list(f) for f in quarantine.files],
             "versions_published": len(summary["versions"]) - 1,
             "versions_rejected": len(summary["rejected"]),
             # what each version's replicas served: the learner's model or its distilled student (distill.student)

@@ -187,7 +187,7 @@ class LearningService:
 
     async def __init__(self, job: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         import ray
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Queue
 
@@ -268,7 +268,11 @@ class LearningService:
                 scaling_config=ScalingConfig(
                     num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
                 ),
-                run_config=RunConfig(storage_path=cfg.storage_uri, name=cfg.run_name),
+                run_config=RunConfig(
+                    storage_path=cfg.storage_uri,
+                    name=cfg.run_name,
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+                ),
             )
             self._fit_thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True)
             self._fit_thread.start()

@@ -11,13 +11,18 @@ Two sources yield windows (offsets count every row, bad ones too):
   runs; each new file is read once, whole, in name order (names starting with ``.`` are
   in-progress writes). The stream ends after ``idle_timeout_s`` without a new file.
 
-Both check every file's columns before reading its rows, and stop with a :class:`DataError`
-naming the file and the column. :class:`ddn_ray.tables.TabularStream` does the streaming part.
+Both check every file's columns before reading its rows. A :class:`FileSource` stops with a
+:class:`DataError` naming the file and the column (the user's table is wrong); a
+:class:`LandingDirSource` quarantines a file it cannot read (unknown format, not parseable,
+truncated, a missing or mistyped column): listed with its reason in ``quarantined_files``, counted,
+logged, and the stream goes on. :class:`ddn_ray.tables.TabularStream` does the streaming part.
 """
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
+import logging
 import math
 import os
 import re
@@ -33,6 +38,8 @@ import pyarrow.fs as pafs
 
 from ddn_ray.errors import DataError
 from ddn_ray.features import Rows
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FORMATS", "FileSource", "LandingDirSource", "RecordWindow", "infer_format", "open_dataset", "resolve"]
 
@@ -330,8 +337,11 @@ class LandingDirSource:
         poll_interval_s: how often to list the directory, in seconds.
         idle_timeout_s: end of stream after this many seconds with no new file.
 
-    Raises:
-        DataError: (while iterating) a file does not parse or lacks a column; the message names it.
+    Attributes:
+        files_read: the files read, in order.
+        quarantined_files: ``(path, reason)`` of each file not read: a suffix naming no format, a file that
+            does not parse (truncated, not the format), or lacks a column or holds text in a numeric one.
+        file_starts: ``(first offset, path)`` of each file read, for :meth:`file_of`.
     """
 
     def __init__(
@@ -359,17 +369,38 @@ class LandingDirSource:
         self.cutter = _Windows(window_size, start_offset, max_rows, prepare)
         self.start_offset = start_offset
         self.files_read: list[str] = []
+        self.quarantined_files: list[tuple[str, str]] = []
+        self.file_starts: list[tuple[int, str]] = []
+        self._rows_read = 0
+
+    def file_of(self, offset: int) -> str | None:
+        """The file that held the row at ``offset`` (``None``: before the first file read)."""
+        i = bisect.bisect_right(self.file_starts, (offset, "\uffff")) - 1
+        return self.file_starts[i][1] if i >= 0 else None
 
     def _new_files(self, seen: set[str]) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return sorted(
             i.path
             for i in infos
-            if i.type == pafs.FileType.File
-            and not i.base_name.startswith(".")
-            and i.path not in seen
-            and (self.format or _suffix_format(i.path) is not None)
+            if i.type == pafs.FileType.File and not i.base_name.startswith(".") and i.path not in seen
         )
+
+    def _read(self, path: str) -> pa.Table | None:
+        """The file's columns, or ``None`` when it is quarantined (listed with a reason that names it, logged)."""
+        if not self.format and _suffix_format(path) is None:
+            reason = f"{path}: unknown format: the suffix names none of {sorted(FORMATS)} (set data.format to read it)"
+        else:
+            try:
+                dataset = open_dataset(self.fs, [path], infer_format(path, self.format), self.columns, self.numeric)
+                return dataset.to_table(columns=self.columns)
+            except DataError as exc:
+                reason = str(exc)
+            except (pa.ArrowException, OSError) as exc:  # truncated, not the format, unreadable
+                reason = f"{path}: cannot read it: {type(exc).__name__}: {exc}"
+        self.quarantined_files.append((path, reason))
+        log.warning("landing dir: a file quarantined, the stream goes on: %s", reason)
+        return None
 
     def _tables(self) -> Iterator[pa.Table]:
         seen: set[str] = set()
@@ -378,10 +409,13 @@ class LandingDirSource:
             new = self._new_files(seen)
             for f in new:
                 seen.add(f)
-                yield open_dataset(self.fs, [f], infer_format(f, self.format), self.columns, self.numeric).to_table(
-                    columns=self.columns
-                )
+                table = self._read(f)
+                if table is None:
+                    continue
+                self.file_starts.append((self._rows_read, f))
+                self._rows_read += table.num_rows
                 self.files_read.append(f)
+                yield table
             if new:
                 last_new = time.monotonic()
             elif time.monotonic() - last_new > self.idle_timeout_s:

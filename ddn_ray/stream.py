@@ -66,10 +66,12 @@ class Table:
 
 @dataclass
 class Quarantine:
-    """Rows refused by validation: their offsets and why."""
+    """Rows refused by validation: their offsets and why; and files a landing dir could not read: their paths
+    and why (``files``, :class:`ddn_ray.sources.LandingDirSource`)."""
 
     offsets: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -61,6 +61,8 @@ class TabularStream:
     ) -> None:
         self.source, self.featurizer, self.id_column = source, featurizer, id_column
         self.quarantine = Quarantine()
+        if isinstance(source, LandingDirSource):
+            self.quarantine.files = source.quarantined_files  # the same list: files quarantined as it reads
         self._others = [*featurizer.categorical, *([id_column] if id_column else [])]
         self.record_columns = [*featurizer.numeric, *self._others]
 
@@ -70,7 +72,10 @@ class TabularStream:
             rows = self._rows(w)
             good, reasons = self.featurizer.check(rows)
             if not good.all():
-                self.quarantine.offsets += w.offsets[~good].tolist()
+                bad = w.offsets[~good].tolist()
+                if isinstance(self.source, LandingDirSource):  # an entry names its file
+                    reasons = [f"{self.source.file_of(o)}: {r}" for o, r in zip(bad, reasons)]
+                self.quarantine.offsets += bad
                 self.quarantine.reasons += reasons
                 w = RecordWindow(
                     w.index, w.start, w.end, w.offsets[good], w.table.filter(pa.array(good)), rows.filter(good)

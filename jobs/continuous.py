@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.train import RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
@@ -115,7 +115,11 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         train_loop_per_worker,
         train_loop_config={"args": args},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(storage_path=cfg.storage_uri, name=run_name),
+        run_config=RunConfig(
+            storage_path=cfg.storage_uri,
+            name=run_name,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+        ),
     )
     fit: dict[str, Any] = {}
     fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)

@@ -240,6 +240,11 @@ def test_landing_dir_receives_parquet_files_while_the_job_runs(ray_cluster, tmp_
             part = table.slice(200 * i, 200)
             pq.write_table(part, landing / f".part-{i:03d}.parquet")
             (landing / f".part-{i:03d}.parquet").rename(landing / f"part-{i:03d}.parquet")
+            if i == 2:  # files the job cannot read: quarantined, listed, and the stream goes on
+                raw = (landing / "part-002.parquet").read_bytes()
+                (landing / "part-002b.parquet").write_bytes(raw[: len(raw) // 2])  # truncated
+                pq.write_table(part.drop_columns(["amount"]), landing / "part-002c.parquet")  # wrong schema
+                (landing / "part-002d.xlsx").write_bytes(b"PK\x03\x04")  # a format it does not read
             time.sleep(1.0)
         done.set()
 
@@ -258,6 +263,10 @@ def test_landing_dir_receives_parquet_files_while_the_job_runs(ray_cluster, tmp_
     producer.join(timeout=30)
     assert done.is_set()
     assert report["data"]["files_read"] == 6 and report["run"]["rows_served"] == 1200
+    reasons = dict(report["run"]["files_quarantined"])
+    assert sorted(Path(f).name for f in reasons) == ["part-002b.parquet", "part-002c.parquet", "part-002d.xlsx"]
+    assert "missing column 'amount'" in reasons[str(landing / "part-002c.parquet")]
+    assert "unknown format" in reasons[str(landing / "part-002d.xlsx")]
     assert report["run"]["windows"] == 12 and report["http"]["failed"] == 0
     assert sorted(report["data"]["classes"]) == ["no", "yes"]
 

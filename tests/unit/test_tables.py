@@ -122,6 +122,34 @@ def test_landing_dir_reads_files_as_they_arrive(tmp_path: Path) -> None:
     assert len(src.files_read) == 3
 
 
+def test_a_landing_dir_quarantines_the_files_it_cannot_read_and_goes_on(tmp_path: Path) -> None:
+    land = tmp_path / "land"
+    _write(_rows(4, 0), land / "part-000.parquet")
+    good = (land / "part-000.parquet").read_bytes()
+    (land / "part-001.parquet").write_bytes(good[: len(good) // 2])  # truncated mid-write
+    _write(_rows(4, 4).drop_columns(["amount"]), land / "part-002.parquet")  # wrong schema
+    _write(_rows(4, 8).set_column(2, "amount", pa.array(["x"] * 4)), land / "part-003.csv")  # text, not numbers
+    (land / "part-004.txt").write_text("amount,y\n1,no\n")  # a suffix that names no format
+    bad = _rows(4, 12).set_column(2, "amount", pa.array([12.0, None, 14.0, 15.0]))
+    _write(bad, land / "part-005.parquet")
+    src = sources.LandingDirSource(
+        path=str(land), columns=["amount", "y"], numeric=["amount"], window_size=3, idle_timeout_s=0.2
+    )
+    feat = Featurizer(numeric=["amount"], label="y", classes=["no", "yes"], missing="quarantine")
+    ts = tables.TabularStream(source=src, featurizer=feat)
+    ws = list(ts.windows())
+    assert [v for w in ws for v in w.table["amount"].to_pylist()] == [0.0, 1.0, 2.0, 3.0, 12.0, 14.0, 15.0]
+    assert [Path(f).name for f in src.files_read] == ["part-000.parquet", "part-005.parquet"]
+    reasons = {Path(f).name: why for f, why in ts.quarantine.files}
+    assert sorted(reasons) == ["part-001.parquet", "part-002.parquet", "part-003.csv", "part-004.txt"]
+    assert "does not parse as parquet" in reasons["part-001.parquet"]
+    assert "missing column 'amount'" in reasons["part-002.parquet"]
+    assert "amount" in reasons["part-003.csv"] and "unknown format" in reasons["part-004.txt"]
+    assert ts.quarantine.offsets == [5]  # offsets count the rows of the files read
+    assert ts.quarantine.reasons == [f"{land / 'part-005.parquet'}: missing value in amount"]
+    assert src.file_of(3) == str(land / "part-000.parquet") and src.file_of(4) == str(land / "part-005.parquet")
+
+
 def test_tabular_stream_quarantines_then_reveals_after_serving(tmp_path: Path) -> None:
     t = _rows(6).set_column(2, "amount", pa.array([0.0, None, 2.0, 3.0, 4.0, 5.0]))
     t = t.set_column(4, "y", pa.array(["no", "yes", "maybe", "no", None, "yes"]))
