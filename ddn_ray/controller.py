@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Controller", "ControllerActor", "Gate", "VersionRecord", "check_update"]
 
@@ -136,6 +139,7 @@ class Controller:
         self._preprocessing: dict[int, dict[str, Any] | None] = {}  # the featurizer state each version learned with
         self._replicas: dict[str, float] = {}  # replica id -> last seen
         self._replica_version: dict[str, int] = {}
+        self.replicas_gone: list[str] = []  # replicas found dead (their actor), in order
         self.trainer: dict[str, Any] | None = None
         self.progress: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []  # drift signals with the decision each led to, in order
@@ -250,6 +254,20 @@ class Controller:
         now = self._clock()
         return {r for r, t in self._replicas.items() if now - t <= self.replica_ttl_s}
 
+    def replica_gone(self, replica_id: str) -> None:
+        """The replica's process died: it is no longer expected to serve any version (freshness and
+        :meth:`all_serving` count the live replicas). A replacement registers under its own id."""
+        self._replicas.pop(replica_id, None)
+        self._replica_version.pop(replica_id, None)
+        for rec in self.records:
+            if replica_id not in rec.served_s:
+                rec.expected.discard(replica_id)
+        self.replicas_gone.append(replica_id)
+
+    def lagging(self, version: int) -> list[str]:
+        """The live replicas not yet serving ``version`` or newer."""
+        return sorted(r for r in self.live_replicas() if self._replica_version.get(r, -1) < version)
+
     def ack(self, replica_id: str, version: int) -> None:
         """A replica now serves ``version``: it also serves every older version's successor."""
         self.replica_seen(replica_id)
@@ -309,6 +327,7 @@ class Controller:
                 for r in self.records
             ],
             "rejected": self.rejected,
+            "replicas_gone": list(self.replicas_gone),
             "progress": self.progress,
             "decisions": self.decisions,
             "trainer": self.trainer,
@@ -344,6 +363,7 @@ class ControllerActor:
         self._spec: dict[str, Any] | None = None
         self._refresher: asyncio.Task[None] | None = None  # started on the actor's event loop by the first publish
         self._fresh_upto = -1  # versions up to this one have had their freshness exported
+        self._actors: dict[str, Any] = {}  # replica id -> its actor handle, to tell a dead replica from a slow one
 
     async def _notify(self) -> None:
         async with self._cond:
@@ -380,14 +400,17 @@ class ControllerActor:
         return self.c.preprocessing(version)
 
     async def wait_for_version(
-        self, replica_id: str, after: int | None, timeout_s: float
+        self, replica_id: str, after: int | None, timeout_s: float, actor: Any = None
     ) -> tuple[int, list[Any], dict[str, Any], dict[str, Any] | None] | None:
         """Long-poll: return ``(version, [weights ref], meta, preprocessing)`` once a version newer than ``after`` exists.
 
         The ref sits in a list so Ray does not resolve it here; the replica fetches
-        it zero-copy from the object store. Returns ``None`` on timeout.
+        it zero-copy from the object store. Returns ``None`` on timeout. ``actor``: the replica's own actor
+        handle, so that :meth:`wait_all_serving` can tell a dead replica from a slow one.
         """
         self.c.replica_seen(replica_id)
+        if actor is not None:
+            self._actors[replica_id] = actor
         newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)
         if not await self._wait(newer, timeout_s):
             return None
@@ -409,8 +432,40 @@ class ControllerActor:
             self._fresh_upto = fresh[0].version
         await self._notify()
 
-    async def wait_all_serving(self, version: int, timeout_s: float) -> bool:
-        return await self._wait(lambda: self.c.all_serving(version), timeout_s)
+    async def wait_all_serving(self, version: int, timeout_s: float, check_after_s: float = 0.25) -> bool:
+        """Wait until every live replica serves ``version`` or newer. A replica still behind after
+        ``check_after_s`` is asked whether its actor lives (``__ray_ready__``); a dead one (SIGKILL, a lost node)
+        is dropped from the expected set at once (:meth:`Controller.replica_gone`) instead of after
+        ``replica_ttl_s``, so the stream does not wait for it or for its replacement."""
+        deadline = time.monotonic() + timeout_s
+        done = lambda: self.c.all_serving(version)
+        while not await self._wait(done, max(0.0, min(check_after_s, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return False
+            await self._drop_dead(self.c.lagging(version), timeout_s=max(0.05, min(1.0, deadline - time.monotonic())))
+        return True
+
+    async def _drop_dead(self, replicas: list[str], timeout_s: float) -> None:
+        import ray
+
+        async def dead(replica: str) -> bool:
+            actor = self._actors.get(replica)
+            if actor is None:
+                return False
+            try:
+                await asyncio.wait_for(actor.__ray_ready__.remote(), timeout_s)
+            except ray.exceptions.ActorDiedError:
+                return True
+            except Exception:  # noqa: BLE001 (slow or unreachable for now: not known dead)
+                return False
+            return False
+
+        for replica, is_dead in zip(replicas, await asyncio.gather(*(dead(r) for r in replicas))):
+            if is_dead:
+                log.warning("replica %s died; it is no longer expected to serve new versions", replica)
+                self.c.replica_gone(replica)
+                self._actors.pop(replica, None)
+        await self._notify()
 
     async def num_live_replicas(self) -> int:
         return len(self.c.live_replicas())

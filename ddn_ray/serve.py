@@ -471,7 +471,10 @@ class Predictor:
         return self._openapi_spec
 
     async def _load_next(self, after: int | None, timeout_s: float) -> bool:
-        found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s)
+        import ray
+
+        me = ray.get_runtime_context().current_actor  # lets the controller tell this replica dead from slow
+        found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s, actor=me)
         if found is None:
             return False
         version, (ref,), meta, preprocessing = found

@@ -123,6 +123,46 @@ def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
     assert _versions(url, 30) == {latest}
 
 
+def test_a_killed_replica_is_not_waited_for_and_its_replacement_serves_the_latest_version(app, ray_cluster) -> None:
+    """SIGKILL of a replica's process: requests keep being answered, the next version counts as served once
+    the live replicas serve it (not after replica_ttl_s), and Serve's replacement joins on the latest version."""
+    import os
+    import signal
+
+    cfg, controller, url = app
+    ray = ray_cluster
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+    replicas = [n for n in names if n.startswith(f"SERVE_REPLICA::{APP}#")]
+    assert len(replicas) >= 2, replicas
+    victim = ray.get_actor(replicas[0], namespace="serve")
+    pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))
+    before = set(ray.get(controller.summary.remote())["replica_versions"])
+    os.kill(pid, signal.SIGKILL)
+    failed = sum(
+        requests.post(f"{url}/predict", json={"instances": [[0.5] * 6]}, timeout=10).status_code != 200
+        for _ in range(20)
+    )
+    t0 = time.monotonic()
+    v = ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=7)), {}))["version"]
+    assert ray.get(controller.wait_all_serving.remote(v, 10.0))
+    waited_s = time.monotonic() - t0
+    summary = ray.get(controller.summary.remote())
+    assert waited_s < 2.0, (waited_s, summary["replicas_gone"])
+    # the victim, and replicas that an earlier redeploy replaced (stopped, but heard from within replica_ttl_s)
+    alive = {n.rsplit("#", 1)[1] for n in replicas[1:]}
+    assert replicas[0].rsplit("#", 1)[1] in summary["replicas_gone"] and not alive & set(summary["replicas_gone"])
+    assert failed == 0
+    deadline = time.monotonic() + 60  # Serve starts a replacement, which loads v before it takes traffic
+    while time.monotonic() < deadline:
+        versions = ray.get(controller.summary.remote())["replica_versions"]
+        if len(set(versions) - before) >= 1 and len(versions) >= len(before):
+            break
+        time.sleep(0.5)
+    new = set(versions) - before
+    assert new and all(versions[r] >= v for r in new), versions
+    assert _versions(url, 20) == {v}
+
+
 def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
     ray_get = ray_cluster.get
     cfg, controller, url = app

@@ -91,6 +91,23 @@ def test_silent_replicas_stop_being_expected() -> None:
     assert c.all_serving(0) and c.replica_versions() == {"r1": 0}
 
 
+def test_a_dead_replica_stops_being_expected_at_once_and_freshness_counts_the_live_ones() -> None:
+    clock = Clock()
+    c = Controller(clock=clock, replica_ttl_s=30.0)
+    for r in ("r1", "r2"):
+        c.replica_seen(r)
+    c.publish(w())
+    clock.t += 0.010
+    c.ack("r1", 0)
+    assert c.lagging(0) == ["r2"] and not c.all_serving(0)
+    c.replica_gone("r2")  # its actor died (SIGKILL): the stream does not wait replica_ttl_s for it
+    assert c.all_serving(0) and c.lagging(0) == [] and c.records[0].expected == {"r1"}
+    assert c.records[0].all_served_s == pytest.approx(0.010) and c.summary()["replicas_gone"] == ["r2"]
+    c.replica_seen("r3")  # the replacement registers under its own id and is expected from the next version
+    c.publish(w())
+    assert c.records[1].expected == {"r1", "r3"} and c.lagging(1) == ["r1", "r3"]
+
+
 def test_old_weights_are_evicted_but_records_kept() -> None:
     c = Controller(keep_versions=2)
     for _ in range(4):
