@@ -1,4 +1,5 @@
-"""The ``ddn-ray`` command line: ``run``, ``tune``, ``serve-learn``, ``stop``, ``submit``, ``serve``, ``report``.
+"""The ``ddn-ray`` command line: ``run``, ``tune``, ``serve-learn``, ``stop``, ``submit``, ``serve``, ``report``,
+``rollback``.
 
 ``run`` executes a job recipe from ``jobs/`` (found in the current directory, or next to an
 editable install), so the CLI and ``ray job submit`` run the very same script. Every
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["console", "main", "rerender_report", "service_report", "submit"]
+__all__ = ["console", "main", "rerender_report", "rollback", "service_report", "submit"]
 
 EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
@@ -31,6 +32,7 @@ EXAMPLES = {
     "submit": "ddn-ray submit --address http://127.0.0.1:8265 --config jobs/configs/elec2.yaml --set data.max_rows=4000",
     "serve": "ddn-ray serve --checkpoint runs/storage/elec2-20261122-081500/checkpoint_2026-11-22_08-17-42.123456",
     "report": "ddn-ray report runs/elec2-20261122-081500",
+    "rollback": "ddn-ray rollback --to 41 --address 127.0.0.1:6379",
 }
 JOB_SCRIPTS = {"run": "continuous.py", "tune": "sweep.py", "serve-learn": "service.py", "stop": "service.py"}
 SUBMIT_EXCLUDES = [".git", ".venv", "runs", "*.egg-info", "__pycache__", ".pytest_cache"]
@@ -241,6 +243,40 @@ def console() -> None:
     main()
 
 
+def rollback(to: int, address: str, controller: str, namespace: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Serve version ``to`` again (:meth:`ddn_ray.controller.Controller.rollback`): a new version with its
+    weights, which every replica loads like any other; the trainer then learns on from it.
+
+    Args:
+        to: the model version to serve again (one the controller still holds: ``keep_versions``).
+        address: the Ray cluster to connect to (when this process is not in one already).
+        controller: the controller actor's name; namespace: its namespace.
+        timeout_s: wait at most this long for every live replica to serve it.
+
+    Returns:
+        ``{"version": the new id, "rollback_to": to, "all_serving": bool}``.
+
+    Raises:
+        SystemExit: no such controller, or the version is not held (the message says which).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    try:
+        actor = ray.get_actor(controller, namespace=namespace)
+    except ValueError:
+        raise SystemExit(f"ddn-ray rollback: no controller actor {controller!r} in namespace {namespace!r}") from None
+    try:
+        result = ray.get(actor.rollback.remote(to))
+    except KeyError as exc:  # Ray re-raises the actor's KeyError as a subclass of it
+        raise SystemExit(f"ddn-ray rollback: {exc.args[0] if exc.args else exc}") from None
+    served = ray.get(actor.wait_all_serving.remote(result["version"], timeout_s))
+    out = {"version": result["version"], "rollback_to": to, "all_serving": bool(served)}
+    print(f"version {out['version']} serves version {to}'s weights; every live replica serving it: {served}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Parse ``argv`` and run the subcommand; return what it gives (``run``: the report, ``tune``: the sweep's
     summary, ``submit``: the job id, ``report``: the re-rendered report)."""
@@ -259,6 +295,7 @@ def main(argv: list[str] | None = None) -> Any:
         "submit": "submit a job recipe to a running cluster through the Jobs API",
         "serve": "deploy the Serve app alone, serving a checkpoint (clusters/serve_config.yaml)",
         "report": "re-render a run's report table and plot from its run directory",
+        "rollback": "serve an earlier model version of a running job or service again (its controller actor)",
     }
     subs = {}
     for name, text in helps.items():
@@ -303,6 +340,13 @@ def main(argv: list[str] | None = None) -> Any:
     )
     r.add_argument("--no-write", action="store_true", help="print the table only; keep report.json and the plot")
 
+    b = subs["rollback"]
+    b.add_argument("--to", type=int, required=True, metavar="VERSION", help="the version to serve again")
+    b.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"), help="the Ray cluster (GCS address)")
+    b.add_argument("--controller", default="ddn_ray_controller", help="the controller actor's name (controller.name)")
+    b.add_argument("--namespace", default="ddn_ray", help="its Ray namespace (ray.namespace)")
+    b.add_argument("--timeout-s", type=float, default=30.0, help="wait this long for every replica to serve it")
+
     args, rest = parser.parse_known_args(argv)
     if args.command in JOB_SCRIPTS:
         if args.help:
@@ -323,6 +367,8 @@ def main(argv: list[str] | None = None) -> Any:
         return job_id
     if args.command == "serve":
         return _serve(args)
+    if args.command == "rollback":
+        return rollback(args.to, args.address, args.controller, args.namespace, args.timeout_s)
     if (Path(args.run_dir) / "service" / "joined").is_dir():
         return service_report(args.run_dir, write=not args.no_write)
     return rerender_report(args.run_dir, write=not args.no_write)

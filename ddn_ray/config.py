@@ -450,6 +450,19 @@ class ControllerConfig(_Frozen):
     name: str = "ddn_ray_controller"
     poll_timeout_s: float = Field(5.0, gt=0, description="replica long-poll timeout")
     sync_timeout_s: float = Field(10.0, gt=0, description="wait at most this long for every replica to load a version")
+    max_loss_ratio: float | None = Field(
+        10.0,
+        gt=1,
+        description="reject an update whose loss on the window it learned, after learning it, exceeds this times "
+        "the served version's loss on it before (at least 0.01), or is not finite; None: no check",
+    )
+    max_accuracy_drop: float | None = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="reject an update whose accuracy on the window it learned, after learning it, is this much "
+        "below the served version's before (0.25 = 25 points); None: no check",
+    )
 
 
 class ServiceConfig(_Frozen):

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ddn_ray.config import ControllerConfig
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Controller", "ControllerActor", "Gate", "VersionRecord", "check_update"]
+__all__ = ["Controller", "ControllerActor", "Gate", "QualityGate", "VersionRecord", "check_quality", "check_update"]
 
 
 class Gate(enum.Enum):
@@ -31,6 +33,51 @@ class Gate(enum.Enum):
     ACCEPT = "accept"
     REJECT_NON_FINITE = "reject_non_finite"
     REJECT_SHAPE = "reject_shape"
+    REJECT_LOSS_EXPLODED = "reject_loss_exploded"
+    REJECT_ACCURACY_COLLAPSED = "reject_accuracy_collapsed"
+    REJECT_SUPERSEDED = "reject_superseded"
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """Bounds on what an update did to the latest revealed window (``controller.max_loss_ratio`` and
+    ``controller.max_accuracy_drop``); ``None`` turns a check off.
+
+    Attributes:
+        max_loss_ratio: reject an update whose loss on the window it learned, after learning it, is not
+            finite or exceeds this times the served version's loss on the same window before (the prequential
+            ``pre_loss``; at least ``loss_floor``).
+        max_accuracy_drop: reject an update whose accuracy on that window, after learning it, is this much
+            below the served version's before (a fraction, 0.25 = 25 points).
+        loss_floor: the smallest ``pre_loss`` the ratio is taken against (a near-perfect window would make any
+            noise an "explosion").
+    """
+
+    max_loss_ratio: float | None = 10.0
+    max_accuracy_drop: float | None = 0.25
+    loss_floor: float = 0.01
+
+    @classmethod
+    def of(cls, cfg: ControllerConfig) -> QualityGate:
+        """The bounds of a job's ``controller`` section."""
+        return cls(max_loss_ratio=cfg.max_loss_ratio, max_accuracy_drop=cfg.max_accuracy_drop)
+
+
+def check_quality(meta: Mapping[str, Any], gate: QualityGate) -> Gate:
+    """Gate an update on its scores of the latest revealed window, from its ``meta``: ``pre_loss`` /
+    ``pre_accuracy`` (the served version, before the window was learned) and ``post_loss`` / ``post_accuracy``
+    (the update, after). An update without them (a resume, a rollback) passes."""
+    pre_loss, post_loss = meta.get("pre_loss"), meta.get("post_loss")
+    ratio, drop = gate.max_loss_ratio, gate.max_accuracy_drop
+    if ratio is not None and pre_loss is not None and post_loss is not None:
+        exploded = math.isfinite(pre_loss) and post_loss > ratio * max(pre_loss, gate.loss_floor)
+        if exploded or not math.isfinite(post_loss):
+            return Gate.REJECT_LOSS_EXPLODED
+    pre_acc, post_acc = meta.get("pre_accuracy"), meta.get("post_accuracy")
+    known = drop is not None and pre_acc is not None and post_acc is not None and math.isfinite(pre_acc)
+    if known and not post_acc >= pre_acc - drop:  # type: ignore[operator]  # a NaN accuracy fails too
+        return Gate.REJECT_ACCURACY_COLLAPSED
+    return Gate.ACCEPT
 
 
 def _same_or_grown(new: tuple[int, ...], old: tuple[int, ...], grow: bool) -> bool:
@@ -114,6 +161,7 @@ class Controller:
         student_margin: a version published with a distilled student serves the student while the teacher's
             accuracy on the latest revealed window exceeds the student's by at most this
             (:func:`ddn_ray.distill.serve_student`), the teacher otherwise.
+        quality: the bounds an update's scores on the window it learned must meet (:func:`check_quality`).
     """
 
     def __init__(
@@ -124,8 +172,10 @@ class Controller:
         keep_versions: int = 64,
         first_version: int = 0,
         student_margin: float = 0.02,
+        quality: QualityGate | None = None,
     ) -> None:
         self._store = store or _copy_store
+        self.quality = quality or QualityGate()
         self.student_margin = student_margin
         self._students: dict[int, tuple[Any, Mapping[str, np.ndarray]]] = {}  # versions that serve their student
         self._last_student: Mapping[str, np.ndarray] | None = None
@@ -140,6 +190,7 @@ class Controller:
         self._replicas: dict[str, float] = {}  # replica id -> last seen
         self._replica_version: dict[str, int] = {}
         self.replicas_gone: list[str] = []  # replicas found dead (their actor), in order
+        self.rollbacks: list[dict[str, Any]] = []  # operator rollbacks: the new version and the one it serves again
         self.trainer: dict[str, Any] | None = None
         self.progress: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []  # drift signals with the decision each led to, in order
@@ -180,6 +231,19 @@ class Controller:
         before = self.records[-1].meta.get("num_classes") if self.records else None
         grow = before is not None and int(meta.get("num_classes", before)) > int(before)
         decision = check_update(weights, reference, grow)
+        if decision is Gate.ACCEPT:
+            decision = check_quality(meta, self.quality)
+        # an operator rolled back: an update trained from before the rollback is refused, and the trainer
+        # reloads the rolled-back weights (:meth:`rollback`)
+        rolled_back = bool(self.records) and self.records[-1].meta.get("rollback_to") is not None
+        trained_from = meta.get("parent", latest)
+        if (
+            decision is Gate.ACCEPT
+            and rolled_back
+            and trained_from is not None
+            and trained_from < self.records[-1].version
+        ):
+            decision = Gate.REJECT_SUPERSEDED
         if decision is not Gate.ACCEPT:
             self.rejected.append({"decision": decision.value, "at_version": latest, "meta": meta})
             return {"accepted": False, "version": latest, "decision": decision.value}
@@ -209,6 +273,28 @@ class Controller:
             self._students.pop(old, None)
         self.records.append(VersionRecord(version, parent, now, meta, self.live_replicas()))
         return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
+
+    def rollback(self, to: int) -> dict[str, Any]:
+        """Serve version ``to`` again, as a new version (ids never decrease on a replica) with ``to``'s
+        weights, preprocessing and student, and ``meta["rollback_to"] = to``. The trainer's next update, trained
+        from before it, is rejected (``reject_superseded``) and the trainer reloads these weights.
+
+        Returns:
+            ``{"accepted": True, "version": the new id, "decision": "rollback", "rollback_to": to}``.
+
+        Raises:
+            KeyError: ``to`` is not held (more than ``keep_versions`` versions ago, or never published).
+        """
+        self.handle(to)  # raises KeyError when it is not held
+        now, version = self._clock(), self.latest_version + 1  # type: ignore[operator]  # handle() found one
+        self._weights[version] = self._weights[to]  # the same stored object: no copy
+        self._preprocessing[version] = self._preprocessing.get(to)
+        if to in self._students:
+            self._students[version] = self._students[to]
+        meta = {**self.record(to).meta, "rollback_to": to, "parent": to}
+        self.records.append(VersionRecord(version, to, now, meta, self.live_replicas()))
+        self.rollbacks.append({"version": version, "rollback_to": to})
+        return {"accepted": True, "version": version, "decision": "rollback", "rollback_to": to}
 
     def handle(self, version: int | None = None) -> tuple[int, Any]:
         """``(version, stored handle)`` of ``version`` (default latest).
@@ -328,6 +414,7 @@ class Controller:
             ],
             "rejected": self.rejected,
             "replicas_gone": list(self.replicas_gone),
+            "rollbacks": list(self.rollbacks),
             "progress": self.progress,
             "decisions": self.decisions,
             "trainer": self.trainer,
@@ -348,6 +435,7 @@ class ControllerActor:
         keep_versions: int = 64,
         first_version: int = 0,
         student_margin: float = 0.02,
+        quality: QualityGate | None = None,
     ) -> None:
         from ddn_ray.metrics import ControllerMetrics
 
@@ -357,6 +445,7 @@ class ControllerActor:
             keep_versions=keep_versions,
             first_version=first_version,
             student_margin=student_margin,
+            quality=quality,
         )
         self._cond = asyncio.Condition()
         self.metrics = ControllerMetrics()
@@ -388,6 +477,12 @@ class ControllerActor:
         self.metrics.published(result)
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(self.metrics.refresh_forever())
+        await self._notify()
+        return result
+
+    async def rollback(self, to: int) -> dict[str, Any]:
+        """:meth:`Controller.rollback`; replicas load it like any new version (``ddn-ray rollback --to``)."""
+        result = self.c.rollback(to)
         await self._notify()
         return result
 

@@ -135,12 +135,14 @@ def check_image_size(raw: bytes, expected: tuple[int, int], where: str) -> None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:  # reads the header only
-            w, h = img.size
+        with Image.open(io.BytesIO(raw)) as img:  # reads the header only
+            (w, h), kind = img.size, img.format
     except Image.DecompressionBombError:  # PIL's own check, at twice its MAX_IMAGE_PIXELS
         raise ValueError(f"{where} claims more than {MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ValueError(f"{where} is not a readable PNG file") from None
+    if kind != "PNG":
+        raise ValueError(f"{where} is a {kind} image; send PNG")
     if w * h > MAX_IMAGE_PIXELS:
         raise ValueError(f"{where} claims {w}x{h} pixels; at most {MAX_IMAGE_PIXELS} pixels are read")
     if (w, h) != expected:

@@ -59,6 +59,9 @@ class WindowMetrics:
         lr: learning rate used for the window.
         student_pre_accuracy: accuracy of the distilled student (``distill.student``) before the window was
             learned (NaN without a student).
+        post_loss: mean loss on the window of the model *after* the step (policy decisions included): what the
+            controller's quality gate compares with ``pre_loss`` (:func:`ddn_ray.controller.check_quality`).
+        post_accuracy: its accuracy after the step (NaN for regression).
     """
 
     index: int
@@ -71,6 +74,8 @@ class WindowMetrics:
     step_s: float
     lr: float
     student_pre_accuracy: float = math.nan
+    post_loss: float = math.nan
+    post_accuracy: float = math.nan
 
 
 class StepResult(NamedTuple):
@@ -253,6 +258,28 @@ def prequential_step(
     return StepResult(int(n), pre_loss_sum / n, accuracy, train_loss_sum / n, wrong)
 
 
+def window_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` of ``model`` on a window, over every rank's rows (a collective when distributed).
+
+    Args:
+        model: the unwrapped model (no DDP hooks on an evaluation).
+        x: ``(n, num_features)`` float32, this rank's rows.
+        y: ``(n,)`` int64 class ids, or ``(n, k)`` float32 targets (loss: squared error; accuracy NaN).
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.train(was_training)
+    if task == "regression":
+        loss_sum, correct = float(((out - y) ** 2).mean(dim=1).sum()), 0.0
+    else:
+        loss_sum, correct = float(F.cross_entropy(out, y, reduction="sum")), float((out.argmax(dim=1) == y).sum())
+    n, loss_sum, correct = _all_sum([x.shape[0], loss_sum, correct])
+    n = max(n, 1.0)
+    return loss_sum / n, correct / n if task == "classification" else math.nan
+
+
 def retrain(
     model: nn.Module,
     params: list[nn.Parameter],
@@ -414,6 +441,7 @@ class OnlineLearner:
             student_accuracy = _all_sum([student_hits])[0] / max(res.num_rows, 1) if res.num_rows else math.nan
             if (index + 1) % self.distiller.cfg.every_windows == 0:
                 self.distiller.distil(self.raw, *self._recent_rows(), max(1, self.cfg.batch_size // self.world))
+        post_loss, post_accuracy = window_scores(self.raw, x, y, self.task)
         metrics = WindowMetrics(
             index,
             start,
@@ -425,6 +453,8 @@ class OnlineLearner:
             time.perf_counter() - t0,
             lr,
             student_accuracy,
+            post_loss,
+            post_accuracy,
         )
         return metrics, event
 

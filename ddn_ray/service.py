@@ -191,7 +191,7 @@ class LearningService:
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Queue
 
-        from ddn_ray.controller import ControllerActor
+        from ddn_ray.controller import ControllerActor, QualityGate
         from ddn_ray.metrics import ServiceMetrics
         from ddn_ray.train import WorkerArgs, train_loop_per_worker
 
@@ -230,6 +230,7 @@ class LearningService:
             replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
             first_version=last + 1,
             student_margin=cfg.distill.margin,
+            quality=QualityGate.of(cfg.controller),
         )
         spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"}, cfg.distill.student)
         await self.controller.set_model_spec.remote(spec)

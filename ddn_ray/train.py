@@ -203,6 +203,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "window": item.index,
                     "trained_end_offset": item.end,
                     "pre_accuracy": metrics.pre_accuracy,
+                    "pre_loss": metrics.pre_loss,  # the served version's, and the update's after the window
+                    "post_loss": metrics.post_loss,  # learned: the controller's quality gate reads them
+                    "post_accuracy": metrics.post_accuracy,
                     "parent": version,
                     "decision": event["decision"] if event else None,
                     "num_classes": learner.num_classes,
@@ -217,7 +220,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 version = result["version"] if result["accepted"] else version
                 rejected = None if result["accepted"] else result["decision"]
             rejected = gather(rejected, world)[0]
-            if rejected is not None and learner.policy_cfg.rollback_on_reject:
+            # superseded: an operator rolled back (ddn-ray rollback); learning goes on from the rolled-back weights
+            if rejected is not None and (learner.policy_cfg.rollback_on_reject or rejected == "reject_superseded"):
                 version, weights = ray.get(controller.latest_weights.remote())
                 events.append(
                     learner.rollback(

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import config, evaluate, feeds, models, report, stream, usecase
 from ddn_ray.client import TrafficClient
-from ddn_ray.controller import ControllerActor
+from ddn_ray.controller import ControllerActor, QualityGate
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
 from ddn_ray.train import WindowItem, WorkerArgs, train_loop_per_worker
@@ -75,7 +75,11 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     controller = (
         ray.remote(ControllerActor)
         .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000)
-        .remote(replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s), student_margin=cfg.distill.margin)
+        .remote(
+            replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
+            student_margin=cfg.distill.margin,
+            quality=QualityGate.of(cfg.controller),
+        )
     )
     ray.get(
         controller.set_model_spec.remote(

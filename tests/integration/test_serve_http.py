@@ -107,6 +107,31 @@ def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_c
     assert record["all_served_s"] is not None and record["all_served_s"] < 1.0
 
 
+def test_ddn_ray_rollback_serves_an_earlier_version_on_every_replica(app, ray_cluster) -> None:
+    from ddn_ray import cli
+
+    cfg, controller, url = app
+    ray = ray_cluster
+    old_model = models.build(cfg.model, 6, 2, seed=21)
+    old = ray.get(controller.publish.remote(models.state_to_numpy(old_model), {}))["version"]
+    newer = ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=22)), {}))
+    x = [[0.3, -1.0, 0.5, 2.0, 0.1, -0.4]]
+    argv = ["rollback", "--to", str(old), "--controller", cfg.controller.name, "--namespace", cfg.ray.namespace]
+    out = cli.main(argv)
+    assert out == {"version": newer["version"] + 1, "rollback_to": old, "all_serving": True}
+    assert _versions(url) == {out["version"]}
+    with torch.no_grad():
+        expected = old_model(torch.tensor(x)).softmax(1).numpy()
+    body = requests.post(f"{url}/predict", json={"instances": x}, timeout=10).json()
+    assert body["model_version"] == out["version"]
+    np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
+    # an update trained from before the rollback is refused; one trained from it is taken
+    stale = ray.get(controller.publish.remote(models.state_to_numpy(old_model), {"parent": newer["version"]}))
+    assert stale["decision"] == "reject_superseded"
+    with pytest.raises(SystemExit, match="model version 999 is not held"):
+        cli.main([*argv[:1], "--to", "999", *argv[3:]])
+
+
 def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
     cfg, controller, url = app
     ray = ray_cluster

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddn_ray.controller import Controller, Gate, check_update
+from ddn_ray.controller import Controller, Gate, QualityGate, check_quality, check_update
 
 
 class Clock:
@@ -163,3 +163,58 @@ def test_each_version_keeps_the_preprocessing_it_was_trained_with() -> None:
         c.publish({"a": np.zeros(1)}, {}, {"rows_seen": 10 * k})
     assert c.preprocessing(2) == {"rows_seen": 20} and c.preprocessing(1) == {"rows_seen": 10}
     assert c.preprocessing(0) is None  # dropped with its weights
+
+
+def test_the_quality_gate_rejects_an_update_whose_loss_exploded_or_accuracy_collapsed() -> None:
+    gate = QualityGate(max_loss_ratio=10.0, max_accuracy_drop=0.25)
+    ok = {"pre_loss": 0.5, "post_loss": 0.3, "pre_accuracy": 0.7, "post_accuracy": 0.8}
+    assert check_quality(ok, gate) is Gate.ACCEPT
+    assert check_quality({**ok, "post_loss": 5.1}, gate) is Gate.REJECT_LOSS_EXPLODED
+    assert check_quality({**ok, "post_loss": float("nan")}, gate) is Gate.REJECT_LOSS_EXPLODED
+    assert check_quality({**ok, "pre_loss": 0.0, "post_loss": 0.09}, gate) is Gate.ACCEPT  # floor 0.01
+    assert check_quality({**ok, "post_accuracy": 0.44}, gate) is Gate.REJECT_ACCURACY_COLLAPSED
+    assert check_quality({**ok, "post_accuracy": 0.46}, gate) is Gate.ACCEPT
+    assert check_quality({**ok, "pre_accuracy": float("nan"), "post_accuracy": float("nan")}, gate) is Gate.ACCEPT
+    assert check_quality({"window": 3}, gate) is Gate.ACCEPT  # a resume carries no scores
+    assert check_quality({**ok, "post_loss": 99.0}, QualityGate(max_loss_ratio=None)) is Gate.ACCEPT
+    c = Controller(quality=gate)
+    c.publish(w(1.0))
+    result = c.publish(w(2.0), {**ok, "post_accuracy": 0.1, "window": 4})
+    assert result == {"accepted": False, "version": 0, "decision": "reject_accuracy_collapsed"}
+    assert c.latest_version == 0 and c.rejected[0]["meta"]["window"] == 4
+
+
+def test_a_rollback_serves_an_earlier_version_as_a_new_one_and_the_trainer_learns_on_from_it() -> None:
+    c = Controller()
+    for value in (1.0, 2.0, 3.0):
+        c.publish(w(value), preprocessing={"mean": value})
+    result = c.rollback(1)
+    assert result == {"accepted": True, "version": 3, "decision": "rollback", "rollback_to": 1}
+    assert c.weights()[1]["a"][0, 0] == 2.0 and c.preprocessing(3) == {"mean": 2.0}
+    assert c.records[-1].parent == 1 and c.summary()["rollbacks"] == [{"version": 3, "rollback_to": 1}]
+    # the trainer's next update was trained from version 2: superseded, so it reloads version 3
+    assert c.publish(w(4.0), {"parent": 2})["decision"] == "reject_superseded"
+    assert c.publish(w(5.0), {"parent": 3}) == {"accepted": True, "version": 4, "decision": "accept"}
+    with pytest.raises(KeyError, match="version 9 is not held"):
+        c.rollback(9)
+
+
+def test_a_diverging_step_is_what_the_quality_gate_refuses() -> None:
+    """A learner with an absurd learning rate: its post-update scores on the window trip the gate."""
+    import torch
+
+    from ddn_ray import config, models
+    from ddn_ray.train import build_learner
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    scores = {}
+    for lr in (3e-3, 5.0):  # sgd at lr 5 diverges on this window with finite weights (loss 0.67 -> ~1,300)
+        cfg = config.load(overrides={"train": {"lr": lr, "optimizer": "sgd", "epochs_per_window": 5}})
+        learner = build_learner(cfg, models.build(cfg.model, 4, 2, seed=0), list("abcd"), 2)
+        m, _ = learner.step(0, 0, 64, x, y)
+        meta = {"pre_loss": m.pre_loss, "post_loss": m.post_loss, "pre_accuracy": m.pre_accuracy}
+        scores[lr] = check_quality({**meta, "post_accuracy": m.post_accuracy}, QualityGate())
+        assert m.post_loss == m.post_loss and 0.0 <= m.post_accuracy <= 1.0
+    assert scores[3e-3] is Gate.ACCEPT and scores[5.0] is Gate.REJECT_LOSS_EXPLODED
