@@ -306,6 +306,12 @@ class TrainConfig(_Frozen):
     lr_min_factor: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of lr")
     publish_every_windows: int = Field(1, ge=1, description="publish weights to the controller every K windows")
     checkpoint_every_windows: int = Field(10, ge=1, description="report a Ray Train checkpoint every M windows")
+    max_failures: int = Field(
+        3,
+        ge=-1,
+        description="Train restarts the worker group from its latest checkpoint this many times after a worker dies "
+        "(FailureConfig.max_failures; -1: always); the windows since that checkpoint are sent again",
+    )
     checkpoints_to_keep: int | None = Field(
         3,
         ge=1,

@@ -191,6 +191,7 @@ class Controller:
         self._replica_version: dict[str, int] = {}
         self.replicas_gone: list[str] = []  # replicas found dead (their actor), in order
         self.rollbacks: list[dict[str, Any]] = []  # operator rollbacks: the new version and the one it serves again
+        self.trainer_restarts: list[dict[str, Any]] = []  # worker-group restarts: where each resumed
         self.trainer: dict[str, Any] | None = None
         self.progress: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []  # drift signals with the decision each led to, in order
@@ -377,15 +378,33 @@ class Controller:
 
     # trainer --------------------------------------------------------------
     def trainer_ready(
-        self, next_offset: int, next_window: int, version: int | None, preprocessing: Mapping[str, Any] | None = None
-    ) -> None:
-        """The trainer starts at ``next_offset`` (a resume: the checkpoint's, with its featurizer state)."""
+        self,
+        next_offset: int,
+        next_window: int,
+        version: int | None,
+        preprocessing: Mapping[str, Any] | None = None,
+        pid: int | None = None,
+    ) -> int:
+        """The trainer starts at ``next_offset`` (a resume: the checkpoint's, with its featurizer state).
+
+        Returns:
+            Its generation: 0 for the first start, ``k`` for the ``k``-th restart of its worker group (Train's
+            ``FailureConfig``); windows sent to an earlier generation are skipped by this one.
+        """
+        generation = 0 if self.trainer is None else int(self.trainer["generation"]) + 1
+        if generation:
+            self.trainer_restarts.append(
+                {"generation": generation, "next_window": next_window, "windows_done": self.windows_done}
+            )
         self.trainer = {
             "next_offset": next_offset,
             "next_window": next_window,
             "version": version,
             "preprocessing": dict(preprocessing) if preprocessing is not None else None,
+            "generation": generation,
+            "pid": pid,
         }
+        return generation
 
     def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
         """Record a window's metrics; its drift events (signal + decision) go to the decision log."""
@@ -415,6 +434,7 @@ class Controller:
             "rejected": self.rejected,
             "replicas_gone": list(self.replicas_gone),
             "rollbacks": list(self.rollbacks),
+            "trainer_restarts": list(self.trainer_restarts),
             "progress": self.progress,
             "decisions": self.decisions,
             "trainer": self.trainer,
@@ -566,10 +586,22 @@ class ControllerActor:
         return len(self.c.live_replicas())
 
     async def trainer_ready(
-        self, next_offset: int, next_window: int, version: int | None, preprocessing: Mapping[str, Any] | None = None
-    ) -> None:
-        self.c.trainer_ready(next_offset, next_window, version, preprocessing)
+        self,
+        next_offset: int,
+        next_window: int,
+        version: int | None,
+        preprocessing: Mapping[str, Any] | None = None,
+        pid: int | None = None,
+    ) -> int:
+        generation = self.c.trainer_ready(next_offset, next_window, version, preprocessing, pid)
         await self._notify()
+        return generation
+
+    async def wait_trainer_restart(self, after_generation: int, timeout_s: float) -> dict[str, Any] | None:
+        """Long-poll: the trainer's start record once its generation passes ``after_generation`` (a restart of
+        its worker group), else ``None`` after ``timeout_s``."""
+        newer = lambda: self.c.trainer is not None and int(self.c.trainer["generation"]) > after_generation
+        return self.c.trainer if await self._wait(newer, timeout_s) else None
 
     async def wait_trainer_ready(self, timeout_s: float) -> dict[str, Any] | None:
         await self._wait(lambda: self.c.trainer is not None, timeout_s)

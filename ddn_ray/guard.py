@@ -30,6 +30,7 @@ __all__ = [
     "AUTH_TOKEN_ENV",
     "F32_MAX",
     "MAX_IMAGE_PIXELS",
+    "TEXT_PATTERN",
     "ModelFloat",
     "RequestGuard",
     "Text",
@@ -52,7 +53,12 @@ def _in_float32(value: float) -> float:
     return value
 
 
-ModelFloat = Annotated[float, Field(strict=True, allow_inf_nan=False), AfterValidator(_in_float32)]
+# The bounds are published in the OpenAPI; the validator gives the clearer message.
+ModelFloat = Annotated[
+    float,
+    Field(strict=True, allow_inf_nan=False, json_schema_extra={"minimum": -F32_MAX, "maximum": F32_MAX}),
+    AfterValidator(_in_float32),
+]
 """A JSON number a float32 model can take: finite and within float32's range (a 422 naming the field else)."""
 
 Scope = MutableMapping[str, Any]
@@ -85,7 +91,10 @@ def normalise_text(value: str) -> str:
     return unicodedata.normalize("NFC", value)
 
 
-Text = Annotated[str, AfterValidator(normalise_text)]
+TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+"""The text rule's control characters as a JSON-schema ``pattern`` (published in the OpenAPI)."""
+
+Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(normalise_text)]
 """A client's string under :func:`normalise_text` (a 422 naming the field when it breaks the rule)."""
 
 

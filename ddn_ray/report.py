@@ -148,7 +148,8 @@ def build(
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]
     errors = [e for a in answers for e in a.errors]
-    progress = [p for p in summary["progress"] if p["index"] >= static_windows]
+    # a window trained again after a restart of the worker group counts once: its last training
+    progress = [p for p in {p["index"]: p for p in summary["progress"]}.values() if p["index"] >= static_windows]
     trainer_rows = sum(p["num_rows"] for p in progress)
     trainer = (
         {"trainer_pre_update_mse": sum(p["pre_loss"] * p["num_rows"] for p in progress) / max(trainer_rows, 1)}

@@ -9,8 +9,11 @@ with it, and reporting a checkpoint every ``checkpoint_every_windows`` windows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +29,7 @@ __all__ = [
     "InProcessRun",
     "WindowItem",
     "WindowMetrics",
+    "WindowSender",
     "WorkerArgs",
     "build_learner",
     "in_process_learner",
@@ -34,6 +38,8 @@ __all__ = [
     "replay_in_process",
     "train_loop_per_worker",
 ]
+
+log = logging.getLogger(__name__)
 
 FEATURES = "features"
 LABEL = "label"
@@ -53,6 +59,8 @@ class WindowItem:
             :meth:`ddn_ray.features.Featurizer.state_dict`); it travels with the version trained on them.
             ``None`` for built-in tables.
         num_classes: the output width the rows' labels need (it grows with ``data.allow_new_classes``).
+        generation: the trainer generation it was sent to (:class:`WindowSender`): a restarted worker group skips
+            what was queued for the one before it, and gets the windows since its checkpoint again.
     """
 
     index: int
@@ -61,6 +69,108 @@ class WindowItem:
     dataset: Any
     preprocessing: dict[str, Any] | None = None
     num_classes: int | None = None
+    generation: int = 0
+
+
+class WindowSender:
+    """The driver's side of the queues to the Train workers: sends each window's shards, and after a restart of the
+    worker group (Train's ``FailureConfig``) sends again every window since the checkpoint it resumed from.
+
+    A watcher thread long-polls the controller for a new trainer generation
+    (:meth:`ddn_ray.controller.ControllerActor.wait_trainer_restart`). On one, under the same lock as
+    :meth:`send`, it empties the queues (what the dead group left unread), then queues the kept windows from the
+    checkpoint's ``next_window`` on, stamped with the new generation; the new group skips anything older. The
+    order of windows and their offsets stay those of the stream.
+
+    Args:
+        queues: one ``ray.util.queue.Queue`` per rank.
+        controller: the controller actor's handle.
+        keep_windows: at least this many windows are kept to send again (the checkpoint interval and the
+            training lag, with a margin).
+        keep_s: and every window sent in the last ``keep_s`` seconds: Train registers a reported checkpoint at
+            its next poll of the workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s), so a restart may resume from
+            the one before the newest.
+        poll_s: the watcher's long-poll timeout, in seconds.
+
+    Attributes:
+        restarts: one entry per restart: ``{"generation", "next_window", "resent": [window indices sent again]}``.
+    """
+
+    def __init__(
+        self, *, queues: list[Any], controller: Any, keep_windows: int, keep_s: float = 30.0, poll_s: float = 2.0
+    ) -> None:
+        import collections
+        import threading
+
+        self.queues, self.controller, self.poll_s = queues, controller, poll_s
+        self.keep_windows, self.keep_s = keep_windows, keep_s
+        self.kept: collections.deque[list[WindowItem]] = collections.deque()
+        self._sent_s: collections.deque[float] = collections.deque()
+        self.generation = 0
+        self.restarts: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="window-sender", daemon=True)
+        self._watcher.start()
+
+    def send(self, shards: list[WindowItem]) -> None:
+        """Queue one window: ``shards[r]`` to rank ``r``."""
+        import dataclasses
+
+        with self._lock:
+            stamped = [dataclasses.replace(s, generation=self.generation) for s in shards]
+            now = time.monotonic()
+            self.kept.append(stamped)
+            self._sent_s.append(now)
+            while len(self.kept) > self.keep_windows and now - self._sent_s[0] > self.keep_s:
+                self.kept.popleft()
+                self._sent_s.popleft()
+            for queue, item in zip(self.queues, stamped):
+                queue.put(item)
+
+    def end(self) -> None:
+        """Queue the end-of-stream marker and stop watching for restarts."""
+        with self._lock:
+            self._stop.set()
+            for queue in self.queues:
+                queue.put(None)
+
+    def _watch(self) -> None:
+        import ray
+
+        while not self._stop.is_set():
+            try:
+                ready = ray.get(self.controller.wait_trainer_restart.remote(self.generation, self.poll_s))
+            except Exception:  # noqa: BLE001 (the controller is gone: the stream loop reports it)
+                return
+            if ready is not None:
+                self._resend(int(ready["generation"]), int(ready["next_window"]))
+
+    def _resend(self, generation: int, next_window: int) -> None:
+        import dataclasses
+
+        with self._lock:
+            if self._stop.is_set():
+                return
+            from ray.util.queue import Empty
+
+            for queue in self.queues:  # what the dead group left unread (its successor may be reading too)
+                with contextlib.suppress(Empty):
+                    while queue.qsize():
+                        queue.get_nowait()
+            self.generation = generation
+            again = [w for w in self.kept if w[0].index >= next_window]
+            if self.kept and self.kept[0][0].index > next_window:
+                log.error("windows from %d to %d are no longer kept to send again", next_window, self.kept[0][0].index)
+            for shards in again:
+                for queue, item in zip(self.queues, shards):
+                    queue.put(dataclasses.replace(item, generation=generation))
+            self.restarts.append(
+                {"generation": generation, "next_window": next_window, "resent": [w[0].index for w in again]}
+            )
+            log.warning(
+                "the Train worker group restarted from window %d; %d windows sent again", next_window, len(again)
+            )
 
 
 @dataclass(frozen=True)
@@ -129,7 +239,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     queue = args.queues[rank]
 
-    next_offset, next_index, version, state, preprocessing = 0, 0, None, None, None
+    next_offset, next_index, version, state, preprocessing, generation = 0, 0, None, None, None, 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -150,7 +260,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         saved = state["learner"]  # one state per rank; more ranks than saved reuse the last one
         learner.load_state_dict(saved[min(rank, len(saved) - 1)])
     if rank == 0:
-        if ckpt is not None:  # serve the restored weights, not the job's fresh initial version
+        latest = ray.get(controller.latest_version.remote()) if ckpt is not None else None
+        # a resumed run: serve the restored weights, not the job's fresh initial version; a restarted worker group
+        # (FailureConfig) finds newer versions in the controller, which replicas keep serving while it catches up
+        if ckpt is not None and (latest is None or version is None or latest < version):
             meta = {
                 "window": next_index - 1,
                 "trained_end_offset": next_offset,
@@ -161,7 +274,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             version = ray.get(controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing))[
                 "version"
             ]
-        ray.get(controller.trainer_ready.remote(next_offset, next_index, version, preprocessing))
+        generation = ray.get(
+            controller.trainer_ready.remote(next_offset, next_index, version, preprocessing, pid=os.getpid())
+        )
+    generation = gather(generation if rank == 0 else None, world)[0]  # every rank skips the same stale windows
 
     def report_checkpoint(metrics: dict[str, Any]) -> None:
         """Every rank: gather the learner states; rank 0 writes the checkpoint; all report it."""
@@ -185,6 +301,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpointed_index = next_index
     while True:
         item: WindowItem | None = queue.get()
+        if item is not None and item.generation < generation:
+            continue  # queued for the worker group before a restart: sent again from the checkpoint on
         if item is None:
             if args.checkpoint_at_end and next_index != checkpointed_index:
                 report_checkpoint({"next_offset": next_offset, "pre_accuracy": float("nan")})

@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
@@ -35,7 +35,7 @@ from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor, QualityGate
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
-from ddn_ray.train import WindowItem, WorkerArgs, train_loop_per_worker
+from ddn_ray.train import WindowItem, WindowSender, WorkerArgs, train_loop_per_worker
 
 
 def start_ray(cfg: config.JobConfig) -> bool:
@@ -123,7 +123,14 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             storage_path=cfg.storage_uri,
             name=run_name,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
+    )
+    # keeps the windows a restarted worker group may need again: since its last checkpoint, plus the lag
+    sender = WindowSender(
+        queues=queues,
+        controller=controller,
+        keep_windows=2 * cfg.train.checkpoint_every_windows + cfg.stream.max_lag_windows + 2,
     )
     fit: dict[str, Any] = {}
     fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)
@@ -174,8 +181,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             # 3. Reveal the labels: the window goes to training as Ray Dataset shards.
             revealed = feed.reveal(window)
             w = revealed.window
-            for rank, shard in enumerate(stream.shard_tables(w, workers)):
-                queues[rank].put(
+            sender.send(
+                [
                     WindowItem(
                         w.index,
                         w.start,
@@ -184,7 +191,9 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                         revealed.preprocessing,
                         revealed.num_classes,
                     )
-                )
+                    for shard in stream.shard_tables(w, workers)
+                ]
+            )
             log.add(
                 window=w,
                 answers=answers,
@@ -195,8 +204,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 else models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task),
             )
             last_sent = w.index
-        for q in queues:
-            q.put(None)
+        sender.end()
         fit_thread.join()
         if "error" in fit:
             raise RuntimeError(f"training failed: {fit['error']!r}")
@@ -230,6 +238,12 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         sync_timeouts=sync_timeouts,
     )
     result, curves, rows = report.build(job=cfg, log=log, summary=summary, feed=feed, facts=facts)
+    # restarts of the Train worker group (a worker died): where each resumed, and which windows it trained again
+    done_at = {r["generation"]: r["windows_done"] for r in summary["trainer_restarts"]}
+    result["run"]["trainer_restarts"] = [
+        {**r, "trained_again": [i for i in r["resent"] if i <= done_at.get(r["generation"], -1)]}
+        for r in sender.restarts
+    ]
     result["run"]["peak_rss_bytes"] = rss.stop()
     result["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
     result["run"]["wall_s"] = time.monotonic() - t0

@@ -207,3 +207,51 @@ def test_landing_dir_producer_runs_the_same_job(ray_cluster, job_config, monkeyp
     assert report["config"]["data"]["source"]["kind"] == "landing_dir" and report["data"]["files_read"] == 7
     assert report["run"]["traffic_route"] == "/predict" and report["data"]["numeric"][:2] == ["period", "nswprice"]
     _check_versions_and_freshness(report)
+
+
+def test_a_killed_train_worker_costs_a_restart_from_the_checkpoint_not_the_run(
+    ray_cluster, continuous, job_config
+) -> None:
+    """SIGKILL of the Train worker mid-run: Train's FailureConfig restarts the worker group from its latest
+    checkpoint, the driver sends every window since then again, and the run ends with its full report."""
+    import os
+    import signal
+    import threading
+    import time
+
+    cfg = job_config(data={"max_rows": 4000}, train={"checkpoint_every_windows": 5}, run_name="worker-kill")
+    killed: dict = {}
+    storage = Path(cfg.storage_path, cfg.run_name)
+
+    def kill_the_worker() -> None:
+        """Once a checkpoint is written and Train has had time to register it (its 2 s poll), kill the worker."""
+        deadline, written = time.monotonic() + 300, None
+        while time.monotonic() < deadline and not killed:
+            if written is None and any(storage.glob("checkpoint_*/meta.json")):
+                written = time.monotonic()
+            if written is not None and time.monotonic() - written > 3.0:
+                controller = ray_cluster.get_actor(cfg.controller.name, namespace=cfg.ray.namespace)
+                trainer = ray_cluster.get(controller.wait_trainer_ready.remote(1.0))
+                done = ray_cluster.get(controller.summary.remote())["progress"][-1]["index"]
+                os.kill(trainer["pid"], signal.SIGKILL)
+                killed.update(pid=trainer["pid"], after_window=done)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
+    killer.start()
+    report = continuous.main(cfg)
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    run = report["run"]
+    assert run["rows_served"] == 4000 and run["windows"] == 40 and report["http"]["failed"] == 0
+    (restart,) = run["trainer_restarts"]
+    # the group resumed at a registered checkpoint (every 5 windows) before the kill, not from scratch
+    assert restart["generation"] == 1 and restart["next_window"] % 5 == 0
+    assert 5 <= restart["next_window"] <= killed["after_window"] + 1, (restart, killed)
+    assert restart["resent"][0] == restart["next_window"] and restart["resent"] == sorted(restart["resent"])
+    assert restart["trained_again"] and restart["trained_again"][0] == restart["next_window"]
+    assert restart["trained_again"][-1] <= killed["after_window"] + 1
+    ckpts = Path(cfg.storage_path, cfg.run_name).glob("checkpoint_*/meta.json")
+    assert max(json.loads(p.read_text())["next_offset"] for p in ckpts) == 4000  # every window learned
+    assert report["versions"][-1]["meta"]["window"] == 39
+    _check_versions_and_freshness(report)

@@ -85,6 +85,16 @@ def test_a_streamed_body_is_cut_at_the_limit_and_the_replica_stays_healthy(app) 
     assert requests.post(f"{url}/predict", json={"instances": [[0.5] * 6]}, timeout=10).status_code == 200
 
 
+def test_fuzzing_against_the_published_openapi_finds_no_5xx_no_schema_violation_and_no_hang(app) -> None:
+    from tests.integration.fuzz import fuzz
+
+    _, _, url = app
+    totals = fuzz(url, max_examples=25)
+    print(totals.table())
+    assert totals.requests >= 100 and totals.count(400, 500) > 0 and totals.count(200, 300) > 0
+    assert totals.count(500, 600) == 0 and not totals.failures, totals.failures[:5]
+
+
 def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_cluster) -> None:
     cfg, controller, url = app
     ray = ray_cluster

@@ -120,7 +120,7 @@ def test_old_weights_are_evicted_but_records_kept() -> None:
 def test_trainer_progress_and_summary_are_plain_data() -> None:
     c = Controller()
     assert c.windows_done == -1
-    c.trainer_ready(300, 3, 7)
+    assert c.trainer_ready(300, 3, 7, pid=4242) == 0  # generation 0: the first start
     c.trainer_progress({"index": 3, "num_rows": 100})
     s = c.summary()
     assert c.windows_done == 3 and s["trainer"] == {
@@ -128,6 +128,8 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
         "next_window": 3,
         "version": 7,
         "preprocessing": None,
+        "generation": 0,
+        "pid": 4242,
     }
     assert s["progress"] == [{"index": 3, "num_rows": 100}] and s["decisions"] == []
     event = {"window": 4, "offset": 417, "detector": "ADWIN", "decision": "all", "reason": "error 0.1 -> 0.3"}
@@ -218,3 +220,14 @@ def test_a_diverging_step_is_what_the_quality_gate_refuses() -> None:
         scores[lr] = check_quality({**meta, "post_accuracy": m.post_accuracy}, QualityGate())
         assert m.post_loss == m.post_loss and 0.0 <= m.post_accuracy <= 1.0
     assert scores[3e-3] is Gate.ACCEPT and scores[5.0] is Gate.REJECT_LOSS_EXPLODED
+
+
+def test_a_restarted_trainer_is_a_new_generation_and_says_where_it_resumed() -> None:
+    c = Controller()
+    c.trainer_ready(0, 0, 0)
+    for i in range(8):
+        c.trainer_progress({"index": i, "num_rows": 100})
+    assert c.trainer_ready(500, 5, 4) == 1  # the worker group restarted from its checkpoint at window 5
+    assert c.summary()["trainer_restarts"] == [{"generation": 1, "next_window": 5, "windows_done": 7}]
+    c.trainer_progress({"index": 5, "num_rows": 100})
+    assert c.windows_done == 5  # the stream waits for the windows trained again
