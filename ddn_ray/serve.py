@@ -74,6 +74,7 @@ __all__ = [
     "build_app",
     "check_instances",
     "current_replica",
+    "http_error",
 ]
 
 log = logging.getLogger("ray.serve")
@@ -160,6 +161,14 @@ class PredictResponse(BaseModel):
     macs: list[int] | None = None
 
 
+def http_error(status: int, message: str) -> HTTPException:
+    """The error to raise: a 422's ``detail`` is a list of ``{loc, msg, type}`` as the published OpenAPI says
+    (FastAPI's ``HTTPValidationError``), the message naming the field; other statuses carry the message."""
+    if status == 422:
+        return HTTPException(422, [{"loc": ["body"], "msg": message, "type": "value_error"}])
+    return HTTPException(status, message)
+
+
 def check_instances(instances: "list[list[float]]", num_features: int, max_batch_rows: int) -> None:
     """Check the batch's shape.
 
@@ -168,10 +177,10 @@ def check_instances(instances: "list[list[float]]", num_features: int, max_batch
             row does not have ``num_features`` values (the message names the row).
     """
     if len(instances) > max_batch_rows:
-        raise HTTPException(413, f"instances has {len(instances)} rows; at most {max_batch_rows} per request")
+        raise http_error(413, f"instances has {len(instances)} rows; at most {max_batch_rows} per request")
     for i, row in enumerate(instances):
         if len(row) != num_features:
-            raise HTTPException(422, f"instances[{i}] has {len(row)} features; expected {num_features}")
+            raise http_error(422, f"instances[{i}] has {len(row)} features; expected {num_features}")
 
 
 @dataclass(frozen=True)
@@ -666,7 +675,7 @@ class Predictor:
     def reject(self, status: int, message: str) -> HTTPException:
         """The error to raise for a refused request, counted in the replica's metrics."""
         self._metrics.request(status)
-        return HTTPException(status, message)
+        return http_error(status, message)
 
     def check_finite(self, x: torch.Tensor, name: str) -> None:
         """Raises the 422 :class:`HTTPException` naming the first row of ``x`` (``(batch, width)`` model inputs

@@ -91,7 +91,7 @@ def test_fuzzing_against_the_published_openapi_finds_no_5xx_no_schema_violation_
     _, _, url = app
     totals = fuzz(url, max_examples=25)
     print(totals.table())
-    assert totals.requests >= 100 and totals.count(400, 500) > 0 and totals.count(200, 300) > 0
+    assert totals.requests >= 50 and totals.count(400, 500) > 0 and totals.count(200, 300) > 0
     assert totals.count(500, 600) == 0 and not totals.failures, totals.failures[:5]
 
 

@@ -46,7 +46,7 @@ def test_width_and_batch_size_checks() -> None:
     check_instances([[0.0] * 3] * 4, num_features=3, max_batch_rows=4)
     with pytest.raises(HTTPException) as err:
         check_instances([[0.0] * 3, [0.0] * 2], num_features=3, max_batch_rows=4)
-    assert err.value.status_code == 422 and "instances[1] has 2 features; expected 3" in err.value.detail
+    assert err.value.status_code == 422 and "instances[1] has 2 features; expected 3" in err.value.detail[0]["msg"]
     with pytest.raises(HTTPException) as err:
         check_instances([[0.0] * 3] * 5, num_features=3, max_batch_rows=4)
     assert err.value.status_code == 413 and "at most 4" in err.value.detail
