@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ddn_ray import records as records_io
+from ddn_ray.guard import F32_MAX
 from ddn_ray.records import RecordError
 
 Task = Literal["classification", "regression"]
@@ -355,7 +356,8 @@ class Featurizer:
 
         Returns:
             ``(good (n,) bool, reason for each bad row)``: a missing feature under ``missing="quarantine"``,
-            a non-finite number, a missing label, or a class not known and not allowed to grow.
+            a non-finite number or one past float32's range, a missing label, or a class not known and not
+            allowed to grow.
         """
         r = self._rows(data)
         n = len(r)
@@ -364,7 +366,10 @@ class Featurizer:
             return (good, []) if good.all() else (good, r.checked[2][~good].tolist())
         x = r.numeric
         quarantine = self.missing == "quarantine"
+        # past float32's range a value would reach the model as infinity: refused like one
+        huge = np.abs(np.nan_to_num(x, nan=0.0)) > F32_MAX
         bad_x = (not np.isfinite(x).all()) if quarantine else bool(np.isinf(x).any())
+        bad_x = bad_x or bool(huge.any())
         bad_cat = quarantine and any(_is_none(v).any() for v in r.categorical.values())
         label, label_values = (r.label, r.label_values) if self.label is not None and labels else (None, None)
         check_labels = label is not None and label_values is not None
@@ -377,7 +382,10 @@ class Featurizer:
             label is not None
             and label_values is not None
             and (
-                (self.task == "regression" and not np.isfinite(label_values).all())
+                (
+                    self.task == "regression"
+                    and not (np.isfinite(label_values) & (np.abs(label_values) <= F32_MAX)).all()
+                )
                 or (self.task == "classification" and (label.null_count > 0 or (ids is not None and (ids < 0).any())))
             )
         )
@@ -392,6 +400,7 @@ class Featurizer:
 
         for j, c in enumerate(self.numeric):
             refuse(np.isinf(x[:, j]), f"non-finite value in {c}")
+            refuse(huge[:, j], f"value in {c} outside float32's range (|v| <= {F32_MAX:.7g})")
             if quarantine:
                 refuse(np.isnan(x[:, j]), f"missing value in {c}")
         if quarantine:
@@ -400,6 +409,7 @@ class Featurizer:
         if label is not None and label_values is not None:
             if self.task == "regression":
                 refuse(~np.isfinite(label_values), f"missing or non-finite target {self.label}")
+                refuse(np.abs(np.nan_to_num(label_values)) > F32_MAX, f"target {self.label} outside float32's range")
             else:
                 refuse(np.asarray(label.is_null().to_numpy(zero_copy_only=False)), f"missing label {self.label}")
                 if ids is not None:

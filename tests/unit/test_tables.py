@@ -13,6 +13,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ddn_ray import sources, tables
 from ddn_ray.errors import DataError
@@ -378,3 +380,48 @@ def test_a_landing_dir_on_s3_reads_objects_as_they_arrive(s3: pafs.S3FileSystem,
     producer.join()
     assert [v for w in ws for v in w.table["amount"].to_pylist()] == [float(k) for k in range(21)]
     assert src.files_read == [f"ddn-test/land/part-{k:03d}.parquet" for k in range(3)]
+
+
+_BAD_NUMBERS = [float("nan"), float("inf"), float("-inf"), None, 1e300, -1e300]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.floats(-1e6, 1e6), st.sampled_from(_BAD_NUMBERS)),
+            st.one_of(st.sampled_from(["n", "s", "e"]), st.none(), st.text(max_size=3)),
+            st.one_of(st.sampled_from(["no", "yes"]), st.none(), st.sampled_from(["maybe", ""])),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(1, 9),
+)
+def test_every_bad_row_a_source_can_meet_is_quarantined_and_counted_never_revealed(rows: list, window: int) -> None:
+    import tempfile
+
+    amount, region, label = (list(c) for c in zip(*rows))
+    table = pa.table({"amount": pa.array(amount, pa.float64()), "region": region, "y": label})
+    feat = Featurizer(
+        numeric=["amount"], categorical=["region"], label="y", classes=["no", "yes"], missing="quarantine"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(table, Path(tmp) / "rows.parquet")
+        src = sources.FileSource(
+            uri=str(path), columns=["amount", "region", "y"], numeric=["amount"], window_size=window
+        )
+        ts = tables.TabularStream(source=src, featurizer=feat)
+        kept = []
+        for w in ts.windows():
+            revealed = ts.reveal(w)  # what training gets
+            assert np.isfinite(revealed.features).all() and set(revealed.labels.tolist()) <= {0, 1}
+            kept += w.offsets.tolist()
+    bad = {
+        i
+        for i, (a, r, y) in enumerate(rows)
+        if a is None or not np.isfinite(a) or abs(a) > 3.4e38 or r is None or y not in ("no", "yes")
+    }
+    assert sorted(ts.quarantine.offsets) == sorted(bad)  # every bad row, and only those, counted with a reason
+    assert len(ts.quarantine.reasons) == len(bad) and all(ts.quarantine.reasons)
+    assert sorted(kept + ts.quarantine.offsets) == list(range(len(rows)))  # nothing lost, nothing twice
