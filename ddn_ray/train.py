@@ -109,6 +109,7 @@ class WindowSender:
         self.generation = 0
         self.restarts: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._ended = False
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="window-sender", daemon=True)
         self._watcher.start()
@@ -129,11 +130,16 @@ class WindowSender:
                 queue.put(item)
 
     def end(self) -> None:
-        """Queue the end-of-stream marker and stop watching for restarts."""
+        """Queue the end-of-stream marker (again after a restart that comes later, with the windows it needs)."""
         with self._lock:
-            self._stop.set()
+            self._ended = True
             for queue in self.queues:
                 queue.put(None)
+
+    def close(self) -> None:
+        """Stop watching for restarts (once the trainer's ``fit`` returned)."""
+        self._stop.set()
+        self._watcher.join(timeout=2 * self.poll_s)
 
     def _watch(self) -> None:
         import ray
@@ -150,8 +156,6 @@ class WindowSender:
         import dataclasses
 
         with self._lock:
-            if self._stop.is_set():
-                return
             from ray.util.queue import Empty
 
             for queue in self.queues:  # what the dead group left unread (its successor may be reading too)
@@ -165,6 +169,9 @@ class WindowSender:
             for shards in again:
                 for queue, item in zip(self.queues, shards):
                     queue.put(dataclasses.replace(item, generation=generation))
+            if self._ended:  # the stream ended before the restart: the new group needs the marker too
+                for queue in self.queues:
+                    queue.put(None)
             self.restarts.append(
                 {"generation": generation, "next_window": next_window, "resent": [w[0].index for w in again]}
             )

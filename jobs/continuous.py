@@ -212,6 +212,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         ray.get(controller.wait_all_serving.remote(last, cfg.controller.sync_timeout_s))
         summary = ray.get(controller.summary.remote())
     finally:
+        sender.close()
         client.close()
         serve.delete(cfg.serve.app_name)
         ray.kill(controller)
