@@ -55,6 +55,8 @@ TITLES: dict[str, tuple[str, str]] = {
         "ddn-ray tune --config jobs/configs/sweep_nas_elec2.yaml",
     ),
     "gym_dynamics": ("Forward dynamics in process, and the fault alarm", "python benchmarks/gym_dynamics.py"),
+    "faults": ("Faults under load: a replica and a Train worker killed", "python benchmarks/faults.py"),
+    "fuzz_serve": ("Fuzzing the Serve apps against their OpenAPI", "python benchmarks/fuzz_serve.py"),
     "nab_job_learner": ("NAB: the whole corpus", "python benchmarks/nab_job_learner.py"),
     "nab_machine_temperature": (
         "NAB: predictive maintenance on machine temperature",
