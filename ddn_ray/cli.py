@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
 import shlex
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["console", "main", "rerender_report", "rollback", "service_report", "submit"]
+__all__ = ["console", "main", "rerender_report", "rollback", "run_foreground", "service_report", "submit"]
 
 EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
@@ -230,9 +231,46 @@ def _serve(args: argparse.Namespace) -> None:
     cmd = [serve_bin, "deploy", f.name, "--address", args.address] if args.address else [serve_bin, "run", f.name]
     print(" ".join(cmd), flush=True)
     try:
-        raise SystemExit(subprocess.call(cmd))
+        raise SystemExit(run_foreground(cmd))
     finally:
         os.unlink(f.name)
+
+
+def run_foreground(cmd: list[str], grace_s: float = 30.0) -> int:
+    """Run ``cmd`` in its own process group until it exits; SIGTERM or Ctrl-C stops all of it.
+
+    The signal reaches the child as SIGINT (``serve run`` then shuts Serve and the Ray cluster it started
+    down); after the child exits, or ``grace_s`` seconds after the signal, whatever is left of its process
+    group (Ray's agents ignore SIGTERM) is killed, so nothing outlives the command.
+
+    Returns:
+        The child's exit status (``128 + n`` when a signal ``n`` ended it).
+    """
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: the whole tree can be stopped
+    stopping: list[float] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while proc.poll() is None:
+            if stopping and time.monotonic() - stopping[0] > grace_s:
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the child (if still there) and what it left behind
+        proc.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
 def console() -> None:
