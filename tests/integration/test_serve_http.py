@@ -190,10 +190,10 @@ def test_a_killed_replica_is_not_waited_for_and_its_replacement_serves_the_lates
     deadline = time.monotonic() + 60  # Serve starts a replacement, which loads v before it takes traffic
     while time.monotonic() < deadline:
         versions = ray.get(controller.summary.remote())["replica_versions"]
-        if len(set(versions) - before) >= 1 and len(versions) >= len(before):
+        new = set(versions) - before
+        if new and all(versions[r] >= v for r in new):
             break
-        time.sleep(0.5)
-    new = set(versions) - before
+        time.sleep(0.2)
     assert new and all(versions[r] >= v for r in new), versions
     assert _versions(url, 20) == {v}
 
