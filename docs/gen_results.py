@@ -57,6 +57,7 @@ TITLES: dict[str, tuple[str, str]] = {
     "gym_dynamics": ("Forward dynamics in process, and the fault alarm", "python benchmarks/gym_dynamics.py"),
     "faults": ("Faults under load: a replica and a Train worker killed", "python benchmarks/faults.py"),
     "fuzz_serve": ("Fuzzing the Serve apps against their OpenAPI", "python benchmarks/fuzz_serve.py"),
+    "swaps": ("1,000 weight swaps under load", "python benchmarks/swaps.py"),
     "nab_job_learner": ("NAB: the whole corpus", "python benchmarks/nab_job_learner.py"),
     "nab_machine_temperature": (
         "NAB: predictive maintenance on machine temperature",
