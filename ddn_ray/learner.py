@@ -241,13 +241,7 @@ def prequential_step(
     """
     model.eval()
     with torch.no_grad():
-        out = model(x)
-        if task == "regression":
-            wrong = ((out - y) ** 2).mean(dim=1)  # (n,) squared error per row
-            pre_loss_sum = float(wrong.sum())
-        else:
-            pre_loss_sum = float(F.cross_entropy(out, y, reduction="sum"))
-            wrong = (out.argmax(dim=1) != y).float()
+        pre_loss_sum, wrong = _window_errors(model(x), y, task)
     strategy = strategy if strategy is not None else Finetune()
     train_loss_sum = fit(model, optimizer, x, y, batch_size, epochs, generator, strategy, task)
     strategy.after_window(_unwrap(model), x, y)
@@ -256,6 +250,15 @@ def prequential_step(
     n = max(n, 1.0)
     accuracy = pre_correct / n if task == "classification" else math.nan
     return StepResult(int(n), pre_loss_sum / n, accuracy, train_loss_sum / n, wrong)
+
+
+def _window_errors(out: torch.Tensor, y: torch.Tensor, task: str) -> tuple[float, torch.Tensor]:
+    """``(loss summed over rows, (n,) float32 error per row)`` of a window's outputs: cross-entropy and 1.0 where
+    the class is wrong, or for regression the squared error per row (mean over outputs) for both."""
+    if task == "regression":
+        wrong = ((out - y) ** 2).mean(dim=1)
+        return float(wrong.sum()), wrong
+    return float(F.cross_entropy(out, y, reduction="sum")), (out.argmax(dim=1) != y).float()
 
 
 def window_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> tuple[float, float]:
@@ -269,12 +272,9 @@ def window_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        out = model(x)
+        loss_sum, wrong = _window_errors(model(x), y, task)
     model.train(was_training)
-    if task == "regression":
-        loss_sum, correct = float(((out - y) ** 2).mean(dim=1).sum()), 0.0
-    else:
-        loss_sum, correct = float(F.cross_entropy(out, y, reduction="sum")), float((out.argmax(dim=1) == y).sum())
+    correct = float(x.shape[0] - wrong.sum()) if task == "classification" else 0.0
     n, loss_sum, correct = _all_sum([x.shape[0], loss_sum, correct])
     n = max(n, 1.0)
     return loss_sum / n, correct / n if task == "classification" else math.nan

@@ -360,6 +360,7 @@ class Predictor:
         self._log_tasks: set[asyncio.Task] = set()
         self._controller_name, self._namespace = controller_name, namespace
         self._replica = serve.get_replica_context().replica_id.unique_id
+        self._actor = ray.get_runtime_context().current_actor  # handed to the controller with each long-poll
         self._max_batch_rows = max_batch_rows
         self._poll_timeout_s = poll_timeout_s
         self._current: Served | None = None
@@ -480,10 +481,8 @@ class Predictor:
         return self._openapi_spec
 
     async def _load_next(self, after: int | None, timeout_s: float) -> bool:
-        import ray
-
-        me = ray.get_runtime_context().current_actor  # lets the controller tell this replica dead from slow
-        found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s, actor=me)
+        # the replica's own actor handle: lets the controller tell it dead from slow
+        found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s, actor=self._actor)
         if found is None:
             return False
         version, (ref,), meta, preprocessing = found

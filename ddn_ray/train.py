@@ -9,12 +9,14 @@ with it, and reporting a checkpoint every ``checkpoint_every_windows`` windows.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -99,9 +101,6 @@ class WindowSender:
     def __init__(
         self, *, queues: list[Any], controller: Any, keep_windows: int, keep_s: float = 30.0, poll_s: float = 2.0
     ) -> None:
-        import collections
-        import threading
-
         self.queues, self.controller, self.poll_s = queues, controller, poll_s
         self.keep_windows, self.keep_s = keep_windows, keep_s
         self.kept: collections.deque[list[WindowItem]] = collections.deque()
@@ -116,10 +115,8 @@ class WindowSender:
 
     def send(self, shards: list[WindowItem]) -> None:
         """Queue one window: ``shards[r]`` to rank ``r``."""
-        import dataclasses
-
         with self._lock:
-            stamped = [dataclasses.replace(s, generation=self.generation) for s in shards]
+            stamped = [replace(s, generation=self.generation) for s in shards]
             now = time.monotonic()
             self.kept.append(stamped)
             self._sent_s.append(now)
@@ -153,8 +150,6 @@ class WindowSender:
                 self._resend(int(ready["generation"]), int(ready["next_window"]))
 
     def _resend(self, generation: int, next_window: int) -> None:
-        import dataclasses
-
         with self._lock:
             from ray.util.queue import Empty
 
@@ -168,7 +163,7 @@ class WindowSender:
                 log.error("windows from %d to %d are no longer kept to send again", next_window, self.kept[0][0].index)
             for shards in again:
                 for queue, item in zip(self.queues, shards):
-                    queue.put(dataclasses.replace(item, generation=generation))
+                    queue.put(replace(item, generation=generation))
             if self._ended:  # the stream ended before the restart: the new group needs the marker too
                 for queue in self.queues:
                     queue.put(None)
