@@ -1,6 +1,7 @@
 """Ports of the session cluster (imported by conftest and tests), and reading its metrics endpoint."""
 
 import time
+from typing import Any
 
 import requests
 
@@ -8,13 +9,14 @@ SERVE_PORT = 18123  # pinned; the GCS port is chosen free by ray.init, the dashb
 METRICS_PORT = 18124  # the node's Prometheus endpoint (ray.util.metrics), pinned
 
 
-def scrape(names: list[str], timeout_s: float = 30.0) -> dict[str, list[str]]:
-    """Lines of the node's Prometheus endpoint for each metric name, once all appear (or the timeout)."""
+def scrape(names: list[str], timeout_s: float = 30.0, until: Any = None) -> dict[str, list[str]]:
+    """Lines of the node's Prometheus endpoint for each metric name, once all appear and ``until(found)`` holds
+    (a gauge is exported at the next report interval), or the timeout."""
     deadline, found = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
         text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
         found = {n: [ln for ln in text.splitlines() if ln.startswith((n + "{", n + " "))] for n in names}
-        if all(found.values()):
+        if all(found.values()) and (until is None or until(found)):
             break
         time.sleep(1.0)
     return found

@@ -223,9 +223,9 @@ def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
         "ray_ddn_ray_request_errors_total",
         "ray_ddn_ray_rows_predicted_total",
     ]
-    found = scrape(names)
-    assert all(found.values()), [n for n, lines in found.items() if not lines]
     value = lambda line: float(line.rsplit(" ", 1)[1])
+    found = scrape(names, until=lambda f: max(value(ln) for ln in f["ray_ddn_ray_model_version"]) >= v)
+    assert all(found.values()), [n for n, lines in found.items() if not lines]
     assert max(value(ln) for ln in found["ray_ddn_ray_model_version"]) >= v
     served = [ln for ln in found["ray_ddn_ray_served_model_version"] if 'replica="' in ln]
     assert served and max(value(ln) for ln in served) >= v
