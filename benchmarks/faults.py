@@ -1,5 +1,5 @@
 """Faults under load: the main job on Elec2 while an outside client sends 20 requests/s, with one SIGKILL of a
-Serve replica and, later, one of the Train worker, in the same run.
+Serve replica, later one of the Train worker, and later one of the controller actor, in the same run.
 
     python benchmarks/faults.py [--rows 12000] [--rps 20]
 
@@ -11,7 +11,9 @@ Measured on one clock (``time.monotonic``, system-wide on Linux, the controller'
 * the replica kill: when the dead replica stopped being expected (the next version counted as served) and
   when Serve's replacement served its first version;
 * the worker kill: when the restarted worker group published its first version, the checkpoint window it
-  resumed from and the windows it trained again.
+  resumed from and the windows it trained again;
+* the controller kill: when Ray's restart had restored it from its journal, when each replica re-attached,
+  when the next version was published, and how many versions it restored.
 
 Prints a table; exits 1 when a request failed or the run lost a row.
 """
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=20.0)
     parser.add_argument("--replica-kill-window", type=int, default=20)
     parser.add_argument("--worker-kill-window", type=int, default=60)
+    parser.add_argument("--controller-kill-window", type=int, default=90)
     args = parser.parse_args()
 
     import ray
@@ -123,7 +126,7 @@ def main() -> None:
 
     def faults() -> None:
         ckpt_dir = Path(cfg.storage_path, cfg.run_name)
-        while "worker_kill_s" not in events:
+        while "controller_kill_s" not in events:
             try:
                 controller = ray.get_actor(cfg.controller.name, namespace=cfg.ray.namespace)
                 summary = ray.get(controller.summary.remote())
@@ -143,10 +146,16 @@ def main() -> None:
             summaries[:] = [summary]
             ckpts = sorted(ckpt_dir.glob("checkpoint_*/meta.json"), key=lambda p: p.stat().st_mtime)
             registered = ckpts and time.time() - ckpts[0].stat().st_mtime > 3.0  # Train registers at its 2 s poll
-            if "replica_kill_s" in events and done >= args.worker_kill_window and registered:
+            worker_due = "worker_kill_s" not in events and "replica_kill_s" in events
+            if worker_due and done >= args.worker_kill_window and registered:
                 trainer = ray.get(controller.wait_trainer_ready.remote(1.0))
                 events["worker_kill_s"], events["worker_done"] = time.monotonic(), done
                 os.kill(trainer["pid"], signal.SIGKILL)
+            if "worker_kill_s" in events and done >= args.controller_kill_window:
+                pid = ray.get(controller.pid.remote())
+                events["controller_kill_s"], events["controller_done"] = time.monotonic(), done
+                events["versions_at_kill"] = len(summary["versions"])
+                os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
         while not load.stop.is_set():  # every version, until the job ends
             with contextlib.suppress(Exception):
@@ -165,12 +174,16 @@ def main() -> None:
     versions = [v for v in all_versions if v["meta"].get("window") is not None and not v["meta"].get("resumed")]
     publish = sorted(v["published_s"] for v in versions)
     gaps = [(b, b - a) for a, b in itertools.pairwise(publish)]
-    k_rep, k_wrk = events.get("replica_kill_s"), events.get("worker_kill_s")
-    if k_rep is None or k_wrk is None:
+    k_rep, k_wrk, k_ctl = (events.get(k) for k in ("replica_kill_s", "worker_kill_s", "controller_kill_s"))
+    if k_rep is None or k_wrk is None or k_ctl is None:
         sys.exit(f"a fault was not injected: {events}")
     before = statistics.median(g for at, g in gaps if at < k_rep)
     after_rep = max(g for at, g in gaps if k_rep <= at < k_wrk)
-    after_wrk = max(g for at, g in gaps if at >= k_wrk)
+    after_wrk = max(g for at, g in gaps if k_wrk <= at < k_ctl)
+    after_ctl = max(g for at, g in gaps if at >= k_ctl)
+    (ctl,) = report["run"]["controller_restarts"]
+    reattached = [ctl["restored_s"] + s - k_ctl for s in ctl["reattached_s"].values()]
+    next_version = min(v["published_s"] for v in versions if v["published_s"] > k_ctl) - k_ctl
     # the replica kill: the first version every live replica served after it, and the replacement's first ack
     served_after = [v for v in all_versions if v["published_s"] >= k_rep and v["all_served_s"] is not None]
     first_served = served_after[0]["published_s"] + served_after[0]["all_served_s"] - k_rep if served_after else None
@@ -182,14 +195,15 @@ def main() -> None:
         if r not in old and v["published_s"] + s >= k_rep
     ]
     (restart,) = report["run"]["trainer_restarts"]
-    resumed = [v["published_s"] - k_wrk for v in versions if v["published_s"] > k_wrk]
+    resumed = [v["published_s"] - k_wrk for v in versions if k_wrk < v["published_s"] < k_ctl]
     load_t0 = events["load_start_s"]
     end_s = publish[-1]  # the last window's version; after it the job deletes its app (the load's 404s are not faults)
     late = collections.Counter(s for at, s, _ in load.sent if at >= end_s and s != 200)
     phases = [
         ("before the kills", load_t0, k_rep),
         ("replica kill -> worker kill", k_rep, k_wrk),
-        ("after the worker kill", k_wrk, end_s),
+        ("worker kill -> controller kill", k_wrk, k_ctl),
+        ("after the controller kill", k_ctl, end_s),
     ]
 
     print(f"# python benchmarks/faults.py --rows {args.rows} --rps {args.rps:g}  ({time.strftime('%Y-%m-%d')}, 2 CPUs)")
@@ -219,8 +233,19 @@ def main() -> None:
     )
     print(f"| | kill -> the restarted worker group's first version | {min(resumed):.2f} |")
     print(
+        f"| SIGKILL of the controller (after window {events['controller_done']}) "
+        f"| longest gap between versions after it | {after_ctl:.2f} |"
+    )
+    print(f"| | kill -> restarted by Ray and restored from its journal | {ctl['restored_s'] - k_ctl:.2f} |")
+    print(f"| | kill -> every replica re-attached ({len(reattached)}) | {max(reattached):.2f} |")
+    print(f"| | kill -> the next version published | {next_version:.2f} |")
+    print(
         f"\nworker restart: resumed at the checkpoint of window {restart['next_window']}, "
         f"windows trained again {restart['trained_again']}, sent again {len(restart['resent'])}"
+    )
+    print(
+        f"controller restart: {ctl['versions']} versions restored ({events['versions_at_kill']} published before "
+        f"the kill), {ctl['journal_lines']:,} journal lines replayed"
     )
     lost = args.rows - report["run"]["rows_served"]
     print(f"after the last version (the job deleting its app): {sum(late.values())} answers not 200 {dict(late)}")

@@ -456,6 +456,12 @@ class ControllerConfig(_Frozen):
     name: str = "ddn_ray_controller"
     poll_timeout_s: float = Field(5.0, gt=0, description="replica long-poll timeout")
     sync_timeout_s: float = Field(10.0, gt=0, description="wait at most this long for every replica to load a version")
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Ray restarts a killed controller this many times; it restores its versions and weights from "
+        "the journal it writes under <storage_path>/<run_name>/controller/",
+    )
     max_loss_ratio: float | None = Field(
         10.0,
         gt=1,

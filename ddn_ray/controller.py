@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ddn_ray.config import ControllerConfig
+from ddn_ray.versions import VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ class Controller:
             accuracy on the latest revealed window exceeds the student's by at most this
             (:func:`ddn_ray.distill.serve_student`), the teacher otherwise.
         quality: the bounds an update's scores on the window it learned must meet (:func:`check_quality`).
+        journal: where every version's weights and every change of state are written before anyone hears of them
+            (:mod:`ddn_ray.versions`); :meth:`restore` rebuilds a controller from it. ``None``: memory only.
     """
 
     def __init__(
@@ -173,8 +176,12 @@ class Controller:
         first_version: int = 0,
         student_margin: float = 0.02,
         quality: QualityGate | None = None,
+        journal: VersionStore | None = None,
     ) -> None:
         self._store = store or _copy_store
+        self.journal = journal
+        self._replaying = False
+        self._files: dict[int, tuple[str, str | None]] = {}  # version -> its weights file, its student's
         self.quality = quality or QualityGate()
         self.student_margin = student_margin
         self._students: dict[int, tuple[Any, Mapping[str, np.ndarray]]] = {}  # versions that serve their student
@@ -195,6 +202,12 @@ class Controller:
         self.trainer: dict[str, Any] | None = None
         self.progress: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []  # drift signals with the decision each led to, in order
+        self.spec: dict[str, Any] | None = None  # what replicas need to build the model
+        self.restarts: list[dict[str, Any]] = []  # restores from the journal: when, and when each replica came back
+
+    def _log(self, op: str, **fields: Any) -> None:
+        if self.journal is not None and not self._replaying:
+            self.journal.append(op, t=self._clock(), **fields)
 
     # versions -------------------------------------------------------------
     @property
@@ -228,7 +241,9 @@ class Controller:
         now = self._clock()  # freshness counts the gate and the store too
         meta = dict(meta or {})
         latest = self.latest_version
-        reference = self._weights[latest][1] if latest is not None else None
+        if self._retried(meta):  # the call was retried after a restart (Ray's max_task_retries): it is this one
+            return {"accepted": True, "version": latest, "decision": Gate.ACCEPT.value}
+        reference = self.weights(latest)[1] if latest is not None else None  # a restored one loads from its file
         before = self.records[-1].meta.get("num_classes") if self.records else None
         grow = before is not None and int(meta.get("num_classes", before)) > int(before)
         decision = check_update(weights, reference, grow)
@@ -247,11 +262,10 @@ class Controller:
             decision = Gate.REJECT_SUPERSEDED
         if decision is not Gate.ACCEPT:
             self.rejected.append({"decision": decision.value, "at_version": latest, "meta": meta})
+            self._log("reject", entry=self.rejected[-1])
             return {"accepted": False, "version": latest, "decision": decision.value}
         parent = meta.get("parent", latest)
         version = max(v for v in (latest, parent, self.first_version - 1) if v is not None) + 1
-        self._weights[version] = self._store(weights)
-        self._preprocessing[version] = dict(preprocessing) if preprocessing is not None else None
         meta["served_model"] = "teacher"
         if student is not None:
             from ddn_ray.distill import serve_student
@@ -266,14 +280,72 @@ class Controller:
             if gate is Gate.ACCEPT:
                 self._last_student = student
                 if close:
-                    self._students[version] = self._store(student)
                     meta["served_model"] = "student"
-        for old in [v for v in self._weights if v <= version - self.keep_versions]:
-            del self._weights[old]
+        served_student = student if meta["served_model"] == "student" else None
+        files = self._write(version, weights, served_student)  # durable before any replica hears of it
+        self._weights[version] = self._store(weights)
+        if served_student is not None:
+            self._students[version] = self._store(served_student)
+        self._add(VersionRecord(version, parent, now, meta, self.live_replicas()), preprocessing, files)
+        return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
+
+    def _retried(self, meta: Mapping[str, Any]) -> bool:
+        """The latest version came from this very update (same trainer generation, window and parent)."""
+        if not self.records or meta.get("generation") is None:
+            return False
+        last = self.records[-1].meta
+        return all(last.get(k) == meta.get(k) for k in ("generation", "window", "parent", "trained_end_offset"))
+
+    def _write(
+        self, version: int, weights: Mapping[str, np.ndarray], student: Mapping[str, np.ndarray] | None
+    ) -> tuple[str, str | None] | None:
+        if self.journal is None:
+            return None
+        name = self.journal.weights_name(version)
+        self.journal.write_weights(name, weights)
+        student_name = None
+        if student is not None:
+            student_name = self.journal.weights_name(version, "s")
+            self.journal.write_weights(student_name, student)
+        return name, student_name
+
+    def _add(
+        self,
+        record: VersionRecord,
+        preprocessing: Mapping[str, Any] | None,
+        files: tuple[str, str | None] | None,
+        rollback_to: int | None = None,
+    ) -> None:
+        """Keep a new version (its weights are stored already), journal it, and drop what fell out of
+        ``keep_versions``."""
+        version = record.version
+        self._preprocessing[version] = dict(preprocessing) if preprocessing is not None else None
+        if files is not None:
+            self._files[version] = files
+            self._log(
+                "publish",
+                version=version,
+                parent=record.parent,
+                published_s=record.published_s,
+                meta=record.meta,
+                expected=record.expected,
+                preprocessing=self._preprocessing[version],
+                files=files,
+                rollback_to=rollback_to,
+            )
+        self.records.append(record)
+        if rollback_to is not None:
+            self.rollbacks.append({"version": version, "rollback_to": rollback_to})
+        for old in [v for v in {*self._weights, *self._files} if v <= version - self.keep_versions]:
+            self._weights.pop(old, None)
             self._preprocessing.pop(old, None)
             self._students.pop(old, None)
-        self.records.append(VersionRecord(version, parent, now, meta, self.live_replicas()))
-        return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
+            gone = self._files.pop(old, None)
+            if gone is not None and self.journal is not None and not self._replaying:
+                needed = {f for fs in self._files.values() for f in fs}
+                for name in gone:
+                    if name is not None and name not in needed:
+                        self.journal.delete_weights(name)
 
     def rollback(self, to: int) -> dict[str, Any]:
         """Serve version ``to`` again, as a new version (ids never decrease on a replica) with ``to``'s
@@ -286,15 +358,14 @@ class Controller:
         Raises:
             KeyError: ``to`` is not held (more than ``keep_versions`` versions ago, or never published).
         """
-        self.handle(to)  # raises KeyError when it is not held
+        self.served_handle(to)  # raises KeyError when it is not held; loads it from the journal's files
         now, version = self._clock(), self.latest_version + 1  # type: ignore[operator]  # handle() found one
         self._weights[version] = self._weights[to]  # the same stored object: no copy
-        self._preprocessing[version] = self._preprocessing.get(to)
         if to in self._students:
             self._students[version] = self._students[to]
         meta = {**self.record(to).meta, "rollback_to": to, "parent": to}
-        self.records.append(VersionRecord(version, to, now, meta, self.live_replicas()))
-        self.rollbacks.append({"version": version, "rollback_to": to})
+        record = VersionRecord(version, to, now, meta, self.live_replicas())
+        self._add(record, self._preprocessing.get(to), self._files.get(to), rollback_to=to)
         return {"accepted": True, "version": version, "decision": "rollback", "rollback_to": to}
 
     def handle(self, version: int | None = None) -> tuple[int, Any]:
@@ -304,6 +375,11 @@ class Controller:
             KeyError: no such version is kept.
         """
         v = self.latest_version if version is None else version
+        if v is not None and v not in self._weights and v in self._files:  # restored: its weights are on file
+            name, student = self._files[v]
+            self._weights[v] = self._store(self.journal.read_weights(name))  # type: ignore[union-attr]
+            if student is not None:
+                self._students[v] = self._store(self.journal.read_weights(student))  # type: ignore[union-attr]
         if v is None or v not in self._weights:
             raise KeyError(f"model version {v} is not held by the controller")
         return v, self._weights[v][0]
@@ -334,8 +410,17 @@ class Controller:
         raise KeyError(f"model version {version} was never published")
 
     # replicas -------------------------------------------------------------
-    def replica_seen(self, replica_id: str) -> None:
-        self._replicas[replica_id] = self._clock()
+    def replica_seen(self, replica_id: str, serving: int | None = None) -> None:
+        """A replica polled; ``serving``: the version it serves (what a restored controller learns it from)."""
+        now = self._clock()
+        self._replicas[replica_id] = now
+        if serving is not None and replica_id not in self._replica_version:
+            self._replica_version[replica_id] = serving
+        if self.restarts and not self._replaying:
+            back = self.restarts[-1]["reattached_s"]
+            if replica_id not in back:
+                back[replica_id] = now - self.restarts[-1]["restored_s"]
+                self._log("reattached", replica=replica_id, after_s=back[replica_id])
 
     def live_replicas(self) -> set[str]:
         now = self._clock()
@@ -350,6 +435,7 @@ class Controller:
             if replica_id not in rec.served_s:
                 rec.expected.discard(replica_id)
         self.replicas_gone.append(replica_id)
+        self._log("gone", replica=replica_id)
 
     def lagging(self, version: int) -> list[str]:
         """The live replicas not yet serving ``version`` or newer."""
@@ -359,6 +445,7 @@ class Controller:
         """A replica now serves ``version``: it also serves every older version's successor."""
         self.replica_seen(replica_id)
         self._replica_version[replica_id] = version
+        self._log("ack", replica=replica_id, version=version)
         now = self._clock()
         for rec in reversed(self.records):
             if rec.version > version:
@@ -391,6 +478,17 @@ class Controller:
             Its generation: 0 for the first start, ``k`` for the ``k``-th restart of its worker group (Train's
             ``FailureConfig``); windows sent to an earlier generation are skipped by this one.
         """
+        retried = self.trainer is not None and (self.trainer["pid"], self.trainer["next_offset"]) == (pid, next_offset)
+        if retried and pid is not None:  # the same call again (a restarted controller's retry): same generation
+            return int(self.trainer["generation"])  # type: ignore[index]
+        self._log(
+            "trainer_ready",
+            next_offset=next_offset,
+            next_window=next_window,
+            version=version,
+            preprocessing=preprocessing,
+            pid=pid,
+        )
         generation = 0 if self.trainer is None else int(self.trainer["generation"]) + 1
         if generation:
             self.trainer_restarts.append(
@@ -407,7 +505,15 @@ class Controller:
         return generation
 
     def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
-        """Record a window's metrics; its drift events (signal + decision) go to the decision log."""
+        """Record a window's metrics; its drift events (signal + decision) go to the decision log. The same
+        window of the same trainer generation again (a retried call) is recorded once."""
+        last = self.progress[-1] if self.progress else {}
+        if "generation" in metrics and (last.get("index"), last.get("generation")) == (
+            metrics.get("index"),
+            metrics["generation"],
+        ):
+            return
+        self._log("progress", metrics=metrics)
         self.progress.append({k: v for k, v in metrics.items() if k != "events"})
         self.decisions.extend(dict(e) for e in metrics.get("events", ()))
 
@@ -415,6 +521,74 @@ class Controller:
     def windows_done(self) -> int:
         """Index of the last window the trainer finished, or -1."""
         return self.progress[-1]["index"] if self.progress else -1
+
+    # restart -------------------------------------------------------------
+    def set_spec(self, spec: Mapping[str, Any]) -> None:
+        """What replicas need to build the model (:func:`ddn_ray.checkpoint.model_spec`)."""
+        self.spec = dict(spec)
+        self._log("spec", spec=self.spec)
+
+    def restore(self) -> int:
+        """Rebuild the state from the journal (a restarted controller actor): every version with its meta,
+        preprocessing and freshness, rejections, rollbacks, dead replicas, the trainer's starts and windows, the
+        decision log. Weights load from their files when first asked for. No replica counts as live until it
+        polls again (:meth:`replica_seen`), so freshness waits only for the replicas that came back.
+
+        Returns:
+            How many journal lines were replayed (0: nothing to restore, a first start).
+        """
+        if self.journal is None:
+            return 0
+        clock, n = self._clock, 0
+        self._replaying = True
+        try:
+            for e in self.journal.events():
+                at = float(e.get("t", 0.0))
+                self._clock = lambda at=at: at  # type: ignore[misc]  # each change at its own time
+                self._replay(e)
+                n += 1
+        finally:
+            self._clock, self._replaying = clock, False
+        self._replicas.clear()
+        self._replica_version.clear()
+        if n:
+            self.restarts.append(
+                {"restored_s": self._clock(), "versions": len(self.records), "journal_lines": n, "reattached_s": {}}
+            )
+            self._log("restored", versions=len(self.records), journal_lines=n)
+        return n
+
+    def _replay(self, e: dict[str, Any]) -> None:
+        op = e["op"]
+        if op == "publish":
+            record = VersionRecord(e["version"], e["parent"], e["published_s"], e["meta"], set(e["expected"]))
+            name, student = e["files"]
+            self._add(record, e["preprocessing"], (name, student), rollback_to=e.get("rollback_to"))
+        elif op == "ack":
+            self.ack(e["replica"], e["version"])
+        elif op == "gone":
+            self.replica_gone(e["replica"])
+        elif op == "reject":
+            self.rejected.append(e["entry"])
+        elif op == "trainer_ready":
+            self.trainer_ready(e["next_offset"], e["next_window"], e["version"], e["preprocessing"], e["pid"])
+        elif op == "progress":
+            self.trainer_progress(e["metrics"])
+        elif op == "spec":
+            self.spec = e["spec"]
+        elif op == "restored":
+            self.restarts.append(
+                {
+                    "restored_s": e["t"],
+                    "versions": e["versions"],
+                    "journal_lines": e["journal_lines"],
+                    "reattached_s": {},
+                }
+            )
+        elif op == "reattached":
+            self.restarts[-1]["reattached_s"][e["replica"]] = e["after_s"]
+        else:
+            raise ValueError(f"unknown journal line {op!r}")
 
     def summary(self) -> dict[str, Any]:
         """Versions (with freshness), rejections, trainer progress and the decision log, as plain data."""
@@ -435,6 +609,7 @@ class Controller:
             "replicas_gone": list(self.replicas_gone),
             "rollbacks": list(self.rollbacks),
             "trainer_restarts": list(self.trainer_restarts),
+            "controller_restarts": list(self.restarts),
             "progress": self.progress,
             "decisions": self.decisions,
             "trainer": self.trainer,
@@ -447,6 +622,16 @@ class ControllerActor:
 
     Long-poll methods sleep on a condition that every publish, ack and progress
     report notifies, so waiters wake without polling.
+
+    With ``store_uri``, every version and change of state is journaled there first (:mod:`ddn_ray.versions`).
+    Created with Ray's ``max_restarts`` and ``max_task_retries=-1``, a killed controller comes back under the same
+    handle, :meth:`Controller.restore` rebuilds it from the journal, and the calls that were in flight run again
+    (publish, progress and trainer starts recognise a repeat). Replicas keep serving the version they hold
+    meanwhile and re-attach with their next long-poll.
+
+    Args:
+        store_uri: a local path or pyarrow URI for the journal and weights files; ``None``: memory only (a
+            restart then starts empty: do not combine it with ``max_restarts``).
     """
 
     def __init__(
@@ -456,6 +641,7 @@ class ControllerActor:
         first_version: int = 0,
         student_margin: float = 0.02,
         quality: QualityGate | None = None,
+        store_uri: str | None = None,
     ) -> None:
         from ddn_ray.metrics import ControllerMetrics
 
@@ -466,10 +652,17 @@ class ControllerActor:
             first_version=first_version,
             student_margin=student_margin,
             quality=quality,
+            journal=VersionStore(uri=store_uri) if store_uri is not None else None,
         )
+        if self.c.restore():
+            log.warning(
+                "controller restored from %s: %d versions, latest %s",
+                store_uri,
+                len(self.c.records),
+                self.c.latest_version,
+            )
         self._cond = asyncio.Condition()
         self.metrics = ControllerMetrics()
-        self._spec: dict[str, Any] | None = None
         self._refresher: asyncio.Task[None] | None = None  # started on the actor's event loop by the first publish
         self._fresh_upto = -1  # versions up to this one have had their freshness exported
         self._actors: dict[str, Any] = {}  # replica id -> its actor handle, to tell a dead replica from a slow one
@@ -495,10 +688,13 @@ class ControllerActor:
     ) -> dict[str, Any]:
         result = self.c.publish(weights, meta, preprocessing, student)
         self.metrics.published(result)
-        if self._refresher is None:
-            self._refresher = asyncio.get_running_loop().create_task(self.metrics.refresh_forever())
+        self._refresh()
         await self._notify()
         return result
+
+    def _refresh(self) -> None:
+        if self._refresher is None:  # on the actor's event loop
+            self._refresher = asyncio.get_running_loop().create_task(self.metrics.refresh_forever())
 
     async def rollback(self, to: int) -> dict[str, Any]:
         """:meth:`Controller.rollback`; replicas load it like any new version (``ddn-ray rollback --to``)."""
@@ -523,7 +719,10 @@ class ControllerActor:
         it zero-copy from the object store. Returns ``None`` on timeout. ``actor``: the replica's own actor
         handle, so that :meth:`wait_all_serving` can tell a dead replica from a slow one.
         """
-        self.c.replica_seen(replica_id)
+        back = replica_id not in self.c.replica_versions()
+        self.c.replica_seen(replica_id, serving=after)
+        if back:  # a restored controller's first sight of a replica may complete a wait_all_serving
+            await self._notify()
         if actor is not None:
             self._actors[replica_id] = actor
         newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)
@@ -534,6 +733,7 @@ class ControllerActor:
 
     async def ack(self, replica_id: str, version: int) -> None:
         self.c.ack(replica_id, version)
+        self._refresh()
         fresh = []
         for rec in reversed(self.c.records):  # newest first, down to the last version exported
             if rec.version <= self._fresh_upto:
@@ -622,10 +822,16 @@ class ControllerActor:
 
     async def set_model_spec(self, spec: dict[str, Any]) -> None:
         """What replicas need to build the model: ``model`` (ModelConfig dict), ``num_features``, ``num_classes``."""
-        self._spec = dict(spec)
+        self.c.set_spec(spec)
 
     async def model_spec(self) -> dict[str, Any] | None:
-        return self._spec
+        return self.c.spec
+
+    async def pid(self) -> int:
+        """The actor's process id (fault-injection tests and benchmarks kill it)."""
+        import os
+
+        return os.getpid()
 
     async def summary(self) -> dict[str, Any]:
         return self.c.summary()

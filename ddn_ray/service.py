@@ -49,7 +49,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, feeds, guard, models, stream, tables
+from ddn_ray import config, feeds, guard, models, stream, tables, versions
 from ddn_ray.eventlog import EventLog, JoinResult
 from ddn_ray.guard import ModelFloat, normalise_text
 from ddn_ray.records import RecordError
@@ -225,12 +225,18 @@ class LearningService:
             ray.kill(ray.get_actor(cfg.controller.name, namespace=cfg.ray.namespace))
         actor: Any = ray.remote(ControllerActor)
         self.controller: Any = actor.options(
-            name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000
+            name=cfg.controller.name,
+            namespace=cfg.ray.namespace,
+            num_cpus=0,
+            max_concurrency=1000,
+            max_restarts=cfg.controller.max_restarts,
+            max_task_retries=-1,
         ).remote(
             replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
             first_version=last + 1,
             student_margin=cfg.distill.margin,
             quality=QualityGate.of(cfg.controller),
+            store_uri=versions.attempt_uri(self.run_dir),
         )
         spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"}, cfg.distill.student)
         await self.controller.set_model_spec.remote(spec)

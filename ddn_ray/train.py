@@ -327,6 +327,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "post_loss": metrics.post_loss,  # learned: the controller's quality gate reads them
                     "post_accuracy": metrics.post_accuracy,
                     "parent": version,
+                    "generation": generation,  # with window and parent: a retried publish is known as one
                     "decision": event["decision"] if event else None,
                     "num_classes": learner.num_classes,
                 }
@@ -352,7 +353,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report_checkpoint({"next_offset": next_offset, "pre_accuracy": metrics.pre_accuracy})
             checkpointed_index = next_index
         if rank == 0:
-            ray.get(controller.trainer_progress.remote({**asdict(metrics), "events": events}))
+            ray.get(controller.trainer_progress.remote({**asdict(metrics), "generation": generation, "events": events}))
 
 
 class InProcessRun(NamedTuple):

@@ -30,7 +30,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, report, stream, usecase
+from ddn_ray import config, evaluate, feeds, models, report, stream, usecase, versions
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor, QualityGate
 from ddn_ray.errors import DataError
@@ -72,13 +72,22 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     nf, workers = len(feature_names), cfg.train.num_workers
 
     # Controller: owns every version; version 0 is the seeded initial model.
+    # Killed, Ray restarts it (max_restarts) and it restores itself from its journal; calls in flight run again.
     controller = (
         ray.remote(ControllerActor)
-        .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=1000)
+        .options(
+            name=cfg.controller.name,
+            namespace=cfg.ray.namespace,
+            num_cpus=0,
+            max_concurrency=1000,
+            max_restarts=cfg.controller.max_restarts,
+            max_task_retries=-1,
+        )
         .remote(
             replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
             student_margin=cfg.distill.margin,
             quality=QualityGate.of(cfg.controller),
+            store_uri=versions.attempt_uri(f"{cfg.storage_uri}/{run_name}"),
         )
     )
     ray.get(
@@ -245,6 +254,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         {**r, "trained_again": [i for i in r["resent"] if i <= done_at.get(r["generation"], -1)]}
         for r in sender.restarts
     ]
+    # restarts of the controller (it died): when it came back from its journal, and when each replica re-attached
+    result["run"]["controller_restarts"] = summary["controller_restarts"]
     result["run"]["peak_rss_bytes"] = rss.stop()
     result["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
     result["run"]["wall_s"] = time.monotonic() - t0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ddn_ray import models
+from ddn_ray.versions import VersionStore
 
 
 def _check_versions_and_freshness(report: dict) -> None:
@@ -254,4 +255,55 @@ def test_a_killed_train_worker_costs_a_restart_from_the_checkpoint_not_the_run(
     ckpts = Path(cfg.storage_path, cfg.run_name).glob("checkpoint_*/meta.json")
     assert max(json.loads(p.read_text())["next_offset"] for p in ckpts) == 4000  # every window learned
     assert report["versions"][-1]["meta"]["window"] == 39
+    _check_versions_and_freshness(report)
+
+
+def test_a_killed_controller_restores_its_versions_and_the_run_goes_on(ray_cluster, continuous, job_config) -> None:
+    """SIGKILL of the controller actor mid-run: Ray restarts it, it restores every version and record from its
+    journal, replicas keep serving meanwhile and re-attach, calls in flight run again, and the run ends whole."""
+    import os
+    import signal
+    import threading
+    import time
+
+    cfg = job_config(data={"max_rows": 4000}, run_name="controller-kill")
+    killed: dict = {}
+
+    def kill_the_controller() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            try:
+                controller = ray_cluster.get_actor(cfg.controller.name, namespace=cfg.ray.namespace)
+                if ray_cluster.get(controller.wait_progress.remote(12, 1.0)) >= 12:
+                    versions = ray_cluster.get(controller.latest_version.remote())
+                    pid = ray_cluster.get(controller.pid.remote())
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(pid=pid, at_s=time.monotonic(), latest_version=versions)
+            except ValueError:  # not created yet
+                time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_controller, daemon=True)
+    killer.start()
+    report = continuous.main(cfg)
+    killer.join(timeout=5)
+    assert killed, "the controller was never killed"
+    run = report["run"]
+    # nothing lost: every row served (no request failed), every window learned once
+    assert run["rows_served"] == 4000 and run["windows"] == 40 and report["http"]["failed"] == 0
+    (restart,) = run["controller_restarts"]
+    assert restart["versions"] >= killed["latest_version"] + 1  # every version published before the kill
+    assert 0 < restart["restored_s"] - killed["at_s"] < 30
+    # both replicas kept serving and re-attached to the restored controller within 5 s
+    assert len(restart["reattached_s"]) == run["num_replicas"] and max(restart["reattached_s"].values()) < 5.0
+    # the durable journal (one attempt): no version lost or given twice, every window's update published once
+    (store,) = Path(cfg.storage_path, cfg.run_name, "controller").iterdir()
+    published = [e for e in VersionStore(uri=str(store)).events() if e["op"] == "publish"]
+    assert (
+        [e["version"] for e in published] == list(range(len(published))) == list(range(run["versions_published"] + 1))
+    )
+    windows = [e["meta"]["window"] for e in published[1:]]
+    assert windows == sorted(set(windows)) and windows[-1] == 39
+    assert len(windows) + run["versions_rejected"] == 40, "a window's update was neither published nor rejected"
+    ckpts = Path(cfg.storage_path, cfg.run_name).glob("checkpoint_*/meta.json")
+    assert max(json.loads(p.read_text())["next_offset"] for p in ckpts) == 4000
     _check_versions_and_freshness(report)

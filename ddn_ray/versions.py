@@ -1,0 +1,179 @@
+"""Durable version records: what a restarted controller restores its versions and weights from.
+
+A :class:`VersionStore` is a directory on any pyarrow filesystem (a local path, NFS, ``s3://``, ``gs://``):
+
+- ``v00000012.npz``: one version's ``state_dict`` (``np.savez``), written to a temporary name and moved into
+  place, so a reader sees the whole file or none of it;
+- ``journal.jsonl``: one JSON line per change of the controller's state (a version published, a replica's
+  acknowledgement, a rejection, a trainer start or window, a rollback, a dead replica), appended in order.
+  A line torn by a crash in the middle of a write is the last one; :meth:`VersionStore.events` drops it.
+  A filesystem that cannot append (an object store) gets one object per line under ``journal/`` instead.
+
+The controller writes a version's weights file before its journal line, and both before any replica hears
+of the version, so a restored controller holds every version a replica can serve
+(:meth:`ddn_ray.controller.Controller.restore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JOURNAL", "VersionStore", "attempt_uri"]
+
+JOURNAL = "journal.jsonl"
+SEGMENTS = "journal"  # where a filesystem that cannot append (S3, GCS) keeps the journal: one object per line
+
+
+def attempt_uri(run_uri: str) -> str:
+    """Where one attempt of a run keeps its controller's journal: ``<run_uri>/controller/<time>-<pid>``. A new
+    attempt (a resumed run, a restarted service) starts its own; a controller actor that Ray restarts gets the
+    same constructor arguments and so finds its attempt's."""
+    return f"{run_uri}/controller/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: numpy scalars as Python numbers, sets as sorted lists, non-finite floats as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return [_plain(v) for v in items]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    return value
+
+
+def _revive(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.keys() == {"__float__"}:
+            return float(value["__float__"])
+        return {k: _revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revive(v) for v in value]
+    return value
+
+
+class VersionStore:
+    """Weights files and an append-only journal in one directory.
+
+    Args:
+        uri: a local path or a pyarrow filesystem URI of the directory (created if missing).
+        filesystem: the filesystem ``uri`` is a path on, instead of the one the URI names.
+    """
+
+    def __init__(self, *, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+        if filesystem is not None:
+            self.fs, self.root = filesystem, uri
+        elif "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), uri
+        self.uri = uri
+        self.fs.create_dir(self.root, recursive=True)
+        self._journal: Any = None
+        self._segments = len(self._segment_paths())
+        if self._segments:  # a store that could not append: it goes on in segments
+            return
+        torn = self._torn_tail()
+        try:
+            self._journal = self.fs.open_append_stream(f"{self.root}/{JOURNAL}")
+        except NotImplementedError:  # an object store: one object per line
+            log.info("%s cannot append: the journal is written as one object per line", uri)
+            self.fs.create_dir(f"{self.root}/{SEGMENTS}", recursive=True)
+            return
+        if torn:  # a crash tore the last line: end it, so the next line starts on its own
+            self._journal.write(b"\n")
+            self._journal.flush()
+
+    def _torn_tail(self) -> bool:
+        info = self.fs.get_file_info(f"{self.root}/{JOURNAL}")
+        if info.type != pafs.FileType.File or not info.size:
+            return False
+        with self.fs.open_input_file(info.path) as f:
+            f.seek(info.size - 1)
+            return f.read(1) != b"\n"
+
+    def _segment_paths(self) -> list[str]:
+        sel = pafs.FileSelector(f"{self.root}/{SEGMENTS}", allow_not_found=True)
+        return sorted(i.path for i in self.fs.get_file_info(sel) if i.path.endswith(".json"))
+
+    def weights_name(self, version: int, kind: str = "v") -> str:
+        """The file name of ``version``'s weights (``kind`` ``"v"``: the model, ``"s"``: its student)."""
+        return f"{kind}{version:08d}.npz"
+
+    def write_weights(self, name: str, weights: Mapping[str, np.ndarray]) -> None:
+        """Write a ``state_dict`` of numpy arrays atomically (a temporary file moved into place)."""
+        tmp = f"{self.root}/.{name}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in weights.items()})  # type: ignore[arg-type]  # names, arrays
+        self.fs.move(tmp, f"{self.root}/{name}")
+
+    def read_weights(self, name: str) -> dict[str, np.ndarray]:
+        """A weights file as ``{tensor name: array}``.
+
+        Raises:
+            FileNotFoundError: no such file.
+        """
+        with self.fs.open_input_file(f"{self.root}/{name}") as f, np.load(f) as z:
+            return {k: z[k] for k in z.files}
+
+    def delete_weights(self, name: str) -> None:
+        """Remove a weights file no kept version needs (missing is fine)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(f"{self.root}/{name}")
+
+    def append(self, op: str, **fields: Any) -> None:
+        """Append one journal line ``{"op": op, **fields}`` and flush it to the filesystem."""
+        line = json.dumps({"op": op, **_plain(fields)}, separators=(",", ":")) + "\n"
+        if self._journal is not None:
+            self._journal.write(line.encode())
+            self._journal.flush()
+            return
+        # an object is written whole or not at all: no temporary name needed
+        with self.fs.open_output_stream(f"{self.root}/{SEGMENTS}/{self._segments:012d}.json") as f:
+            f.write(line.encode())
+        self._segments += 1
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The journal's lines in order. A line that is not JSON can only be one a crash tore mid-write (every
+        line is appended whole): it is dropped with a warning."""
+        segments = self._segment_paths()
+        if segments:
+            parts = []
+            for path in segments:
+                with self.fs.open_input_stream(path) as f:
+                    parts.append(f.read().decode())
+            text = "".join(parts)
+        else:
+            try:
+                with self.fs.open_input_stream(f"{self.root}/{JOURNAL}") as f:
+                    text = f.read().decode()
+            except FileNotFoundError:
+                return
+        for i, line in enumerate(text.split("\n")):
+            if not line:
+                continue
+            try:
+                yield _revive(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s/%s: dropped line %d, torn by a crash (%d bytes)", self.uri, JOURNAL, i + 1, len(line))
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
