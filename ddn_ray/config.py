@@ -519,6 +519,11 @@ class RayConfig(_Frozen):
     num_cpus: int | None = Field(4, gt=0, description="logical CPUs; 4 on 2 cores avoids Data/Train deadlocks")
     include_dashboard: bool = False
     namespace: str = "ddn_ray"
+    metrics: bool = Field(
+        False,
+        description="Ray's Prometheus metrics (the job's ray.util.metrics and Ray's own) on a local cluster; their "
+        "endpoint listens on every interface without a token, so they are off unless asked for",
+    )
 
 
 class JobConfig(_Frozen):

@@ -2,7 +2,8 @@
 
 The stream loop records each window it served in a :class:`ServedLog` (the window's revealed
 labels, the answers the replicas gave before the labels existed, the static model's answers,
-the ids); :func:`build` joins them with the controller's version log and scores the served
+the ids), and writes it to durable storage as it goes (:mod:`ddn_ray.served`); :func:`build` joins them,
+with what earlier attempts of a resumed run served before it, with the controller's version log and scores the served
 dynamic model against the static model frozen after ``static_windows`` windows and the
 no-change baseline with the same label delay (prequential evaluation, Gama et al. 2013, "On
 evaluating stream learning algorithms"); :func:`write` saves ``report.json``,
@@ -24,8 +25,51 @@ if TYPE_CHECKING:
     from ddn_ray import config, stream
     from ddn_ray.client import Answers
     from ddn_ray.feeds import Feed
+    from ddn_ray.served import Prior, ServedStore
 
-__all__ = ["RunFacts", "ServedLog", "build", "drift_section", "write"]
+__all__ = ["RunFacts", "ServedLog", "build", "drift_section", "window_rows", "write"]
+
+
+def window_rows(
+    *,
+    window: stream.Window,
+    answers: Answers,
+    static_prediction: np.ndarray | None,
+    ids: list[str | None] | None,
+    regression: bool,
+) -> dict[str, np.ndarray]:
+    """One served window as the report's columns: ``offset``, ``window`` (``(n,)`` int64), ``label`` (``(n,)``
+    int64 classes or ``(n, k)`` float targets), ``prediction``, ``version``, ``static_prediction`` (``-1`` /
+    NaN before the static model was frozen), and ``id`` (``(n,)`` str) when the stream has ids."""
+    labels = window.labels
+    if static_prediction is None:
+        static = np.full(labels.shape, np.nan) if regression else np.full(len(window), -1, dtype=np.int64)
+    else:
+        static = static_prediction.reshape(labels.shape) if regression else static_prediction
+    rows = {
+        "offset": np.asarray(window.offsets, np.int64),
+        "window": np.full(len(window), window.index, np.int64),
+        "label": labels,
+        "prediction": answers.predictions,
+        "version": answers.versions,
+        "static_prediction": static,
+    }
+    if ids:
+        rows["id"] = np.array(ids, dtype=object).astype(str)
+    return rows
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+def _last_revealed(windows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """For each row, the last label of the window served before its own (zeros for the first window)."""
+    starts = np.flatnonzero(np.r_[True, windows[1:] != windows[:-1]])
+    sizes = np.diff(np.r_[starts, len(windows)])
+    previous = np.concatenate([np.zeros_like(labels[:1]), labels[starts[1:] - 1]])
+    return np.repeat(previous, sizes, axis=0)
 
 
 @dataclass
@@ -33,17 +77,21 @@ class ServedLog:
     """What the stream loop keeps of every window it served, in stream order.
 
     Attributes:
+        regression: the model's task is a regression (targets and outputs ``(n, k)`` floats).
+        sink: where each window's rows go as soon as it is added (``None``: memory only).
+        prior: what earlier attempts of the run served before this attempt's first window (a resumed run).
         windows: the revealed windows (labels: ``(n,)`` int64 classes or ``(n, k)`` float32 targets).
         answers: the replicas' answers to each window, aligned with its rows.
-        static_predictions: the static model's answers to each window (``None`` before it was frozen).
-        ids: each window's row ids (empty without an id column).
+        rows: each window's report columns (:func:`window_rows`).
         rows_trained: rows handed to the Train workers (whole shards only).
     """
 
+    regression: bool = False
+    sink: ServedStore | None = None
+    prior: Prior | None = None
     windows: list[stream.Window] = field(default_factory=list)
     answers: list[Answers] = field(default_factory=list)
-    static_predictions: list[np.ndarray | None] = field(default_factory=list)
-    ids: list[list[str | None]] = field(default_factory=list)
+    rows: list[dict[str, np.ndarray]] = field(default_factory=list)
     rows_trained: int = 0
 
     def add(
@@ -55,11 +103,15 @@ class ServedLog:
         ids: list[str | None] | None,
         rows_trained: int,
     ) -> None:
-        """Record a served window once its labels were revealed."""
+        """Record a served window once its labels were revealed, and write it to the sink."""
+        rows = window_rows(
+            window=window, answers=answers, static_prediction=static_prediction, ids=ids, regression=self.regression
+        )
+        if self.sink is not None:
+            self.sink.write(rows, window=window.index, rows_trained=rows_trained)
         self.windows.append(window)
         self.answers.append(answers)
-        self.static_predictions.append(static_prediction)
-        self.ids.append(ids or [])
+        self.rows.append(rows)
         self.rows_trained += rows_trained
 
     def __len__(self) -> int:
@@ -90,6 +142,9 @@ def build(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """Join served answers with revealed labels; score the dynamic, static and no-change models.
 
+    A resumed run's report covers every row of the stream once: ``log.prior``'s rows (earlier attempts,
+    before this attempt's first offset) and this attempt's (``run.attempts`` lists each attempt's share).
+
     Args:
         job: the job's config.
         log: the served windows (at least one).
@@ -105,46 +160,32 @@ def build(
     """
     served, answers, static_windows = log.windows, log.answers, facts.static_windows
     regression = job.model.task == "regression"
-    y = np.concatenate([w.labels for w in served])
-    win = np.concatenate([np.full(len(w), w.index) for w in served])
-    offsets = np.concatenate([w.offsets for w in served])
-    pred = np.concatenate([a.predictions for a in answers])
-    ver = np.concatenate([a.versions for a in answers])
-    # No-change with the model's delay: the last label revealed before the window was served.
-    last_revealed = np.concatenate(
-        [
-            np.broadcast_to(served[i - 1].labels[-1] if i else np.zeros_like(w.labels[:1])[0], w.labels.shape)
-            for i, w in enumerate(served)
-        ]
-    )
+    current = _concat(log.rows)
     versions = {v["version"]: v for v in summary["versions"]}
-    trained_end = np.array([versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in ver])
-    # The static model's answers exist from its freeze on (rows after its training windows).
-    static_pred = np.concatenate(
-        [
-            (p.reshape(w.labels.shape) if regression else p)
-            if p is not None
-            else (np.full(w.labels.shape, np.nan) if regression else np.full(len(w), -1, dtype=np.int64))
-            for w, p in zip(served, log.static_predictions)
-        ]
+    current["trained_end"] = np.array(
+        [versions[v]["meta"].get("trained_end_offset", 0) if v >= 0 else 0 for v in current["version"]], np.int64
     )
-    rows = {
-        "offset": offsets,
-        "window": win,
-        "label": y,
-        "prediction": pred,
-        "version": ver,
-        "static_prediction": static_pred,
-        "phase": feed.phase(offsets),
-    }
+    rows = _concat([log.prior.rows, current]) if log.prior is not None else current
+    trained_end = rows.pop("trained_end")
+    y, win, offsets = rows["label"], rows["window"], rows["offset"]
+    rows["phase"] = feed.phase(offsets)
+    # No-change with the model's delay: the last label revealed before the window was served.
+    last_revealed = _last_revealed(win, y)
+    attempts = [*(log.prior.attempts if log.prior is not None else [])]
+    attempts.append(
+        {
+            "attempt": log.sink.attempt if log.sink is not None else None,
+            "rows": len(current["offset"]),
+            "first_offset": int(current["offset"][0]),
+            "end_offset": int(current["offset"][-1]) + 1,
+        }
+    )
     if regression:
         rows["no_change"] = feed.no_change(y, last_revealed)
         scores, curves = evaluate.score_regression_rows(rows, static_windows)
     else:
         rows["last_revealed"] = last_revealed
         scores, curves = evaluate.score_rows(rows, static_windows, int(max(facts.num_classes, y.max(initial=0) + 1)))
-    if any(log.ids):
-        rows["id"] = np.array([i for chunk in log.ids for i in chunk], dtype=object).astype(str)
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]
     errors = [e for a in answers for e in a.errors]
@@ -165,8 +206,10 @@ def build(
         "run": {
             "name": facts.run_name,
             "rows_served": len(y),
-            "rows_trained": int(log.rows_trained),
-            "windows": len(served),
+            "rows_trained": int(log.rows_trained) + (log.prior.rows_trained if log.prior is not None else 0),
+            "windows": len(np.unique(win)),
+            # a resumed run: each attempt's rows in this report (earlier attempts' from their served logs)
+            "attempts": attempts,
             "window_size": job.stream.window_size,
             "rows_quarantined": len(quarantine),
             "quarantined": list(zip(quarantine.offsets, quarantine.reasons))[:100],

@@ -161,11 +161,16 @@ class PredictResponse(BaseModel):
     macs: list[int] | None = None
 
 
+def error_detail(message: str) -> list[dict[str, Any]]:
+    """A 422's ``detail`` as the published OpenAPI says (FastAPI's ``HTTPValidationError``): a list of
+    ``{loc, msg, type}``, the message naming the field."""
+    return [{"loc": ["body"], "msg": message, "type": "value_error"}]
+
+
 def http_error(status: int, message: str) -> HTTPException:
-    """The error to raise: a 422's ``detail`` is a list of ``{loc, msg, type}`` as the published OpenAPI says
-    (FastAPI's ``HTTPValidationError``), the message naming the field; other statuses carry the message."""
+    """The error to raise: a 422's ``detail`` is :func:`error_detail`; other statuses carry the message."""
     if status == 422:
-        return HTTPException(422, [{"loc": ["body"], "msg": message, "type": "value_error"}])
+        return HTTPException(422, error_detail(message))
     return HTTPException(status, message)
 
 

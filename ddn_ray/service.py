@@ -53,7 +53,7 @@ from ddn_ray import config, feeds, guard, models, stream, tables, versions
 from ddn_ray.eventlog import EventLog, JoinResult
 from ddn_ray.guard import ModelFloat, normalise_text
 from ddn_ray.records import RecordError
-from ddn_ray.serve import Replica, build_app, current_replica
+from ddn_ray.serve import Replica, build_app, current_replica, error_detail
 
 __all__ = [
     "ROUTES",
@@ -236,7 +236,7 @@ class LearningService:
             first_version=last + 1,
             student_margin=cfg.distill.margin,
             quality=QualityGate.of(cfg.controller),
-            store_uri=versions.attempt_uri(self.run_dir),
+            store_uri=f"{self.run_dir}/controller/{versions.attempt_name()}",
         )
         spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"}, cfg.distill.student)
         await self.controller.set_model_spec.remote(spec)
@@ -463,7 +463,7 @@ class LearningService:
             return ServiceAnswer(503, {"detail": "the service is stopping; send the labels again after its restart"})
         targets, error = self._targets(labels, "body")
         if targets is None:
-            return ServiceAnswer(422, {"detail": error})
+            return ServiceAnswer(422, {"detail": error_detail(str(error))})
         result = self.events.join(event_ids, labels, targets)
         body = _join_body(result, self.cfg.service.retention_s)
         self.metrics.joined(len(result.joined), len(result.late))
@@ -475,7 +475,9 @@ class LearningService:
             return ServiceAnswer(503, {"detail": "the service is stopping; send the rows again after its restart"})
         targets, error = self._targets(labels, "records")
         if targets is None:
-            return ServiceAnswer(422, {"detail": str(error).replace("].label", f"].{self.featurizer.label}")})
+            return ServiceAnswer(
+                422, {"detail": error_detail(str(error).replace("].label", f"].{self.featurizer.label}"))}
+            )
         result = self.events.add_labeled(features, labels, targets, event_ids)
         return ServiceAnswer(200, _join_body(result, self.cfg.service.retention_s))
 

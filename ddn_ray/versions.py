@@ -30,17 +30,36 @@ import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JOURNAL", "VersionStore", "attempt_uri"]
+__all__ = ["JOURNAL", "VersionStore", "attempt_name", "read_npz", "write_npz"]
 
 JOURNAL = "journal.jsonl"
 SEGMENTS = "journal"  # where a filesystem that cannot append (S3, GCS) keeps the journal: one object per line
 
 
-def attempt_uri(run_uri: str) -> str:
-    """Where one attempt of a run keeps its controller's journal: ``<run_uri>/controller/<time>-<pid>``. A new
-    attempt (a resumed run, a restarted service) starts its own; a controller actor that Ray restarts gets the
-    same constructor arguments and so finds its attempt's."""
-    return f"{run_uri}/controller/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+def attempt_name() -> str:
+    """This attempt of a run (one driver's life): ``<time>-<pid>``, sorting in the order attempts ran. Its
+    controller journals under ``<run>/controller/<attempt>``: a new attempt (a resumed run, a restarted
+    service) starts its own journal; a controller actor that Ray restarts gets the same constructor arguments
+    and so finds its attempt's."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def write_npz(fs: pafs.FileSystem, path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write named arrays (``np.savez``) atomically: to a temporary name, then moved into place."""
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # names, arrays
+    fs.move(tmp, path)
+
+
+def read_npz(fs: pafs.FileSystem, path: str) -> dict[str, np.ndarray]:
+    """Named arrays written by :func:`write_npz`.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    with fs.open_input_file(path) as f, np.load(f) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _plain(value: Any) -> Any:
@@ -119,10 +138,7 @@ class VersionStore:
 
     def write_weights(self, name: str, weights: Mapping[str, np.ndarray]) -> None:
         """Write a ``state_dict`` of numpy arrays atomically (a temporary file moved into place)."""
-        tmp = f"{self.root}/.{name}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in weights.items()})  # type: ignore[arg-type]  # names, arrays
-        self.fs.move(tmp, f"{self.root}/{name}")
+        write_npz(self.fs, f"{self.root}/{name}", weights)
 
     def read_weights(self, name: str) -> dict[str, np.ndarray]:
         """A weights file as ``{tensor name: array}``.
@@ -130,8 +146,7 @@ class VersionStore:
         Raises:
             FileNotFoundError: no such file.
         """
-        with self.fs.open_input_file(f"{self.root}/{name}") as f, np.load(f) as z:
-            return {k: z[k] for k in z.files}
+        return read_npz(self.fs, f"{self.root}/{name}")
 
     def delete_weights(self, name: str) -> None:
         """Remove a weights file no kept version needs (missing is fine)."""

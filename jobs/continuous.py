@@ -16,11 +16,20 @@ weights to the controller, and checkpoint; replicas long-poll the controller. At
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+    # Closed by default: a cluster this driver starts itself uses the loopback address as its node address
+    # (Ray's single-machine mode, the default on macOS and Windows), so every port it listens on (GCS, raylet,
+    # workers, agents, dashboard, metrics) binds 127.0.0.1. Ray reads this when imported: it must come first.
+    os.environ.setdefault(LOOPBACK, "0")
 
 import ray
 from ray import serve
@@ -30,11 +39,12 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, report, stream, usecase, versions
+from ddn_ray import config, evaluate, feeds, models, reaper, report, stream, usecase, versions
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor, QualityGate
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
+from ddn_ray.served import ServedStore, StaticBaseline
 from ddn_ray.train import WindowItem, WindowSender, WorkerArgs, train_loop_per_worker
 
 
@@ -50,6 +60,14 @@ def start_ray(cfg: config.JobConfig) -> bool:
     if os.environ.get("RAY_ADDRESS"):  # a submitted job, or a user joining a cluster: its CPUs, its dashboard
         ray.init(namespace=cfg.ray.namespace, log_to_driver=False)  # the job's own runtime_env applies
         return False
+    if not cfg.ray.metrics:  # closed by default: no metrics endpoint on 0.0.0.0 (ray.metrics: true turns it on)
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+    if os.environ.get(LOOPBACK) != "0":
+        logging.getLogger(__name__).warning(
+            "Ray was imported before jobs/continuous.py: the local cluster listens on every interface, "
+            "not on loopback only (set %s=0 before importing ray)",
+            LOOPBACK,
+        )
     ray.init(
         num_cpus=cfg.ray.num_cpus,
         include_dashboard=cfg.ray.include_dashboard,
@@ -57,6 +75,7 @@ def start_ray(cfg: config.JobConfig) -> bool:
         runtime_env=env,
         log_to_driver=False,
     )
+    reaper.watch()  # a SIGKILLed driver's cluster does not outlive it (Ray's agents would)
     return True
 
 
@@ -68,6 +87,9 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     started_ray = start_ray(cfg)
     rss = evaluate.RssSampler().start()
     run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # this attempt of the run: its controller journal and its served answers, beside the earlier attempts'
+    run_uri, attempt = f"{cfg.storage_uri}/{run_name}", versions.attempt_name()
+    served = ServedStore(run_uri=run_uri, attempt=attempt)
     feature_names, nc = feed.feature_names, feed.num_classes
     nf, workers = len(feature_names), cfg.train.num_workers
 
@@ -87,7 +109,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
             student_margin=cfg.distill.margin,
             quality=QualityGate.of(cfg.controller),
-            store_uri=versions.attempt_uri(f"{cfg.storage_uri}/{run_name}"),
+            store_uri=f"{run_uri}/controller/{attempt}",
         )
     )
     ray.get(
@@ -163,9 +185,19 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     feed.start(next_offset=ready["next_offset"], preprocessing=ready.get("preprocessing"))
     last_sent = ready["next_window"] - 1  # the last window index the trainer was given
 
-    log = report.ServedLog()
+    # a resumed run: what earlier attempts served before this one's first offset, and the run's static baseline
+    prior = served.earlier(before_offset=ready["next_offset"])
+    log = report.ServedLog(regression=cfg.model.task == "regression", sink=served, prior=prior)
     static_model, first_update_s, sync_timeouts = None, None, 0
-    static_windows = ready["next_window"] + cfg.report.static_windows
+    first_window = int(prior.rows["window"][0]) if prior is not None else ready["next_window"]
+    static_windows = max(first_window + cfg.report.static_windows, ready["next_window"])
+    baseline = served.read_static()
+    if baseline is not None:  # frozen by an earlier attempt: the same static model scores every row
+        static_windows = baseline.window
+        feed.snapshot_static(baseline.preprocessing)
+        static_model = models.load_numpy_state(
+            models.build(cfg.model, nf, models.output_width(baseline.weights)), baseline.weights
+        ).eval()
     try:
         for window in tqdm(feed.windows(), desc="windows", unit="win", total=feed.total_windows(), mininterval=2.0):
             # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
@@ -176,13 +208,17 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 sync_timeouts += 1
             elif first_update_s is None and latest >= 1:
                 first_update_s = time.monotonic() - t0
-            if window.index == static_windows:  # freeze the static baseline: weights and preprocessing
+            if window.index == static_windows and static_model is None:  # freeze the static baseline
                 wait_trained(static_windows - 1)
                 version, weights = ray.get(controller.latest_weights.remote())
-                feed.snapshot_static(ray.get(controller.preprocessing.remote(version)))
+                preprocessing = ray.get(controller.preprocessing.remote(version))
+                feed.snapshot_static(preprocessing)
                 static_model = models.load_numpy_state(
                     models.build(cfg.model, nf, models.output_width(weights)), weights
                 ).eval()
+                served.write_static(
+                    StaticBaseline(weights=dict(weights), preprocessing=preprocessing, window=static_windows)
+                )
             if not len(window):
                 continue
             # 2. Serve the features before the labels exist anywhere in the system.

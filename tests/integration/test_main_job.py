@@ -6,6 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ddn_ray import models
@@ -68,18 +69,72 @@ def test_main_job_on_8000_rows_beats_static(ray_cluster, continuous, job_config)
     )
 
 
-def test_restart_resumes_at_the_checkpointed_offset(ray_cluster, continuous, job_config) -> None:
-    first = job_config(data={"max_rows": 2500}, run_name="resume", train={"checkpoint_every_windows": 10})
-    a = continuous.main(first)
-    assert a["run"]["rows_served"] == 2500
-    # Same storage and run name, longer stream: Ray Train restores the checkpoint at window 20
-    # (offset 2,000); windows 20-24 were trained after it and are trained again, none is skipped.
-    second = first.model_copy(update={"data": first.data.model_copy(update={"max_rows": 4000})})
-    b = continuous.main(second)
-    wv = b["run"]["window_versions"]
-    assert wv[0][0] == 20 and b["run"]["rows_served"] == 2000 and b["eval_rows"]["end"] == 4000
-    ckpt_version = 20  # v0 init + one version per window for windows 0-19
-    assert wv[0][1] > ckpt_version, "the resumed run must serve the restored weights under a newer version"
+def test_a_killed_driver_resumes_and_its_report_covers_every_row_once(
+    ray_cluster, continuous, job_config, tmp_path
+) -> None:
+    """SIGKILL of the driver (``python jobs/continuous.py`` joined to this cluster) mid-run, then the same run
+    again: it restarts at the checkpointed offset, and its report joins the answers the first attempt logged
+    before that offset with its own after it, every row once, scored against the first attempt's static model."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    cfg = job_config(data={"max_rows": 4000}, run_name="driver-kill", train={"checkpoint_every_windows": 10})
+    run_dir = Path(cfg.storage_path, cfg.run_name)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "disabled"}
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 (open while the driver runs)
+    driver = subprocess.Popen(
+        [sys.executable, str(root / "jobs" / "continuous.py"), "--config", str(tmp_path / "job.yaml")],
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        served = lambda: list(run_dir.glob("served/*/w*.parquet"))
+        while len(served()) < 25 and time.monotonic() < deadline:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
+        assert len(served()) >= 25, "the first attempt did not serve 25 windows in time"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+    finally:
+        driver.kill()
+        log.close()
+    (first,) = {p.parent for p in served()}  # the first attempt's answers, written as it went
+    assert len(served()) < 40, "the driver was killed after the end of its stream"
+
+    b = continuous.main(cfg)
+    run = b["run"]
+    a_rows, b_rows = run["attempts"]
+    resumed_at = b_rows["first_offset"]
+    assert resumed_at in (1000, 2000) and a_rows == {
+        "attempt": first.name,
+        "rows": resumed_at,
+        "first_offset": 0,
+        "end_offset": resumed_at,
+    }
+    assert run["window_versions"][0][0] == resumed_at // 100 and b_rows["rows"] == 4000 - resumed_at
+    rows = np.load(b["files"]["predictions"])
+    assert run["rows_served"] == 4000 and (rows["offset"] == np.arange(4000)).all()  # every row once
+    logged = pq.read_table([str(p) for p in first.glob("w*.parquet")]).to_pandas().sort_values("offset")
+    before, again = logged[logged["offset"] < resumed_at], logged[logged["offset"] >= resumed_at]
+    # the first attempt's answers before the checkpoint, as it logged them before the kill
+    assert (rows["prediction"][:resumed_at] == before["prediction"].to_numpy()).all()
+    # one static baseline for the run: frozen by the first attempt after 5 windows, loaded by the second, which
+    # answers the rows both attempts served exactly as the first did
+    assert json.loads((run_dir / "static" / "meta.json").read_text())["window"] == 5
+    assert b["eval_rows"]["static_windows"] == 5 and (rows["static_prediction"][500:] >= 0).all()
+    offsets = again["offset"].to_numpy()
+    assert len(offsets) and (rows["static_prediction"][offsets] == again["static_prediction"].to_numpy()).all()
     _check_versions_and_freshness(b)
 
 

@@ -222,6 +222,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_the_service_stays_healthy(servi
     assert bad["learn_without_label"][0] == 422 and "records[0].y" in bad["learn_without_label"][1]
     assert bad["learn_bad_value"][0] == 422 and "records[0].x1" in bad["learn_bad_value"][1]
     assert bad["predict_missing_column"][0] == 422 and "x2" in bad["predict_missing_column"][1]
+    for _, text in (v for v in bad.values() if isinstance(v, tuple) and v[0] == 422):
+        (detail,) = json.loads(text)["detail"]  # every route's 422: the OpenAPI's list of {loc, msg, type}
+        assert detail.keys() == {"loc", "msg", "type"} and detail["msg"], text
     assert bad["partly_known"] == (
         200,
         {"joined": 1, "first_offset": 0, "unknown": ["nope"], "duplicate": [], "late": []},
