@@ -23,7 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["console", "main", "rerender_report", "rollback", "run_foreground", "service_report", "submit"]
+__all__ = [
+    "console",
+    "main",
+    "rerender_report",
+    "rollback",
+    "run_foreground",
+    "served_report",
+    "service_report",
+    "submit",
+]
 
 EXAMPLES = {
     "run": "ddn-ray run --config jobs/configs/elec2.yaml --set data.max_rows=8000 --set train.num_workers=2",
@@ -154,6 +163,55 @@ def rerender_report(run_dir: str | Path, write: bool = True) -> dict[str, Any]:
         )
         evaluate.write_report(report, run / "report.json")
     print(evaluate.format_table(report))
+    return report
+
+
+def served_report(run_dir: str | Path, write: bool = True) -> dict[str, Any]:
+    """Score every row a main-job run served, from the answers it wrote as it went
+    (``<storage_path>/<run_name>/served/``, :mod:`ddn_ray.served`): a run that failed or was killed before its
+    report still has one. Every attempt's rows, each offset once (the latest attempt's answer), against the
+    run's static model from the window it was frozen at (none yet: every row is scored, static n/a); the
+    no-change baseline is the last label revealed before each row's window. Writes ``served_report.json`` in
+    ``run_dir`` unless ``write`` is false.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no served rows.
+    """
+
+    import numpy as np
+
+    from ddn_ray import evaluate
+    from ddn_ray.report import last_revealed
+    from ddn_ray.served import ServedStore
+
+    store = ServedStore(run_uri=str(run_dir), attempt=None)
+    prior = store.earlier(before_offset=np.iinfo(np.int64).max)
+    if prior is None:
+        raise FileNotFoundError(f"{run_dir}/served holds no served rows")
+    rows = prior.rows
+    rows.pop("trained_end")
+    baseline = store.read_static()
+    static_windows = baseline.window if baseline is not None else int(rows["window"][0])
+    if rows["label"].ndim == 2:  # a regression: (n, k) targets
+        rows["no_change"] = last_revealed(rows["window"], rows["label"]).astype(np.float64)
+        scores, _ = evaluate.score_regression_rows(rows, static_windows)
+    else:
+        rows["last_revealed"] = last_revealed(rows["window"], rows["label"])
+        answered = [rows[k].max(initial=0) for k in ("label", "prediction", "static_prediction") if k in rows]
+        scores, _ = evaluate.score_rows(rows, static_windows, int(max(answered)) + 1)
+    report = {
+        "rows_served": len(rows["offset"]),
+        "offsets": [int(rows["offset"][0]), int(rows["offset"][-1]) + 1],
+        "windows": len(np.unique(rows["window"])),
+        "static_windows": static_windows,
+        "attempts": prior.attempts,
+        "scores": scores,
+    }
+    print(f"{len(rows['offset']):,} rows served by {len(prior.attempts)} attempt(s), offsets {report['offsets']}")
+    for name, s in scores.items():
+        print(f"{name:34s} " + "  ".join(f"{k} {v:.4f}" for k, v in s.items() if isinstance(v, float)))
+    if write:
+        evaluate.write_report(report, Path(run_dir) / "served_report.json")
     return report
 
 
@@ -374,7 +432,8 @@ def main(argv: list[str] | None = None) -> Any:
     r.add_argument(
         "run_dir",
         help="runs/<run name>, holding report.json and predictions.npz; or a service's "
-        "<storage_path>/<run_name> (its online figures and plot from the logs)",
+        "<storage_path>/<run_name> (its online figures and plot from the logs); or a main job's "
+        "<storage_path>/<run_name> (every row it served, from its served logs: a failed run's report)",
     )
     r.add_argument("--no-write", action="store_true", help="print the table only; keep report.json and the plot")
 
@@ -409,6 +468,8 @@ def main(argv: list[str] | None = None) -> Any:
         return rollback(args.to, args.address, args.controller, args.namespace, args.timeout_s)
     if (Path(args.run_dir) / "service" / "joined").is_dir():
         return service_report(args.run_dir, write=not args.no_write)
+    if (Path(args.run_dir) / "served").is_dir():  # a main job's <storage_path>/<run_name>: from its served logs
+        return served_report(args.run_dir, write=not args.no_write)
     return rerender_report(args.run_dir, write=not args.no_write)
 
 

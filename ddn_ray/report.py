@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ddn_ray.feeds import Feed
     from ddn_ray.served import Prior, ServedStore
 
-__all__ = ["RunFacts", "ServedLog", "build", "drift_section", "window_rows", "write"]
+__all__ = ["RunFacts", "ServedLog", "build", "drift_section", "last_revealed", "window_rows", "write"]
 
 
 def window_rows(
@@ -64,7 +64,7 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
-def _last_revealed(windows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def last_revealed(windows: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """For each row, the last label of the window served before its own (zeros for the first window)."""
     starts = np.flatnonzero(np.r_[True, windows[1:] != windows[:-1]])
     sizes = np.diff(np.r_[starts, len(windows)])
@@ -170,7 +170,7 @@ def build(
     y, win, offsets = rows["label"], rows["window"], rows["offset"]
     rows["phase"] = feed.phase(offsets)
     # No-change with the model's delay: the last label revealed before the window was served.
-    last_revealed = _last_revealed(win, y)
+    revealed_before = last_revealed(win, y)
     attempts = [*(log.prior.attempts if log.prior is not None else [])]
     attempts.append(
         {
@@ -181,10 +181,10 @@ def build(
         }
     )
     if regression:
-        rows["no_change"] = feed.no_change(y, last_revealed)
+        rows["no_change"] = feed.no_change(y, revealed_before)
         scores, curves = evaluate.score_regression_rows(rows, static_windows)
     else:
-        rows["last_revealed"] = last_revealed
+        rows["last_revealed"] = revealed_before
         scores, curves = evaluate.score_rows(rows, static_windows, int(max(facts.num_classes, y.max(initial=0) + 1)))
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
     latencies = [s for a in answers for s in a.latencies_s]

@@ -76,19 +76,26 @@ class ServedStore:
     Args:
         run_uri: the run's directory: ``<storage_path>/<run_name>`` (a local path or a pyarrow URI).
         attempt: this attempt's name (:func:`ddn_ray.versions.attempt_name`); its controller journals under
-            ``<run_uri>/controller/<attempt>``.
+            ``<run_uri>/controller/<attempt>``. ``None``: read the run's attempts only (``ddn-ray report``).
     """
 
-    def __init__(self, *, run_uri: str, attempt: str) -> None:
+    def __init__(self, *, run_uri: str, attempt: str | None) -> None:
         if "://" in run_uri:
             self.fs, self.root = pafs.FileSystem.from_uri(run_uri)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), run_uri
         self.run_uri, self.attempt = run_uri, attempt
-        self.fs.create_dir(f"{self.root}/{SERVED}/{attempt}", recursive=True)
+        if attempt is not None:
+            self.fs.create_dir(f"{self.root}/{SERVED}/{attempt}", recursive=True)
 
     def write(self, rows: dict[str, np.ndarray], *, window: int, rows_trained: int) -> None:
-        """Append one served window's rows (a temporary file moved into place: whole or absent)."""
+        """Append one served window's rows (a temporary file moved into place: whole or absent).
+
+        Raises:
+            ValueError: the store was opened without an attempt (read only).
+        """
+        if self.attempt is None:
+            raise ValueError("this ServedStore reads a run's attempts; open it with attempt= to write")
         table = pa.table({k: _column(v) for k, v in rows.items()})
         table = table.replace_schema_metadata({"rows_trained": str(rows_trained)})
         name = f"{self.root}/{SERVED}/{self.attempt}/w{window:08d}.parquet"

@@ -111,6 +111,12 @@ def test_a_killed_driver_resumes_and_its_report_covers_every_row_once(
         log.close()
     (first,) = {p.parent for p in served()}  # the first attempt's answers, written as it went
     assert len(served()) < 40, "the driver was killed after the end of its stream"
+    # the killed run still has its report: every row it served, from those files (ddn-ray report <run dir>)
+    from ddn_ray.cli import served_report
+
+    killed = served_report(run_dir, write=False)
+    assert killed["rows_served"] == 100 * len(served()) and killed["offsets"] == [0, killed["rows_served"]]
+    assert killed["static_windows"] == 5 and killed["scores"]["dynamic (served)"]["accuracy"] > 0.5
 
     b = continuous.main(cfg)
     run = b["run"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ddn_ray.controller import Controller
-from ddn_ray.report import _last_revealed
+from ddn_ray.report import last_revealed
 from ddn_ray.served import ServedStore, StaticBaseline
 from ddn_ray.versions import VersionStore
 
@@ -83,8 +83,28 @@ def test_the_static_baseline_round_trips(tmp_path: Path) -> None:
 def test_no_change_sees_the_last_label_of_the_window_before(regression: bool) -> None:
     windows = np.array([3, 3, 4, 4, 4, 6])
     labels = np.arange(6) if not regression else np.stack([np.arange(6), np.arange(6) * 10], 1)
-    got = _last_revealed(windows, labels)
+    got = last_revealed(windows, labels)
     expected = np.array([0, 0, 1, 1, 1, 4])
     if regression:
         expected = np.stack([expected, expected * 10], 1)
     assert got.shape == labels.shape and (got == expected).all()
+
+
+def test_a_killed_runs_report_comes_from_its_served_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ddn-ray report <storage>/<run>`` of a run that never reached its end: every row it served, scored."""
+    from ddn_ray import cli
+
+    a = ServedStore(run_uri=str(tmp_path), attempt="20261205-090000-1")
+    journal(tmp_path, a.attempt, {0: 0, 1: 4})
+    for i in range(5):
+        rows = window(i)
+        rows["prediction"] = rows["label"] if i % 2 else 1 - rows["label"]  # odd windows right, even wrong
+        a.write(rows, window=i, rows_trained=4)
+    a.write_static(StaticBaseline(weights={"w": np.zeros(1)}, preprocessing=None, window=2))
+    report = cli.main(["report", str(tmp_path)])
+    assert report["rows_served"] == 20 and report["static_windows"] == 2 and report["windows"] == 5
+    # windows 2-4 are scored: 3 and its 4 right, 2 and 4 wrong
+    assert report["scores"]["dynamic (served)"]["accuracy"] == pytest.approx(4 / 12)
+    assert (tmp_path / "served_report.json").is_file() and "20 rows served by 1 attempt" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError):
+        cli.served_report(tmp_path / "nothing")
