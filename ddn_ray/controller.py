@@ -20,12 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from ddn_ray.config import ControllerConfig
+from ddn_ray.config import ControllerConfig, JobConfig
 from ddn_ray.versions import VersionStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Controller", "ControllerActor", "Gate", "QualityGate", "VersionRecord", "check_quality", "check_update"]
+__all__ = [
+    "Controller",
+    "ControllerActor",
+    "Gate",
+    "QualityGate",
+    "VersionRecord",
+    "check_quality",
+    "check_update",
+    "create_actor",
+]
 
 
 class Gate(enum.Enum):
@@ -835,3 +844,42 @@ class ControllerActor:
 
     async def summary(self) -> dict[str, Any]:
         return self.c.summary()
+
+
+def create_actor(*, job: JobConfig, store_uri: str, first_version: int = 0) -> Any:
+    """Create the job's named controller actor (``controller.name`` in ``ray.namespace``) on the Ray cluster this
+    process is connected to, journaling under ``store_uri`` (:mod:`ddn_ray.versions`).
+
+    It takes no CPU, runs up to 1,000 calls at once (replicas' long-polls), and when killed Ray restarts it up
+    to ``controller.max_restarts`` times; it then restores itself from the journal and the calls in flight run
+    again (``max_task_retries=-1``).
+
+    Args:
+        job: the job's config (``controller``, ``distill.margin``, ``ray.namespace``).
+        store_uri: this attempt's journal: ``<storage_path>/<run_name>/controller/<attempt>``.
+        first_version: the lowest version id to give (a restarted service continues its versions).
+
+    Returns:
+        The actor handle.
+    """
+    import ray
+
+    cfg = job.controller
+    return (
+        ray.remote(ControllerActor)
+        .options(
+            name=cfg.name,
+            namespace=job.ray.namespace,
+            num_cpus=0,
+            max_concurrency=1000,
+            max_restarts=cfg.max_restarts,
+            max_task_retries=-1,
+        )
+        .remote(
+            replica_ttl_s=max(30.0, 3 * cfg.poll_timeout_s),
+            first_version=first_version,
+            student_margin=job.distill.margin,
+            quality=QualityGate.of(cfg),
+            store_uri=store_uri,
+        )
+    )

@@ -191,7 +191,7 @@ class LearningService:
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Queue
 
-        from ddn_ray.controller import ControllerActor, QualityGate
+        from ddn_ray.controller import create_actor
         from ddn_ray.metrics import ServiceMetrics
         from ddn_ray.train import WorkerArgs, train_loop_per_worker
 
@@ -223,20 +223,8 @@ class LearningService:
         # a controller left by a learner replica that died: its versions are in the files
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(cfg.controller.name, namespace=cfg.ray.namespace))
-        actor: Any = ray.remote(ControllerActor)
-        self.controller: Any = actor.options(
-            name=cfg.controller.name,
-            namespace=cfg.ray.namespace,
-            num_cpus=0,
-            max_concurrency=1000,
-            max_restarts=cfg.controller.max_restarts,
-            max_task_retries=-1,
-        ).remote(
-            replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
-            first_version=last + 1,
-            student_margin=cfg.distill.margin,
-            quality=QualityGate.of(cfg.controller),
-            store_uri=f"{self.run_dir}/controller/{versions.attempt_name()}",
+        self.controller: Any = create_actor(
+            job=cfg, store_uri=f"{self.run_dir}/controller/{versions.attempt_name()}", first_version=last + 1
         )
         spec = checkpoint_io.model_spec(cfg.model, len(names), nc, names, {"kind": "records"}, cfg.distill.student)
         await self.controller.set_model_spec.remote(spec)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import config, evaluate, feeds, models, reaper, report, stream, usecase, versions
 from ddn_ray.client import TrafficClient
-from ddn_ray.controller import ControllerActor, QualityGate
+from ddn_ray.controller import create_actor
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
 from ddn_ray.served import ServedStore, StaticBaseline
@@ -95,23 +95,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
 
     # Controller: owns every version; version 0 is the seeded initial model.
     # Killed, Ray restarts it (max_restarts) and it restores itself from its journal; calls in flight run again.
-    controller = (
-        ray.remote(ControllerActor)
-        .options(
-            name=cfg.controller.name,
-            namespace=cfg.ray.namespace,
-            num_cpus=0,
-            max_concurrency=1000,
-            max_restarts=cfg.controller.max_restarts,
-            max_task_retries=-1,
-        )
-        .remote(
-            replica_ttl_s=max(30.0, 3 * cfg.controller.poll_timeout_s),
-            student_margin=cfg.distill.margin,
-            quality=QualityGate.of(cfg.controller),
-            store_uri=f"{run_uri}/controller/{attempt}",
-        )
-    )
+    controller = create_actor(job=cfg, store_uri=f"{run_uri}/controller/{attempt}")
     ray.get(
         controller.set_model_spec.remote(
             checkpoint_io.model_spec(cfg.model, nf, nc, feature_names, feed.inputs, cfg.distill.student)

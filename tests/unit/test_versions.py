@@ -13,18 +13,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from ddn_ray.controller import Controller
 from ddn_ray.versions import JOURNAL, VersionStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def w(value: float = 0.0) -> dict[str, np.ndarray]:
-    return {"a": np.full((2, 3), value, np.float32), "b": np.arange(3, dtype=np.float32)}
+from tests.unit.test_controller import Clock, w
 
 
 def busy_controller(store: VersionStore, clock: Clock) -> Controller:
