@@ -133,7 +133,11 @@ class ServedStore:
     def _trained_end(self, attempt: str) -> dict[int, int]:
         """Version -> the offset it was trained up to, from the attempt's controller journal."""
         uri = f"{self.run_uri}/{CONTROLLER}/{attempt}"
-        store = VersionStore(uri=uri) if "://" in uri else VersionStore(uri=uri, filesystem=self.fs)
+        store = (
+            VersionStore(uri=uri, read_only=True)
+            if "://" in uri
+            else VersionStore(uri=uri, filesystem=self.fs, read_only=True)
+        )
         try:
             return {
                 int(e["version"]): int(e["meta"].get("trained_end_offset", 0))

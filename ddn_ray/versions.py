@@ -94,19 +94,22 @@ class VersionStore:
     Args:
         uri: a local path or a pyarrow filesystem URI of the directory (created if missing).
         filesystem: the filesystem ``uri`` is a path on, instead of the one the URI names.
+        read_only: only read (:meth:`events`, :meth:`read_weights`): nothing is created or appended.
     """
 
-    def __init__(self, *, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+    def __init__(self, *, uri: str, filesystem: pafs.FileSystem | None = None, read_only: bool = False) -> None:
         if filesystem is not None:
             self.fs, self.root = filesystem, uri
         elif "://" in uri:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), uri
-        self.uri = uri
-        self.fs.create_dir(self.root, recursive=True)
+        self.uri, self._read_only = uri, read_only
         self._journal: Any = None
         self._segments = len(self._segment_paths())
+        if read_only:
+            return
+        self.fs.create_dir(self.root, recursive=True)
         if self._segments:  # a store that could not append: it goes on in segments
             return
         torn = self._torn_tail()
@@ -154,7 +157,13 @@ class VersionStore:
             self.fs.delete_file(f"{self.root}/{name}")
 
     def append(self, op: str, **fields: Any) -> None:
-        """Append one journal line ``{"op": op, **fields}`` and flush it to the filesystem."""
+        """Append one journal line ``{"op": op, **fields}`` and flush it to the filesystem.
+
+        Raises:
+            ValueError: the store was opened ``read_only``.
+        """
+        if self._journal is None and self._read_only:
+            raise ValueError(f"{self.uri} was opened read-only")
         line = json.dumps({"op": op, **_plain(fields)}, separators=(",", ":")) + "\n"
         if self._journal is not None:
             self._journal.write(line.encode())

@@ -55,6 +55,12 @@ def test_earlier_attempts_give_each_offset_once_before_the_resume(tmp_path: Path
         {"attempt": b.attempt, "rows": 8, "first_offset": 4, "end_offset": 12},
     ]
     assert c.earlier(before_offset=0) is None
+    # reading is read-only: an attempt without a controller journal reads as trained up to 0, nothing is made
+    lone = ServedStore(run_uri=str(tmp_path / "lone"), attempt="1")
+    lone.write(window(0), window=0, rows_trained=4)
+    again = ServedStore(run_uri=str(tmp_path / "lone"), attempt="2").earlier(before_offset=4)
+    assert again is not None and (again.rows["trained_end"] == 0).all()
+    assert not (tmp_path / "lone" / "controller").exists()
     assert ServedStore(run_uri=str(tmp_path / "fresh"), attempt="x").earlier(before_offset=10) is None
 
 
