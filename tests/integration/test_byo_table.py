@@ -195,8 +195,11 @@ def test_resumed_run_keeps_the_vocabularies_and_scaling(loans) -> None:
     # Resumed at the last checkpoint (window 20, offset 2,000), with its featurizer state:
     # rows fitted keep counting from the first run's, and no class or category was re-learned.
     assert again["run"]["window_versions"][0][0] == FIRST_RUN_ROWS // WINDOW
-    assert again["run"]["rows_served"] == ROWS - FIRST_RUN_ROWS
-    assert again["data"]["rows_fitted"] == first["data"]["rows_fitted"] + again["run"]["rows_served"]
+    # its report covers every row once: the first run's answers before the checkpoint, its own after
+    a, b = again["run"]["attempts"]
+    assert b["first_offset"] == FIRST_RUN_ROWS and b["rows"] == ROWS - FIRST_RUN_ROWS
+    assert a["rows"] == first["run"]["rows_served"] and again["run"]["rows_served"] == a["rows"] + b["rows"]
+    assert again["data"]["rows_fitted"] == first["data"]["rows_fitted"] + b["rows"]
     assert again["data"]["vocabulary_sizes"] == first["data"]["vocabulary_sizes"]
     assert again["scores"]["dynamic (served)"]["accuracy"] > 0.75
 
