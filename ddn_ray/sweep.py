@@ -342,12 +342,14 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from ddn_ray import registry
+    from ddn_ray import localcluster, registry
 
     t0 = time.monotonic()
     started = False
     if not ray.is_initialized():
+        localcluster.before_init(metrics=False)
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
+        localcluster.after_init()
         started = True
     base = _base_raw(cfg)
     probe = trial_job_config(base, cfg.overrides, cfg.max_rows)

@@ -16,20 +16,16 @@ weights to the controller, and checkpoint; replicas long-poll the controller. At
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
-    # Closed by default: a cluster this driver starts itself uses the loopback address as its node address
-    # (Ray's single-machine mode, the default on macOS and Windows), so every port it listens on (GCS, raylet,
-    # workers, agents, dashboard, metrics) binds 127.0.0.1. Ray reads this when imported: it must come first.
-    os.environ.setdefault(LOOPBACK, "0")
+from ddn_ray import localcluster
+
+# closed by default: a cluster this driver starts itself listens on 127.0.0.1 only (before Ray is imported)
+localcluster.prefer_loopback()
 
 import ray
 from ray import serve
@@ -39,7 +35,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, reaper, report, stream, usecase, versions
+from ddn_ray import config, evaluate, feeds, models, report, stream, usecase, versions
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import create_actor
 from ddn_ray.errors import DataError
@@ -60,14 +56,7 @@ def start_ray(cfg: config.JobConfig) -> bool:
     if os.environ.get("RAY_ADDRESS"):  # a submitted job, or a user joining a cluster: its CPUs, its dashboard
         ray.init(namespace=cfg.ray.namespace, log_to_driver=False)  # the job's own runtime_env applies
         return False
-    if not cfg.ray.metrics:  # closed by default: no metrics endpoint on 0.0.0.0 (ray.metrics: true turns it on)
-        os.environ.setdefault("RAY_enable_metrics_collection", "0")
-    if os.environ.get(LOOPBACK) != "0":
-        logging.getLogger(__name__).warning(
-            "Ray was imported before jobs/continuous.py: the local cluster listens on every interface, "
-            "not on loopback only (set %s=0 before importing ray)",
-            LOOPBACK,
-        )
+    localcluster.before_init(metrics=cfg.ray.metrics)  # Ray's metrics off unless ray.metrics
     ray.init(
         num_cpus=cfg.ray.num_cpus,
         include_dashboard=cfg.ray.include_dashboard,
@@ -75,7 +64,7 @@ def start_ray(cfg: config.JobConfig) -> bool:
         runtime_env=env,
         log_to_driver=False,
     )
-    reaper.watch()  # a SIGKILLed driver's cluster does not outlive it (Ray's agents would)
+    localcluster.after_init()  # a SIGKILLed driver's cluster does not outlive it (Ray's agents would)
     return True
 
 

@@ -8,6 +8,10 @@ Writes results.csv, best.yaml (a job config for jobs/continuous.py), scores.png 
 summary.json under the sweep's output_dir.
 """
 
+from ddn_ray import localcluster
+
+localcluster.prefer_loopback()  # a cluster this driver starts itself listens on 127.0.0.1 only
+
 from ddn_ray.sweep import cli
 
 if __name__ == "__main__":
