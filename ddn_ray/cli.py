@@ -16,9 +16,11 @@ import contextlib
 import os
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,8 @@ def submit(
         env: environment variables for the job (``runtime_env.env_vars``).
         working_dir: uploaded as the job's working directory (``.gitignore`` and
             :data:`SUBMIT_EXCLUDES` are left out).
-        wait: follow the job until it ends, printing its logs.
+        wait: follow the job until it ends, printing its logs; Ctrl-C or SIGTERM meanwhile stops the job
+            (``JobSubmissionClient.stop_job``) and raises :class:`KeyboardInterrupt`.
         timeout_s: give up waiting after this long (the job keeps running).
         headers: extra HTTP headers, e.g. ``{"Authorization": "Bearer <token>"}``; with
             ``RAY_AUTH_MODE=token`` in the environment Ray adds the token itself.
@@ -115,14 +118,25 @@ def submit(
     if not wait:
         return job_id, client.get_job_status(job_id).value
     deadline, printed = time.monotonic() + timeout_s, 0
-    while time.monotonic() < deadline:
-        status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-        print(logs[printed:], end="", flush=True)
-        printed = len(logs)
-        if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            return job_id, status.value
-        time.sleep(2.0)
+    # followed in the foreground, the job is this command's: Ctrl-C or SIGTERM stops it (--no-wait detaches it)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+    try:
+        while time.monotonic() < deadline:
+            status = client.get_job_status(job_id)
+            logs = client.get_job_logs(job_id)
+            print(logs[printed:], end="", flush=True)
+            printed = len(logs)
+            if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+                return job_id, status.value
+            time.sleep(2.0)
+    except KeyboardInterrupt:
+        client.stop_job(job_id)
+        print(f"\nstopped {job_id}", flush=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     raise TimeoutError(f"job {job_id} still running after {timeout_s} s (it was not stopped)")
 
 

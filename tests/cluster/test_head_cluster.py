@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -373,3 +374,32 @@ def test_a_use_case_job_runs_through_the_jobs_api(head: Head, job: dict[str, Any
         assert (
             json.loads((p.parent / "meta.json").read_text())["model"]["builder"] == "acme_dynamics_models:residual_mlp"
         )
+
+
+def test_sigterm_to_ddn_ray_submit_stops_the_job_it_follows(head: Head, job: dict[str, Any], tmp_path: Path) -> None:
+    """A followed job belongs to the command: SIGTERM (or Ctrl-C) on ``ddn-ray submit`` stops it on the cluster."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    (tmp_path / "sleeper.py").write_text("import time\nprint('sleeping', flush=True)\ntime.sleep(300)\n")
+    (tmp_path / "job.yaml").write_text("{}\n")
+    cmd = [str(Path(sys.executable).parent / "ddn-ray"), "submit", "--address", head.address]
+    cmd += ["--script", "sleeper.py", "--config", "job.yaml", "--working-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **head.env}, stdout=subprocess.PIPE, text=True)
+    client = JobSubmissionClient(head.address, headers=head.headers)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("submitted "), first
+        job_id = first.split()[1].rstrip(":")
+        deadline = time.monotonic() + 60
+        while client.get_job_status(job_id) != JobStatus.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.get_job_status(job_id) == JobStatus.RUNNING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) != 0
+        deadline = time.monotonic() + 30
+        while client.get_job_status(job_id) != JobStatus.STOPPED and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.get_job_status(job_id) == JobStatus.STOPPED
+    finally:
+        proc.kill()
