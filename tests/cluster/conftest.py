@@ -17,6 +17,7 @@ import psutil
 import pytest
 import requests
 
+from ddn_ray.reaper import descendants, reap
 from tests.cluster.head_cluster import PORTS, WORKER_PORTS, Head
 
 
@@ -105,6 +106,9 @@ def head() -> Iterator[Head]:
     finally:
         # Stop what we started, by PID: SIGTERM to `ray start --block` tears down the processes it started.
         # It took ~30 s to exit here (the agents outlive SIGTERM, issue 17): after 10 s it and what is left are killed.
+        # The agents rename themselves (ray::DashboardAgent): no command line names the temp dir, so the head's
+        # descendants are noted (PID and start time) before it is stopped.
+        started = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=10)
@@ -115,4 +119,5 @@ def head() -> Iterator[Head]:
             time.sleep(1.0)
         for p in _ours(temp_dir):  # anything left of this head only (matched by its temp dir)
             p.kill()
+        reap(started)  # and its renamed descendants still alive (the same PID and start time)
         log.close()
