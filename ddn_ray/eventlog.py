@@ -51,6 +51,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ddn_ray.versions import open_uri
+
 __all__ = ["AnsweredRows", "EventLog", "JoinResult", "new_event_ids"]
 
 PREDICTIONS, JOINED = "predictions", "joined"
@@ -162,10 +164,7 @@ class EventLog:
         clock: Callable[[], float] = time.time,
         window_stats: int = 500,
     ) -> None:
-        if "://" in uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), uri
+        self.fs, self.root = open_uri(uri)
         for d in (PREDICTIONS, JOINED):
             self.fs.create_dir(f"{self.root}/{d}", recursive=True)
         self.task, self.retention_s, self._clock = task, retention_s, clock

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ddn_ray.versions import VersionStore, read_npz, write_npz
+from ddn_ray.versions import VersionStore, open_uri, read_npz, write_npz
 
 __all__ = ["Prior", "ServedStore", "StaticBaseline"]
 
@@ -80,10 +80,7 @@ class ServedStore:
     """
 
     def __init__(self, *, run_uri: str, attempt: str | None) -> None:
-        if "://" in run_uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(run_uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), run_uri
+        self.fs, self.root = open_uri(run_uri)
         self.run_uri, self.attempt = run_uri, attempt
         if attempt is not None:
             self.fs.create_dir(f"{self.root}/{SERVED}/{attempt}", recursive=True)
@@ -132,12 +129,7 @@ class ServedStore:
 
     def _trained_end(self, attempt: str) -> dict[int, int]:
         """Version -> the offset it was trained up to, from the attempt's controller journal."""
-        uri = f"{self.run_uri}/{CONTROLLER}/{attempt}"
-        store = (
-            VersionStore(uri=uri, read_only=True)
-            if "://" in uri
-            else VersionStore(uri=uri, filesystem=self.fs, read_only=True)
-        )
+        store = VersionStore(uri=f"{self.root}/{CONTROLLER}/{attempt}", filesystem=self.fs, read_only=True)
         try:
             return {
                 int(e["version"]): int(e["meta"].get("trained_end_offset", 0))
@@ -151,7 +143,8 @@ class ServedStore:
         """The earlier attempts' rows with offsets below ``before_offset`` (see :class:`Prior`), or ``None``
         when no earlier attempt served a row there."""
         tables, order, trained = [], [], {}
-        for k, attempt in enumerate(self._attempts()):
+        names = self._attempts()  # listed once: the indices below are into this list
+        for k, attempt in enumerate(names):
             sel = pafs.FileSelector(f"{self.root}/{SERVED}/{attempt}")
             files = sorted(i.path for i in self.fs.get_file_info(sel) if i.path.endswith(".parquet"))
             if not files:
@@ -180,7 +173,6 @@ class ServedStore:
         kept = table.take(pa.array(keep))
         rows = {name: _array(kept.column(name)) for name in kept.column_names}
         windows, attempts_kept = rows["window"], which[keep]
-        names = self._attempts()
         attempts = [
             {
                 "attempt": names[k],

@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JOURNAL", "VersionStore", "attempt_name", "read_npz", "write_npz"]
+__all__ = ["JOURNAL", "VersionStore", "attempt_name", "open_uri", "read_npz", "write_npz"]
 
 JOURNAL = "journal.jsonl"
 SEGMENTS = "journal"  # where a filesystem that cannot append (S3, GCS) keeps the journal: one object per line
@@ -42,6 +42,13 @@ def attempt_name() -> str:
     service) starts its own journal; a controller actor that Ray restarts gets the same constructor arguments
     and so finds its attempt's."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path on it)`` of a local path or a pyarrow filesystem URI (``s3://``, ``gs://``, ...)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
 
 
 def write_npz(fs: pafs.FileSystem, path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -98,12 +105,7 @@ class VersionStore:
     """
 
     def __init__(self, *, uri: str, filesystem: pafs.FileSystem | None = None, read_only: bool = False) -> None:
-        if filesystem is not None:
-            self.fs, self.root = filesystem, uri
-        elif "://" in uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), uri
+        self.fs, self.root = (filesystem, uri) if filesystem is not None else open_uri(uri)
         self.uri, self._read_only = uri, read_only
         self._journal: Any = None
         self._segments = len(self._segment_paths())
