@@ -30,6 +30,7 @@ __all__ = [
     "ControllerActor",
     "Gate",
     "QualityGate",
+    "ServeReady",
     "VersionRecord",
     "check_quality",
     "check_update",
@@ -143,6 +144,22 @@ class VersionRecord:
         if not self.expected or not self.expected <= self.served_s.keys():
             return None
         return max(self.served_s[r] for r in self.expected)
+
+
+@dataclass(frozen=True)
+class ServeReady:
+    """What :meth:`ControllerActor.wait_ready_to_serve` returns: may the next window be served?
+
+    Attributes:
+        windows_done: index of the last window the trainer finished (-1: none yet).
+        version: the latest version (``None``: none yet).
+        synced: every live replica serves ``version`` or newer (``False`` after the sync timeout, or when
+            ``windows_done`` fell short of the window asked for).
+    """
+
+    windows_done: int
+    version: int | None
+    synced: bool
 
 
 def _copy_store(weights: Mapping[str, np.ndarray]) -> tuple[Any, Mapping[str, np.ndarray]]:
@@ -825,6 +842,23 @@ class ControllerActor:
         """Wait until the trainer finished ``window``; return the last finished window index."""
         await self._wait(lambda: self.c.windows_done >= window, timeout_s)
         return self.c.windows_done
+
+    async def wait_ready_to_serve(self, window: int, progress_timeout_s: float, sync_timeout_s: float) -> ServeReady:
+        """The stream's backpressure in one call (one round trip a window instead of three): wait until the
+        trainer finished ``window`` (up to ``progress_timeout_s``; ``window < 0``: no wait), then until every live
+        replica serves the latest version (up to ``sync_timeout_s``, as :meth:`wait_all_serving`).
+
+        Returns:
+            A :class:`ServeReady`; ``windows_done < window`` when the trainer is not there yet (nothing was
+            waited for the replicas then: call again).
+        """
+        if window >= 0:
+            await self._wait(lambda: self.c.windows_done >= window, progress_timeout_s)
+            if self.c.windows_done < window:
+                return ServeReady(self.c.windows_done, self.c.latest_version, False)
+        latest = self.c.latest_version
+        synced = latest is None or await self.wait_all_serving(latest, sync_timeout_s)
+        return ServeReady(self.c.windows_done, latest, synced)
 
     async def latest_version(self) -> int | None:
         return self.c.latest_version

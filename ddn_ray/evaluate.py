@@ -291,7 +291,12 @@ def format_table(report: Mapping[str, Any]) -> str:
             f"{'peak memory, driver + local Ray':34s} RSS {run.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, "
             f"PSS {run.get('peak_pss_bytes', float('nan')) / 2**30:.2f} GiB"
         ),
-        f"{'wall time':34s} {run['wall_s']:.1f} s",
+        f"{'wall time':34s} {run['wall_s']:.1f} s"
+        + (
+            f" (stream {run['stream_s']:.1f} s: {run['rows_served'] / run['stream_s']:,.0f} rows/s)"
+            if run.get("stream_s")
+            else ""
+        ),
         "",
         (
             f"prequential scores on rows {_fmt(report['eval_rows']['start'])}-{_fmt(report['eval_rows']['end'])} "

@@ -221,6 +221,26 @@ def to_arrow(features: np.ndarray, labels: np.ndarray) -> pa.Table:
     return pa.table({"features": feats, "label": pa.array(np.asarray(labels, dtype=np.int64))})
 
 
+def from_arrow(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`to_arrow`: ``(features (n, d) float32, labels (n,) int64 or (n, k) float32)``.
+
+    Zero-copy where the columns are single chunks without nulls (a window's shard is).
+
+    Raises:
+        KeyError: ``table`` has no ``features`` or ``label`` column.
+    """
+
+    def matrix(col: pa.ChunkedArray, dtype: type) -> np.ndarray:
+        arr = col.combine_chunks()
+        if pa.types.is_fixed_size_list(arr.type):
+            return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype).reshape(len(arr), -1)
+        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)
+
+    labels = table.column("label")
+    regression = pa.types.is_fixed_size_list(labels.type)
+    return matrix(table.column("features"), np.float32), matrix(labels, np.float32 if regression else np.int64)
+
+
 def write_landing_file(directory: str | Path, seq: int, features: np.ndarray, labels: np.ndarray) -> Path:
     """Write one producer file atomically (``part-<seq>.parquet``), as a real producer would."""
     d = Path(directory)

@@ -43,10 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FEATURES = "features"
-LABEL = "label"
-
-
 @dataclass(frozen=True)
 class WindowItem:
     """One window handed to one worker: its shard of rows as a Ray Dataset.
@@ -204,10 +200,22 @@ class WorkerArgs:
 
 
 def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = list(item.dataset.iter_torch_batches(batch_size=None, dtypes={FEATURES: torch.float32, LABEL: label_dtype}))
-    if not rows:
+    """The window's rows as ``(x (n, d) float32, y (n,) label_dtype or (n, k) float32)``.
+
+    The shard is a materialized Dataset (``ray.data.from_arrow``): its Arrow blocks are fetched from the object
+    store by reference, without starting Ray Data's streaming executor, which cost ~15-20 ms a window here
+    (``iter_torch_batches``: benchmarks/job_vs_learner.py).
+    """
+    import pyarrow as pa
+    import ray
+
+    from ddn_ray import stream
+
+    blocks = [b for b in ray.get(item.dataset.to_arrow_refs()) if b.num_rows]
+    if not blocks:
         return torch.zeros((0, 0)), torch.zeros((0,), dtype=torch.int64)
-    return torch.cat([b[FEATURES] for b in rows]), torch.cat([b[LABEL] for b in rows])
+    x, y = stream.from_arrow(pa.concat_tables(blocks))
+    return torch.from_numpy(x), torch.from_numpy(y).to(label_dtype)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import config, evaluate, feeds, models, report, stream, usecase, versions
 from ddn_ray.client import TrafficClient
-from ddn_ray.controller import create_actor
+from ddn_ray.controller import ServeReady, create_actor
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
 from ddn_ray.served import ServedStore, StaticBaseline
@@ -140,16 +140,18 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)
     fit_thread.start()
 
-    def wait_trained(window: int) -> None:
-        """Wait for the trainer to finish ``window``, or the last window sent before it (an empty window,
-        every row quarantined, is never sent)."""
+    def wait_ready(window: int) -> ServeReady:
+        """Wait for the trainer to finish ``window`` (or the last window sent before it: an empty window, every
+        row quarantined, is never sent), then for every replica to serve the latest version: one controller call."""
         window = min(window, last_sent)
         if window < ready["next_window"]:
-            return  # nothing sent yet in this run
-        while ray.get(controller.wait_progress.remote(window, 5.0)) < window:
+            window = -1  # nothing sent yet in this run: only the replicas' sync
+        while (state := ray.get(controller.wait_ready_to_serve.remote(window, 5.0, sync_timeout_s))).windows_done < window:
             if not fit_thread.is_alive():
                 raise RuntimeError(f"the trainer stopped before window {window}: {fit.get('error')!r}")
+        return state
 
+    sync_timeout_s = cfg.controller.sync_timeout_s
     ready = None
     while ready is None:
         ready = ray.get(controller.wait_trainer_ready.remote(5.0))
@@ -171,18 +173,17 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         static_model = models.load_numpy_state(
             models.build(cfg.model, nf, models.output_width(baseline.weights)), baseline.weights
         ).eval()
+    t_stream = time.monotonic()
     try:
         for window in tqdm(feed.windows(), desc="windows", unit="win", total=feed.total_windows(), mininterval=2.0):
             # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
-            if window.index - 1 - cfg.stream.max_lag_windows >= ready["next_window"]:
-                wait_trained(window.index - 1 - cfg.stream.max_lag_windows)
-            latest = ray.get(controller.latest_version.remote())
-            if not ray.get(controller.wait_all_serving.remote(latest, cfg.controller.sync_timeout_s)):
+            state = wait_ready(window.index - 1 - cfg.stream.max_lag_windows)
+            if not state.synced:
                 sync_timeouts += 1
-            elif first_update_s is None and latest >= 1:
+            elif first_update_s is None and state.version is not None and state.version >= 1:
                 first_update_s = time.monotonic() - t0
             if window.index == static_windows and static_model is None:  # freeze the static baseline
-                wait_trained(static_windows - 1)
+                wait_ready(static_windows - 1)
                 version, weights = ray.get(controller.latest_weights.remote())
                 preprocessing = ray.get(controller.preprocessing.remote(version))
                 feed.snapshot_static(preprocessing)
@@ -222,6 +223,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 else models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task),
             )
             last_sent = w.index
+        wait_ready(last_sent)  # every window learned and on every replica: the stream's end
+        stream_s = time.monotonic() - t_stream  # (Train's own shutdown, a few seconds, is not counted)
         sender.end()
         fit_thread.join()
         if "error" in fit:
@@ -267,6 +270,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     result["run"]["controller_restarts"] = summary["controller_restarts"]
     result["run"]["peak_rss_bytes"] = rss.stop()
     result["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
+    result["run"]["stream_s"] = stream_s
     result["run"]["wall_s"] = time.monotonic() - t0
     report.write(result, curves, rows, job=cfg)
     if started_ray:
