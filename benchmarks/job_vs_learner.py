@@ -56,7 +56,9 @@ ROLES = {
 RATE_HZ = 100
 
 
-def run_job(window: int, rows: int, out: Path, profile_s: float) -> tuple[dict, np.ndarray, dict[str, list[str]]]:
+def run_job(
+    window: int, rows: int, out: Path, profile_s: float, overrides: list[str]
+) -> tuple[dict, np.ndarray, dict[str, list[str]]]:
     """The main job as ``make run`` starts it; returns its report, served predictions and profile summaries."""
     cmd = [
         sys.executable,
@@ -73,6 +75,7 @@ def run_job(window: int, rows: int, out: Path, profile_s: float) -> tuple[dict, 
         f"run_name=w{window}",
         "--set",
         f"storage_path={out / 'storage'}",
+        *(a for o in overrides for a in ("--set", o)),
     ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     with open(out / f"w{window}.log", "w") as log:
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, nargs="+", default=[50, 1000])
     parser.add_argument("--rows", type=int, default=45_312)
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy the first job for this many seconds")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="for the job, e.g. train.use_gpu=true"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base = config.load(ROOT / "jobs" / "configs" / "elec2_builtin.yaml", {"data": {"max_rows": args.rows}})
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             oracle = replay_in_process(cfg, table).predictions
             oracle_s = time.perf_counter() - t0
-            report, served, prof = run_job(w, len(y), Path(tmp), args.profile if i == 0 else 0.0)
+            report, served, prof = run_job(w, len(y), Path(tmp), args.profile if i == 0 else 0.0, args.set)
             profiles |= {f"W={w} {k}": v for k, v in prof.items()}
             run = report["run"]
             job_rate, oracle_rate = len(y) / run["stream_s"], len(y) / oracle_s
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Elec2, {len(y):,} rows; {base.train.optimizer} lr={base.train.lr} batch={base.train.batch_size} "
         f"epochs/window={base.train.epochs_per_window}; job: {base.train.num_workers} Train worker, "
         f"{base.serve.num_replicas} replicas, max_lag_windows={base.stream.max_lag_windows}"
+        + (f"; job overrides: {' '.join(args.set)}" if args.set else "")
     )
     print(
         "| W | rows | learner s | learner rows/s | job stream s | job rows/s | job / learner | job start+stop s "

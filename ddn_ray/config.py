@@ -292,6 +292,14 @@ class TrainConfig(_Frozen):
 
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = Field(
+        False,
+        description="one GPU per Train worker (ScalingConfig.use_gpu), the model and every batch on it; a cluster "
+        "without the GPUs falls back to CPU with one warning (ddn_ray.devices)",
+    )
+    amp: bool = Field(
+        False, description="mixed precision: forward pass and loss in bfloat16 (torch.autocast), float32 weights"
+    )
     batch_size: int = Field(16, gt=0, description="global batch size, split across workers")
     epochs_per_window: int = Field(10, ge=1)
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
@@ -419,6 +427,12 @@ class ServeConfig(_Frozen):
     port: int = Field(8000, gt=0, lt=65536)
     num_replicas: int = Field(2, ge=1)
     cpus_per_replica: float = Field(0.25, gt=0)
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per replica (fractional: replicas share one); a cluster without them falls back to CPU "
+        "with one warning (ddn_ray.devices)",
+    )
     max_batch_rows: int = Field(1024, gt=0, description="requests with more rows get 413")
     request_rows: int = Field(100, gt=0, description="rows per HTTP request sent by the traffic client")
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")

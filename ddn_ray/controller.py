@@ -497,8 +497,11 @@ class Controller:
         version: int | None,
         preprocessing: Mapping[str, Any] | None = None,
         pid: int | None = None,
+        device: Mapping[str, Any] | None = None,
     ) -> int:
         """The trainer starts at ``next_offset`` (a resume: the checkpoint's, with its featurizer state).
+
+        ``device``: where rank 0 learns, ``{"device": "cuda:0" | "cpu", "gpu_ids": [ids Ray assigned]}``.
 
         Returns:
             Its generation: 0 for the first start, ``k`` for the ``k``-th restart of its worker group (Train's
@@ -514,6 +517,7 @@ class Controller:
             version=version,
             preprocessing=preprocessing,
             pid=pid,
+            device=device,
         )
         generation = 0 if self.trainer is None else int(self.trainer["generation"]) + 1
         if generation:
@@ -527,6 +531,7 @@ class Controller:
             "preprocessing": dict(preprocessing) if preprocessing is not None else None,
             "generation": generation,
             "pid": pid,
+            "device": dict(device) if device is not None else None,
         }
         return generation
 
@@ -597,7 +602,9 @@ class Controller:
         elif op == "reject":
             self.rejected.append(e["entry"])
         elif op == "trainer_ready":
-            self.trainer_ready(e["next_offset"], e["next_window"], e["version"], e["preprocessing"], e["pid"])
+            self.trainer_ready(
+                e["next_offset"], e["next_window"], e["version"], e["preprocessing"], e["pid"], e.get("device")
+            )
         elif op == "progress":
             self.trainer_progress(e["metrics"])
         elif op == "spec":
@@ -818,8 +825,9 @@ class ControllerActor:
         version: int | None,
         preprocessing: Mapping[str, Any] | None = None,
         pid: int | None = None,
+        device: Mapping[str, Any] | None = None,
     ) -> int:
-        generation = self.c.trainer_ready(next_offset, next_window, version, preprocessing, pid)
+        generation = self.c.trainer_ready(next_offset, next_window, version, preprocessing, pid, device)
         await self._notify()
         return generation
 

@@ -221,7 +221,7 @@ def joint_loss(model: nn.Module, losses: Sequence[torch.Tensor]) -> torch.Tensor
     weights = getattr(model, "exit_loss_weights", None) or (1.0,) * len(losses)
     if len(weights) != len(losses):
         raise ValueError(f"{len(weights)} exit loss weights for {len(losses)} exits")
-    return sum((w * loss for w, loss in zip(weights, losses)), torch.zeros(())) / sum(weights)
+    return sum((w * loss for w, loss in zip(weights, losses)), torch.zeros((), device=losses[0].device)) / sum(weights)
 
 
 def confidence(logits: torch.Tensor, criterion: Criterion = "max_prob") -> torch.Tensor:
@@ -238,7 +238,7 @@ def confidence(logits: torch.Tensor, criterion: Criterion = "max_prob") -> torch
     if criterion == "max_prob":
         return probs.max(dim=1).values
     if logits.shape[1] < 2:
-        return torch.ones(logits.shape[0])
+        return torch.ones(logits.shape[0], device=logits.device)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
     return 1.0 - entropy / math.log(logits.shape[1])
 
@@ -266,10 +266,10 @@ def early_exit(
     with torch.no_grad():
         if k == 1 or x.shape[0] == 0:  # one exit, or no rows (a window whose every row was quarantined)
             out = model(x)
-            return out, torch.full((x.shape[0],), k - 1, dtype=torch.int64)
+            return out, torch.full((x.shape[0],), k - 1, dtype=torch.int64, device=x.device)
         assert isinstance(model, MultiExit)
-        exit_of = torch.full((x.shape[0],), k - 1, dtype=torch.int64)
-        going = torch.arange(x.shape[0])
+        exit_of = torch.full((x.shape[0],), k - 1, dtype=torch.int64, device=x.device)
+        going = torch.arange(x.shape[0], device=x.device)
         h = x
         answered: list[tuple[torch.Tensor, torch.Tensor]] = []  # (row indices, logits)
         for i, stage in enumerate(model.body):
@@ -287,7 +287,7 @@ def early_exit(
             if going.numel() == 0:
                 break
         width = answered[0][1].shape[1]
-        out = torch.empty((x.shape[0], width), dtype=answered[0][1].dtype)
+        out = torch.empty((x.shape[0], width), dtype=answered[0][1].dtype, device=x.device)
         for rows, logits in answered:
             out[rows] = logits
     return out, exit_of

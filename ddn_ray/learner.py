@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddn_ray import drift, exits, models, policy, strategy
+from ddn_ray import devices, drift, exits, models, policy, strategy
 from ddn_ray.config import DistillConfig, DriftConfig, MetaConfig, PolicyConfig, StrategyConfig, TrainConfig
 from ddn_ray.distill import Distiller
 from ddn_ray.meta import Reptile
@@ -174,6 +174,7 @@ def fit(
     generator: torch.Generator,
     strategy: Strategy,
     task: str = "classification",
+    amp: bool = False,
 ) -> float:
     """Mini-batch training: ``epochs`` shuffled passes, each batch through ``strategy.batch`` and ``strategy.penalty``.
 
@@ -186,6 +187,8 @@ def fit(
         batch_size: rows per gradient step (before the strategy adds memory rows).
         generator: seeds the shuffles and the strategy's sampling.
         task: ``classification`` (cross-entropy) or ``regression`` (MSE), see :func:`loss_fn`.
+        amp: the forward pass and the loss in bfloat16 (:func:`ddn_ray.devices.autocast`), gradients into the
+            float32 weights.
 
     Returns:
         The summed training loss (task loss + penalty, per window row) of the last pass.
@@ -199,8 +202,9 @@ def fit(
         for i in range(0, x.shape[0], batch_size):
             idx = order[i : i + batch_size]
             xb, yb = strategy.batch(x[idx], y[idx], generator)
-            logits = model(xb)
-            loss = task_loss(raw, task, logits, yb) + strategy.penalty(raw, xb, logits)
+            with devices.autocast(xb.device, amp):
+                logits = model(xb)
+                loss = task_loss(raw, task, logits, yb) + strategy.penalty(raw, xb, logits)
             model.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -219,6 +223,7 @@ def prequential_step(
     generator: torch.Generator,
     strategy: Strategy | None = None,
     task: str = "classification",
+    amp: bool = False,
 ) -> StepResult:
     """Score the model on a window, then learn from it (test-then-train).
 
@@ -235,6 +240,7 @@ def prequential_step(
         strategy: how to learn (memory rows, penalties); :class:`~ddn_ray.strategy.Finetune` if ``None``.
         task: ``classification`` or ``regression``. For regression the error stream ``wrong``
             holds each row's squared error (mean over outputs) and ``pre_accuracy`` is NaN.
+        amp: train in mixed precision (:func:`fit`); the scores before and after are in float32.
 
     Returns:
         A :class:`StepResult`; ``pre_*`` are measured before any update on this window.
@@ -243,7 +249,7 @@ def prequential_step(
     with torch.no_grad():
         pre_loss_sum, wrong = _window_errors(model(x), y, task)
     strategy = strategy if strategy is not None else Finetune()
-    train_loss_sum = fit(model, optimizer, x, y, batch_size, epochs, generator, strategy, task)
+    train_loss_sum = fit(model, optimizer, x, y, batch_size, epochs, generator, strategy, task, amp)
     strategy.after_window(_unwrap(model), x, y)
     pre_correct = float(x.shape[0] - wrong.sum()) if task == "classification" else 0.0
     n, pre_loss_sum, pre_correct, train_loss_sum = _all_sum([x.shape[0], pre_loss_sum, pre_correct, train_loss_sum])
@@ -390,7 +396,7 @@ class OnlineLearner:
 
     def _embed(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            embedded: np.ndarray = models.body_of(self.raw)(torch.from_numpy(x)).numpy()
+            embedded: np.ndarray = models.body_of(self.raw)(torch.from_numpy(x).to(self.device)).cpu().numpy()
             return embedded
 
     def step(
@@ -409,6 +415,7 @@ class OnlineLearner:
             The window's metrics, and the drift event (signal, decision, reason) or ``None``.
         """
         t0 = time.perf_counter()
+        x, y = x.to(self.device), y.to(self.device)  # the model's device (a Train worker's GPU, or the CPU)
         lr = self.optimizer.param_groups[0]["lr"]
         student_hits = self.distiller.correct(x, y) if self.distiller is not None else 0
         local_batch = max(1, self.cfg.batch_size // self.world)
@@ -422,6 +429,7 @@ class OnlineLearner:
             self.generator,
             self.strategy,
             self.task,
+            amp=self.cfg.amp,
         )
         self.scheduler.step()
         self.recent.append((x, y))
@@ -429,8 +437,8 @@ class OnlineLearner:
             self.reptile.update(x, y)
         event = None
         if self.monitoring:
-            wrong = np.concatenate(gather(res.wrong.numpy(), self.world))
-            signal = self.monitor.update(index, start, wrong, x.numpy(), self._embed)
+            wrong = np.concatenate(gather(res.wrong.cpu().numpy(), self.world))
+            signal = self.monitor.update(index, start, wrong, x.cpu().numpy(), self._embed)
             if signal is not None:  # every rank saw the same errors, so every rank is here
                 decision = self.policy.decide(signal)
                 decision, reason = gather((decision, self.policy.reason), self.world)[0]  # rank 0's rules
@@ -489,6 +497,11 @@ class OnlineLearner:
                 if memory.x is not None:
                     x, y = torch.cat([x, memory.x]), torch.cat([y, memory.y])
         retrain(self.model, list(self.model.parameters()), self.cfg, x, y, epochs, self.generator, self.task)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (the CPU, or a Train worker's GPU): each window is moved there."""
+        return next(self.raw.parameters()).device
 
     @property
     def num_classes(self) -> int:

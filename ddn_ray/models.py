@@ -250,8 +250,12 @@ def fresh(cfg: ModelConfig, num_features: int, num_classes: int, seed: int) -> C
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    """Copy a model's ``state_dict`` to numpy arrays (Ray stores these zero-copy)."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    """Copy a model's ``state_dict`` to numpy arrays (Ray stores these zero-copy): one host copy per tensor, the
+    device-to-host transfer for a GPU's, a copy of the memory the model keeps training for a CPU's."""
+    return {
+        k: v.detach().numpy().copy() if v.device.type == "cpu" else v.detach().cpu().numpy()
+        for k, v in model.state_dict().items()
+    }
 
 
 def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import exits, guard, models, registry
+from ddn_ray import devices, exits, guard, models, registry
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer
 from ddn_ray.guard import ModelFloat
@@ -372,6 +372,11 @@ class Predictor:
         if quantize not in ("none", "dynamic_int8"):
             raise ValueError(f"quantize must be 'none' or 'dynamic_int8', got {quantize!r}")
         self._quantize = quantize
+        # the GPU Ray assigned this replica (serve.num_gpus) when torch can use it, else the CPU (one warning);
+        # a dynamically quantised copy runs on the CPU (torch's int8 kernels)
+        self._device = devices.assigned_device()
+        self._gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        self._model_device = torch.device("cpu") if quantize != "none" else self._device
         self._exit_macs: dict[tuple[str, int], tuple[int, ...]] = {}
         self._poller: asyncio.Task | None = None
         global _metrics
@@ -444,6 +449,8 @@ class Predictor:
         macs = self._exit_macs[key]
         if self._quantize == "dynamic_int8":
             model = models.quantized(model)  # once per version, not per request
+        elif self._model_device.type != "cpu":
+            model = model.to(self._model_device)  # one host-to-device copy per version
         featurizer = Featurizer.from_state(preprocessing) if preprocessing is not None else None
         # one assignment: requests see the old version or the new one, never half
         self._current = Served(version, model, featurizer, macs, served_model)
@@ -620,10 +627,11 @@ class Predictor:
         self.check_finite(x, "records" if records is not None else "data" if split is not None else "inputs")
         if self._model_cfg.task == "classification":
             threshold = self._model_cfg.exit_threshold if exit_threshold is None else exit_threshold
-            out, exit_of = exits.early_exit(model, x, threshold, self._model_cfg.exit_criterion)
+            out, exit_of = exits.early_exit(model, x.to(self._model_device), threshold, self._model_cfg.exit_criterion)
+            out, exit_of = out.cpu(), exit_of.cpu()
         else:
             with torch.no_grad():
-                out = model(x)
+                out = model(x.to(self._model_device)).cpu()
             exit_of = torch.full((len(x),), len(served.exit_macs) - 1, dtype=torch.int64)
         self.check_output(out, version)
         exit_list = exit_of.tolist()
@@ -772,6 +780,8 @@ class Predictor:
             "exit_macs": list(served.exit_macs),
             "served_model": served.served_model,
             "quantize": self._quantize,
+            "device": str(self._model_device),
+            "gpu_ids": self._gpu_ids,
             **({"schema": featurizer.schema()} if featurizer is not None else {}),
         }
 
@@ -798,7 +808,7 @@ def build_app(
         cast(serve.Deployment, Predictor)
         .options(
             num_replicas=cfg.serve.num_replicas,
-            ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
+            ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica, "num_gpus": cfg.serve.num_gpus},
             max_ongoing_requests=32,
         )
         .bind(

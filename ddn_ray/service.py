@@ -188,9 +188,10 @@ class LearningService:
     async def __init__(self, job: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         import ray
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        from ray.train.torch import TorchConfig, TorchTrainer
         from ray.util.queue import Queue
 
+        from ddn_ray import devices
         from ddn_ray.controller import create_actor
         from ddn_ray.metrics import ServiceMetrics
         from ddn_ray.train import WorkerArgs, train_loop_per_worker
@@ -261,8 +262,11 @@ class LearningService:
                 train_loop_per_worker,
                 train_loop_config={"args": args},
                 scaling_config=ScalingConfig(
-                    num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+                    num_workers=workers,
+                    use_gpu=cfg.train.use_gpu,
+                    resources_per_worker={"CPU": cfg.train.cpus_per_worker},
                 ),
+                torch_config=TorchConfig(backend=devices.torch_backend(cfg.train.use_gpu)),
                 run_config=RunConfig(
                     storage_path=cfg.storage_uri,
                     name=cfg.run_name,

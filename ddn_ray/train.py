@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ddn_ray import checkpoint as checkpoint_io
+from ddn_ray import devices
 from ddn_ray.config import JobConfig
 from ddn_ray.learner import OnlineLearner, WindowMetrics, gather, make_optimizer, prequential_step
 
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class WindowItem:
@@ -264,8 +266,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = models.build(mcfg, nf, nc, seed=cfg.seed)
         version, weights = ray.get(controller.latest_weights.remote())
         models.load_numpy_state(model, weights)
-    model = ray.train.torch.prepare_model(model)
+    # the GPU Ray assigned this worker (train.use_gpu) when torch can use it, else the CPU (one warning)
+    device = devices.assigned_device(train=True)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     learner = build_learner(job, model, args.feature_names, nc, rank=rank, world=world)
+    if learner.distiller is not None:
+        learner.distiller.student.to(device)
     if state is not None:
         saved = state["learner"]  # one state per rank; more ranks than saved reuse the last one
         learner.load_state_dict(saved[min(rank, len(saved) - 1)])
@@ -285,7 +291,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "version"
             ]
         generation = ray.get(
-            controller.trainer_ready.remote(next_offset, next_index, version, preprocessing, pid=os.getpid())
+            controller.trainer_ready.remote(
+                next_offset,
+                next_index,
+                version,
+                preprocessing,
+                pid=os.getpid(),
+                device={"device": str(device), "gpu_ids": [str(i) for i in ray.get_gpu_ids()]},
+            )
         )
     generation = gather(generation if rank == 0 else None, world)[0]  # every rank skips the same stale windows
 

@@ -16,6 +16,7 @@ weights to the controller, and checkpoint; replicas long-poll the controller. At
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import threading
 import time
@@ -30,12 +31,12 @@ localcluster.prefer_loopback()
 import ray
 from ray import serve
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, evaluate, feeds, models, report, stream, usecase, versions
+from ddn_ray import config, devices, evaluate, feeds, models, report, stream, usecase, versions
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ServeReady, create_actor
 from ddn_ray.errors import DataError
@@ -74,6 +75,10 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     # A user's table (data.source) or a built-in use case's stream (data.name); checked before Ray starts.
     feed = feeds.TableFeed(job=cfg) if cfg.data.source is not None else usecase.feed(cfg)
     started_ray = start_ray(cfg)
+    # GPUs asked for (train.use_gpu, serve.num_gpus) that the cluster does not have: CPU, with one warning each
+    cfg, notes = devices.fit_to_cluster(cfg, ray.cluster_resources().get("GPU", 0.0))
+    for note in notes:
+        logging.getLogger("ddn_ray").warning(note)
     rss = evaluate.RssSampler().start()
     run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"
     # this attempt of the run: its controller journal and its served answers, beside the earlier attempts'
@@ -122,7 +127,10 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"args": args},
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+        ),
+        torch_config=TorchConfig(backend=devices.torch_backend(cfg.train.use_gpu)),
         run_config=RunConfig(
             storage_path=cfg.storage_uri,
             name=run_name,
@@ -146,7 +154,9 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         window = min(window, last_sent)
         if window < ready["next_window"]:
             window = -1  # nothing sent yet in this run: only the replicas' sync
-        while (state := ray.get(controller.wait_ready_to_serve.remote(window, 5.0, sync_timeout_s))).windows_done < window:
+        while (
+            state := ray.get(controller.wait_ready_to_serve.remote(window, 5.0, sync_timeout_s))
+        ).windows_done < window:
             if not fit_thread.is_alive():
                 raise RuntimeError(f"the trainer stopped before window {window}: {fit.get('error')!r}")
         return state
@@ -268,6 +278,8 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     ]
     # restarts of the controller (it died): when it came back from its journal, and when each replica re-attached
     result["run"]["controller_restarts"] = summary["controller_restarts"]
+    # where rank 0 learned: {"device": "cuda:0" | "cpu", "gpu_ids": [the GPUs Ray assigned it]}
+    result["run"]["trainer_device"] = (summary["trainer"] or {}).get("device")
     result["run"]["peak_rss_bytes"] = rss.stop()
     result["run"]["peak_pss_bytes"] = rss.peak_pss_bytes
     result["run"]["stream_s"] = stream_s

@@ -52,6 +52,8 @@ class Replay(Finetune):
 
     def _offer(self, key: int, rows: torch.Tensor, capacity: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Algorithm R over ``rows`` (indices into x) for the reservoir ``key`` holding ``capacity`` slots."""
+        if self.x is not None and self.x.device != x.device:  # restored from a checkpoint of another device
+            self.x, self.y = self.x.to(x.device), self.y.to(x.device)
         held = (self.y == key).nonzero().flatten() if key >= 0 else torch.arange(len(self))
         slots: list[int] = held.tolist()
         for i in rows.tolist():

@@ -40,6 +40,7 @@ def ray_cluster() -> Any:
 
     ray.init(
         num_cpus=4,  # logical CPUs on 2 cores: leaves Ray Data a whole CPU (see ../shared/RAY_NOTES.md)
+        num_gpus=2,  # logical: GPU requests (train.use_gpu, serve.num_gpus) are scheduled and fall back to CPU
         include_dashboard=False,
         namespace="ddn_ray",
         _node_ip_address="127.0.0.1",

@@ -222,14 +222,24 @@ def test_two_workers_with_ewc_replay_and_a_drift_policy_log_decisions(ray_cluste
 
 
 def test_served_predictions_match_the_in_process_replay_row_for_row(ray_cluster, continuous, job_config) -> None:
-    """The served model at window w is exactly the model trained on windows 0..w-1."""
+    """The served model at window w is exactly the model trained on windows 0..w-1.
+
+    The job asks for a GPU (``train.use_gpu``): the session cluster's GPUs are logical, so its Train worker is
+    given one, finds no CUDA in this torch and learns on the CPU, with the same answers."""
     import numpy as np
 
     from ddn_ray.train import replay_in_process
     from ddn_ray.usecases import datasets
 
-    cfg = job_config("elec2_builtin.yaml", data={"max_rows": 2000}, stream={"last_label_feature": True})  # 7 inputs
+    cfg = job_config(
+        "elec2_builtin.yaml",
+        data={"max_rows": 2000},
+        stream={"last_label_feature": True},  # 7 inputs
+        train={"use_gpu": True},
+    )
     report = continuous.main(cfg)
+    assert report["run"]["trainer_device"]["device"] == "cpu"
+    assert len(report["run"]["trainer_device"]["gpu_ids"]) == 1  # Ray assigned it a GPU
     served = np.load(report["files"]["predictions"])
     expected = replay_in_process(cfg, datasets.load_elec2(cfg.data.path, cfg.data.max_rows)).predictions
     assert np.array_equal(served["offset"], np.arange(2000))

@@ -23,7 +23,9 @@ def app(ray_cluster, job_config):
     ray = ray_cluster
     cfg = job_config(
         controller={"name": "http_test_controller", "poll_timeout_s": 2.0},
-        serve={"max_batch_rows": 8, "app_name": APP, "max_body_bytes": 4096},
+        # a quarter of a (logical) GPU each: the replicas are placed on it and, torch having no CUDA here, serve
+        # from the CPU
+        serve={"max_batch_rows": 8, "app_name": APP, "max_body_bytes": 4096, "num_gpus": 0.25},
     )
     controller = (
         ray.remote(ControllerActor)
@@ -93,6 +95,25 @@ def test_fuzzing_against_the_published_openapi_finds_no_5xx_no_schema_violation_
     print(totals.table())
     assert totals.requests >= 50 and totals.count(400, 500) > 0 and totals.count(200, 300) > 0
     assert totals.count(500, 600) == 0 and not totals.failures, totals.failures[:5]
+
+
+def test_replicas_given_a_gpu_without_cuda_serve_from_the_cpu(app) -> None:
+    """serve.num_gpus: each replica holds its share of a logical GPU (Ray assigned it an id), and with no CUDA in
+    this torch it answers from the CPU, the same answers as the model on the CPU."""
+    cfg, _, url = app
+    seen = {}
+    for _ in range(20):
+        v = requests.get(f"{url}/version", timeout=10).json()
+        seen[v["replica"]] = (v["device"], v["gpu_ids"])
+    assert len(seen) == cfg.serve.num_replicas
+    assert all(device == "cpu" and len(ids) == 1 for device, ids in seen.values()), seen
+    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+    r = requests.post(f"{url}/predict", json={"instances": x.tolist()}, timeout=10)
+    assert r.status_code == 200, r.text
+    cfg_model = models.build(cfg.model, 6, 2, seed=0).eval()
+    with torch.no_grad():
+        expected = cfg_model(torch.from_numpy(x)).argmax(1).tolist()
+    assert r.json()["predictions"] == expected
 
 
 def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_cluster) -> None:

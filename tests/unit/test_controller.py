@@ -120,7 +120,7 @@ def test_old_weights_are_evicted_but_records_kept() -> None:
 def test_trainer_progress_and_summary_are_plain_data() -> None:
     c = Controller()
     assert c.windows_done == -1
-    assert c.trainer_ready(300, 3, 7, pid=4242) == 0  # generation 0: the first start
+    assert c.trainer_ready(300, 3, 7, pid=4242, device={"device": "cpu", "gpu_ids": []}) == 0  # the first start
     c.trainer_progress({"index": 3, "num_rows": 100})
     s = c.summary()
     assert c.windows_done == 3 and s["trainer"] == {
@@ -130,6 +130,7 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
         "preprocessing": None,
         "generation": 0,
         "pid": 4242,
+        "device": {"device": "cpu", "gpu_ids": []},
     }
     assert s["progress"] == [{"index": 3, "num_rows": 100}] and s["decisions"] == []
     event = {"window": 4, "offset": 417, "detector": "ADWIN", "decision": "all", "reason": "error 0.1 -> 0.3"}

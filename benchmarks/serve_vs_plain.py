@@ -1,0 +1,264 @@
+"""Serve against a plain server: ``POST /predict`` latency and throughput of the job's Serve app and of a minimal
+FastAPI + uvicorn server answering the same requests with the same model, one after the other in one run.
+
+    python benchmarks/serve_vs_plain.py [--requests 300] [--seconds 10] [--variants plain serve direct ...]
+
+Variants (each its own process tree, started and stopped in turn; nothing else runs meanwhile):
+
+* **plain**: one uvicorn process, FastAPI, ``{"instances": [[...]]}`` -> the MLP -> ``{"predictions": [...]}``;
+  nothing else: no versions, no validation beyond pydantic's, no metrics.
+* **serve**: the main job's Serve app (``ddn_ray.serve.build_app``: 2 replicas at 0.25 CPU, a controller
+  publishing the model) on a local Ray cluster, through Serve's HTTP proxy (Ray 2.60's default).
+* **direct**: the same with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: no proxy actor; the ingress replicas listen
+  on the HTTP port themselves (``SO_REUSEPORT``).
+* **direct-main-thread**: direct ingress, and the replica runs its user code and router on its main event loop
+  (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``), Serve's
+  "throughput optimized" settings.
+* **haproxy**: direct ingress behind HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``; Debian's ``haproxy``, found on
+  ``PATH`` or at ``/usr/sbin/haproxy``); skipped without it.
+
+Measured per variant, after 20 warm-up requests: one client sending ``--requests`` sequential requests of 1 row,
+then of 50 rows (p50 / p99 latency, keep-alive session); then 8 client threads for ``--seconds`` seconds of 1-row
+requests (requests/s, failures). The model is the main job's Elec2 MLP (6 inputs, 64-64, seed 0).
+
+Output: a table with ratios to **plain** (recorded in benchmarks/results/serve_vs_plain.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PORT = 18230
+NAMESPACE = "ddn_ray_bench_serve"
+VARIANTS: dict[str, dict[str, str]] = {
+    "plain": {},
+    "serve": {},
+    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
+    "direct-main-thread": {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    },
+    "haproxy": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+
+
+def plain_app() -> object:
+    """The plain server's FastAPI app: the same model, JSON in and out, nothing else."""
+    import torch
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from ddn_ray import config, models
+
+    torch.set_num_threads(1)
+    cfg = config.load(ROOT / "jobs" / "configs" / "elec2.yaml")
+    model = models.build(cfg.model, 6, 2, seed=0).eval()
+    app = FastAPI()
+
+    class Body(BaseModel):
+        instances: list[list[float]]
+
+    @app.post("/predict")
+    def predict(body: Body) -> dict[str, list[int]]:
+        with torch.no_grad():
+            out = model(torch.tensor(body.instances, dtype=torch.float32))
+        return {"predictions": out.argmax(1).tolist()}
+
+    return app
+
+
+def hold_serve(ready: Path) -> None:
+    """A driver holding the job's Serve app on its own local cluster until SIGTERM (run as a child process)."""
+    import ray
+    from ray import serve
+
+    from ddn_ray import config, localcluster, models
+    from ddn_ray.controller import ControllerActor
+    from ddn_ray.serve import build_app
+
+    cfg = config.load(
+        ROOT / "jobs" / "configs" / "elec2.yaml",
+        {"controller": {"name": "bench_serve_controller"}, "ray": {"namespace": NAMESPACE}, "serve": {"port": PORT}},
+    )
+    localcluster.before_init(metrics=False)
+    ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    localcluster.after_init()
+    controller = (
+        ray.remote(ControllerActor)
+        .options(name=cfg.controller.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000)
+        .remote()
+    )
+    ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=0)), {}))
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.run(build_app(cfg, 6, 2), name="bench", route_prefix="/")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ready.write_text("ok")
+    stop.wait()
+    serve.shutdown()
+    ray.shutdown()
+
+
+def start(variant: str, tmp: Path) -> subprocess.Popen:
+    env = {**os.environ, **VARIANTS[variant], "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    if variant == "haproxy":
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    log = open(tmp / f"{variant}.log", "w")  # noqa: SIM115 (closed with the process)
+    if variant == "plain":
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.serve_vs_plain:plain_app"]
+        cmd += ["--host", "127.0.0.1", "--port", str(PORT), "--log-level", "warning", "--no-access-log"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _wait_http(proc, 60)
+        return proc
+    ready = tmp / f"{variant}.ready"
+    cmd = [sys.executable, __file__, "--hold", str(ready)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{variant} did not start: see {tmp / f'{variant}.log'}")
+        time.sleep(0.5)
+    _wait_http(proc, 60)
+    return proc
+
+
+def _wait_http(proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(f"http://127.0.0.1:{PORT}/predict", json={"instances": [[0.5] * 6]}, timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise RuntimeError("the server did not answer /predict")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def latencies(rows: int, n: int, x: np.ndarray) -> np.ndarray:
+    url, s = f"http://127.0.0.1:{PORT}/predict", requests.Session()
+    out = []
+    for i in range(20 + n):
+        body = {"instances": x[(i * rows) % 1000 : (i * rows) % 1000 + rows].tolist()}
+        t = time.perf_counter()
+        r = s.post(url, json=body, timeout=30)
+        dt = time.perf_counter() - t
+        if r.status_code != 200 or len(r.json()["predictions"]) != rows:
+            raise RuntimeError(f"bad answer: {r.status_code} {r.text[:200]}")
+        if i >= 20:
+            out.append(dt)
+    return 1000 * np.array(out)
+
+
+def throughput(clients: int, seconds: float, x: np.ndarray) -> tuple[float, int]:
+    url = f"http://127.0.0.1:{PORT}/predict"
+    done, failed = [0] * clients, [0] * clients
+    stop_at = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        s = requests.Session()
+        i = k
+        while time.monotonic() < stop_at:
+            try:
+                ok = s.post(url, json={"instances": x[i % 1000 : i % 1000 + 1].tolist()}, timeout=30).status_code == 200
+            except requests.RequestException:
+                ok = False
+            done[k] += ok
+            failed[k] += not ok
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - t0), sum(failed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--hold", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.hold:
+        hold_serve(Path(args.hold))
+        return
+    x = np.random.default_rng(0).random((1100, 6), dtype=np.float32).round(4)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="serve_vs_plain-") as tmp:
+        for variant in args.variants:
+            if variant == "haproxy" and not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists()):
+                print(f"{variant}: skipped (no haproxy binary)", flush=True)
+                continue
+            try:
+                proc = start(variant, Path(tmp))
+            except RuntimeError as exc:
+                print(f"{variant}: did not start ({exc}); log:\n{(Path(tmp) / f'{variant}.log').read_text()[-2000:]}")
+                continue
+            try:
+                one, fifty = latencies(1, args.requests, x), latencies(50, args.requests, x)
+                rps, failed = throughput(args.clients, args.seconds, x)
+            finally:
+                stop(proc)
+            results[variant] = {
+                "p50_1": float(np.percentile(one, 50)),
+                "p99_1": float(np.percentile(one, 99)),
+                "p50_50": float(np.percentile(fifty, 50)),
+                "p99_50": float(np.percentile(fifty, 99)),
+                "rps": rps,
+                "failed": failed,
+            }
+            r = results[variant]
+            print(f"{variant}: {r}", flush=True)
+    base = results.get("plain")
+    print()
+    print(
+        f"/predict, {args.requests} sequential requests per size, then {args.clients} clients x {args.seconds:.0f} s "
+        "of 1-row requests; Serve: 2 replicas at 0.25 CPU, one 2-core machine"
+    )
+    print(
+        "| variant | 1 row p50 / p99 ms | 50 rows p50 / p99 ms | p50 vs plain (1 / 50 rows) | "
+        f"{args.clients} clients req/s | vs plain | failed |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        p50 = f"{r['p50_1'] / base['p50_1']:.1f}x / {r['p50_50'] / base['p50_50']:.1f}x" if base else "-"
+        rps = f"{r['rps'] / base['rps']:.2f}x" if base else "-"
+        print(
+            f"| {name} | {r['p50_1']:.1f} / {r['p99_1']:.1f} | {r['p50_50']:.1f} / {r['p99_50']:.1f} | {p50} "
+            f"| {r['rps']:.0f} | {rps} | {r['failed']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
