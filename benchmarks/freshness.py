@@ -70,7 +70,8 @@ def ours(args: dict[str, Any]):
     """App builder for the long-poll path (the real ddn_ray deployment)."""
     from ddn_ray.serve import Predictor
 
-    return Predictor.options(num_replicas=2, ray_actor_options={"num_cpus": 0.25}).bind(
+    replicas = int(args.get("replicas", 2))
+    return Predictor.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0.5 / replicas}).bind(
         args["controller"], NAMESPACE, args["model"], 6, 2, 1024, 5.0
     )
 
@@ -142,38 +143,40 @@ class Load:
         self._thread.join()
 
 
-def deploy(client, model: dict[str, Any], controller: str, user_config: dict[str, Any]) -> None:
+def deploy(
+    client, model: dict[str, Any], controller: str, user_config: dict[str, Any] | None, replicas: int = 2
+) -> None:
+    """Deploy ``ours`` (``replicas`` replicas sharing 0.5 CPU) and, with a ``user_config``, the reconfigure app."""
     from ray.serve.schema import ServeDeploySchema
 
     app = "benchmarks.freshness"
-    client.deploy_apps(
-        ServeDeploySchema.model_validate(
+    apps: list[dict[str, Any]] = [
+        {
+            "name": "ours",
+            "route_prefix": "/ours",
+            "import_path": f"{app}:ours",
+            "args": {"controller": controller, "model": model, "replicas": replicas},
+        }
+    ]
+    if user_config is not None:
+        apps.append(
             {
-                "http_options": {"host": "127.0.0.1", "port": PORT},
-                "applications": [
+                "name": "reconf",
+                "route_prefix": "/reconf",
+                "import_path": f"{app}:reconfigure_baseline",
+                "args": {"model": model},
+                "deployments": [
                     {
-                        "name": "ours",
-                        "route_prefix": "/ours",
-                        "import_path": f"{app}:ours",
-                        "args": {"controller": controller, "model": model},
-                    },
-                    {
-                        "name": "reconf",
-                        "route_prefix": "/reconf",
-                        "import_path": f"{app}:reconfigure_baseline",
-                        "args": {"model": model},
-                        "deployments": [
-                            {
-                                "name": "ReconfigurePredictor",
-                                "num_replicas": 2,
-                                "user_config": user_config,
-                                "ray_actor_options": {"num_cpus": 0.25},
-                            }
-                        ],
-                    },
+                        "name": "ReconfigurePredictor",
+                        "num_replicas": 2,
+                        "user_config": user_config,
+                        "ray_actor_options": {"num_cpus": 0.25},
+                    }
                 ],
             }
         )
+    client.deploy_apps(
+        ServeDeploySchema.model_validate({"http_options": {"host": "127.0.0.1", "port": PORT}, "applications": apps})
     )
 
 
@@ -189,16 +192,21 @@ def wait_running(apps: list[str], timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"apps {apps} not RUNNING after {timeout_s} s: {serve.status()}")
 
 
-def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: Path) -> list[dict[str, Any]]:
+def run_size(
+    ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: Path, replicas: int = 2, reconfigure: bool = True
+) -> list[dict[str, Any]]:
     from ray import serve
 
     from ddn_ray.controller import ControllerActor
 
     model = ModelConfig(hidden_sizes=hidden_for(size_mb)).model_dump()
     cfg = ModelConfig(**model)
-    name = f"bench_controller_{int(size_mb)}"
+    name = f"bench_controller_{int(size_mb)}_{replicas}"
+    # as in the job: every version's weights file and journal line durable (ddn_ray.versions)
     controller = (
-        ray.remote(ControllerActor).options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=100).remote()
+        ray.remote(ControllerActor)
+        .options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000)
+        .remote(store_uri=str(tmp / name))
     )
     timer = ray.get_actor("bench_timer", namespace=NAMESPACE)
     weights = [models.state_to_numpy(models.build(cfg, 6, 2, seed=s)) for s in range(2)]
@@ -207,11 +215,11 @@ def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: P
     path0 = tmp / "v0.pt"
     torch.save({k: torch.from_numpy(v) for k, v in weights[0].items()}, path0)
     client = serve.context._get_global_client()
-    deploy(client, model, name, {"version": 0, "path": str(path0)})
-    wait_running(["ours", "reconf"])
+    deploy(client, model, name, {"version": 0, "path": str(path0)} if reconfigure else None, replicas)
+    wait_running(["ours", "reconf"] if reconfigure else ["ours"])
     base = f"http://127.0.0.1:{PORT}"
     results = []
-    with Load([f"{base}/ours/predict", f"{base}/reconf"], rps) as load:
+    with Load([f"{base}/ours/predict", *([f"{base}/reconf"] if reconfigure else [])], rps) as load:
         fresh_ours, fresh_reconf, controller_side = [], [], []
         for i in range(1, updates + 1):
             t_call = time.monotonic()  # same CLOCK_MONOTONIC as the controller's on one machine
@@ -223,7 +231,7 @@ def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: P
             controller_side.append(served)
             time.sleep(gap_s)
         key = f"reconfigure-{size_mb:g}MB"
-        for i in range(1, updates + 1):
+        for i in range(1, updates + 1 if reconfigure else 1):
             ray.get(timer.publish.remote(key, i))  # the clock starts before the weights file is written
             p = tmp / f"{key}-v{i}.pt"
             torch.save({k: torch.from_numpy(v) for k, v in weights[i % 2].items()}, p)
@@ -243,6 +251,7 @@ def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: P
         results.append(
             {
                 "path": path,
+                "replicas": replicas,
                 "size_mb": nbytes / 2**20,
                 "updates": len(fresh),
                 "missed": sum(f is None for f in fresh),
@@ -259,7 +268,8 @@ def run_size(ray, size_mb: float, updates: int, gap_s: float, rps: float, tmp: P
         }
     )
     serve.delete("ours")
-    serve.delete("reconf")
+    if reconfigure:
+        serve.delete("reconf")
     ray.kill(controller)
     return results
 
@@ -270,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[1.0, 40.0])
     parser.add_argument("--gap-s", type=float, default=0.3, help="pause between updates")
     parser.add_argument("--rps", type=float, default=10.0, help="light load: requests/s to each app")
+    parser.add_argument(
+        "--replicas", type=int, nargs="+", default=[2], help="replica counts (sharing 0.5 CPU); reconfigure at 2 only"
+    )
+    parser.add_argument("--no-reconfigure", action="store_true", help="skip Serve's reconfigure path")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, 127.0.0.1-only benchmark cluster
     import ray
@@ -288,9 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, loads = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes_mb:
-            out = run_size(ray, size, args.updates, args.gap_s, args.rps, Path(tmp))
-            rows += [r for r in out if "path" in r]
-            loads += [r for r in out if "load" in r]
+            for n in args.replicas:
+                reconf = n == 2 and not args.no_reconfigure
+                out = run_size(ray, size, args.updates, args.gap_s, args.rps, Path(tmp), n, reconf)
+                rows += [r for r in out if "path" in r and r["updates"]]
+                loads += [r for r in out if "load" in r]
     serve.shutdown()
     ray.shutdown()
 
@@ -299,14 +315,22 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfreshness: publisher's call -> both replicas serving ({args.updates} updates per row, "
         f"{args.rps:g} req/s per app of light load)"
     )
-    print(f"| {'sync path':30s} | {'model':>7s} | {'p50 ms':>8s} | {'p99 ms':>8s} | {'max ms':>8s} | missed |")
-    print(f"|{'-' * 32}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 10}|--------|")
+    print(
+        f"| {'sync path':33s} | replicas | {'model':>7s} | {'p50 ms':>8s} | {'p99 ms':>8s} | {'max ms':>8s} | missed |"
+    )
+    print(f"|{'-' * 35}|----------|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 10}|--------|")
     for r in rows:
         print(
-            f"| {r['path']:30s} | {r['size_mb']:5.1f}MB | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['max'])} | {r['missed']:6d} |"
+            f"| {r['path']:33s} | {r['replicas']:8d} | {r['size_mb']:5.1f}MB | {ms(r['p50'])} | {ms(r['p99'])} "
+            f"| {ms(r['max'])} | {r['missed']:6d} |"
         )
-    for size, ours_r, base_r in zip(args.sizes_mb, rows[0::3], rows[2::3]):
-        if ours_r["p50"] and base_r["p50"]:
+    for size in args.sizes_mb:
+        at = lambda path, size=size: next(
+            (r for r in rows if r["path"] == path and r["replicas"] == 2 and abs(r["size_mb"] - size) < size / 2),
+            None,
+        )
+        ours_r, base_r = at("long-poll controller (ours)"), at("config deploy -> reconfigure")
+        if ours_r and base_r and ours_r["p50"] and base_r["p50"]:
             print(f"  {size:g} MB: long-poll p50 is {base_r['p50'] / ours_r['p50']:.1f}x faster than reconfigure")
     failed = sum(r["failed"] for r in loads)
     print(

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,11 +59,14 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
+class PlainRequest(BaseModel):
+    instances: list[list[float]]
+
+
 def plain_app() -> object:
     """The plain server's FastAPI app: the same model, JSON in and out, nothing else."""
     import torch
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     from ddn_ray import config, models
 
@@ -71,11 +75,8 @@ def plain_app() -> object:
     model = models.build(cfg.model, 6, 2, seed=0).eval()
     app = FastAPI()
 
-    class Body(BaseModel):
-        instances: list[list[float]]
-
     @app.post("/predict")
-    def predict(body: Body) -> dict[str, list[int]]:
+    def predict(body: PlainRequest) -> dict[str, list[int]]:
         with torch.no_grad():
             out = model(torch.tensor(body.instances, dtype=torch.float32))
         return {"predictions": out.argmax(1).tolist()}
@@ -132,6 +133,7 @@ def start(variant: str, tmp: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 240
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
             raise RuntimeError(f"{variant} did not start: see {tmp / f'{variant}.log'}")
         time.sleep(0.5)
     _wait_http(proc, 60)
@@ -149,6 +151,7 @@ def _wait_http(proc: subprocess.Popen, timeout_s: float) -> None:
         if proc.poll() is not None:
             break
         time.sleep(0.5)
+    stop(proc)  # nothing of a failed start outlives it
     raise RuntimeError("the server did not answer /predict")
 
 

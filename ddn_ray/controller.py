@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +207,7 @@ class Controller:
     ) -> None:
         self._store = store or _copy_store
         self.journal = journal
+        self._pending: Future[None] | None = None  # the latest publish's journal write
         self._replaying = False
         self._files: dict[int, tuple[str, str | None]] = {}  # version -> its weights file, its student's
         self.quality = quality or QualityGate()
@@ -231,9 +233,9 @@ class Controller:
         self.spec: dict[str, Any] | None = None  # what replicas need to build the model
         self.restarts: list[dict[str, Any]] = []  # restores from the journal: when, and when each replica came back
 
-    def _log(self, op: str, **fields: Any) -> None:
+    def _log(self, op: str, wait: bool = True, **fields: Any) -> None:
         if self.journal is not None and not self._replaying:
-            self.journal.append(op, t=self._clock(), **fields)
+            self.journal.append(op, wait=wait, t=self._clock(), **fields)
 
     # versions -------------------------------------------------------------
     @property
@@ -246,8 +248,13 @@ class Controller:
         meta: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         student: Mapping[str, np.ndarray] | None = None,
+        *,
+        durable: bool = True,
     ) -> dict[str, Any]:
         """Gate and store an update, and choose what its replicas serve: the teacher (``weights``) or the student.
+
+        With a journal, the version's weights file and journal line are queued on its writer thread before the
+        weights are stored for the replicas (the two overlap).
 
         Args:
             weights: the ``state_dict`` as numpy arrays.
@@ -259,6 +266,8 @@ class Controller:
                 teacher while ``meta``'s ``student_accuracy`` is within ``student_margin`` of its
                 ``teacher_accuracy`` and its weights pass the gate. The version's meta gets ``served_model``
                 (``teacher`` or ``student``) and ``student_gate``.
+            durable: return once the file and the line are written; ``False``: once queued, :attr:`pending`
+                is then done when they are (the actor tells the replicas meanwhile).
 
         Returns:
             ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
@@ -308,12 +317,25 @@ class Controller:
                 if close:
                     meta["served_model"] = "student"
         served_student = student if meta["served_model"] == "student" else None
-        files = self._write(version, weights, served_student)  # durable before any replica hears of it
-        self._weights[version] = self._store(weights)
+        record = VersionRecord(version, parent, now, meta, self.live_replicas())
+        files = self._write(record, preprocessing, weights, served_student)  # on the writer thread
+        self._weights[version] = self._store(weights)  # meanwhile
         if served_student is not None:
             self._students[version] = self._store(served_student)
-        self._add(VersionRecord(version, parent, now, meta, self.live_replicas()), preprocessing, files)
+        self._add(record, preprocessing, files, journaled=True)
+        if durable:
+            self.wait_durable()
         return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
+
+    @property
+    def pending(self) -> Future[None] | None:
+        """The journal write of the latest publish (done once its weights file and line are written)."""
+        return self._pending
+
+    def wait_durable(self) -> None:
+        """Wait for the latest publish's weights file and journal line (raises what writing them raised)."""
+        if self._pending is not None:
+            self._pending.result()
 
     def _retried(self, meta: Mapping[str, Any]) -> bool:
         """The latest version came from this very update (same trainer generation, window and parent)."""
@@ -323,17 +345,41 @@ class Controller:
         return all(last.get(k) == meta.get(k) for k in ("generation", "window", "parent", "trained_end_offset"))
 
     def _write(
-        self, version: int, weights: Mapping[str, np.ndarray], student: Mapping[str, np.ndarray] | None
+        self,
+        record: VersionRecord,
+        preprocessing: Mapping[str, Any] | None,
+        weights: Mapping[str, np.ndarray],
+        student: Mapping[str, np.ndarray] | None,
     ) -> tuple[str, str | None] | None:
+        """Queue a new version's weights file(s), then its journal line (:attr:`pending` until written)."""
         if self.journal is None:
             return None
-        name = self.journal.weights_name(version)
-        self.journal.write_weights(name, weights)
-        student_name = None
-        if student is not None:
-            student_name = self.journal.weights_name(version, "s")
-            self.journal.write_weights(student_name, student)
+        name = self.journal.weights_name(record.version)
+        student_name = self.journal.weights_name(record.version, "s") if student is not None else None
+        files: list[tuple[str, Mapping[str, np.ndarray]]] = [(name, weights)]
+        if student_name is not None and student is not None:
+            files.append((student_name, student))
+        line = self._publish_line(record, preprocessing, (name, student_name))
+        self._pending = self.journal.submit("publish", weights=files, t=self._clock(), **line)
         return name, student_name
+
+    @staticmethod
+    def _publish_line(
+        record: VersionRecord,
+        preprocessing: Mapping[str, Any] | None,
+        files: tuple[str, str | None],
+        rollback_to: int | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "version": record.version,
+            "parent": record.parent,
+            "published_s": record.published_s,
+            "meta": record.meta,
+            "expected": record.expected,
+            "preprocessing": dict(preprocessing) if preprocessing is not None else None,
+            "files": files,
+            "rollback_to": rollback_to,
+        }
 
     def _add(
         self,
@@ -341,24 +387,16 @@ class Controller:
         preprocessing: Mapping[str, Any] | None,
         files: tuple[str, str | None] | None,
         rollback_to: int | None = None,
+        journaled: bool = False,
     ) -> None:
-        """Keep a new version (its weights are stored already), journal it, and drop what fell out of
-        ``keep_versions``."""
+        """Keep a new version (its weights are stored already), journal it (unless ``journaled``: queued by
+        :meth:`_write`), and drop what fell out of ``keep_versions``."""
         version = record.version
         self._preprocessing[version] = dict(preprocessing) if preprocessing is not None else None
         if files is not None:
             self._files[version] = files
-            self._log(
-                "publish",
-                version=version,
-                parent=record.parent,
-                published_s=record.published_s,
-                meta=record.meta,
-                expected=record.expected,
-                preprocessing=self._preprocessing[version],
-                files=files,
-                rollback_to=rollback_to,
-            )
+            if not journaled:
+                self._log("publish", **self._publish_line(record, preprocessing, files, rollback_to))
         self.records.append(record)
         if rollback_to is not None:
             self.rollbacks.append({"version": version, "rollback_to": rollback_to})
@@ -471,8 +509,8 @@ class Controller:
         """A replica now serves ``version``: it also serves every older version's successor."""
         self.replica_seen(replica_id)
         self._replica_version[replica_id] = version
-        self._log("ack", replica=replica_id, version=version)
         now = self._clock()
+        self._log("ack", wait=False, replica=replica_id, version=version)  # stats: not worth a wait
         for rec in reversed(self.records):
             if rec.version > version:
                 continue
@@ -719,10 +757,16 @@ class ControllerActor:
         preprocessing: Mapping[str, Any] | None = None,
         student: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        result = self.c.publish(weights, meta, preprocessing, student)
+        """:meth:`Controller.publish`: the replicas hear of an accepted version while its weights file is written;
+        the trainer's call returns once the file and the journal line are down (a controller killed before then
+        restores without the version, and the retried call publishes it again under the same id)."""
+        result = self.c.publish(weights, meta, preprocessing, student, durable=False)
         self.metrics.published(result)
         self._refresh()
         await self._notify()
+        pending = self.c.pending
+        if result["accepted"] and pending is not None:
+            await asyncio.wrap_future(pending)
         return result
 
     def _refresh(self) -> None:

@@ -343,8 +343,6 @@ class LearningService:
             raise RuntimeError(f"the trainer stopped: {self._fit_error!r}")
 
     async def _learn_window(self, size: int) -> None:
-        import ray
-
         from ddn_ray.train import WindowItem
 
         start, end, rows = self.events.take(size)
@@ -367,7 +365,14 @@ class LearningService:
             learned_rows = (len(w) // workers) * workers
             for rank, shard in enumerate(stream.shard_tables(w, workers)):
                 await self.queues[rank].put_async(
-                    WindowItem(index, start, end, ray.data.from_arrow(shard), f.state_dict(), f.num_classes)
+                    WindowItem.put(
+                        index=index,
+                        start=start,
+                        end=end,
+                        rows=shard,
+                        preprocessing=f.state_dict(),
+                        num_classes=f.num_classes,
+                    )
                 )
             while (await self.controller.wait_progress.remote(index, 5.0)) < index:
                 self._check_trainer()

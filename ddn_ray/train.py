@@ -47,14 +47,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WindowItem:
-    """One window handed to one worker: its shard of rows as a Ray Dataset.
+    """One window handed to one worker: its shard of rows, one Arrow block in Ray's object store.
+
+    The block is what a Ray Dataset of the shard would hold (:attr:`dataset` is that Dataset); the train loop
+    reads it with one ``ray.get`` because Ray Data's bookkeeping around a 50-row window (``from_arrow``, then
+    ``iter_torch_batches`` or ``to_arrow_refs`` on the worker: GCS and raylet calls, metadata tasks, an executor)
+    cost 11-25 ms a window against ~1 ms (benchmarks/job_vs_learner.py).
 
     Attributes:
         index: window number in the stream, from 0.
         start: offset of the window's first row (inclusive).
         end: offset one past its last row (exclusive).
-        dataset: this rank's ``ray.data.Dataset`` with columns ``features``
-            (fixed-size list of float32) and ``label`` (int64).
+        block: ``ObjectRef[pyarrow.Table]`` of this rank's rows, columns ``features`` (fixed-size list of float32)
+            and ``label`` (int64, or a fixed-size list of float32 targets) (:func:`ddn_ray.stream.to_arrow`). The
+            driver puts it and owns it, so a restarted worker group can be sent it again.
         preprocessing: the featurizer state these rows were featurized with (a user's table,
             :meth:`ddn_ray.features.Featurizer.state_dict`); it travels with the version trained on them.
             ``None`` for built-in tables.
@@ -66,10 +72,33 @@ class WindowItem:
     index: int
     start: int
     end: int
-    dataset: Any
+    block: Any
     preprocessing: dict[str, Any] | None = None
     num_classes: int | None = None
     generation: int = 0
+
+    @classmethod
+    def put(
+        cls,
+        *,
+        index: int,
+        start: int,
+        end: int,
+        rows: Any,
+        preprocessing: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+    ) -> WindowItem:
+        """Put one rank's ``rows`` (a ``pyarrow.Table``, :func:`ddn_ray.stream.to_arrow`) in the object store."""
+        import ray
+
+        return cls(index, start, end, ray.put(rows), preprocessing, num_classes)
+
+    @property
+    def dataset(self) -> Any:
+        """The rows as a ``ray.data.Dataset`` over the same block, for a train loop written against Ray Data."""
+        import ray
+
+        return ray.data.from_arrow_refs([self.block])
 
 
 class WindowSender:
@@ -202,21 +231,15 @@ class WorkerArgs:
 
 
 def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The window's rows as ``(x (n, d) float32, y (n,) label_dtype or (n, k) float32)``.
-
-    The shard is a materialized Dataset (``ray.data.from_arrow``): its Arrow blocks are fetched from the object
-    store by reference, without starting Ray Data's streaming executor, which cost ~15-20 ms a window here
-    (``iter_torch_batches``: benchmarks/job_vs_learner.py).
-    """
-    import pyarrow as pa
+    """The window's rows as ``(x (n, d) float32, y (n,) label_dtype or (n, k) float32)``, on the CPU."""
     import ray
 
     from ddn_ray import stream
 
-    blocks = [b for b in ray.get(item.dataset.to_arrow_refs()) if b.num_rows]
-    if not blocks:
+    rows = ray.get(item.block)
+    if not rows.num_rows:
         return torch.zeros((0, 0)), torch.zeros((0,), dtype=torch.int64)
-    x, y = stream.from_arrow(pa.concat_tables(blocks))
+    x, y = stream.from_arrow(rows)
     return torch.from_numpy(x), torch.from_numpy(y).to(label_dtype)
 
 

@@ -9,9 +9,13 @@ A :class:`VersionStore` is a directory on any pyarrow filesystem (a local path, 
   A line torn by a crash in the middle of a write is the last one; :meth:`VersionStore.events` drops it.
   A filesystem that cannot append (an object store) gets one object per line under ``journal/`` instead.
 
-The controller writes a version's weights file before its journal line, and both before any replica hears
-of the version, so a restored controller holds every version a replica can serve
-(:meth:`ddn_ray.controller.Controller.restore`).
+Writes run in order on one writer thread (:meth:`VersionStore.submit`): a version's weights file, then its
+journal line, then whatever was appended after it. The controller tells the replicas of a version while its
+file is being written, and answers the trainer's publish only once the file and the line are down: a
+controller killed in between restores without that version, and the trainer's retried call (Ray's
+``max_task_retries``) publishes the same weights under the same version id again
+(:meth:`ddn_ray.controller.Controller.restore`). A 40 MB ``state_dict`` takes ~35-60 ms to write here, which
+replicas no longer wait for (benchmarks/freshness.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -108,6 +113,7 @@ class VersionStore:
         self.fs, self.root = (filesystem, uri) if filesystem is not None else open_uri(uri)
         self.uri, self._read_only = uri, read_only
         self._journal: Any = None
+        self._writer: ThreadPoolExecutor | None = None  # one thread: writes land in the order they were asked for
         self._segments = len(self._segment_paths())
         if read_only:
             return
@@ -154,12 +160,40 @@ class VersionStore:
         return read_npz(self.fs, f"{self.root}/{name}")
 
     def delete_weights(self, name: str) -> None:
-        """Remove a weights file no kept version needs (missing is fine)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.delete_file(f"{self.root}/{name}")
+        """Remove a weights file no kept version needs (missing is fine), after the writes queued before."""
 
-    def append(self, op: str, **fields: Any) -> None:
-        """Append one journal line ``{"op": op, **fields}`` and flush it to the filesystem.
+        def delete() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(f"{self.root}/{name}")
+
+        if self._writer is None:
+            delete()
+        else:
+            self._writer.submit(delete).result()
+
+    def append(self, op: str, *, wait: bool = True, **fields: Any) -> None:
+        """Append one journal line ``{"op": op, **fields}`` and flush it to the filesystem, after every write
+        asked for before it.
+
+        Args:
+            wait: return once the line is written; ``False``: once it is queued (a line whose loss in a crash
+                costs nothing, e.g. a replica's acknowledgement).
+
+        Raises:
+            ValueError: the store was opened ``read_only``.
+        """
+        future = self.submit(op, **fields)
+        if wait:
+            future.result()
+
+    def submit(self, op: str, weights: Sequence[tuple[str, Mapping[str, np.ndarray]]] = (), **fields: Any) -> Future:
+        """Queue ``weights`` files (``(name, state_dict)`` pairs, :meth:`write_weights`) and then the journal line
+        ``{"op": op, **fields}`` on the writer thread, behind every write queued before.
+
+        The line is made now (``fields`` may change after); the arrays are read when written: do not modify them.
+
+        Returns:
+            A future done once the files and the line are written (its ``result()`` raises what a write raised).
 
         Raises:
             ValueError: the store was opened ``read_only``.
@@ -167,6 +201,23 @@ class VersionStore:
         if self._journal is None and self._read_only:
             raise ValueError(f"{self.uri} was opened read-only")
         line = json.dumps({"op": op, **_plain(fields)}, separators=(",", ":")) + "\n"
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="version-store")
+        files = list(weights)
+
+        def write() -> None:
+            for name, state in files:
+                self.write_weights(name, state)
+            self._append_line(line)
+
+        return self._writer.submit(write)
+
+    def flush(self) -> None:
+        """Wait until every queued write is done."""
+        if self._writer is not None:
+            self._writer.submit(lambda: None).result()
+
+    def _append_line(self, line: str) -> None:
         if self._journal is not None:
             self._journal.write(line.encode())
             self._journal.flush()
@@ -179,6 +230,7 @@ class VersionStore:
     def events(self) -> Iterator[dict[str, Any]]:
         """The journal's lines in order. A line that is not JSON can only be one a crash tore mid-write (every
         line is appended whole): it is dropped with a warning."""
+        self.flush()  # what this process queued is read too
         segments = self._segment_paths()
         if segments:
             parts = []
@@ -201,5 +253,9 @@ class VersionStore:
                 log.warning("%s/%s: dropped line %d, torn by a crash (%d bytes)", self.uri, JOURNAL, i + 1, len(line))
 
     def close(self) -> None:
+        """Finish the queued writes and close the journal."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._journal is not None:
             self._journal.close()

@@ -212,13 +212,13 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             w = revealed.window
             sender.send(
                 [
-                    WindowItem(
-                        w.index,
-                        w.start,
-                        w.end,
-                        ray.data.from_arrow(shard),
-                        revealed.preprocessing,
-                        revealed.num_classes,
+                    WindowItem.put(
+                        index=w.index,
+                        start=w.start,
+                        end=w.end,
+                        rows=shard,
+                        preprocessing=revealed.preprocessing,
+                        num_classes=revealed.num_classes,
                     )
                     for shard in stream.shard_tables(w, workers)
                 ]
