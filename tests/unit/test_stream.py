@@ -89,3 +89,15 @@ def test_last_label_feature_is_the_newest_label_revealed_before_the_window() -> 
     assert all(w.features.shape == (len(w), t.features.shape[1] + 1) for w in four)
     assert [set(w.features[:, -1].tolist()) for w in four] == [{0.0}, {float(t.labels[3])}, {float(t.labels[7])}]
     assert np.array_equal(four[1].features[:, :-1], t.features[4:8])  # the original columns are untouched
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_from_arrow_is_the_inverse_of_to_arrow(regression: bool) -> None:
+    from ddn_ray.stream import from_arrow, to_arrow
+
+    rng = np.random.default_rng(0)
+    x = rng.random((7, 3), dtype=np.float32)
+    y = rng.random((7, 2), dtype=np.float32) if regression else rng.integers(0, 4, 7)
+    x2, y2 = from_arrow(to_arrow(x, y))
+    assert x2.dtype == np.float32 and x2.shape == (7, 3) and np.array_equal(x2, x)
+    assert y2.dtype == (np.float32 if regression else np.int64) and np.array_equal(y2, y)
