@@ -8,7 +8,7 @@ with no driver (``clusters/service_config.yaml``):
   (:class:`~ddn_ray.eventlog.EventLog` under ``<storage_path>/<run_name>/service``) and the Train
   workers (:func:`ddn_ray.train.train_loop_per_worker`, the main job's learner, strategies, drift
   detection and policy). Each window is ``stream.window_size`` joined rows, or what has joined after
-  ``service.window_timeout_s``, handed to the workers as Ray Datasets; every window is checkpointed
+  ``service.window_timeout_s``, handed to the workers as object-store blocks; every window is checkpointed
   when ``train.checkpoint_every_windows`` is 1 (the service's configs set it).
 * ``<serve.app_name>``: the :class:`~ddn_ray.serve.Predictor` replicas, the HTTP ingress. ``POST /predict``
   with named records answers each row with an ``event_id`` (the id column's value when the request has

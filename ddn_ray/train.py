@@ -2,7 +2,7 @@
 
 The learning itself is plain PyTorch in :mod:`ddn_ray.learner` (unit-tested without Ray);
 :func:`train_loop_per_worker` is the Ray Train v2 loop that runs it on every worker,
-taking each window as a Ray Dataset shard from a per-rank queue, publishing weights
+taking each window as an Arrow block (object store) from a per-rank queue, publishing weights
 to the controller every ``publish_every_windows`` windows, logging drift decisions
 with it, and reporting a checkpoint every ``checkpoint_every_windows`` windows.
 """

@@ -8,7 +8,7 @@ Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr
 Per window of the stream: (1) wait until training is at most ``max_lag_windows``
 behind and every replica serves the latest version, (2) send the window's features
 to the Serve endpoint over HTTP and keep the answers, (3) reveal the labels: hand the
-window to the Train workers as Ray Dataset shards. Workers test-then-train, publish
+window to the Train workers as Arrow blocks in the object store. Workers test-then-train, publish
 weights to the controller, and checkpoint; replicas long-poll the controller. At the end,
 (4) the report (:mod:`ddn_ray.report`) joins every answer with its label and scores it.
 """
@@ -207,7 +207,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 continue
             # 2. Serve the features before the labels exist anywhere in the system.
             answers = client.predict(*feed.request(window))
-            # 3. Reveal the labels: the window goes to training as Ray Dataset shards.
+            # 3. Reveal the labels: the window goes to training, one object-store block per rank.
             revealed = feed.reveal(window)
             w = revealed.window
             sender.send(
