@@ -333,9 +333,12 @@ class Controller:
         return self._pending
 
     def wait_durable(self) -> None:
-        """Wait for the latest publish's weights file and journal line (raises what writing them raised)."""
+        """Wait for the latest publish's weights file and journal line (raises what writing them raised), and
+        for the journal's other queued writes (the files of versions it dropped)."""
         if self._pending is not None:
             self._pending.result()
+        if self.journal is not None:
+            self.journal.flush()
 
     def _retried(self, meta: Mapping[str, Any]) -> bool:
         """The latest version came from this very update (same trainer generation, window and parent)."""

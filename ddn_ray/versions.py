@@ -49,6 +49,16 @@ def attempt_name() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
+def _log_failure(future: Future, what: str) -> None:
+    """Log the error of a queued write nobody waits for, once it is done."""
+
+    def check(done: Future) -> None:
+        if done.exception() is not None:
+            log.error("%s failed: %r", what, done.exception())
+
+    future.add_done_callback(check)
+
+
 def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path on it)`` of a local path or a pyarrow filesystem URI (``s3://``, ``gs://``, ...)."""
     if "://" in uri:
@@ -160,7 +170,10 @@ class VersionStore:
         return read_npz(self.fs, f"{self.root}/{name}")
 
     def delete_weights(self, name: str) -> None:
-        """Remove a weights file no kept version needs (missing is fine), after the writes queued before."""
+        """Remove a weights file no kept version needs (missing is fine), after the writes queued before.
+
+        Queued without a wait once a writer thread runs: a publish that drops an old version must not wait for
+        its own weights file (a failure is logged; :meth:`flush` waits for it)."""
 
         def delete() -> None:
             with contextlib.suppress(FileNotFoundError):
@@ -169,7 +182,7 @@ class VersionStore:
         if self._writer is None:
             delete()
         else:
-            self._writer.submit(delete).result()
+            _log_failure(self._writer.submit(delete), f"deleting {self.uri}/{name}")
 
     def append(self, op: str, *, wait: bool = True, **fields: Any) -> None:
         """Append one journal line ``{"op": op, **fields}`` and flush it to the filesystem, after every write
@@ -185,6 +198,8 @@ class VersionStore:
         future = self.submit(op, **fields)
         if wait:
             future.result()
+        else:
+            _log_failure(future, f"appending {op!r} to {self.uri}/{JOURNAL}")
 
     def submit(self, op: str, weights: Sequence[tuple[str, Mapping[str, np.ndarray]]] = (), **fields: Any) -> Future:
         """Queue ``weights`` files (``(name, state_dict)`` pairs, :meth:`write_weights`) and then the journal line
