@@ -32,6 +32,7 @@ __all__ = [
     "Gate",
     "QualityGate",
     "ServeReady",
+    "VersionOffer",
     "VersionRecord",
     "check_quality",
     "check_update",
@@ -163,6 +164,45 @@ class ServeReady:
     synced: bool
 
 
+#: Weights up to this size travel by value in a replica's long-poll reply (Ray's ``max_direct_call_object_size``,
+#: under which it inlines an object in the RPC): no second round trip to the controller to fetch them.
+INLINE_WEIGHTS_BYTES = 100 * 1024
+
+
+@dataclass(frozen=True)
+class VersionOffer:
+    """What :meth:`ControllerActor.wait_for_version` answers a replica: the version to serve next.
+
+    Attributes:
+        version: its id.
+        weights: the ``state_dict`` the replica serves (numpy arrays) when it is small
+            (:data:`INLINE_WEIGHTS_BYTES`), else ``None``.
+        ref: else ``[ObjectRef]`` of those weights, owned by the controller (in a list, so that Ray does not resolve
+            it on the way: the replica fetches it from the object store, zero-copy on the controller's node).
+        meta: the version's meta (``num_classes``, ``served_model``, ...).
+        preprocessing: the featurizer state it was trained with, or ``None``.
+    """
+
+    version: int
+    weights: Mapping[str, np.ndarray] | None
+    ref: list[Any] | None
+    meta: dict[str, Any]
+    preprocessing: dict[str, Any] | None
+
+    async def fetch_weights(self) -> Mapping[str, np.ndarray]:
+        """The weights: those in the reply, else fetched from the object store (in a replica's event loop).
+
+        Raises:
+            ValueError: the offer has neither (not made by :meth:`ControllerActor.wait_for_version`).
+        """
+        if self.weights is not None:
+            return self.weights
+        if not self.ref:
+            raise ValueError(f"the offer of version {self.version} has no weights and no reference to them")
+        weights: Mapping[str, np.ndarray] = await self.ref[0]
+        return weights
+
+
 def _copy_store(weights: Mapping[str, np.ndarray]) -> tuple[Any, Mapping[str, np.ndarray]]:
     copy = {k: np.array(v, copy=True) for k, v in weights.items()}
     return copy, copy
@@ -250,6 +290,7 @@ class Controller:
         student: Mapping[str, np.ndarray] | None = None,
         *,
         durable: bool = True,
+        progress: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Gate and store an update, and choose what its replicas serve: the teacher (``weights``) or the student.
 
@@ -268,6 +309,10 @@ class Controller:
                 (``teacher`` or ``student``) and ``student_gate``.
             durable: return once the file and the line are written; ``False``: once queued, :attr:`pending`
                 is then done when they are (the actor tells the replicas meanwhile).
+            progress: the metrics of the window the update learned, recorded as :meth:`trainer_progress` right
+                after the version if it is accepted (one call a window for the trainer, and the stream's
+                backpressure sees the window done and its version at once). A rejected update records nothing:
+                the trainer reports the window itself, after its reaction to the rejection.
 
         Returns:
             ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
@@ -277,6 +322,8 @@ class Controller:
         meta = dict(meta or {})
         latest = self.latest_version
         if self._retried(meta):  # the call was retried after a restart (Ray's max_task_retries): it is this one
+            if progress is not None:
+                self.trainer_progress(progress, durable=durable)  # a repeat is recorded once
             return {"accepted": True, "version": latest, "decision": Gate.ACCEPT.value}
         reference = self.weights(latest)[1] if latest is not None else None  # a restored one loads from its file
         before = self.records[-1].meta.get("num_classes") if self.records else None
@@ -323,6 +370,8 @@ class Controller:
         if served_student is not None:
             self._students[version] = self._store(served_student)
         self._add(record, preprocessing, files, journaled=True)
+        if progress is not None:
+            self.trainer_progress(progress, durable=False)  # its line after the version's: pending covers both
         if durable:
             self.wait_durable()
         return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
@@ -466,6 +515,11 @@ class Controller:
         v, ref = self.handle(version)
         return v, self._students[v][0] if v in self._students else ref
 
+    def served_weights(self, version: int) -> Mapping[str, np.ndarray]:
+        """The weights replicas serve for ``version`` (kept: call :meth:`served_handle` first), as the controller's
+        local, read-only view."""
+        return self._students[version][1] if version in self._students else self._weights[version][1]
+
     def preprocessing(self, version: int) -> dict[str, Any] | None:
         """The featurizer state ``version`` was trained with (``None``: rows need no featurizing)."""
         return self._preprocessing.get(version)
@@ -576,16 +630,25 @@ class Controller:
         }
         return generation
 
-    def trainer_progress(self, metrics: Mapping[str, Any]) -> None:
+    def trainer_progress(self, metrics: Mapping[str, Any], *, durable: bool = True) -> None:
         """Record a window's metrics; its drift events (signal + decision) go to the decision log. The same
-        window of the same trainer generation again (a retried call) is recorded once."""
+        window of the same trainer generation again (a retried call) is recorded once.
+
+        Args:
+            metrics: a :class:`~ddn_ray.learner.WindowMetrics` as a dict, with ``generation`` and ``events``.
+            durable: return once its journal line is written; ``False``: once queued (:attr:`pending` is then
+                done when it is written).
+        """
         last = self.progress[-1] if self.progress else {}
         if "generation" in metrics and (last.get("index"), last.get("generation")) == (
             metrics.get("index"),
             metrics["generation"],
         ):
             return
-        self._log("progress", metrics=metrics)
+        if durable or self.journal is None or self._replaying:
+            self._log("progress", metrics=metrics)
+        else:
+            self._pending = self.journal.submit("progress", t=self._clock(), metrics=metrics)
         self.progress.append({k: v for k, v in metrics.items() if k != "events"})
         self.decisions.extend(dict(e) for e in metrics.get("events", ()))
 
@@ -759,12 +822,17 @@ class ControllerActor:
         meta: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         student: Mapping[str, np.ndarray] | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """:meth:`Controller.publish`: the replicas hear of an accepted version while its weights file is written;
-        the trainer's call returns once the file and the journal line are down (a controller killed before then
-        restores without the version, and the retried call publishes it again under the same id)."""
-        result = self.c.publish(weights, meta, preprocessing, student, durable=False)
+        the trainer's call returns once the file and the journal lines are down (a controller killed before then
+        restores without the version, and the retried call publishes it again under the same id). ``progress``:
+        the learned window's metrics, recorded with an accepted version (:meth:`trainer_progress` in the same
+        call)."""
+        result = self.c.publish(weights, meta, preprocessing, student, durable=False, progress=progress)
         self.metrics.published(result)
+        if progress is not None and result["accepted"]:
+            self.metrics.progress(dict(progress))
         self._refresh()
         await self._notify()
         pending = self.c.pending
@@ -792,12 +860,12 @@ class ControllerActor:
 
     async def wait_for_version(
         self, replica_id: str, after: int | None, timeout_s: float, actor: Any = None
-    ) -> tuple[int, list[Any], dict[str, Any], dict[str, Any] | None] | None:
-        """Long-poll: return ``(version, [weights ref], meta, preprocessing)`` once a version newer than ``after`` exists.
+    ) -> VersionOffer | None:
+        """Long-poll: a :class:`VersionOffer` once a version newer than ``after`` exists, ``None`` on timeout.
 
-        The ref sits in a list so Ray does not resolve it here; the replica fetches
-        it zero-copy from the object store. Returns ``None`` on timeout. ``actor``: the replica's own actor
-        handle, so that :meth:`wait_all_serving` can tell a dead replica from a slow one.
+        Small weights come by value in the reply, larger ones as a reference the replica fetches from the object
+        store. ``actor``: the replica's own actor handle, so that :meth:`wait_all_serving` can tell a dead replica
+        from a slow one.
         """
         back = replica_id not in self.c.replica_versions()
         self.c.replica_seen(replica_id, serving=after)
@@ -809,7 +877,15 @@ class ControllerActor:
         if not await self._wait(newer, timeout_s):
             return None
         version, ref = self.c.served_handle()
-        return version, [ref], self.c.record(version).meta, self.c.preprocessing(version)
+        weights = self.c.served_weights(version)
+        inline = sum(a.nbytes for a in weights.values()) <= INLINE_WEIGHTS_BYTES
+        return VersionOffer(
+            version=version,
+            weights=dict(weights) if inline else None,
+            ref=None if inline else [ref],
+            meta=self.c.record(version).meta,
+            preprocessing=self.c.preprocessing(version),
+        )
 
     async def ack(self, replica_id: str, version: int) -> None:
         self.c.ack(replica_id, version)

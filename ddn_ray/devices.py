@@ -68,6 +68,17 @@ def fit_to_cluster(cfg: JobConfig, cluster_gpus: float) -> tuple[JobConfig, list
     return cfg.model_copy(update={"train": train, "serve": serve}), notes
 
 
+def fit_to_this_cluster(cfg: JobConfig) -> JobConfig:
+    """:func:`fit_to_cluster` on the Ray cluster this process is connected to (``ray.cluster_resources()``),
+    logging one warning per request that falls back to CPU; returns the config to run."""
+    import ray
+
+    cfg, notes = fit_to_cluster(cfg, ray.cluster_resources().get("GPU", 0.0))
+    for note in notes:
+        log.warning(note)
+    return cfg
+
+
 def torch_backend(use_gpu: bool) -> str:
     """The ``torch.distributed`` backend of the Train workers: NCCL for GPUs where this torch has CUDA, else
     Gloo (which also reduces CUDA tensors, slower)."""

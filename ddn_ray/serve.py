@@ -497,9 +497,8 @@ class Predictor:
         found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s, actor=self._actor)
         if found is None:
             return False
-        version, (ref,), meta, preprocessing = found
-        self._install(version, await ref, preprocessing, meta)
-        await self._controller.ack.remote(self._replica, version)
+        self._install(found.version, await found.fetch_weights(), found.preprocessing, found.meta)
+        await self._controller.ack.remote(self._replica, found.version)
         return True
 
     async def _poll_forever(self) -> None:

@@ -187,14 +187,11 @@ class LearningService:
 
     async def __init__(self, job: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         import ray
-        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
         from ray.util.queue import Queue
 
-        from ddn_ray import devices
         from ddn_ray.controller import create_actor
         from ddn_ray.metrics import ServiceMetrics
-        from ddn_ray.train import WorkerArgs, train_loop_per_worker
+        from ddn_ray.train import WorkerArgs, make_trainer
 
         cfg = self.cfg = config.JobConfig.model_validate(job)
         if cfg.data.source is None or not cfg.run_name:
@@ -258,21 +255,7 @@ class LearningService:
                 inputs={"kind": "records"},
                 checkpoint_at_end=True,
             )
-            trainer = TorchTrainer(
-                train_loop_per_worker,
-                train_loop_config={"args": args},
-                scaling_config=ScalingConfig(
-                    num_workers=workers,
-                    use_gpu=cfg.train.use_gpu,
-                    resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-                ),
-                torch_config=TorchConfig(backend=devices.torch_backend(cfg.train.use_gpu)),
-                run_config=RunConfig(
-                    storage_path=cfg.storage_uri,
-                    name=cfg.run_name,
-                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
-                ),
-            )
+            trainer = make_trainer(args=args, run_name=cfg.run_name)
             self._fit_thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True)
             self._fit_thread.start()
         self.ready: dict[str, Any] | None = None

@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -117,8 +118,8 @@ class WindowSender:
         keep_windows: at least this many windows are kept to send again (the checkpoint interval and the
             training lag, with a margin).
         keep_s: and every window sent in the last ``keep_s`` seconds: Train registers a reported checkpoint at
-            its next poll of the workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s), so a restart may resume from
-            the one before the newest.
+            its next poll of the workers (``train.health_check_interval_s``), and uploads it in the background,
+            so a restart may resume from the one before the newest.
         poll_s: the watcher's long-poll timeout, in seconds.
 
     Attributes:
@@ -135,6 +136,7 @@ class WindowSender:
         self.generation = 0
         self.restarts: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._puts: list[Any] = []  # queue puts not yet known to have landed
         self._ended = False
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="window-sender", daemon=True)
@@ -150,15 +152,32 @@ class WindowSender:
             while len(self.kept) > self.keep_windows and now - self._sent_s[0] > self.keep_s:
                 self.kept.popleft()
                 self._sent_s.popleft()
-            for queue, item in zip(self.queues, stamped):
-                queue.put(item)
+            self._put(stamped)
+
+    def _put(self, items: Sequence[WindowItem | None]) -> None:
+        """``items[r]`` to rank ``r``'s queue without waiting for the queue actor's reply (one round trip less on
+        the stream's path; calls from one thread reach an actor in order). A put that failed raises here at the
+        next call, or in :meth:`end`. Call under the lock."""
+        import ray
+
+        done, self._puts = ray.wait(self._puts, num_returns=len(self._puts), timeout=0) if self._puts else ([], [])
+        ray.get(done)
+        # the queues are unbounded: a put never waits for room
+        self._puts.extend(queue.actor.put.remote(item, None) for queue, item in zip(self.queues, items))
+
+    def _landed(self) -> None:
+        """Wait for every put so far (raises what one raised). Call under the lock."""
+        import ray
+
+        ray.get(self._puts)
+        self._puts = []
 
     def end(self) -> None:
         """Queue the end-of-stream marker (again after a restart that comes later, with the windows it needs)."""
         with self._lock:
             self._ended = True
-            for queue in self.queues:
-                queue.put(None)
+            self._put([None] * len(self.queues))
+            self._landed()
 
     def close(self) -> None:
         """Stop watching for restarts (once the trainer's ``fit`` returned)."""
@@ -180,6 +199,7 @@ class WindowSender:
         with self._lock:
             from ray.util.queue import Empty
 
+            self._landed()
             for queue in self.queues:  # what the dead group left unread (its successor may be reading too)
                 with contextlib.suppress(Empty):
                     while queue.qsize():
@@ -230,6 +250,43 @@ class WorkerArgs:
         return len(self.feature_names)
 
 
+def make_trainer(*, args: WorkerArgs, run_name: str, max_failures: int | None = None) -> Any:
+    """The ``TorchTrainer`` that runs :func:`train_loop_per_worker` with ``args`` for ``args.job``.
+
+    Its workers (``train.num_workers``, ``train.cpus_per_worker`` CPUs each, a GPU each with ``train.use_gpu``) use
+    NCCL where torch has CUDA and Gloo otherwise (:func:`ddn_ray.devices.torch_backend`); checkpoints go to
+    ``storage_uri/run_name``, the newest ``train.checkpoints_to_keep`` kept. Sets ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
+    to ``train.health_check_interval_s`` unless it is exported already: Train propagates it from the driver to its
+    controller when ``fit`` starts, and the controller takes one reported checkpoint per poll of the workers.
+
+    Args:
+        args: what every worker gets.
+        run_name: the run's name under ``job.storage_uri`` (the same name resumes from its latest checkpoint).
+        max_failures: restarts of the worker group after a worker dies (``FailureConfig``); ``None``: Train's default.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    job = args.job
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(job.train.health_check_interval_s))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"args": args},
+        scaling_config=ScalingConfig(
+            num_workers=job.train.num_workers,
+            use_gpu=job.train.use_gpu,
+            resources_per_worker={"CPU": job.train.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend=devices.torch_backend(job.train.use_gpu)),
+        run_config=RunConfig(
+            storage_path=job.storage_uri,
+            name=run_name,
+            checkpoint_config=CheckpointConfig(num_to_keep=job.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=max_failures) if max_failures is not None else None,
+        ),
+    )
+
+
 def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
     """The window's rows as ``(x (n, d) float32, y (n,) label_dtype or (n, k) float32)``, on the CPU."""
     import ray
@@ -259,6 +316,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     from ray.data import DataContext
+    from ray.train import CheckpointUploadMode
 
     from ddn_ray import models
 
@@ -326,23 +384,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     generation = gather(generation if rank == 0 else None, world)[0]  # every rank skips the same stale windows
 
     def report_checkpoint(metrics: dict[str, Any]) -> None:
-        """Every rank: gather the learner states; rank 0 writes the checkpoint; all report it."""
-        with tempfile.TemporaryDirectory() as tmp:
-            learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
-            checkpoint = None
-            if rank == 0:
-                meta = {
-                    "next_offset": next_offset,
-                    "next_window": next_index,
-                    "model_version": version,
-                    **checkpoint_io.model_spec(
-                        mcfg, nf, learner.num_classes, args.feature_names, args.inputs, job.distill.student
-                    ),
-                    "preprocessing": preprocessing,
-                }
-                checkpoint_io.write(tmp, learner.raw.state_dict(), learner_states, meta)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        """Every rank: gather the learner states; rank 0 writes the checkpoint; all report it. Train uploads it
+        on its own thread and deletes the local copy (``CheckpointUploadMode.ASYNC``): the next window is learned
+        meanwhile, and the checkpoints land in order."""
+        learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
+        checkpoint = None
+        if rank == 0:
+            tmp = tempfile.mkdtemp(prefix="ddn-ray-ckpt-")
+            meta = {
+                "next_offset": next_offset,
+                "next_window": next_index,
+                "model_version": version,
+                **checkpoint_io.model_spec(
+                    mcfg, nf, learner.num_classes, args.feature_names, args.inputs, job.distill.student
+                ),
+                "preprocessing": preprocessing,
+            }
+            checkpoint_io.write(tmp, learner.raw.state_dict(), learner_states, meta)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
     checkpointed_index = next_index
     while True:
@@ -360,6 +420,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics, event = learner.step(item.index, item.start, item.end, x, y)
         events = [event] if event is not None else []
         next_offset, next_index = item.end, item.index + 1
+        # the window's metrics go to the controller before the checkpoint (which takes 0.3-0.7 s through Train's
+        # storage): the driver serves the next window meanwhile, and it waits in the queue (benchmarks/job_vs_learner)
+        reported = rank != 0
         if next_index % cfg.publish_every_windows == 0:
             rejected = None
             if rank == 0:
@@ -379,9 +442,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if learner.distiller is not None:  # the controller serves it while it is close enough
                     meta |= {"teacher_accuracy": metrics.pre_accuracy, "student_accuracy": metrics.student_pre_accuracy}
                     student = models.state_to_numpy(learner.distiller.student)
+                # with an accepted version, the window's progress is recorded in the same call
+                progress = {**asdict(metrics), "generation": generation, "events": events}
                 result = ray.get(
-                    controller.publish.remote(models.state_to_numpy(learner.raw), meta, preprocessing, student)
+                    controller.publish.remote(
+                        models.state_to_numpy(learner.raw), meta, preprocessing, student, progress
+                    )
                 )
+                reported = result["accepted"]
                 version = result["version"] if result["accepted"] else version
                 rejected = None if result["accepted"] else result["decision"]
             rejected = gather(rejected, world)[0]
@@ -393,11 +461,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         weights, item.index, f"gate rejected the update ({rejected}); reloaded version {version}"
                     )
                 )
+        if not reported:
+            ray.get(controller.trainer_progress.remote({**asdict(metrics), "generation": generation, "events": events}))
         if next_index % cfg.checkpoint_every_windows == 0:
             report_checkpoint({"next_offset": next_offset, "pre_accuracy": metrics.pre_accuracy})
             checkpointed_index = next_index
-        if rank == 0:
-            ray.get(controller.trainer_progress.remote({**asdict(metrics), "generation": generation, "events": events}))
 
 
 class InProcessRun(NamedTuple):

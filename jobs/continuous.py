@@ -16,7 +16,6 @@ weights to the controller, and checkpoint; replicas long-poll the controller. At
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import threading
 import time
@@ -30,8 +29,7 @@ localcluster.prefer_loopback()
 
 import ray
 from ray import serve
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
 
@@ -42,7 +40,7 @@ from ddn_ray.controller import ServeReady, create_actor
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app
 from ddn_ray.served import ServedStore, StaticBaseline
-from ddn_ray.train import WindowItem, WindowSender, WorkerArgs, train_loop_per_worker
+from ddn_ray.train import WindowItem, WindowSender, WorkerArgs, make_trainer
 
 
 def start_ray(cfg: config.JobConfig) -> bool:
@@ -76,9 +74,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     feed = feeds.TableFeed(job=cfg) if cfg.data.source is not None else usecase.feed(cfg)
     started_ray = start_ray(cfg)
     # GPUs asked for (train.use_gpu, serve.num_gpus) that the cluster does not have: CPU, with one warning each
-    cfg, notes = devices.fit_to_cluster(cfg, ray.cluster_resources().get("GPU", 0.0))
-    for note in notes:
-        logging.getLogger("ddn_ray").warning(note)
+    cfg = devices.fit_to_this_cluster(cfg)
     rss = evaluate.RssSampler().start()
     run_name = cfg.run_name or f"{feed.run_stem()}-{time.strftime('%Y%m%d-%H%M%S')}"
     # this attempt of the run: its controller journal and its served answers, beside the earlier attempts'
@@ -124,20 +120,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     args = WorkerArgs(
         job=cfg, feature_names=feature_names, num_classes=nc, queues=queues, controller=controller, inputs=feed.inputs
     )
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"args": args},
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
-        ),
-        torch_config=TorchConfig(backend=devices.torch_backend(cfg.train.use_gpu)),
-        run_config=RunConfig(
-            storage_path=cfg.storage_uri,
-            name=run_name,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
-    )
+    trainer = make_trainer(args=args, run_name=run_name, max_failures=cfg.train.max_failures)
     # keeps the windows a restarted worker group may need again: since its last checkpoint, plus the lag
     sender = WindowSender(
         queues=queues,

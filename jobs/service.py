@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import threading
@@ -34,9 +33,7 @@ def deploy(cfg: config.JobConfig) -> str:
     """Start (or resume) the service on the connected cluster: the learner's app, then the HTTP app. Returns the
     base URL."""
     # GPUs asked for (train.use_gpu, serve.num_gpus) that the cluster does not have: CPU, with one warning each
-    cfg, notes = devices.fit_to_cluster(cfg, ray.cluster_resources().get("GPU", 0.0))
-    for note in notes:
-        logging.getLogger("ddn_ray").warning(note)
+    cfg = devices.fit_to_this_cluster(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     learner, ingress = service.build_apps(cfg)
     serve.run(learner, name=service.learner_app_name(cfg), route_prefix=None)

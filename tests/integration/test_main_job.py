@@ -296,7 +296,7 @@ def test_a_killed_train_worker_costs_a_restart_from_the_checkpoint_not_the_run(
     storage = Path(cfg.storage_path, cfg.run_name)
 
     def kill_the_worker() -> None:
-        """Once a checkpoint is written and Train has had time to register it (its 2 s poll), kill the worker."""
+        """Once a checkpoint is written and Train has had time to register it (its poll, train.health_check_interval_s), kill the worker."""
         deadline, written = time.monotonic() + 300, None
         while time.monotonic() < deadline and not killed:
             if written is None and any(storage.glob("checkpoint_*/meta.json")):

@@ -140,6 +140,21 @@ def test_trainer_progress_and_summary_are_plain_data() -> None:
     assert s["decisions"] == [event] and all("events" not in p for p in s["progress"])
 
 
+def test_a_publish_records_its_window_progress_only_when_accepted_and_once() -> None:
+    c = Controller()
+    c.publish(w(0.0))
+    meta = {"window": 0, "parent": 0, "generation": 0, "trained_end_offset": 50}
+    assert c.publish(w(1.0), meta, progress={"index": 0, "generation": 0, "events": [{"decision": "keep"}]})["accepted"]
+    assert c.windows_done == 0 and c.latest_version == 1 and c.decisions == [{"decision": "keep"}]
+    # the same call again (a restarted controller's retry): one version, one progress record
+    assert c.publish(w(1.0), meta, progress={"index": 0, "generation": 0, "events": []})["version"] == 1
+    assert len(c.records) == 2 and [p["index"] for p in c.progress] == [0]
+    # a rejected update records no progress: the trainer reports the window after its reaction to the rejection
+    bad = {"window": 1, "parent": 1, "generation": 0, "trained_end_offset": 100}
+    assert not c.publish(w(np.nan), bad, progress={"index": 1, "generation": 0, "events": []})["accepted"]
+    assert c.windows_done == 0
+
+
 def test_large_but_finite_float32_weights_are_accepted() -> None:
     big = {"a": np.full(1_000_000, np.finfo(np.float32).max, np.float32)}  # a float32 sum would overflow
     assert check_update(big, None) is Gate.ACCEPT

@@ -37,7 +37,8 @@ def busy_controller(store: VersionStore, clock: Clock) -> Controller:
     c.trainer_ready(50, 1, 1, None, pid=12)  # a restarted worker group
     c.rollback(0)
     c.replica_gone("r2")
-    c.publish(w(3.0), {"window": 2, "parent": 2, "generation": 1})
+    # a window's progress recorded with its version, in the same call (the train loop's publish)
+    c.publish(w(3.0), {"window": 2, "parent": 2, "generation": 1}, progress={"index": 2, "generation": 1, "events": []})
     return c
 
 
