@@ -197,7 +197,7 @@ def run_size(
 ) -> list[dict[str, Any]]:
     from ray import serve
 
-    from ddn_ray.controller import ControllerActor
+    from ddn_ray.controller import ControllerActor, publish_args
 
     model = ModelConfig(hidden_sizes=hidden_for(size_mb)).model_dump()
     cfg = ModelConfig(**model)
@@ -223,7 +223,8 @@ def run_size(
         fresh_ours, fresh_reconf, controller_side = [], [], []
         for i in range(1, updates + 1):
             t_call = time.monotonic()  # same CLOCK_MONOTONIC as the controller's on one machine
-            v = ray.get(controller.publish.remote(weights[i % 2], {"i": i}))["version"]
+            # as the train loop publishes: large weights as the publisher's own object (publish_args)
+            v = ray.get(controller.publish.remote(publish_args(weights[i % 2]), {"i": i}))["version"]
             ray.get(controller.wait_all_serving.remote(v, 30.0))
             rec = ray.get(controller.summary.remote())["versions"][-1]
             served = rec["all_served_s"]

@@ -483,6 +483,13 @@ class ControllerConfig(_Frozen):
         description="Ray restarts a killed controller this many times; it restores its versions and weights from "
         "the journal it writes under <storage_path>/<run_name>/controller/",
     )
+    memory_versions: int = Field(
+        4,
+        ge=1,
+        description="the newest N versions' weights stay in Ray's object store; older kept versions are read back "
+        "from their journal files when asked for (a rollback): 64 versions of a 40 MB model in the object store "
+        "slowed publishes 5x (benchmarks/freshness.py)",
+    )
     max_loss_ratio: float | None = Field(
         10.0,
         gt=1,

@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -37,6 +38,7 @@ __all__ = [
     "check_quality",
     "check_update",
     "create_actor",
+    "publish_args",
 ]
 
 
@@ -169,6 +171,12 @@ class ServeReady:
 INLINE_WEIGHTS_BYTES = 100 * 1024
 
 
+#: A version published as the trainer's object (:func:`publish_args`) is copied into the controller's own, and its
+#: weights file written, once every replica serves it, or after this many seconds: neither competes with the
+#: replicas' loads for the CPU.
+ADOPT_AFTER_S = 1.0
+
+
 @dataclass(frozen=True)
 class VersionOffer:
     """What :meth:`ControllerActor.wait_for_version` answers a replica: the version to serve next.
@@ -203,6 +211,21 @@ class VersionOffer:
         return weights
 
 
+def publish_args(weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray] | list[Any]:
+    """What a trainer passes as ``weights`` to :meth:`ControllerActor.publish`: weights up to
+    :data:`INLINE_WEIGHTS_BYTES` by value (inlined in the call), larger ones as ``[ray.put(weights)]``.
+
+    The replicas then read the trainer's own object at once, while the controller makes its copy (which it owns:
+    it outlives the trainer) off their path; the call returns once that copy exists. Passed by value instead,
+    Ray would put the same object, but the controller could not hand it on.
+    """
+    if sum(a.nbytes for a in weights.values()) <= INLINE_WEIGHTS_BYTES:
+        return weights
+    import ray
+
+    return [ray.put(dict(weights))]
+
+
 def _copy_store(weights: Mapping[str, np.ndarray]) -> tuple[Any, Mapping[str, np.ndarray]]:
     copy = {k: np.array(v, copy=True) for k, v in weights.items()}
     return copy, copy
@@ -225,6 +248,8 @@ class Controller:
         clock: monotonic seconds.
         replica_ttl_s: a replica not heard from for this long is no longer expected.
         keep_versions: weights of at most this many recent versions are kept.
+        memory_versions: with a journal, the weights of only this many recent versions stay in ``store``; older
+            kept ones are read back from their files when asked for (:meth:`handle`).
         first_version: the lowest id to give (a restarted service continues its versions).
         student_margin: a version published with a distilled student serves the student while the teacher's
             accuracy on the latest revealed window exceeds the student's by at most this
@@ -244,6 +269,7 @@ class Controller:
         student_margin: float = 0.02,
         quality: QualityGate | None = None,
         journal: VersionStore | None = None,
+        memory_versions: int = 4,
     ) -> None:
         self._store = store or _copy_store
         self.journal = journal
@@ -258,6 +284,7 @@ class Controller:
         self._clock = clock
         self.replica_ttl_s = replica_ttl_s
         self.keep_versions = keep_versions
+        self.memory_versions = memory_versions
         self.records: list[VersionRecord] = []
         self.rejected: list[dict[str, Any]] = []
         self._weights: dict[int, tuple[Any, Mapping[str, np.ndarray]]] = {}
@@ -291,6 +318,7 @@ class Controller:
         *,
         durable: bool = True,
         progress: Mapping[str, Any] | None = None,
+        handle: Any = None,
     ) -> dict[str, Any]:
         """Gate and store an update, and choose what its replicas serve: the teacher (``weights``) or the student.
 
@@ -313,6 +341,9 @@ class Controller:
                 after the version if it is accepted (one call a window for the trainer, and the stream's
                 backpressure sees the window done and its version at once). A rejected update records nothing:
                 the trainer reports the window itself, after its reaction to the rejection.
+            handle: where replicas can read ``weights`` already (the publisher's object, :func:`publish_args`):
+                kept as the version's handle instead of a copy of the controller's own until :meth:`adopt`
+                replaces it. ``None``: the weights are stored at once (``store``).
 
         Returns:
             ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
@@ -366,7 +397,7 @@ class Controller:
         served_student = student if meta["served_model"] == "student" else None
         record = VersionRecord(version, parent, now, meta, self.live_replicas())
         files = self._write(record, preprocessing, weights, served_student)  # on the writer thread
-        self._weights[version] = self._store(weights)  # meanwhile
+        self._weights[version] = (handle, weights) if handle is not None else self._store(weights)  # meanwhile
         if served_student is not None:
             self._students[version] = self._store(served_student)
         self._add(record, preprocessing, files, journaled=True)
@@ -375,6 +406,13 @@ class Controller:
         if durable:
             self.wait_durable()
         return {"accepted": True, "version": version, "decision": Gate.ACCEPT.value}
+
+    def adopt(self, handle: Any, stored: tuple[Any, Mapping[str, np.ndarray]]) -> None:
+        """The controller's own copy ``stored`` (``store``'s ``(handle, view)``) of the weights published at the
+        publisher's ``handle`` replaces it, for every version that holds it (a rollback may share it)."""
+        for version, (held, _) in list(self._weights.items()):
+            if held is handle:
+                self._weights[version] = stored
 
     @property
     def pending(self) -> Future[None] | None:
@@ -462,6 +500,10 @@ class Controller:
                 for name in gone:
                     if name is not None and name not in needed:
                         self.journal.delete_weights(name)
+        # kept on file: out of the object store (handle() reads a version back when it is asked for)
+        for old in [v for v in self._weights if v <= version - self.memory_versions and v in self._files]:
+            del self._weights[old]
+            self._students.pop(old, None)
 
     def rollback(self, to: int) -> dict[str, Any]:
         """Serve version ``to`` again, as a new version (ids never decrease on a replica) with ``to``'s
@@ -491,7 +533,8 @@ class Controller:
             KeyError: no such version is kept.
         """
         v = self.latest_version if version is None else version
-        if v is not None and v not in self._weights and v in self._files:  # restored: its weights are on file
+        if v is not None and v not in self._weights and v in self._files:  # restored, or older: on file
+            self.journal.flush()  # type: ignore[union-attr]  # its file may still be queued
             name, student = self._files[v]
             self._weights[v] = self._store(self.journal.read_weights(name))  # type: ignore[union-attr]
             if student is not None:
@@ -769,6 +812,8 @@ class ControllerActor:
     Args:
         store_uri: a local path or pyarrow URI for the journal and weights files; ``None``: memory only (a
             restart then starts empty: do not combine it with ``max_restarts``).
+        memory_versions: with ``store_uri``, the newest this many versions' weights stay in the object store, older
+            kept ones on file (:class:`Controller`).
     """
 
     def __init__(
@@ -779,6 +824,7 @@ class ControllerActor:
         student_margin: float = 0.02,
         quality: QualityGate | None = None,
         store_uri: str | None = None,
+        memory_versions: int = 4,
     ) -> None:
         from ddn_ray.metrics import ControllerMetrics
 
@@ -790,6 +836,7 @@ class ControllerActor:
             student_margin=student_margin,
             quality=quality,
             journal=VersionStore(uri=store_uri) if store_uri is not None else None,
+            memory_versions=memory_versions,
         )
         if self.c.restore():
             log.warning(
@@ -818,7 +865,7 @@ class ControllerActor:
 
     async def publish(
         self,
-        weights: Mapping[str, np.ndarray],
+        weights: Mapping[str, np.ndarray] | list[Any],
         meta: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         student: Mapping[str, np.ndarray] | None = None,
@@ -828,13 +875,32 @@ class ControllerActor:
         the trainer's call returns once the file and the journal lines are down (a controller killed before then
         restores without the version, and the retried call publishes it again under the same id). ``progress``:
         the learned window's metrics, recorded with an accepted version (:meth:`trainer_progress` in the same
-        call)."""
-        result = self.c.publish(weights, meta, preprocessing, student, durable=False, progress=progress)
+        call).
+
+        ``weights`` as ``[ObjectRef]`` (large weights, :func:`publish_args`): the replicas are offered the
+        trainer's object while the controller copies it into its own (``ray.put`` on a thread); the call returns
+        once that copy exists too, so the trainer's object is needed no longer than the call. A replica that
+        could not read it (its trainer died in between) keeps its version and polls again."""
+        handle, loaded = None, threading.Event()
+        if isinstance(weights, list):  # [the publisher's own object] (publish_args): replicas may read it at once
+            (handle,) = weights
+            state: Mapping[str, np.ndarray] = await handle
+            if self.c.journal is not None:  # its file is written once the replicas have loaded it
+                self.c.journal.hold(loaded, ADOPT_AFTER_S)
+        else:
+            state = weights
+        result = self.c.publish(state, meta, preprocessing, student, durable=False, progress=progress, handle=handle)
         self.metrics.published(result)
         if progress is not None and result["accepted"]:
             self.metrics.progress(dict(progress))
         self._refresh()
         await self._notify()
+        if handle is not None and result["accepted"]:  # the controller's own copy, once the replicas have it
+            version = result["version"]
+            await self._wait(lambda: self.c.all_serving(version), ADOPT_AFTER_S)
+            loaded.set()
+            self.c.adopt(handle, await asyncio.to_thread(_ray_store, state))
+        loaded.set()
         pending = self.c.pending
         if result["accepted"] and pending is not None:
             await asyncio.wrap_future(pending)
@@ -1046,5 +1112,6 @@ def create_actor(*, job: JobConfig, store_uri: str, first_version: int = 0) -> A
             student_margin=job.distill.margin,
             quality=QualityGate.of(cfg),
             store_uri=store_uri,
+            memory_versions=cfg.memory_versions,
         )
     )

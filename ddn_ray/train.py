@@ -319,6 +319,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train import CheckpointUploadMode
 
     from ddn_ray import models
+    from ddn_ray.controller import publish_args
 
     torch.set_num_threads(1)
     ctx_data = DataContext.get_current()
@@ -444,11 +445,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     student = models.state_to_numpy(learner.distiller.student)
                 # with an accepted version, the window's progress is recorded in the same call
                 progress = {**asdict(metrics), "generation": generation, "events": events}
-                result = ray.get(
-                    controller.publish.remote(
-                        models.state_to_numpy(learner.raw), meta, preprocessing, student, progress
-                    )
-                )
+                weights = publish_args(models.state_to_numpy(learner.raw))  # large: the object replicas read
+                result = ray.get(controller.publish.remote(weights, meta, preprocessing, student, progress))
                 reported = result["accepted"]
                 version = result["version"] if result["accepted"] else version
                 rejected = None if result["accepted"] else result["decision"]

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -226,6 +227,20 @@ class VersionStore:
             self._append_line(line)
 
         return self._writer.submit(write)
+
+    def hold(self, until: threading.Event, timeout_s: float) -> None:
+        """Queue a pause: the writes queued after this one start once ``until`` is set, or ``timeout_s`` seconds
+        after the writer reaches it (the controller holds a large version's file until the replicas have loaded
+        it, so the two do not compete for the CPU).
+
+        Raises:
+            ValueError: the store was opened ``read_only``.
+        """
+        if self._read_only:
+            raise ValueError(f"{self.uri} was opened read-only")
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="version-store")
+        self._writer.submit(until.wait, timeout_s)
 
     def flush(self) -> None:
         """Wait until every queued write is done."""

@@ -163,6 +163,64 @@ def test_ddn_ray_rollback_serves_an_earlier_version_on_every_replica(app, ray_cl
         cli.main([*argv[:1], "--to", "999", *argv[3:]])
 
 
+def test_large_weights_reach_the_replicas_as_the_publishers_object_and_the_controller_keeps_its_own(
+    ray_cluster, job_config, tmp_path
+) -> None:
+    """Weights over 100 KiB: the replicas are offered the publisher's own object and the controller copies it
+    (publish_args); once the publisher drops it, the replicas, a late poll and a rollback to a version that only
+    its journal file still holds all get the right weights."""
+    from ddn_ray.controller import INLINE_WEIGHTS_BYTES, VersionOffer, publish_args
+
+    ray = ray_cluster
+    app_name, prefix = "http_big", "/big"
+    cfg = job_config(
+        controller={"name": "http_big_controller", "poll_timeout_s": 2.0},
+        model={"hidden_sizes": [256, 256]},  # ~270 KB of float32
+        serve={"app_name": app_name},
+    )
+    controller = (
+        ray.remote(ControllerActor)
+        .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=100)
+        .remote(store_uri=str(tmp_path / "journal"), memory_versions=2)
+    )
+    built = [models.build(cfg.model, 6, 2, seed=s) for s in range(5)]
+    states = [models.state_to_numpy(m) for m in built]
+    assert sum(a.nbytes for a in states[0].values()) > INLINE_WEIGHTS_BYTES
+    ray.get(controller.publish.remote(publish_args(states[0]), {}))
+    serve.run(build_app(cfg, 6, 2), name=app_name, route_prefix=prefix)
+    url = f"http://127.0.0.1:{cfg.serve.port}{prefix}"
+    x = [[0.3, -1.0, 0.5, 2.0, 0.1, -0.4], [1.0, 0.2, -0.7, 0.0, 0.9, 0.4]]
+
+    def answers_of(seed: int) -> np.ndarray:
+        with torch.no_grad():
+            return built[seed](torch.tensor(x)).softmax(1).numpy()
+
+    try:
+        for seed in (1, 2, 3, 4):
+            args = publish_args(states[seed])
+            assert isinstance(args, list)  # the publisher's own object, not the arrays
+            version = ray.get(controller.publish.remote(args, {"window": seed}))["version"]
+            del args  # the publisher lets go of its object: what the replicas load must not need it any more
+            assert ray.get(controller.wait_all_serving.remote(version, 10.0))
+            body = requests.post(f"{url}/predict", json={"instances": x}, timeout=10).json()
+            assert body["model_version"] == version
+            np.testing.assert_allclose(body["probabilities"], answers_of(seed), atol=1e-6)
+        # version 1 is out of the object store (memory_versions=2): it comes back from its journal file
+        rolled = ray.get(controller.rollback.remote(1))["version"]
+        assert ray.get(controller.wait_all_serving.remote(rolled, 10.0))
+        body = requests.post(f"{url}/predict", json={"instances": x}, timeout=10).json()
+        assert body["model_version"] == rolled
+        np.testing.assert_allclose(body["probabilities"], answers_of(1), atol=1e-6)
+        # a replica polling now (last: it counts as live from here on) is offered the controller's object
+        offer = ray.get(controller.wait_for_version.remote("a-late-replica", None, 1.0))
+        assert isinstance(offer, VersionOffer) and offer.version == rolled and offer.weights is None
+        assert offer.ref is not None
+        np.testing.assert_array_equal(ray.get(offer.ref[0])["head.weight"], states[1]["head.weight"])
+    finally:
+        serve.delete(app_name)
+        ray.kill(controller)
+
+
 def test_replica_started_later_serves_latest_version(app, ray_cluster) -> None:
     cfg, controller, url = app
     ray = ray_cluster

@@ -155,3 +155,35 @@ def test_a_filesystem_that_cannot_append_gets_one_object_per_line(tmp_path: Path
     assert len(list((tmp_path / "journal").glob("*.json"))) == 4  # the restore marker, the new version
     np.testing.assert_array_equal(again.weights(0)[1]["a"], w(1.0)["a"])
     assert isinstance(pafs.LocalFileSystem(), pafs.FileSystem)
+
+
+def test_only_the_newest_versions_stay_in_memory_and_older_ones_read_back_from_their_files(tmp_path: Path) -> None:
+    c = Controller(journal=VersionStore(uri=str(tmp_path)), memory_versions=2, keep_versions=4)
+    for i in range(6):
+        c.publish(w(float(i)))
+    assert sorted(c._weights) == [4, 5]  # the object store holds two; versions 2 and 3 are on file only
+    assert c.weights(2)[1]["a"][0, 0] == 2.0 and c.weights(3)[1]["a"][0, 0] == 3.0
+    with pytest.raises(KeyError):
+        c.weights(1)  # out of keep_versions: its file is gone too
+    assert c.rollback(2)["version"] == 6 and c.weights(6)[1]["a"][0, 0] == 2.0
+    memory_only = Controller(memory_versions=2)  # no journal: nothing else holds them
+    for i in range(6):
+        memory_only.publish(w(float(i)))
+    assert memory_only.weights(0)[1]["a"][0, 0] == 0.0
+
+
+def test_a_hold_delays_the_writes_queued_after_it_until_set_or_timed_out(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    store = VersionStore(uri=str(tmp_path))
+    loaded = threading.Event()
+    store.hold(loaded, timeout_s=30.0)
+    first = store.submit("first", weights=[("v1.npz", w(1.0))])
+    time.sleep(0.2)
+    assert not first.done() and not (tmp_path / "v1.npz").exists()
+    loaded.set()
+    first.result(timeout=5)
+    store.hold(threading.Event(), timeout_s=0.1)  # never set: the writer goes on after 0.1 s
+    store.submit("second").result(timeout=5)
+    assert [e["op"] for e in store.events()] == ["first", "second"] and (tmp_path / "v1.npz").exists()
