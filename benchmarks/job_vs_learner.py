@@ -150,7 +150,50 @@ def run_job(
     report = json.loads((out / name / "report.json").read_text())
     served = np.load(out / name / "predictions.npz")
     assert np.array_equal(served["offset"], np.arange(rows)), "the job did not serve every row once"
+    report["phases"] = window_phases(out / "storage" / name)
     return report, served["prediction"], profiles, outside
+
+
+def window_phases(storage: Path) -> dict[str, tuple[float, float]]:
+    """Where a window's time goes, from the run's controller journal (one clock, the controller's): per learned
+    window ``w`` (the first 40 windows, warm-up, left out), ``(p50, mean)`` ms of
+
+    * ``learn``: the learner's step on the Train worker (``step_s``; the in-process learner pays the same);
+    * ``publish -> every replica``: the version's arrival at the controller to the last replica's ack;
+    * ``every replica -> next publish, less learning``: the driver waking, the window's HTTP request, its hand-off
+      to the worker (queue, block), the publish's way to the controller; and anything the worker did between
+      windows (a checkpoint, before this work in line);
+    * ``cycle``: one publish to the next;
+    * ``stalls``: the share of windows whose cycle exceeds 3x the median cycle.
+    """
+    import statistics
+
+    (journal,) = storage.glob("controller/*/journal.jsonl")
+    lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    step = {e["metrics"]["index"]: 1e3 * e["metrics"]["step_s"] for e in lines if e["op"] == "progress"}
+    pub = {e["meta"]["window"]: e for e in lines if e["op"] == "publish" and e["meta"].get("window", -1) >= 0}
+    acks: dict[int, float] = {}
+    for e in lines:
+        if e["op"] == "ack":
+            acks[e["version"]] = max(acks.get(e["version"], 0.0), e["t"])
+    phases: dict[str, list[float]] = collections.defaultdict(list)
+    for w in sorted(pub):
+        nxt = pub.get(w + 1)
+        if w < 40 or nxt is None or pub[w]["version"] not in acks or w + 1 not in step:
+            continue
+        t_pub, t_acked = pub[w]["published_s"], acks[pub[w]["version"]]
+        phases["learn"].append(step[w + 1])
+        phases["publish -> every replica"].append(1e3 * (t_acked - t_pub))
+        phases["every replica -> next publish, less learning"].append(
+            1e3 * (nxt["published_s"] - t_acked) - step[w + 1]
+        )
+        phases["cycle"].append(1e3 * (nxt["published_s"] - t_pub))
+    if not phases:
+        return {}
+    out = {k: (statistics.median(v), statistics.fmean(v)) for k, v in phases.items()}
+    median_cycle = out["cycle"][0]
+    stalls = 100.0 * float(np.mean([c > 3 * median_cycle for c in phases["cycle"]]))
+    return out | {"stalls (cycle > 3x median), % of windows": (stalls, stalls)}
 
 
 def profile(pid: int, out: Path, seconds: float) -> dict[str, list[str]]:
@@ -232,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     cases += [(f"W={first}, {n} Train workers", first, [f"train.num_workers={n}"], 0.0) for n in args.workers]
     if args.outside_rps > 0:
         cases.append((f"W={first}, {args.outside_rps:g} req/s outside", first, [], args.outside_rps))
-    lines, loads = [], []
+    lines, loads, phases = [], [], []
     profiles: dict[str, list[str]] = {}
     oracles: dict[int, tuple[np.ndarray, float]] = {}
     with tempfile.TemporaryDirectory(prefix="job_vs_learner-") as tmp:
@@ -254,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {acc_o:.2%} | {acc_j:.2%} | {100 * (acc_j - acc_o):+.2f} | {np.mean(served == oracle):.2%} |"
             )
             print(lines[-1], flush=True)
+            phases.append(
+                f"| {label} | "
+                + " | ".join(f"{p50:.1f} / {mean:.1f}" for p50, mean in report["phases"].values())
+                + " |"
+            )
+            phase_names = list(report["phases"])
             if outside is not None:
                 loads.append(
                     f"| {label} | {outside['ok']:,} | {outside['failed']} {outside['failed_as'] or ''} "
@@ -275,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
+    if phases:
+        print("\nper window, p50 / mean ms, from the controller's journal (windows 40 on; see window_phases):")
+        print("| job | " + " | ".join(phase_names) + " |")
+        print("|---" * (len(phase_names) + 1) + "|")
+        print("\n".join(phases))
     if loads:
         print("\noutside load (1-row named records to /predict while the job runs):")
         print(
