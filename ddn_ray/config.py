@@ -314,6 +314,13 @@ class TrainConfig(_Frozen):
     lr_min_factor: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of lr")
     publish_every_windows: int = Field(1, ge=1, description="publish weights to the controller every K windows")
     checkpoint_every_windows: int = Field(10, ge=1, description="report a Ray Train checkpoint every M windows")
+    checkpoint_upload: Literal["async", "sync"] = Field(
+        "async",
+        description="async: Train uploads a reported checkpoint on its own thread while the next windows are "
+        "learned (CheckpointUploadMode.ASYNC; a crash may lose the one in flight, and its windows are learned "
+        "again); sync: the train loop waits for the upload (the service, which checkpoints every window so that "
+        "a restart learns no joined row twice)",
+    )
     health_check_interval_s: float = Field(
         0.2,
         gt=0,

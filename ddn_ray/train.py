@@ -384,10 +384,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     generation = gather(generation if rank == 0 else None, world)[0]  # every rank skips the same stale windows
 
+    upload = CheckpointUploadMode.ASYNC if cfg.checkpoint_upload == "async" else CheckpointUploadMode.SYNC
+
     def report_checkpoint(metrics: dict[str, Any]) -> None:
-        """Every rank: gather the learner states; rank 0 writes the checkpoint; all report it. Train uploads it
-        on its own thread and deletes the local copy (``CheckpointUploadMode.ASYNC``): the next window is learned
-        meanwhile, and the checkpoints land in order."""
+        """Every rank: gather the learner states; rank 0 writes the checkpoint; all report it. With
+        ``train.checkpoint_upload: async`` Train uploads it on its own thread (``CheckpointUploadMode.ASYNC``): the
+        next window is learned meanwhile, and the checkpoints land in order. Train deletes the local copy."""
         learner_states = gather(learner.state_dict(), world)  # each rank's memory / Fisher / detector
         checkpoint = None
         if rank == 0:
@@ -403,7 +405,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             checkpoint_io.write(tmp, learner.raw.state_dict(), learner_states, meta)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+        ray.train.report(
+            metrics, checkpoint=checkpoint, checkpoint_upload_mode=upload, delete_local_checkpoint_after_upload=True
+        )
 
     checkpointed_index = next_index
     while True:
