@@ -319,6 +319,7 @@ class Controller:
         durable: bool = True,
         progress: Mapping[str, Any] | None = None,
         handle: Any = None,
+        write_after: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Gate and store an update, and choose what its replicas serve: the teacher (``weights``) or the student.
 
@@ -344,6 +345,9 @@ class Controller:
             handle: where replicas can read ``weights`` already (the publisher's object, :func:`publish_args`):
                 kept as the version's handle instead of a copy of the controller's own until :meth:`adopt`
                 replaces it. ``None``: the weights are stored at once (``store``).
+            write_after: an accepted version's weights file and journal line are written once this is set, or
+                :data:`ADOPT_AFTER_S` after the writer reaches them (:meth:`VersionStore.hold`); ``durable`` then
+                waits for it.
 
         Returns:
             ``{"accepted": bool, "version": int | None, "decision": Gate.value}``;
@@ -396,6 +400,8 @@ class Controller:
                     meta["served_model"] = "student"
         served_student = student if meta["served_model"] == "student" else None
         record = VersionRecord(version, parent, now, meta, self.live_replicas())
+        if write_after is not None and self.journal is not None:
+            self.journal.hold(write_after, ADOPT_AFTER_S)
         files = self._write(record, preprocessing, weights, served_student)  # on the writer thread
         self._weights[version] = (handle, weights) if handle is not None else self._store(weights)  # meanwhile
         if served_student is not None:
@@ -871,7 +877,8 @@ class ControllerActor:
         student: Mapping[str, np.ndarray] | None = None,
         progress: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """:meth:`Controller.publish`: the replicas hear of an accepted version while its weights file is written;
+        """:meth:`Controller.publish`: the replicas hear of an accepted version while its weights file is written
+        (weights published as the trainer's object: before it is written);
         the trainer's call returns once the file and the journal lines are down (a controller killed before then
         restores without the version, and the retried call publishes it again under the same id). ``progress``:
         the learned window's metrics, recorded with an accepted version (:meth:`trainer_progress` in the same
@@ -885,11 +892,19 @@ class ControllerActor:
         if isinstance(weights, list):  # [the publisher's own object] (publish_args): replicas may read it at once
             (handle,) = weights
             state: Mapping[str, np.ndarray] = await handle
-            if self.c.journal is not None:  # its file is written once the replicas have loaded it
-                self.c.journal.hold(loaded, ADOPT_AFTER_S)
         else:
             state = weights
-        result = self.c.publish(state, meta, preprocessing, student, durable=False, progress=progress, handle=handle)
+        # an accepted version's file is written once the replicas have loaded it (or after ADOPT_AFTER_S)
+        result = self.c.publish(
+            state,
+            meta,
+            preprocessing,
+            student,
+            durable=False,
+            progress=progress,
+            handle=handle,
+            write_after=loaded if handle is not None else None,
+        )
         self.metrics.published(result)
         if progress is not None and result["accepted"]:
             self.metrics.progress(dict(progress))

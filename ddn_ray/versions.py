@@ -231,7 +231,7 @@ class VersionStore:
     def hold(self, until: threading.Event, timeout_s: float) -> None:
         """Queue a pause: the writes queued after this one start once ``until`` is set, or ``timeout_s`` seconds
         after the writer reaches it (the controller holds a large version's file until the replicas have loaded
-        it, so the two do not compete for the CPU).
+        it, so the two do not compete for the CPU). A line appended with ``wait=True`` meanwhile waits too.
 
         Raises:
             ValueError: the store was opened ``read_only``.

@@ -187,3 +187,23 @@ def test_a_hold_delays_the_writes_queued_after_it_until_set_or_timed_out(tmp_pat
     store.hold(threading.Event(), timeout_s=0.1)  # never set: the writer goes on after 0.1 s
     store.submit("second").result(timeout=5)
     assert [e["op"] for e in store.events()] == ["first", "second"] and (tmp_path / "v1.npz").exists()
+
+
+def test_a_held_publish_writes_its_file_once_released_and_a_rejected_one_holds_nothing(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    c = Controller(journal=VersionStore(uri=str(tmp_path)))
+    c.publish(w(0.0))
+    never = threading.Event()
+    t0 = time.monotonic()
+    assert not c.publish(w(np.nan), {"window": 0}, durable=False, write_after=never)["accepted"]
+    c.wait_durable()  # the rejection's line is not behind a hold
+    assert time.monotonic() - t0 < 0.5
+    loaded = threading.Event()
+    assert c.publish(w(1.0), {"window": 1}, durable=False, write_after=loaded)["version"] == 1
+    time.sleep(0.2)
+    assert c.pending is not None and not c.pending.done() and not (tmp_path / "v00000001.npz").exists()
+    loaded.set()
+    c.wait_durable()
+    assert (tmp_path / "v00000001.npz").exists()
