@@ -38,6 +38,7 @@ __all__ = [
     "check_quality",
     "check_update",
     "create_actor",
+    "fits_inline",
     "publish_args",
 ]
 
@@ -211,6 +212,11 @@ class VersionOffer:
         return weights
 
 
+def fits_inline(weights: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``weights`` travel by value in a call or a reply (at most :data:`INLINE_WEIGHTS_BYTES`)."""
+    return sum(a.nbytes for a in weights.values()) <= INLINE_WEIGHTS_BYTES
+
+
 def publish_args(weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray] | list[Any]:
     """What a trainer passes as ``weights`` to :meth:`ControllerActor.publish`: weights up to
     :data:`INLINE_WEIGHTS_BYTES` by value (inlined in the call), larger ones as ``[ray.put(weights)]``.
@@ -219,7 +225,7 @@ def publish_args(weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray] 
     it outlives the trainer) off their path; the call returns once that copy exists. Passed by value instead,
     Ray would put the same object, but the controller could not hand it on.
     """
-    if sum(a.nbytes for a in weights.values()) <= INLINE_WEIGHTS_BYTES:
+    if fits_inline(weights):
         return weights
     import ray
 
@@ -915,7 +921,6 @@ class ControllerActor:
             await self._wait(lambda: self.c.all_serving(version), ADOPT_AFTER_S)
             loaded.set()
             self.c.adopt(handle, await asyncio.to_thread(_ray_store, state))
-        loaded.set()
         pending = self.c.pending
         if result["accepted"] and pending is not None:
             await asyncio.wrap_future(pending)
@@ -959,7 +964,7 @@ class ControllerActor:
             return None
         version, ref = self.c.served_handle()
         weights = self.c.served_weights(version)
-        inline = sum(a.nbytes for a in weights.values()) <= INLINE_WEIGHTS_BYTES
+        inline = fits_inline(weights)
         return VersionOffer(
             version=version,
             weights=dict(weights) if inline else None,

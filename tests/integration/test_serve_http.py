@@ -169,7 +169,7 @@ def test_large_weights_reach_the_replicas_as_the_publishers_object_and_the_contr
     """Weights over 100 KiB: the replicas are offered the publisher's own object and the controller copies it
     (publish_args); once the publisher drops it, the replicas, a late poll and a rollback to a version that only
     its journal file still holds all get the right weights."""
-    from ddn_ray.controller import INLINE_WEIGHTS_BYTES, VersionOffer, publish_args
+    from ddn_ray.controller import VersionOffer, fits_inline, publish_args
 
     ray = ray_cluster
     app_name, prefix = "http_big", "/big"
@@ -185,7 +185,7 @@ def test_large_weights_reach_the_replicas_as_the_publishers_object_and_the_contr
     )
     built = [models.build(cfg.model, 6, 2, seed=s) for s in range(5)]
     states = [models.state_to_numpy(m) for m in built]
-    assert sum(a.nbytes for a in states[0].values()) > INLINE_WEIGHTS_BYTES
+    assert not fits_inline(states[0])
     ray.get(controller.publish.remote(publish_args(states[0]), {}))
     serve.run(build_app(cfg, 6, 2), name=app_name, route_prefix=prefix)
     url = f"http://127.0.0.1:{cfg.serve.port}{prefix}"
