@@ -217,8 +217,6 @@ class VersionStore:
         if self._journal is None and self._read_only:
             raise ValueError(f"{self.uri} was opened read-only")
         line = json.dumps({"op": op, **_plain(fields)}, separators=(",", ":")) + "\n"
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="version-store")
         files = list(weights)
 
         def write() -> None:
@@ -226,7 +224,7 @@ class VersionStore:
                 self.write_weights(name, state)
             self._append_line(line)
 
-        return self._writer.submit(write)
+        return self._executor().submit(write)
 
     def hold(self, until: threading.Event, timeout_s: float) -> None:
         """Queue a pause: the writes queued after this one start once ``until`` is set, or ``timeout_s`` seconds
@@ -238,9 +236,14 @@ class VersionStore:
         """
         if self._read_only:
             raise ValueError(f"{self.uri} was opened read-only")
+        self._executor().submit(until.wait, timeout_s)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """The one writer thread, started at the first write: the order writes are queued in is the order they
+        land in."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="version-store")
-        self._writer.submit(until.wait, timeout_s)
+        return self._writer
 
     def flush(self) -> None:
         """Wait until every queued write is done."""
