@@ -451,6 +451,12 @@ class ServeConfig(_Frozen):
     request_rows: int = Field(100, gt=0, description="rows per HTTP request sent by the traffic client")
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
     request_timeout_s: float = Field(30.0, gt=0)
+    version_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's ?min_version=v holds it in its replica until the replica serves version v, this "
+        "long at most (then it is answered by the version served, which the answer names)",
+    )
     quantize: Literal["none", "dynamic_int8"] = Field(
         "none",
         description="dynamic_int8: replicas serve a dynamically quantised copy (int8 linear layers) of each "

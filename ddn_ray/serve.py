@@ -27,6 +27,11 @@ Endpoints (under the app's route prefix):
   ``/score_anomaly`` (a NAB series' recent values). A replica serves only the routes of its model's inputs.
 * Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
 * ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
+* Every route takes ``?min_version=v``: the replica holds the request until it serves version ``v`` or a newer
+  one (read your own update: the version a publish returned), for up to ``version_wait_s``; then it answers with
+  the version it serves, which the answer's ``model_version`` names (as a long-poll answers once its wait is up).
+  The main job sends each window's requests with the version trained through the window before, so a request
+  waits in the replica while the replicas load that version instead of the driver waiting for every replica.
 
 Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf or past float32's range, wrong
 width, empty, text breaking :func:`ddn_ray.guard.normalise_text`), 413 (more than ``max_batch_rows`` rows, or a
@@ -46,7 +51,7 @@ from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -209,7 +214,21 @@ class Served:
     served_model: str = "teacher"
 
 
-app = FastAPI(title="ddn_ray inference")
+async def _min_version(
+    min_version: int | None = Query(
+        None,
+        ge=0,
+        description="answer with this model version or a newer one: the replica holds the request until it serves "
+        "it (read your own update), at most serve.version_wait_s; then it answers with the version it serves, "
+        "which model_version names",
+    ),
+) -> None:
+    """Every route's ``?min_version=v``: wait until this replica serves version ``v`` or newer."""
+    if min_version is not None:
+        await current_replica().wait_version(min_version)
+
+
+app = FastAPI(title="ddn_ray inference", dependencies=[Depends(_min_version)])
 _metrics: "ReplicaMetrics | None" = None  # this replica's (one replica per worker process)
 # (auth token, body limit in bytes) of this process's replica, read by the guard at each request
 _guard_settings: tuple[str | None, int] = (None, 8 << 20)
@@ -282,6 +301,7 @@ class Replica(Protocol):
         exit_threshold: float | None = None,
     ) -> BaseModel: ...
     def reject(self, status: int, message: str) -> HTTPException: ...
+    async def wait_version(self, version: int) -> bool: ...
     def check_finite(self, x: torch.Tensor, name: str) -> None: ...
     def check_output(self, out: torch.Tensor, version: int) -> None: ...
     @property
@@ -332,6 +352,8 @@ class Predictor:
             environment, and no token when that is unset.
         max_body_bytes: larger request bodies get a 413 before they are parsed; ``None``:
             :func:`ddn_ray.guard.default_max_body_bytes` of ``max_batch_rows`` and the input width.
+        version_wait_s: how long a request's ``?min_version=v`` holds it for version ``v`` at most
+            (``serve.version_wait_s``).
 
     Raises:
         ValueError: neither source is given, or the source does not describe the model.
@@ -357,6 +379,7 @@ class Predictor:
         student_model: dict[str, Any] | None = None,
         auth_token: str | None = None,
         max_body_bytes: int | None = None,
+        version_wait_s: float = 10.0,
     ) -> None:
         import ray
 
@@ -369,6 +392,9 @@ class Predictor:
         self._max_batch_rows = max_batch_rows
         self._poll_timeout_s = poll_timeout_s
         self._current: Served | None = None
+        self._version_wait_s = version_wait_s
+        # requests holding for a version (?min_version): (version, their event loop, the event _install sets)
+        self._version_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Event]] = []
         if quantize not in ("none", "dynamic_int8"):
             raise ValueError(f"quantize must be 'none' or 'dynamic_int8', got {quantize!r}")
         self._quantize = quantize
@@ -455,6 +481,37 @@ class Predictor:
         # one assignment: requests see the old version or the new one, never half
         self._current = Served(version, model, featurizer, macs, served_model)
         self._metrics.serving(version)
+        for wanted, loop, loaded in self._version_waiters:
+            if version >= wanted:
+                loop.call_soon_threadsafe(loaded.set)
+
+    async def wait_version(self, version: int) -> bool:
+        """Wait until this replica serves ``version`` or a newer one (a request's ``?min_version``), at most
+        ``version_wait_s`` (a replica serving a fixed checkpoint does not wait).
+
+        Returns:
+            Whether it does: else the request is answered by the version served now, which its answer names
+            (``model_version``), as a long-poll answers with what it has once its wait is up.
+        """
+        if self._served().version >= version:
+            return True
+        if self._poller is None:  # a fixed checkpoint: no newer version will come
+            return False
+        waiter = (version, asyncio.get_running_loop(), asyncio.Event())
+        self._version_waiters.append(waiter)
+        try:
+            if self._served().version < version:  # _install may have run before the waiter was in
+                await asyncio.wait_for(waiter[2].wait(), self._version_wait_s)
+        except asyncio.TimeoutError:
+            log.warning(
+                "min_version %d not served within %.1f s; answering with version %d",
+                version,
+                self._version_wait_s,
+                self._served().version,
+            )
+        finally:
+            self._version_waiters.remove(waiter)
+        return self._served().version >= version
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app with this model's input routes and OpenAPI."""
@@ -824,6 +881,7 @@ def build_app(
             student_model=cfg.distill.student.model_dump() if cfg.distill.student is not None else None,
             auth_token=cfg.serve.token(),
             max_body_bytes=cfg.serve.max_body_bytes,
+            version_wait_s=cfg.serve.version_wait_s,
         )
     )
 

@@ -25,7 +25,8 @@ def app(ray_cluster, job_config):
         controller={"name": "http_test_controller", "poll_timeout_s": 2.0},
         # a quarter of a (logical) GPU each: the replicas are placed on it and, torch having no CUDA here, serve
         # from the CPU
-        serve={"max_batch_rows": 8, "app_name": APP, "max_body_bytes": 4096, "num_gpus": 0.25},
+        # a request for a version that never comes (the fuzzer's ?min_version) waits 50 ms
+        serve={"max_batch_rows": 8, "app_name": APP, "max_body_bytes": 4096, "num_gpus": 0.25, "version_wait_s": 0.05},
     )
     controller = (
         ray.remote(ControllerActor)
@@ -136,6 +137,55 @@ def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_c
     record = ray.get(controller.summary.remote())["versions"][-1]
     assert record["version"] == new and len(record["expected_replicas"]) == cfg.serve.num_replicas
     assert record["all_served_s"] is not None and record["all_served_s"] < 1.0
+
+
+def test_a_request_asking_for_a_newer_version_waits_in_its_replica_until_the_replica_serves_it(
+    ray_cluster, job_config
+) -> None:
+    """``?min_version``: requests are held until the publish reaches their replica (read your own update); one for
+    a version that never comes is answered by the version served, named, once serve.version_wait_s is up; a
+    negative one is a 422 naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ray = ray_cluster
+    app_name, prefix = "http_hold", "/hold"
+    cfg = job_config(
+        controller={"name": "http_hold_controller", "poll_timeout_s": 2.0},
+        serve={"app_name": app_name, "num_replicas": 1, "version_wait_s": 1.0},
+    )
+    controller = (
+        ray.remote(ControllerActor)
+        .options(name=cfg.controller.name, namespace=cfg.ray.namespace, num_cpus=0, max_concurrency=100)
+        .remote()
+    )
+    before = ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=0)), {}))
+    serve.run(build_app(cfg, 6, 2), name=app_name, route_prefix=prefix)
+    x = {"instances": [[0.5] * 6]}
+
+    def post(min_version: int) -> requests.Response:
+        url = f"http://127.0.0.1:{cfg.serve.port}{prefix}/predict"
+        return requests.post(url, json=x, params={"min_version": min_version}, timeout=30)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            held = [pool.submit(post, before["version"] + 1) for _ in range(4)]
+            time.sleep(0.3)
+            assert not any(f.done() for f in held), [f.result().json() for f in held if f.done()]
+            weights = models.state_to_numpy(models.build(cfg.model, 6, 2, seed=11))
+            new = ray.get(controller.publish.remote(weights, {}))["version"]
+            answers = [f.result() for f in held]
+        assert new == before["version"] + 1
+        assert [(r.status_code, r.json()["model_version"]) for r in answers] == [(200, new)] * 4
+        assert post(new).json()["model_version"] == new  # served already: no wait
+        t0 = time.monotonic()
+        late = post(new + 100)
+        assert late.status_code == 200 and late.json()["model_version"] == new
+        assert time.monotonic() - t0 >= 0.9 * cfg.serve.version_wait_s
+        bad = post(-1)
+        assert bad.status_code == 422 and "min_version" in bad.text
+    finally:
+        serve.delete(app_name)
+        ray.kill(controller)
 
 
 def test_ddn_ray_rollback_serves_an_earlier_version_on_every_replica(app, ray_cluster) -> None:
