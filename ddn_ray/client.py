@@ -6,6 +6,7 @@ requested before the window's labels are revealed to training.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -45,11 +46,12 @@ def instances_body(offsets: np.ndarray, features: np.ndarray) -> dict[str, Any]:
 
 
 class TrafficClient:
-    """Sends rows in requests of ``request_rows`` from ``num_clients`` threads.
+    """Sends rows in requests of at most ``request_rows`` from ``num_clients`` threads.
 
     Args:
         url: the endpoint, e.g. ``http://127.0.0.1:8000/predict``.
-        request_rows: rows per request.
+        request_rows: rows per request at most: a window goes in as few requests as that allows, of equal size
+            (1,000 rows at 500: two of 500, sent at once by two clients).
         num_clients: concurrent requests.
         timeout_s: per-request timeout in seconds.
         body: builds a request's JSON body from its rows' ``(offsets, features)``; the default
@@ -66,7 +68,7 @@ class TrafficClient:
     def __init__(
         self,
         url: str,
-        request_rows: int = 100,
+        request_rows: int = 500,
         num_clients: int = 2,
         timeout_s: float = 30.0,
         body: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = instances_body,
@@ -90,10 +92,13 @@ class TrafficClient:
             self._local.session.headers.update(self._headers)
         return self._local.session
 
-    def _send(self, offsets: np.ndarray, rows: Any) -> tuple[list[int] | None, int, float, str | None]:
+    def _send(
+        self, offsets: np.ndarray, rows: Any, min_version: int | None
+    ) -> tuple[list[int] | None, int, float, str | None]:
         t0 = time.perf_counter()
+        params = None if min_version is None else {"min_version": min_version}
         try:
-            resp = self._session().post(self.url, json=self.body(offsets, rows), timeout=self.timeout_s)
+            resp = self._session().post(self.url, json=self.body(offsets, rows), params=params, timeout=self.timeout_s)
             dt = time.perf_counter() - t0
             if resp.status_code != 200:
                 return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -102,17 +107,19 @@ class TrafficClient:
         except (requests.RequestException, ValueError, KeyError) as exc:
             return None, -1, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
 
-    def predict(self, offsets: np.ndarray, features: Any) -> Answers:
+    def predict(self, offsets: np.ndarray, features: Any, *, min_version: int | None = None) -> Answers:
         """Request predictions for ``features`` (``(n, num_features)`` float32, or any sequence of ``n`` rows
-        that ``body`` encodes, e.g. named records), rows in order."""
+        that ``body`` encodes, e.g. named records), rows in order; from model version ``min_version`` or a newer
+        one (``?min_version``: the replica holds the request until it serves it)."""
         n = len(offsets)
         preds = np.full(n, -1, dtype=np.int64) if self.outputs is None else np.full((n, self.outputs), np.nan)
         versions = np.full(n, -1, dtype=np.int64)
-        starts = list(range(0, n, self.request_rows))
-        k = self.request_rows
-        results = self._pool.map(lambda s: self._send(offsets[s : s + k], features[s : s + k]), starts)
+        # as few requests as request_rows allows, of equal size: the clients send them at once
+        bounds = np.linspace(0, n, -(-n // self.request_rows) + 1).round().astype(int).tolist()
+        spans = list(itertools.pairwise(bounds))
+        results = self._pool.map(lambda b: self._send(offsets[b[0] : b[1]], features[b[0] : b[1]], min_version), spans)
         latencies, errors = [], []
-        for s, (p, v, dt, err) in zip(starts, results):
+        for (s, _), (p, v, dt, err) in zip(spans, results):
             latencies.append(dt)
             if err is not None or p is None:
                 errors.append(err or "no predictions")

@@ -448,7 +448,12 @@ class ServeConfig(_Frozen):
         "with one warning (ddn_ray.devices)",
     )
     max_batch_rows: int = Field(1024, gt=0, description="requests with more rows get 413")
-    request_rows: int = Field(100, gt=0, description="rows per HTTP request sent by the traffic client")
+    request_rows: int = Field(
+        500,
+        gt=0,
+        description="rows per HTTP request sent by the job's traffic client at most: a window goes in as few "
+        "requests as that allows, of equal size (benchmarks/job_vs_learner.py: 500 against 100 at W=1000)",
+    )
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
     request_timeout_s: float = Field(30.0, gt=0)
     version_wait_s: float = Field(

@@ -1,0 +1,72 @@
+"""The traffic client against a real HTTP server on 127.0.0.1: how a window is split into requests, the
+``?min_version`` it sends, and answers put back in row order."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+
+from ddn_ray.client import TrafficClient
+
+
+@pytest.fixture()
+def server() -> Iterator[tuple[str, list[tuple[int, list[str]]]]]:
+    """Answers each row's first feature as its class, with version 7; records (rows, min_version values)."""
+    seen: list[tuple[int, list[str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+            seen.append((len(rows), parse_qs(urlparse(self.path).query).get("min_version", [])))
+            if rows[0][1] < 0:  # a row marked to fail
+                self.send_response(503)
+                self.end_headers()
+                return
+            body = json.dumps({"predictions": [int(r[0]) for r in rows], "model_version": 7}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/predict", seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("n", "request_rows", "sizes"), [(1000, 500, [500, 500]), (1200, 500, [400] * 3), (50, 500, [50])]
+)
+def test_a_window_goes_in_as_few_requests_as_request_rows_allows_of_equal_size(server, n, request_rows, sizes) -> None:
+    url, seen = server
+    client = TrafficClient(url, request_rows=request_rows, num_clients=2)
+    x = np.column_stack([np.arange(n) % 2, np.ones(n)]).astype(np.float32)
+    answers = client.predict(np.arange(n), x, min_version=3)
+    client.close()
+    assert sorted(size for size, _ in seen) == sorted(sizes)
+    assert all(q == ["3"] for _, q in seen)
+    np.testing.assert_array_equal(answers.predictions, np.arange(n) % 2)  # back in row order
+    assert (answers.versions == 7).all() and not answers.errors and len(answers.latencies_s) == len(sizes)
+
+
+def test_a_failed_request_marks_only_its_rows_and_no_min_version_sends_none(server) -> None:
+    url, seen = server
+    client = TrafficClient(url, request_rows=2, num_clients=2)
+    x = np.array([[1, 1], [0, 1], [1, -1], [0, 1]], dtype=np.float32)  # the second request fails
+    answers = client.predict(np.arange(4), x)
+    client.close()
+    assert all(q == [] for _, q in seen)
+    assert answers.predictions.tolist() == [1, 0, -1, -1] and answers.versions.tolist() == [7, 7, -1, -1]
+    assert len(answers.errors) == 1 and answers.errors[0].startswith("HTTP 503")
