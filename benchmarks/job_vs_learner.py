@@ -159,10 +159,11 @@ def window_phases(storage: Path) -> dict[str, tuple[float, float]]:
     window ``w`` (the first 40 windows, warm-up, left out), ``(p50, mean)`` ms of
 
     * ``learn``: the learner's step on the Train worker (``step_s``; the in-process learner pays the same);
-    * ``publish -> every replica``: the version's arrival at the controller to the last replica's ack;
-    * ``every replica -> next publish, less learning``: the driver waking, the window's HTTP request, its hand-off
-      to the worker (queue, block), the publish's way to the controller; and anything the worker did between
-      windows (a checkpoint, before this work in line);
+    * ``publish -> every replica``: the version's arrival at the controller to the last replica's ack (off the
+      stream's path since the window's requests wait in their replica, ``?min_version``);
+    * ``cycle, less learning``: one publish to the next less the step: the driver waking, the window's requests
+      (their wait for the replica to load the version included), its hand-off to the worker (queue, block), the
+      publish's way to the controller; and anything the worker did between windows (a checkpoint);
     * ``cycle``: one publish to the next;
     * ``stalls``: the share of windows whose cycle exceeds 3x the median cycle.
     """
@@ -184,9 +185,7 @@ def window_phases(storage: Path) -> dict[str, tuple[float, float]]:
         t_pub, t_acked = pub[w]["published_s"], acks[pub[w]["version"]]
         phases["learn"].append(step[w + 1])
         phases["publish -> every replica"].append(1e3 * (t_acked - t_pub))
-        phases["every replica -> next publish, less learning"].append(
-            1e3 * (nxt["published_s"] - t_acked) - step[w + 1]
-        )
+        phases["cycle, less learning"].append(1e3 * (nxt["published_s"] - t_pub) - step[w + 1])
         phases["cycle"].append(1e3 * (nxt["published_s"] - t_pub))
     if not phases:
         return {}
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     cases += [(f"W={first}, {n} Train workers", first, [f"train.num_workers={n}"], 0.0) for n in args.workers]
     if args.outside_rps > 0:
         cases.append((f"W={first}, {args.outside_rps:g} req/s outside", first, [], args.outside_rps))
-    lines, loads, phases = [], [], []
+    lines, loads, phases, driver = [], [], [], []
     profiles: dict[str, list[str]] = {}
     oracles: dict[int, tuple[np.ndarray, float]] = {}
     with tempfile.TemporaryDirectory(prefix="job_vs_learner-") as tmp:
@@ -303,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
                 + " |"
             )
             phase_names = list(report["phases"])
+            driver.append(
+                f"| {label} | "
+                + " | ".join(f"{1e3 * p['p50']:.1f} / {1e3 * p['mean']:.1f}" for p in run["driver_window_s"].values())
+                + " |"
+            )
+            driver_names = list(run["driver_window_s"])
             if outside is not None:
                 loads.append(
                     f"| {label} | {outside['ok']:,} | {outside['failed']} {outside['failed_as'] or ''} "
@@ -329,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
         print("| job | " + " | ".join(phase_names) + " |")
         print("|---" * (len(phase_names) + 1) + "|")
         print("\n".join(phases))
+        print("\nthe driver's time per window, p50 / mean ms (the report's run.driver_window_s):")
+        print("| job | " + " | ".join(driver_names) + " |")
+        print("|---" * (len(driver_names) + 1) + "|")
+        print("\n".join(driver))
     if loads:
         print("\noutside load (1-row named records to /predict while the job runs):")
         print(

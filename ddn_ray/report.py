@@ -13,6 +13,7 @@ evaluating stream learning algorithms"); :func:`write` saves ``report.json``,
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,8 +127,14 @@ class RunFacts:
         run_name: the run's name (its checkpoint and report directory).
         num_classes: the model's output width at the start.
         static_windows: the window index the static model was frozen at (its training windows are not scored).
-        first_update_s: seconds from the job's start until every replica served a trained version.
-        sync_timeouts: windows served before every replica had the latest version.
+        first_update_s: seconds from the job's start until a request was answered by a trained version.
+        sync_timeouts: windows answered in part by an older version than they asked for (``?min_version``, the
+            version trained through the window before: a replica did not load it within ``serve.version_wait_s``),
+            and a last version not on every replica within ``controller.sync_timeout_s`` at the stream's end.
+        driver_s: where the driver's time went, seconds per window for each phase: ``wait_learned`` (the window
+            before it handed off, learned and published), ``serve`` (the window's requests, their wait in the
+            replicas for that version included), ``hand_off`` (labels revealed, the window put in the trainer's
+            queue), ``log`` (the served answers and the static model's recorded).
     """
 
     run_name: str
@@ -135,6 +142,7 @@ class RunFacts:
     static_windows: int
     first_update_s: float | None
     sync_timeouts: int
+    driver_s: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
 
 def build(
@@ -224,6 +232,10 @@ def build(
             "label_delay_rows": evaluate.percentiles((offsets - trained_end).tolist(), (50, 99)),
             "first_update_served_s": facts.first_update_s,
             "replica_sync_timeouts": facts.sync_timeouts,
+            "driver_window_s": {
+                phase: {**evaluate.percentiles(v, (50, 99)), "mean": float(np.mean(v)) if len(v) else None}
+                for phase, v in facts.driver_s.items()
+            },
             "num_workers": job.train.num_workers,
             "num_replicas": job.serve.num_replicas,
             "window_versions": [

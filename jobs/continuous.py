@@ -131,20 +131,17 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)
     fit_thread.start()
 
-    def wait_ready(window: int) -> ServeReady:
+    def wait_learned(window: int) -> ServeReady:
         """Wait for the trainer to finish ``window`` (or the last window sent before it: an empty window, every
-        row quarantined, is never sent), then for every replica to serve the latest version: one controller call."""
+        row quarantined, is never sent): one controller call. Its version is what the next requests ask for."""
         window = min(window, last_sent)
         if window < ready["next_window"]:
-            window = -1  # nothing sent yet in this run: only the replicas' sync
-        while (
-            state := ray.get(controller.wait_ready_to_serve.remote(window, 5.0, sync_timeout_s))
-        ).windows_done < window:
+            window = -1  # nothing sent yet in this run: the latest version
+        while (state := ray.get(controller.wait_learned.remote(window, 5.0))).windows_done < window:
             if not fit_thread.is_alive():
                 raise RuntimeError(f"the trainer stopped before window {window}: {fit.get('error')!r}")
         return state
 
-    sync_timeout_s = cfg.controller.sync_timeout_s
     ready = None
     while ready is None:
         ready = ray.get(controller.wait_trainer_ready.remote(5.0))
@@ -157,6 +154,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     prior = served.earlier(before_offset=ready["next_offset"])
     log = report.ServedLog(regression=cfg.model.task == "regression", sink=served, prior=prior)
     static_model, first_update_s, sync_timeouts = None, None, 0
+    driver_s: dict[str, list[float]] = {"wait_learned": [], "serve": [], "hand_off": [], "log": []}
     first_window = int(prior.rows["window"][0]) if prior is not None else ready["next_window"]
     static_windows = max(first_window + cfg.report.static_windows, ready["next_window"])
     baseline = served.read_static()
@@ -169,14 +167,12 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     t_stream = time.monotonic()
     try:
         for window in tqdm(feed.windows(), desc="windows", unit="win", total=feed.total_windows(), mininterval=2.0):
-            # 1. Backpressure: training at most max_lag windows behind, replicas on the latest version.
-            state = wait_ready(window.index - 1 - cfg.stream.max_lag_windows)
-            if not state.synced:
-                sync_timeouts += 1
-            elif first_update_s is None and state.version is not None and state.version >= 1:
-                first_update_s = time.monotonic() - t0
+            # 1. Backpressure: training at most max_lag windows behind; its version is what the requests ask for.
+            t_wait = time.perf_counter()
+            state = wait_learned(window.index - 1 - cfg.stream.max_lag_windows)
+            t_learned = time.perf_counter()
             if window.index == static_windows and static_model is None:  # freeze the static baseline
-                wait_ready(static_windows - 1)
+                wait_learned(static_windows - 1)
                 version, weights = ray.get(controller.latest_weights.remote())
                 preprocessing = ray.get(controller.preprocessing.remote(version))
                 feed.snapshot_static(preprocessing)
@@ -188,8 +184,16 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 )
             if not len(window):
                 continue
-            # 2. Serve the features before the labels exist anywhere in the system.
-            answers = client.predict(*feed.request(window))
+            # 2. Serve the features before the labels exist anywhere in the system, from that version or newer:
+            # each request waits in its replica until the replica serves it (?min_version).
+            t_serve = time.perf_counter()
+            answers = client.predict(*feed.request(window), min_version=state.version)
+            t_served = time.perf_counter()
+            answered = answers.versions[answers.versions >= 0]
+            if state.version is not None and (answered < state.version).any():
+                sync_timeouts += 1  # a replica did not load it within serve.version_wait_s
+            if first_update_s is None and answered.max(initial=-1) >= 1:
+                first_update_s = time.monotonic() - t0
             # 3. Reveal the labels: the window goes to training, one object-store block per rank.
             revealed = feed.reveal(window)
             w = revealed.window
@@ -206,6 +210,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                     for shard in stream.shard_tables(w, workers)
                 ]
             )
+            t_sent = time.perf_counter()
             log.add(
                 window=w,
                 answers=answers,
@@ -216,7 +221,13 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 else models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task),
             )
             last_sent = w.index
-        wait_ready(last_sent)  # every window learned and on every replica: the stream's end
+            for phase, seconds in zip(
+                driver_s, (t_learned - t_wait, t_served - t_serve, t_sent - t_served, time.perf_counter() - t_sent)
+            ):
+                driver_s[phase].append(seconds)
+        last = wait_learned(last_sent).version  # every window learned and on every replica: the stream's end
+        if last is not None and not ray.get(controller.wait_all_serving.remote(last, cfg.controller.sync_timeout_s)):
+            sync_timeouts += 1
         stream_s = time.monotonic() - t_stream  # (Train's own shutdown, a few seconds, is not counted)
         sender.end()
         fit_thread.join()
@@ -251,6 +262,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         static_windows=static_windows,
         first_update_s=first_update_s,
         sync_timeouts=sync_timeouts,
+        driver_s=driver_s,
     )
     result, curves, rows = report.build(job=cfg, log=log, summary=summary, feed=feed, facts=facts)
     # restarts of the Train worker group (a worker died): where each resumed, and which windows it trained again

@@ -1,6 +1,6 @@
 """The controller on Ray: an async actor around :class:`~ddn_ray.controller.Controller` that adds the long-polls
 (replicas wait in :meth:`ControllerActor.wait_for_version` and wake within milliseconds of a publish) and the
-stream's backpressure (:meth:`ControllerActor.wait_ready_to_serve`)."""
+stream's backpressure (:meth:`ControllerActor.wait_learned`)."""
 
 from __future__ import annotations
 
@@ -27,18 +27,16 @@ __all__ = ["ControllerActor", "ServeReady", "create_actor"]
 
 @dataclass(frozen=True)
 class ServeReady:
-    """What :meth:`ControllerActor.wait_ready_to_serve` returns: may the next window be served?
+    """What :meth:`ControllerActor.wait_learned` returns: may the next window be served, and from which version?
 
     Attributes:
         windows_done: index of the last window the trainer finished (-1: none yet).
-        version: the latest version (``None``: none yet).
-        synced: every live replica serves ``version`` or newer (``False`` after the sync timeout, or when
-            ``windows_done`` fell short of the window asked for).
+        version: the latest version (``None``: none yet): the next window's requests ask for it
+            (``?min_version``), so each waits in its replica until that replica serves it.
     """
 
     windows_done: int
     version: int | None
-    synced: bool
 
 
 class ControllerActor:
@@ -292,22 +290,20 @@ class ControllerActor:
         await self._wait(lambda: self.c.windows_done >= window, timeout_s)
         return self.c.windows_done
 
-    async def wait_ready_to_serve(self, window: int, progress_timeout_s: float, sync_timeout_s: float) -> ServeReady:
-        """The stream's backpressure in one call (one round trip a window instead of three): wait until the
-        trainer finished ``window`` (up to ``progress_timeout_s``; ``window < 0``: no wait), then until every live
-        replica serves the latest version (up to ``sync_timeout_s``, as :meth:`wait_all_serving`).
+    async def wait_learned(self, window: int, timeout_s: float) -> ServeReady:
+        """The stream's backpressure, one call a window: wait until the trainer finished ``window`` (up to
+        ``timeout_s``; ``window < 0``: no wait), and say which version that made.
+
+        The replicas are not waited for: the window's requests carry the version (``?min_version``), and each
+        replica holds them until it serves it (:meth:`ddn_ray.serve.Predictor.wait_version`), so the driver's
+        requests travel while the replicas load.
 
         Returns:
-            A :class:`ServeReady`; ``windows_done < window`` when the trainer is not there yet (nothing was
-            waited for the replicas then: call again).
+            A :class:`ServeReady`; ``windows_done < window`` when the trainer is not there yet (call again).
         """
         if window >= 0:
-            await self._wait(lambda: self.c.windows_done >= window, progress_timeout_s)
-            if self.c.windows_done < window:
-                return ServeReady(self.c.windows_done, self.c.latest_version, False)
-        latest = self.c.latest_version
-        synced = latest is None or await self.wait_all_serving(latest, sync_timeout_s)
-        return ServeReady(self.c.windows_done, latest, synced)
+            await self._wait(lambda: self.c.windows_done >= window, timeout_s)
+        return ServeReady(self.c.windows_done, self.c.latest_version)
 
     async def latest_version(self) -> int | None:
         return self.c.latest_version
