@@ -1,217 +1,40 @@
-"""The Serve application: an HTTP endpoint answering with the latest model version.
-
-Each replica loads the controller's latest version *before* it takes traffic (in its
-async constructor), then long-polls the controller and swaps in each new version
-between requests: a request reads ``(version, model)`` once, so it never sees a
-half-loaded model, and every answer carries the version that produced it.
-
-Endpoints (under the app's route prefix):
-
-* ``POST /predict`` ``{"instances": [[f1, ..., fN], ...], "exit_threshold": 0.8}`` ->
-  ``{"predictions": [...], "probabilities": [[...]], "model_version": v, "replica": id, "exits": [...],
-  "macs": [...]}``: each row is answered by the first exit of a multi-exit model whose confidence exceeds the
-  threshold (optional; default ``model.exit_threshold``; :mod:`ddn_ray.exits`), and says which exit and its
-  multiply-accumulates (a model with one exit: exit 0, the whole network's MACs)
-* ``POST /predict`` ``{"records": [{"amount": 1200, "region": "north"}, ...]}`` (models of a user's table,
-  :mod:`ddn_ray.features`): the replica featurizes the named columns with the preprocessing state of the
-  version it serves -> ``{"predictions": [class names], "class_ids": [...], "probabilities": [[...]],
-  "ids": [...], "model_version": v, ...}`` (``ids``: the table's id column, when it has one); a missing or
-  unknown column or a value of the wrong type is a 422 naming ``records[i].column``
-* ``POST /predict`` ``{"columns": ["amount", "region"], "data": [[1200, "north"], ...]}``: the same rows in
-  pandas' split orientation (``df.to_json(orient="split", index=False)``), the names sent once; the same
-  answer, a 422 naming ``columns``, ``data[i]`` or ``data[i].column``
-* ``GET /schema`` -> the columns a record takes, by kind, and the classes (also in ``/version`` and the OpenAPI)
-* Routes a use case adds for its raw inputs (:class:`InputRoutes`, named by the input spec's ``routes``):
-  the built-in ones (:mod:`ddn_ray.usecases.routes`) are ``POST /predict_images`` (base64 PNG files),
-  ``/predict_text`` (raw texts), ``/predict_next_state`` (states and actions of a dynamics model) and
-  ``/score_anomaly`` (a NAB series' recent values). A replica serves only the routes of its model's inputs.
-* Regression models answer ``/predict`` with ``{"outputs": [[...]], "model_version": v, ...}``.
-* ``GET /version`` -> ``{"model_version": v, "replica": id, "inputs": {...}}``
-* Every route takes ``?min_version=v``: the replica holds the request until it serves version ``v`` or a newer
-  one (read your own update: the version a publish returned), for up to ``version_wait_s``; then it answers with
-  the version it serves, which the answer's ``model_version`` names (as a long-poll answers once its wait is up).
-  The main job sends each window's requests with the version trained through the window before, so a request
-  waits in the replica while the replicas load that version instead of the driver waiting for every replica.
-
-Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf or past float32's range, wrong
-width, empty, text breaking :func:`ddn_ray.guard.normalise_text`), 413 (more than ``max_batch_rows`` rows, or a
-body over ``serve.max_body_bytes``, refused before it is parsed), 401 (a missing or wrong bearer token when
-``serve.auth_token`` or ``$DDN_RAY_AUTH_TOKEN`` is set), or 400 (rows of numbers to a model of named records,
-or the other way round). A model output that is not finite is a 500 that says so; the replica stays healthy.
-"""
+"""The Serve application: the FastAPI app every replica serves (``/predict``, ``/version``, ``/schema``, a use
+case's routes, ``?min_version`` on each), the :class:`Predictor` deployment and its builders."""
 
 # No `from __future__ import annotations` here: FastAPI must see the real request model
 # type on the route methods, or it reads `request` as a query parameter.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import devices, exits, guard, models, registry
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer
-from ddn_ray.guard import ModelFloat
 from ddn_ray.metrics import ReplicaMetrics
 from ddn_ray.records import RecordError
+from ddn_ray.serve.routes import InputRoutes, Served, current_replica
+from ddn_ray.serve.schemas import (
+    PredictRequest,
+    PredictResponse,
+    RecordsResponse,
+    ValuesResponse,
+    check_instances,
+    http_error,
+)
 
-__all__ = [
-    "AppArgs",
-    "InputRoutes",
-    "PredictRequest",
-    "PredictResponse",
-    "Predictor",
-    "RecordsResponse",
-    "Replica",
-    "Served",
-    "ValuesResponse",
-    "app_builder",
-    "build_app",
-    "check_instances",
-    "current_replica",
-    "http_error",
-]
+__all__ = ["AppArgs", "Predictor", "app_builder", "build_app"]
 
 log = logging.getLogger("ray.serve")
-
-Value = str | int | float | bool | None
-
-
-class PredictRequest(BaseModel):
-    """Request body: exactly one of ``instances`` (``(batch, num_features)`` finite numbers) or ``records``
-    (one object of named columns per row, for a model of a user's table; ``GET /schema`` lists the columns)."""
-
-    model_config = ConfigDict(extra="forbid")
-    instances: list[list[ModelFloat]] | None = Field(None, min_length=1)
-    # Any, not Value: each value is checked against the served schema by the featurizer (a 422 naming
-    # records[i].column), and pydantic's union check would double the cost of a request.
-    records: list[dict[str, Any]] | None = Field(None, min_length=1)
-    # The same rows in pandas' split orientation (df.to_json(orient="split", index=False)): names sent once.
-    columns: list[str] | None = Field(None, min_length=1)
-    data: list[list[Any]] | None = Field(None, min_length=1)
-    exit_threshold: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="early exit: a row is answered by the first exit whose confidence exceeds this "
-        "(1: the last exit); None: the model's model.exit_threshold",
-    )
-
-    @field_validator("records", "columns", "data")
-    @classmethod
-    def _text_rule(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else guard.check_strings(value, str(info.field_name))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_of(cls, raw: Any) -> Any:
-        if not isinstance(raw, dict):
-            return raw
-        if (raw.get("columns") is None) != (raw.get("data") is None):
-            missing = "data" if raw.get("data") is None else "columns"
-            raise ValueError(f"'columns' and 'data' go together (pandas' split orientation); '{missing}' is missing")
-        if sum(raw.get(k) is not None for k in ("instances", "records", "columns")) != 1:
-            raise ValueError(
-                "send exactly one of 'instances' (rows of numbers), 'records' (objects of named "
-                f"columns) or 'columns' + 'data' (named columns, rows of values); got {sorted(raw)}"[:300]
-            )
-        return raw
-
-
-class ValuesResponse(BaseModel):
-    """A regression model's answer on ``/predict``: one row of outputs per instance (``ids`` for records)."""
-
-    outputs: list[list[float]]
-    model_version: int
-    replica: str
-    ids: list[str | None] | None = None
-    event_ids: list[str] | None = None
-    macs: list[int] | None = None
-
-
-class RecordsResponse(BaseModel):
-    """The answer to ``records``: the class of each row by name (``None``: an output not yet given a class),
-    its id, the class probabilities in ``class_ids`` order (``GET /schema`` lists the classes)."""
-
-    predictions: list[Value]
-    class_ids: list[int]
-    probabilities: list[list[float]]
-    model_version: int
-    replica: str
-    ids: list[str | None] | None = None
-    event_ids: list[str] | None = None
-    exits: list[int] | None = None
-    macs: list[int] | None = None
-
-
-class PredictResponse(BaseModel):
-    """Response body: one prediction and probability row per instance, the exit that answered it (0 for a model
-    with one exit) and the multiply-accumulates that answer cost (``FlopCounterMode``, :mod:`ddn_ray.exits`)."""
-
-    predictions: list[int]
-    probabilities: list[list[float]]
-    model_version: int
-    replica: str
-    exits: list[int] | None = None
-    macs: list[int] | None = None
-
-
-def error_detail(message: str) -> list[dict[str, Any]]:
-    """A 422's ``detail`` as the published OpenAPI says (FastAPI's ``HTTPValidationError``): a list of
-    ``{loc, msg, type}``, the message naming the field."""
-    return [{"loc": ["body"], "msg": message, "type": "value_error"}]
-
-
-def http_error(status: int, message: str) -> HTTPException:
-    """The error to raise: a 422's ``detail`` is :func:`error_detail`; other statuses carry the message."""
-    if status == 422:
-        return HTTPException(422, error_detail(message))
-    return HTTPException(status, message)
-
-
-def check_instances(instances: "list[list[float]]", num_features: int, max_batch_rows: int) -> None:
-    """Check the batch's shape.
-
-    Raises:
-        HTTPException: 413 when there are more than ``max_batch_rows`` rows, 422 when a
-            row does not have ``num_features`` values (the message names the row).
-    """
-    if len(instances) > max_batch_rows:
-        raise http_error(413, f"instances has {len(instances)} rows; at most {max_batch_rows} per request")
-    for i, row in enumerate(instances):
-        if len(row) != num_features:
-            raise http_error(422, f"instances[{i}] has {len(row)} features; expected {num_features}")
-
-
-@dataclass(frozen=True)
-class Served:
-    """What a replica serves now, read once per request (the poller swaps the whole object).
-
-    Attributes:
-        version: the model version.
-        model: the model in eval mode (a dynamically quantised copy with ``serve.quantize``).
-        featurizer: the version's preprocessing (``None``: a model of rows of numbers).
-        exit_macs: multiply-accumulates to answer one row at each exit, the head's last
-            (:func:`ddn_ray.exits.exit_macs`, counted on the float model once per architecture).
-        served_model: ``teacher`` (the learner's model) or ``student`` (its distilled student, chosen by the
-            controller: :func:`ddn_ray.distill.serve_student`).
-    """
-
-    version: int
-    model: torch.nn.Module
-    featurizer: Featurizer | None
-    exit_macs: tuple[int, ...]
-    served_model: str = "teacher"
 
 
 async def _min_version(
@@ -251,25 +74,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
-@dataclass(frozen=True)
-class InputRoutes:
-    """What a use case adds to every replica that serves its models: routes for its raw inputs.
-
-    A replica includes ``router`` when its input spec names this object (``inputs["routes"]``, a
-    ``"package.module:attribute"`` name, :mod:`ddn_ray.registry`), so the engine imports no use case. A
-    route handler takes the replica with ``Depends(current_replica)`` and answers through its public
-    methods (:meth:`Predictor.answer`, :meth:`Predictor.current`, :meth:`Predictor.reject`, ...).
-
-    Attributes:
-        router: the routes (paths relative to the app's route prefix).
-        warm_up: called once with the input spec before the replica takes traffic (e.g. load a text
-            encoder); ``None``: nothing to load.
-    """
-
-    router: APIRouter
-    warm_up: Callable[[Mapping[str, Any]], None] | None = None
-
-
 def _record_schema(featurizer: Featurizer) -> dict[str, Any]:
     """The record of a replica's table in the OpenAPI (``components.schemas.Record``)."""
     number, text_ = {"type": "number", "nullable": True}, {"type": ["string", "number", "boolean"], "nullable": True}
@@ -279,39 +83,6 @@ def _record_schema(featurizer: Featurizer) -> dict[str, Any]:
         "required": [*featurizer.numeric, *featurizer.categorical],
         "properties": {**dict.fromkeys(featurizer.numeric, number), **dict.fromkeys(featurizer.categorical, text_)},
     }
-
-
-class Replica(Protocol):
-    """What an :class:`InputRoutes` handler may use of the replica serving its request (:class:`Predictor`)."""
-
-    @property
-    def inputs(self) -> dict[str, Any]: ...
-    @property
-    def replica_id(self) -> str: ...
-    @property
-    def max_batch_rows(self) -> int: ...
-    def current(self) -> tuple[int, torch.nn.Module]: ...
-    def check_batch(self, n: int) -> None: ...
-    def served(self, rows: int) -> None: ...
-    def answer(
-        self,
-        x: torch.Tensor | None,
-        records: "list[dict[str, Any]] | None" = None,
-        split: "tuple[list[str], list[list[Any]]] | None" = None,
-        exit_threshold: float | None = None,
-    ) -> BaseModel: ...
-    def reject(self, status: int, message: str) -> HTTPException: ...
-    async def wait_version(self, version: int) -> bool: ...
-    def check_finite(self, x: torch.Tensor, name: str) -> None: ...
-    def check_output(self, out: torch.Tensor, version: int) -> None: ...
-    @property
-    def service(self) -> Any: ...
-    def featurizer(self) -> Featurizer | None: ...
-
-
-def current_replica() -> Replica:
-    """The replica serving this request: a FastAPI dependency for :class:`InputRoutes` handlers."""
-    return cast(Replica, serve.get_replica_context().servable_object)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
