@@ -9,8 +9,11 @@ Variants (each its own process tree, started and stopped in turn; nothing else r
   nothing else: no versions, no validation beyond pydantic's, no metrics.
 * **serve**: the main job's Serve app (``ddn_ray.serve.build_app``: 2 replicas at 0.25 CPU, a controller
   publishing the model) on a local Ray cluster, through Serve's HTTP proxy (Ray 2.60's default).
-* **direct**: the same with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: no proxy actor; the ingress replicas listen
-  on the HTTP port themselves (``SO_REUSEPORT``).
+* **serve-direct**: the job's app on a cluster started as the main job starts its own (``serve.direct_ingress``:
+  Serve's direct ingress, :mod:`ddn_ray.serve.ingress`), the requests sent in turn to the replicas' own HTTP
+  servers (``ingress.replica_urls``), as the job's traffic client sends them: no proxy on the way.
+* **direct**: direct ingress on (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``), the requests sent to the app's port,
+  which Serve's proxy still holds: what an outside client that does not list the replicas gets.
 * **direct-main-thread**: direct ingress, and the replica runs its user code and router on its main event loop
   (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``), Serve's
   "throughput optimized" settings.
@@ -54,6 +57,7 @@ NAMESPACE = "ddn_ray_bench_serve"
 VARIANTS: dict[str, dict[str, str]] = {
     "plain": {},
     "serve": {},
+    "serve-direct": {},
     "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
     "direct-main-thread": {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
@@ -65,7 +69,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "serve-batch": {},
 }
 # the Serve app a variant runs (default: the job's, ddn_ray.serve.build_app)
-APPS = {"serve-minimal": "minimal", "serve-batch": "batch"}
+APPS = {"serve-minimal": "minimal", "serve-batch": "batch", "serve-direct": "job-direct"}
 
 
 class PlainRequest(BaseModel):
@@ -137,20 +141,23 @@ def minimal_app(batch: bool) -> object:
 
 
 def hold_serve(ready: Path, app: str = "job") -> None:
-    """A driver holding a Serve app (``app``: ``job``, the job's; ``minimal`` or ``batch``, :func:`minimal_app`) on
-    its own local cluster until SIGTERM (run as a child process)."""
+    """A driver holding a Serve app (``app``: ``job``, the job's; ``job-direct``, the job's with direct ingress;
+    ``minimal`` or ``batch``, :func:`minimal_app`) on its own local cluster until SIGTERM (run as a child process).
+    ``ready`` receives the base URLs to send to, one a line."""
     import ray
     from ray import serve
 
     from ddn_ray import config, localcluster, models
     from ddn_ray.controller import ControllerActor
-    from ddn_ray.serve import build_app
+    from ddn_ray.serve import build_app, ingress
 
     cfg = config.load(
         ROOT / "jobs" / "configs" / "elec2.yaml",
         {"controller": {"name": "bench_serve_controller"}, "ray": {"namespace": NAMESPACE}, "serve": {"port": PORT}},
     )
     localcluster.before_init(metrics=False)
+    if app == "job-direct":  # as jobs/continuous.py starts its own cluster
+        ingress.enable(ports=cfg.serve.direct_ingress_ports)
     ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
     localcluster.after_init()
     controller = (
@@ -160,16 +167,20 @@ def hold_serve(ready: Path, app: str = "job") -> None:
     )
     ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=0)), {}))
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(build_app(cfg, 6, 2) if app == "job" else minimal_app(app == "batch"), name="bench", route_prefix="/")
+    serve.run(
+        build_app(cfg, 6, 2) if app.startswith("job") else minimal_app(app == "batch"), name="bench", route_prefix="/"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ready.write_text("ok")
+    urls = ingress.replica_urls("bench", host="127.0.0.1") if app == "job-direct" else [f"http://127.0.0.1:{PORT}"]
+    ready.write_text("\n".join(urls))
     stop.wait()
     serve.shutdown()
     ray.shutdown()
 
 
-def start(variant: str, tmp: Path) -> subprocess.Popen:
+def start(variant: str, tmp: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``variant``; return its process and the base URLs to send to."""
     env = {**os.environ, **VARIANTS[variant], "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     log = open(tmp / f"{variant}.log", "w")  # noqa: SIM115 (closed with the process)
     if variant == "plain":
@@ -177,7 +188,7 @@ def start(variant: str, tmp: Path) -> subprocess.Popen:
         cmd += ["--host", "127.0.0.1", "--port", str(PORT), "--log-level", "warning", "--no-access-log"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _wait_http(proc, 60)
-        return proc
+        return proc, [f"http://127.0.0.1:{PORT}"]
     ready = tmp / f"{variant}.ready"
     cmd = [sys.executable, __file__, "--hold", str(ready), "--app", APPS.get(variant, "job")]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -188,7 +199,11 @@ def start(variant: str, tmp: Path) -> subprocess.Popen:
             raise RuntimeError(f"{variant} did not start: see {tmp / f'{variant}.log'}")
         time.sleep(0.5)
     _wait_http(proc, 60)
-    return proc
+    urls = ready.read_text().split()
+    if not urls:
+        stop(proc)
+        raise RuntimeError(f"{variant}: no URL to send to")
+    return proc, urls
 
 
 def _wait_http(proc: subprocess.Popen, timeout_s: float) -> None:
@@ -215,13 +230,14 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def latencies(rows: int, n: int, x: np.ndarray) -> np.ndarray:
-    url, s = f"http://127.0.0.1:{PORT}/predict", requests.Session()
+def latencies(rows: int, n: int, x: np.ndarray, bases: list[str]) -> np.ndarray:
+    """One client's ``n`` sequential requests of ``rows`` rows, sent to ``bases`` in turn; ms each."""
+    s = requests.Session()
     out = []
     for i in range(20 + n):
         body = {"instances": x[(i * rows) % 1000 : (i * rows) % 1000 + rows].tolist()}
         t = time.perf_counter()
-        r = s.post(url, json=body, timeout=30)
+        r = s.post(f"{bases[i % len(bases)]}/predict", json=body, timeout=30)
         dt = time.perf_counter() - t
         if r.status_code != 200 or len(r.json()["predictions"]) != rows:
             raise RuntimeError(f"bad answer: {r.status_code} {r.text[:200]}")
@@ -230,8 +246,8 @@ def latencies(rows: int, n: int, x: np.ndarray) -> np.ndarray:
     return 1000 * np.array(out)
 
 
-def throughput(clients: int, seconds: float, x: np.ndarray) -> tuple[float, int]:
-    url = f"http://127.0.0.1:{PORT}/predict"
+def throughput(clients: int, seconds: float, x: np.ndarray, bases: list[str]) -> tuple[float, int]:
+    """``clients`` threads sending 1-row requests to ``bases`` in turn for ``seconds``: (requests/s, failed)."""
     done, failed = [0] * clients, [0] * clients
     stop_at = time.monotonic() + seconds
 
@@ -240,6 +256,7 @@ def throughput(clients: int, seconds: float, x: np.ndarray) -> tuple[float, int]
         i = k
         while time.monotonic() < stop_at:
             try:
+                url = f"{bases[i % len(bases)]}/predict"
                 ok = s.post(url, json={"instances": x[i % 1000 : i % 1000 + 1].tolist()}, timeout=30).status_code == 200
             except requests.RequestException:
                 ok = False
@@ -273,13 +290,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="serve_vs_plain-") as tmp:
         for variant in args.variants:
             try:
-                proc = start(variant, Path(tmp))
+                proc, bases = start(variant, Path(tmp))
             except RuntimeError as exc:
                 print(f"{variant}: did not start ({exc}); log:\n{(Path(tmp) / f'{variant}.log').read_text()[-2000:]}")
                 continue
             try:
-                one, fifty = latencies(1, args.requests, x), latencies(50, args.requests, x)
-                rps, failed = throughput(args.clients, args.seconds, x)
+                one, fifty = latencies(1, args.requests, x, bases), latencies(50, args.requests, x, bases)
+                rps, failed = throughput(args.clients, args.seconds, x, bases)
             finally:
                 stop(proc)
             results[variant] = {

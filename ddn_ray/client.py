@@ -6,16 +6,21 @@ requested before the window's labels are revealed to training.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import requests
+from urllib3.util import parse_url
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Answers", "TrafficClient", "instances_body"]
 
@@ -63,6 +68,17 @@ class TrafficClient:
             ``"predictions"`` (``"outputs"`` for regression). Named records are answered with
             class names in ``"predictions"`` and their ids in ``"class_ids"``.
         auth_token: sent as ``Authorization: Bearer <auth_token>`` (``serve.auth_token``); ``None``: no header.
+        replicas: returns the base URLs (``http://host:port``) of the replicas' own HTTP servers
+            (:func:`ddn_ray.serve.ingress.replica_urls`, Serve's direct ingress): requests go to them in turn, on
+            ``url``'s path, instead of through ``url``'s server (Serve's proxy). Read again every
+            ``replicas_refresh_s`` seconds and after a refused connection; a request whose connection fails is
+            sent again once to ``url`` (a prediction has no side effect). ``None`` or no URL: every request to
+            ``url``.
+        replicas_refresh_s: how old the list of replica URLs may get, seconds.
+
+    Attributes:
+        sent: requests answered (or failed) by each way in: ``{"direct": n, "proxy": m}``, the retries through
+            the proxy included.
     """
 
     def __init__(
@@ -75,6 +91,8 @@ class TrafficClient:
         outputs: int | None = None,
         answer_key: str | None = None,
         auth_token: str | None = None,
+        replicas: Callable[[], Sequence[str]] | None = None,
+        replicas_refresh_s: float = 5.0,
     ) -> None:
         self.url = url
         self.request_rows = request_rows
@@ -85,6 +103,13 @@ class TrafficClient:
         self._pool = ThreadPoolExecutor(max_workers=num_clients, thread_name_prefix="traffic")
         self._local = threading.local()
         self._headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        self._replicas, self._refresh_s = replicas, replicas_refresh_s
+        self._direct: list[str] = []  # the replicas' endpoints (base URL + url's path)
+        self._direct_at = -float("inf")
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+        self._path = parse_url(url).request_uri
+        self.sent: collections.Counter[str] = collections.Counter()
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -92,13 +117,46 @@ class TrafficClient:
             self._local.session.headers.update(self._headers)
         return self._local.session
 
+    def _endpoints(self) -> list[str]:
+        """The replicas' endpoints, read again once ``replicas_refresh_s`` old (or marked stale)."""
+        if self._replicas is None:
+            return []
+        with self._lock:
+            if time.monotonic() - self._direct_at > self._refresh_s:
+                try:
+                    self._direct = [base.rstrip("/") + self._path for base in self._replicas()]
+                except Exception as exc:  # whatever listing them raised: the proxy until the next reading
+                    log.warning(
+                        "the replicas' own URLs could not be read (%r): sending through %s",
+                        exc,
+                        self.url,
+                        exc_info=True,
+                    )
+                    self._direct = []
+                self._direct_at = time.monotonic()
+            return self._direct
+
+    def _post(self, url: str, body: Any, params: dict[str, int] | None) -> requests.Response:
+        if url != self.url:
+            try:
+                resp = self._session().post(url, json=body, params=params, timeout=self.timeout_s)
+                with self._lock:
+                    self.sent["direct"] += 1
+                return resp
+            except requests.ConnectionError:  # the replica is gone: the proxy routes to a live one
+                with self._lock:
+                    self._direct_at = -float("inf")
+        with self._lock:
+            self.sent["proxy"] += 1
+        return self._session().post(self.url, json=body, params=params, timeout=self.timeout_s)
+
     def _send(
-        self, offsets: np.ndarray, rows: Any, min_version: int | None
+        self, url: str, offsets: np.ndarray, rows: Any, min_version: int | None
     ) -> tuple[list[int] | None, int, float, str | None]:
         t0 = time.perf_counter()
         params = None if min_version is None else {"min_version": min_version}
         try:
-            resp = self._session().post(self.url, json=self.body(offsets, rows), params=params, timeout=self.timeout_s)
+            resp = self._post(url, self.body(offsets, rows), params)
             dt = time.perf_counter() - t0
             if resp.status_code != 200:
                 return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -117,7 +175,11 @@ class TrafficClient:
         # as few requests as request_rows allows, of equal size: the clients send them at once
         bounds = np.linspace(0, n, -(-n // self.request_rows) + 1).round().astype(int).tolist()
         spans = list(itertools.pairwise(bounds))
-        results = self._pool.map(lambda b: self._send(offsets[b[0] : b[1]], features[b[0] : b[1]], min_version), spans)
+        direct = self._endpoints()
+        urls = [direct[next(self._turn) % len(direct)] if direct else self.url for _ in spans]
+        results = self._pool.map(
+            lambda u, b: self._send(u, offsets[b[0] : b[1]], features[b[0] : b[1]], min_version), urls, spans
+        )
         latencies, errors = [], []
         for (s, _), (p, v, dt, err) in zip(spans, results):
             latencies.append(dt)

@@ -455,6 +455,17 @@ class ServeConfig(_Frozen):
         "requests as that allows, of equal size (benchmarks/job_vs_learner.py: 500 against 100 at W=1000)",
     )
     num_clients: int = Field(2, ge=1, description="concurrent HTTP clients")
+    direct_ingress: bool = Field(
+        True,
+        description="the job's own requests go to the replicas' own HTTP servers (Ray Serve's direct ingress, "
+        "on serve.host) instead of through Serve's proxy, which keeps serve.port for everyone else "
+        "(ddn_ray.serve.ingress); set for a local cluster the job starts, else as the cluster has it",
+    )
+    direct_ingress_ports: tuple[int, int] = Field(
+        (30000, 30999),
+        description="the replicas' own HTTP ports with serve.direct_ingress, first and last (keep them out of "
+        "Ray's worker ports, 10002-19999 by default)",
+    )
     request_timeout_s: float = Field(30.0, gt=0)
     version_wait_s: float = Field(
         10.0,

@@ -135,6 +135,8 @@ class RunFacts:
             before it handed off, learned and published), ``serve`` (the window's requests, their wait in the
             replicas for that version included), ``hand_off`` (labels revealed, the window put in the trainer's
             queue), ``log`` (the served answers and the static model's recorded).
+        requests_by_ingress: the HTTP requests sent to the replicas' own servers (``direct``, Serve's direct
+            ingress) and through Serve's proxy (``proxy``, retries of refused direct ones included).
     """
 
     run_name: str
@@ -143,6 +145,7 @@ class RunFacts:
     first_update_s: float | None
     sync_timeouts: int
     driver_s: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    requests_by_ingress: Mapping[str, int] = field(default_factory=dict)
 
 
 def build(
@@ -259,6 +262,7 @@ def build(
         "http": {
             "requests": len(latencies),
             "failed": len(errors),
+            "by_ingress": {"direct": 0, "proxy": 0, **facts.requests_by_ingress},
             "errors": errors[:20],
             "latency_s": evaluate.percentiles(latencies, (50, 99)),
         },

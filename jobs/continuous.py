@@ -6,8 +6,9 @@ Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr
   or: ray job submit --working-dir . -- python jobs/continuous.py --config jobs/configs/elec2.yaml
 
 Per window of the stream: (1) wait until training is at most ``max_lag_windows``
-behind and every replica serves the latest version, (2) send the window's features
-to the Serve endpoint over HTTP and keep the answers, (3) reveal the labels: hand the
+behind, (2) send the window's features over HTTP asking for the version trained through that point
+(``?min_version``), to the replicas' own HTTP servers (Serve's direct ingress, ``serve.direct_ingress``)
+or through Serve's proxy, and keep the answers, (3) reveal the labels: hand the
 window to the Train workers as Arrow blocks in the object store. Workers test-then-train, publish
 weights to the controller, and checkpoint; replicas long-poll the controller. At the end,
 (4) the report (:mod:`ddn_ray.report`) joins every answer with its label and scores it.
@@ -19,6 +20,7 @@ import argparse
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from ddn_ray import config, devices, evaluate, feeds, models, report, stream, us
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ServeReady, create_actor
 from ddn_ray.errors import DataError
-from ddn_ray.serve import build_app
+from ddn_ray.serve import build_app, ingress
 from ddn_ray.served import ServedStore, StaticBaseline
 from ddn_ray.train import WindowItem, WindowSender, WorkerArgs, make_trainer
 
@@ -56,6 +58,8 @@ def start_ray(cfg: config.JobConfig) -> bool:
         ray.init(namespace=cfg.ray.namespace, log_to_driver=False)  # the job's own runtime_env applies
         return False
     localcluster.before_init(metrics=cfg.ray.metrics)  # Ray's metrics off unless ray.metrics
+    if cfg.serve.direct_ingress:  # read by Serve's processes as they start: the replicas' own HTTP servers
+        ingress.enable(ports=cfg.serve.direct_ingress_ports)
     ray.init(
         num_cpus=cfg.ray.num_cpus,
         include_dashboard=cfg.ray.include_dashboard,
@@ -113,6 +117,10 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         outputs=nc if cfg.model.task == "regression" else None,
         answer_key=feed.answer_key,
         auth_token=cfg.serve.token(),
+        # straight to the replicas (Serve's direct ingress) when the cluster has it, else through the proxy
+        replicas=partial(ingress.replica_urls, cfg.serve.app_name, host=cfg.serve.host)
+        if cfg.serve.direct_ingress
+        else None,
     )
 
     # Train: one long-lived fit(); windows arrive through one queue per rank.
@@ -263,6 +271,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
         first_update_s=first_update_s,
         sync_timeouts=sync_timeouts,
         driver_s=driver_s,
+        requests_by_ingress=dict(client.sent),
     )
     result, curves, rows = report.build(job=cfg, log=log, summary=summary, feed=feed, facts=facts)
     # restarts of the Train worker group (a worker died): where each resumed, and which windows it trained again

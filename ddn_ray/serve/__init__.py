@@ -33,6 +33,10 @@ Endpoints (under the app's route prefix):
   The main job sends each window's requests with the version trained through the window before, so a request
   waits in the replica while the replicas load that version instead of the driver waiting for every replica.
 
+With Serve's direct ingress (``serve.direct_ingress``, on by default for a cluster the main job starts:
+:mod:`ddn_ray.serve.ingress`) each replica also answers every route on its own port of ``serve.host``, and the
+job's traffic client sends there, past Serve's proxy; the proxy keeps ``serve.port`` for everyone else.
+
 Malformed requests get 422 naming the field (bad JSON, non-numeric, NaN/Inf or past float32's range, wrong
 width, empty, text breaking :func:`ddn_ray.guard.normalise_text`), 413 (more than ``max_batch_rows`` rows, or a
 body over ``serve.max_body_bytes``, refused before it is parsed), 401 (a missing or wrong bearer token when

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.session_ports import METRICS_PORT, SERVE_PORT
+from tests.integration.session_ports import DIRECT_INGRESS_PORTS, METRICS_PORT, SERVE_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +38,10 @@ def ray_cluster() -> Any:
     import ray
     from ray import serve
 
+    from ddn_ray.serve import ingress
+
+    # as the main job starts its own cluster (serve.direct_ingress): its requests go to the replicas' own servers
+    ingress.enable(ports=DIRECT_INGRESS_PORTS)
     ray.init(
         num_cpus=4,  # logical CPUs on 2 cores: leaves Ray Data a whole CPU (see ../shared/RAY_NOTES.md)
         num_gpus=2,  # logical: GPU requests (train.use_gpu, serve.num_gpus) are scheduled and fall back to CPU

@@ -7,6 +7,8 @@ import requests
 
 SERVE_PORT = 18123  # pinned; the GCS port is chosen free by ray.init, the dashboard is off
 METRICS_PORT = 18124  # the node's Prometheus endpoint (ray.util.metrics), pinned
+# the ingress replicas' own HTTP servers (Serve's direct ingress, ddn_ray.serve.ingress), out of Ray's worker ports
+DIRECT_INGRESS_PORTS = (30100, 30163)
 
 
 def scrape(names: list[str], timeout_s: float = 30.0, until: Any = None) -> dict[str, list[str]]:

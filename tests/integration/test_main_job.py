@@ -37,6 +37,8 @@ def test_main_job_on_8000_rows_beats_static(ray_cluster, continuous, job_config)
     assert report["run"]["rows_served"] == 8000 and report["run"]["windows"] == 80
     assert report["run"]["versions_published"] == 80  # one per window, K=1
     _check_versions_and_freshness(report)
+    # serve.direct_ingress: every request went to a replica's own HTTP server, none through Serve's proxy
+    assert report["http"]["by_ingress"] == {"direct": report["http"]["requests"], "proxy": 0}
     scores = report["scores"]
     assert scores["dynamic (served)"]["accuracy"] > scores["static (frozen after training)"]["accuracy"] + 0.05
     assert scores["dynamic (served)"]["accuracy"] > scores["no-change (same label delay)"]["accuracy"]

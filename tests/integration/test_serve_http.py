@@ -13,7 +13,7 @@ from ray import serve
 from ddn_ray import models
 from ddn_ray.controller import ControllerActor
 from ddn_ray.serve import build_app
-from tests.integration.session_ports import SERVE_PORT, scrape
+from tests.integration.session_ports import DIRECT_INGRESS_PORTS, SERVE_PORT, scrape
 
 APP, PREFIX = "http_test", "/http"
 
@@ -327,6 +327,39 @@ def test_a_killed_replica_is_not_waited_for_and_its_replacement_serves_the_lates
     assert _versions(url, 20) == {v}
 
 
+def test_the_replicas_own_servers_answer_the_same_app_on_loopback_only(app, ray_cluster) -> None:
+    """Serve's direct ingress (the session cluster has it, as the main job's own cluster does): each replica
+    listens on 127.0.0.1 and a port of the pinned range, and answers as through the proxy: the version served,
+    a 422 naming the field, ``?min_version``."""
+    import psutil
+
+    from ddn_ray.serve import ingress
+
+    url = app[2]
+    urls = ingress.replica_urls(APP, host="127.0.0.1")
+    ports = {int(u.rsplit(":", 1)[1]) for u in urls}
+    running = serve.status().applications[APP].deployments["Predictor"].replica_states.get("RUNNING")
+    assert len(urls) == running >= 2 and all(DIRECT_INGRESS_PORTS[0] <= p <= DIRECT_INGRESS_PORTS[1] for p in ports), (
+        urls
+    )
+    listening = {c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port in ports}
+    assert {a.ip for a in listening} == {"127.0.0.1"} and {a.port for a in listening} == ports
+    served = requests.get(f"{url}/version", timeout=10).json()["model_version"]
+    replicas = set()
+    for base in urls:
+        ok = requests.post(f"{base}{PREFIX}/predict", json={"instances": [[0.5] * 6]}, timeout=10)
+        assert ok.status_code == 200 and ok.json()["model_version"] == served, ok.text
+        replicas.add(ok.json()["replica"])
+        bad = requests.post(f"{base}{PREFIX}/predict", json={"instances": [[0.5] * 5]}, timeout=10)
+        assert bad.status_code == 422 and "instances[0] has 5 features; expected 6" in bad.text
+        held = requests.post(
+            f"{base}{PREFIX}/predict", params={"min_version": -1}, json={"instances": [[0.5] * 6]}, timeout=10
+        )
+        assert held.status_code == 422 and "min_version" in held.text
+    assert len(replicas) == len(urls)  # one server per replica
+    assert ingress.replica_urls("no_such_app", host="127.0.0.1") == []
+
+
 def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
     ray_get = ray_cluster.get
     cfg, controller, url = app
@@ -427,6 +460,12 @@ def test_with_a_token_every_route_needs_it(ray_cluster, tmp_path) -> None:
         body = requests.post(f"{url}/predict", json={"instances": [[0.1, 0.2, 0.3]]}, headers=auth, timeout=10)
         assert body.status_code == 200 and body.json()["model_version"] == 7
         assert requests.get(f"{url}/version", headers=auth, timeout=10).json()["model_version"] == 7
+        from ddn_ray.serve import ingress
+
+        (own,) = ingress.replica_urls("auth_test", host="127.0.0.1")  # the replica's own server asks the same
+        assert requests.post(f"{own}/auth/predict", json={}, timeout=10).status_code == 401
+        mine = requests.post(f"{own}/auth/predict", json={"instances": [[0.1, 0.2, 0.3]]}, headers=auth, timeout=10)
+        assert mine.status_code == 200 and mine.json()["model_version"] == 7
     finally:
         serve.delete("auth_test")
 

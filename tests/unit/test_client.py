@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +20,12 @@ from ddn_ray.client import TrafficClient
 @pytest.fixture()
 def server() -> Iterator[tuple[str, list[tuple[int, list[str]]]]]:
     """Answers each row's first feature as its class, with version 7; records (rows, min_version values)."""
+    with _server() as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _server() -> Iterator[tuple[str, list[tuple[int, list[str]]]]]:
     seen: list[tuple[int, list[str]]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -70,3 +78,35 @@ def test_a_failed_request_marks_only_its_rows_and_no_min_version_sends_none(serv
     assert all(q == [] for _, q in seen)
     assert answers.predictions.tolist() == [1, 0, -1, -1] and answers.versions.tolist() == [7, 7, -1, -1]
     assert len(answers.errors) == 1 and answers.errors[0].startswith("HTTP 503")
+
+
+def test_requests_go_to_the_replicas_in_turn_and_a_refused_one_goes_again_through_the_proxy() -> None:
+    with _server() as (proxy, via_proxy), _server() as (replica, direct):
+        with socket.socket() as s:  # a port nothing listens on: a replica that is gone
+            s.bind(("127.0.0.1", 0))
+            gone = f"http://127.0.0.1:{s.getsockname()[1]}"
+        listed = []
+
+        def replicas() -> list[str]:
+            listed.append(1)
+            return [replica.removesuffix("/predict"), gone]
+
+        client = TrafficClient(proxy, request_rows=1, num_clients=1, replicas=replicas, replicas_refresh_s=60)
+        x = np.column_stack([np.arange(4) % 2, np.ones(4)]).astype(np.float32)
+        answers = client.predict(np.arange(4), x, min_version=2)
+        np.testing.assert_array_equal(answers.predictions, np.arange(4) % 2)
+        assert not answers.errors and (answers.versions == 7).all()
+        # in turn: rows 0 and 2 to the replica, 1 and 3 to the gone one, so through the proxy, with their min_version
+        assert len(direct) == 2 and len(via_proxy) == 2 and all(q == ["2"] for _, q in direct + via_proxy)
+        assert client.sent == {"direct": 2, "proxy": 2} and len(listed) == 1
+        client.predict(np.arange(1), x[:1])  # the next window reads the list again (its age allows a minute)
+        client.close()
+    assert len(listed) == 2
+
+
+def test_without_replica_urls_every_request_goes_to_the_url(server) -> None:
+    url, seen = server
+    client = TrafficClient(url, request_rows=2, num_clients=2, replicas=list)
+    answers = client.predict(np.arange(4), np.ones((4, 2), dtype=np.float32))
+    client.close()
+    assert not answers.errors and len(seen) == 2 and client.sent == {"proxy": 2}
