@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ import torch
 from ray import serve
 
 from ddn_ray import models
+from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ControllerActor
-from ddn_ray.serve import build_app
+from ddn_ray.serve import build_app, ingress
 from tests.integration.session_ports import DIRECT_INGRESS_PORTS, SERVE_PORT, scrape
 
 APP, PREFIX = "http_test", "/http"
@@ -301,11 +303,24 @@ def test_a_killed_replica_is_not_waited_for_and_its_replacement_serves_the_lates
     victim = ray.get_actor(replicas[0], namespace="serve")
     pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))
     before = set(ray.get(controller.summary.remote())["replica_versions"])
+    # the job's traffic client, its list of the replicas' own servers read before the kill (and kept for a minute)
+    client = TrafficClient(
+        f"{url}/predict",
+        request_rows=1,
+        num_clients=1,
+        replicas=partial(ingress.replica_urls, APP, host="127.0.0.1"),
+        replicas_refresh_s=60.0,
+    )
+    client.predict(np.arange(1), np.full((1, 6), 0.5, dtype=np.float32))
     os.kill(pid, signal.SIGKILL)
     failed = sum(
         requests.post(f"{url}/predict", json={"instances": [[0.5] * 6]}, timeout=10).status_code != 200
         for _ in range(20)
     )
+    # the dead replica's port refuses: those requests go again through the proxy, and none fails
+    answers = client.predict(np.arange(20), np.full((20, 6), 0.5, dtype=np.float32))
+    client.close()
+    assert not answers.errors and (answers.versions >= 0).all() and client.sent["proxy"] >= 1, client.sent
     t0 = time.monotonic()
     v = ray.get(controller.publish.remote(models.state_to_numpy(models.build(cfg.model, 6, 2, seed=7)), {}))["version"]
     assert ray.get(controller.wait_all_serving.remote(v, 10.0))
@@ -332,8 +347,6 @@ def test_the_replicas_own_servers_answer_the_same_app_on_loopback_only(app, ray_
     listens on 127.0.0.1 and a port of the pinned range, and answers as through the proxy: the version served,
     a 422 naming the field, ``?min_version``."""
     import psutil
-
-    from ddn_ray.serve import ingress
 
     url = app[2]
     urls = ingress.replica_urls(APP, host="127.0.0.1")
@@ -460,8 +473,6 @@ def test_with_a_token_every_route_needs_it(ray_cluster, tmp_path) -> None:
         body = requests.post(f"{url}/predict", json={"instances": [[0.1, 0.2, 0.3]]}, headers=auth, timeout=10)
         assert body.status_code == 200 and body.json()["model_version"] == 7
         assert requests.get(f"{url}/version", headers=auth, timeout=10).json()["model_version"] == 7
-        from ddn_ray.serve import ingress
-
         (own,) = ingress.replica_urls("auth_test", host="127.0.0.1")  # the replica's own server asks the same
         assert requests.post(f"{own}/auth/predict", json={}, timeout=10).status_code == 401
         mine = requests.post(f"{own}/auth/predict", json={"instances": [[0.1, 0.2, 0.3]]}, headers=auth, timeout=10)
