@@ -326,7 +326,7 @@ class LearningService:
             raise RuntimeError(f"the trainer stopped: {self._fit_error!r}")
 
     async def _learn_window(self, size: int) -> None:
-        from ddn_ray.train import WindowItem
+        from ddn_ray.stream import WindowItem
 
         start, end, rows = self.events.take(size)
         index, f = self.next_window, self.featurizer

@@ -42,7 +42,8 @@ from ddn_ray.controller import ServeReady, create_actor
 from ddn_ray.errors import DataError
 from ddn_ray.serve import build_app, ingress
 from ddn_ray.served import ServedStore, StaticBaseline
-from ddn_ray.train import WindowItem, WindowSender, WorkerArgs, make_trainer
+from ddn_ray.stream import WindowItem
+from ddn_ray.train import WindowSender, WorkerArgs, make_trainer
 
 
 def start_ray(cfg: config.JobConfig) -> bool:

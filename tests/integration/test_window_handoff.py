@@ -10,7 +10,8 @@ import torch
 @pytest.mark.parametrize("regression", [False, True])
 def test_a_window_block_reaches_a_worker_as_the_same_tensors_and_reads_as_a_dataset(ray_cluster, regression) -> None:
     from ddn_ray import stream
-    from ddn_ray.train import WindowItem, _window_tensors
+    from ddn_ray.stream import WindowItem
+    from ddn_ray.train import _window_tensors
 
     rng = np.random.default_rng(0)
     x = rng.random((50, 6), dtype=np.float32)
