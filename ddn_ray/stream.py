@@ -372,7 +372,7 @@ class WindowItem:
             :meth:`ddn_ray.features.Featurizer.state_dict`); it travels with the version trained on them.
             ``None`` for built-in tables.
         num_classes: the output width the rows' labels need (it grows with ``data.allow_new_classes``).
-        generation: the trainer generation it was sent to (:class:`WindowSender`): a restarted worker group skips
+        generation: the trainer generation it was sent to (:class:`ddn_ray.train.WindowSender`): a restarted worker group skips
             what was queued for the one before it, and gets the windows since its checkpoint again.
     """
 

@@ -4,8 +4,8 @@ proxy.
 Ray Serve 2.60's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``) starts an HTTP server in every ingress
 replica, on the Serve host (``serve.host``, 127.0.0.1 by default) and a port of its own from a range; Serve's
 proxy keeps the app's port for everyone else. A request that reaches a replica's own port skips the proxy's hop
-(its actor call and its event loop): 1.4 against 7.0 ms p50 for one row here
-(``benchmarks/serve_vs_plain.py``). It is the same FastAPI app, so the same versions, ``?min_version``, auth
+(its actor call and its event loop): 1.7 against 7.7 ms p50 for one row here, against 1.0 ms for a plain
+FastAPI server (``benchmarks/serve_vs_plain.py``). It is the same FastAPI app, so the same versions, ``?min_version``, auth
 token, body limit and health checks apply.
 
 The main job lists the replicas' ports with :func:`replica_urls` (what Serve's controller tells its own HAProxy
