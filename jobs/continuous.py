@@ -30,6 +30,7 @@ from ddn_ray import localcluster
 localcluster.prefer_loopback()
 
 import ray
+import torch
 from ray import serve
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
@@ -75,6 +76,9 @@ def start_ray(cfg: config.JobConfig) -> bool:
 def main(cfg: config.JobConfig) -> dict[str, Any]:
     """Run the job end to end and return its report (also written as JSON + PNG)."""
     t0 = time.monotonic()
+    # the driver's own torch work (the static baseline's answers) on one thread: on 2 busy cores an intra-op
+    # parallel region waits for a second thread that the scheduler may not run (~4 ms for 50 rows, py-spy)
+    torch.set_num_threads(1)
     # A user's table (data.source) or a built-in use case's stream (data.name); checked before Ray starts.
     feed = feeds.TableFeed(job=cfg) if cfg.data.source is not None else usecase.feed(cfg)
     started_ray = start_ray(cfg)
