@@ -35,6 +35,11 @@ class VersionOffer:
             it on the way: the replica fetches it from the object store, zero-copy on the controller's node).
         meta: the version's meta (``num_classes``, ``served_model``, ...).
         preprocessing: the featurizer state it was trained with, or ``None``.
+        windows_done: the last window the trainer had finished when the offer was made (``-1``: none), for the
+            requests that ask for it (``?min_window``). An offer of the version the replica serves already (the
+            trainer finished a window without a new version: a rejected update, ``publish_every_windows``)
+            carries no weights: :attr:`new` is ``False``.
+        new: whether ``version`` is newer than the replica's (it has weights or ``ref``).
     """
 
     version: int
@@ -42,6 +47,8 @@ class VersionOffer:
     ref: list[Any] | None
     meta: dict[str, Any]
     preprocessing: dict[str, Any] | None
+    windows_done: int = -1
+    new: bool = True
 
     async def fetch_weights(self) -> Mapping[str, np.ndarray]:
         """The weights: those in the reply, else fetched from the object store (in a replica's event loop).
@@ -83,6 +90,12 @@ def _copy_store(weights: Mapping[str, np.ndarray]) -> tuple[Any, Mapping[str, np
 
 
 def _ray_store(weights: Mapping[str, np.ndarray]) -> tuple[Any, Mapping[str, np.ndarray]]:
+    """The controller actor's own copy of a version's weights, as ``(handle, view)``: weights that travel by value
+    in every offer (:func:`fits_inline`) are copied in the actor's memory, since no replica reads them from the
+    object store (a ``ray.put`` and ``ray.get`` of a 38 KB MLP took 2.2 ms of the controller's publish, on a W=50
+    window's path); larger ones are put in the object store, owned by the controller, and read back zero-copy."""
+    if fits_inline(weights):
+        return _copy_store(weights)
     import ray
 
     ref = ray.put(dict(weights))  # owned by the controller: outlives the publishing worker
