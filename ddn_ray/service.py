@@ -326,7 +326,7 @@ class LearningService:
             raise RuntimeError(f"the trainer stopped: {self._fit_error!r}")
 
     async def _learn_window(self, size: int) -> None:
-        from ddn_ray.stream import WindowItem
+        from ddn_ray.handoff import WindowItem, shard_tables
 
         start, end, rows = self.events.take(size)
         index, f = self.next_window, self.featurizer
@@ -346,7 +346,7 @@ class LearningService:
             w = stream.Window(index, start, end, offsets[good], f.transform(frows), f.label_ids(frows))
             workers = len(self.queues)
             learned_rows = (len(w) // workers) * workers
-            for rank, shard in enumerate(stream.shard_tables(w, workers)):
+            for rank, shard in enumerate(shard_tables(w, workers)):
                 await self.queues[rank].put_async(
                     WindowItem.put(
                         index=index,

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,10 +32,8 @@ __all__ = [
     "ReplaySource",
     "Table",
     "Window",
-    "WindowItem",
     "input_names",
     "iter_windows",
-    "shard_tables",
     "to_arrow",
     "with_last_label",
     "write_landing_file",
@@ -336,73 +333,3 @@ class LandingDirSource:
                 return
             if not new:
                 time.sleep(self.poll_interval_s)
-
-
-def shard_tables(window: Window, world_size: int) -> list[pa.Table]:
-    """Split a window's rows into ``world_size`` equal Arrow shards (rank r gets rows r::world_size).
-
-    Equal shards keep DDP's collectives matched; up to ``world_size - 1`` trailing
-    rows are left out of training (they were still served and scored).
-    """
-    n = (len(window) // world_size) * world_size
-    x, y = window.features[:n], window.labels[:n]
-    return [to_arrow(x[r::world_size], y[r::world_size]) for r in range(world_size)]
-
-
-@dataclass(frozen=True)
-class WindowItem:
-    """One window handed to one worker: its shard of rows, one Arrow block in Ray's object store.
-
-    The block is what a Ray Dataset of the shard would hold (:attr:`dataset` is that Dataset); the train loop
-    reads it with one ``ray.get`` because Ray Data's bookkeeping around a 50-row window (``from_arrow``, then
-    ``iter_torch_batches`` or ``to_arrow_refs`` on the worker: GCS and raylet calls, metadata tasks, an executor)
-    cost 11-25 ms a window against ~1 ms (benchmarks/job_vs_learner.py).
-
-    It is defined here, in a module that imports no torch: the queue actor between the driver and a worker
-    unpickles it, and the first window used to wait 1.7 s while that actor imported :mod:`ddn_ray.train`.
-
-    Attributes:
-        index: window number in the stream, from 0.
-        start: offset of the window's first row (inclusive).
-        end: offset one past its last row (exclusive).
-        block: ``ObjectRef[pyarrow.Table]`` of this rank's rows, columns ``features`` (fixed-size list of float32)
-            and ``label`` (int64, or a fixed-size list of float32 targets) (:func:`ddn_ray.stream.to_arrow`). The
-            driver puts it and owns it, so a restarted worker group can be sent it again.
-        preprocessing: the featurizer state these rows were featurized with (a user's table,
-            :meth:`ddn_ray.features.Featurizer.state_dict`); it travels with the version trained on them.
-            ``None`` for built-in tables.
-        num_classes: the output width the rows' labels need (it grows with ``data.allow_new_classes``).
-        generation: the trainer generation it was sent to (:class:`ddn_ray.train.WindowSender`): a restarted worker group skips
-            what was queued for the one before it, and gets the windows since its checkpoint again.
-    """
-
-    index: int
-    start: int
-    end: int
-    block: Any
-    preprocessing: dict[str, Any] | None = None
-    num_classes: int | None = None
-    generation: int = 0
-
-    @classmethod
-    def put(
-        cls,
-        *,
-        index: int,
-        start: int,
-        end: int,
-        rows: Any,
-        preprocessing: dict[str, Any] | None = None,
-        num_classes: int | None = None,
-    ) -> WindowItem:
-        """Put one rank's ``rows`` (a ``pyarrow.Table``, :func:`ddn_ray.stream.to_arrow`) in the object store."""
-        import ray
-
-        return cls(index, start, end, ray.put(rows), preprocessing, num_classes)
-
-    @property
-    def dataset(self) -> Any:
-        """The rows as a ``ray.data.Dataset`` over the same block, for a train loop written against Ray Data."""
-        import ray
-
-        return ray.data.from_arrow_refs([self.block])

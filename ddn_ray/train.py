@@ -27,8 +27,8 @@ import torch
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import devices
 from ddn_ray.config import JobConfig
+from ddn_ray.handoff import WindowItem  # what the queues carry, defined where importing it costs no torch
 from ddn_ray.learner import OnlineLearner, WindowMetrics, gather, make_optimizer, prequential_step
-from ddn_ray.stream import WindowItem  # what the queues carry, defined where importing it costs no torch
 
 __all__ = [
     "InProcessRun",
@@ -233,11 +233,9 @@ def make_trainer(*, args: WorkerArgs, run_name: str, max_failures: int | None = 
 
 def _window_tensors(item: WindowItem, label_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
     """The window's rows as ``(x (n, d) float32, y (n,) label_dtype or (n, k) float32)``, on the CPU."""
-    import ray
-
     from ddn_ray import stream
 
-    rows = ray.get(item.block)
+    rows = item.rows()
     if not rows.num_rows:
         return torch.zeros((0, 0)), torch.zeros((0,), dtype=torch.int64)
     x, y = stream.from_arrow(rows)

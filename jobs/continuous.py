@@ -37,13 +37,13 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from ddn_ray import checkpoint as checkpoint_io
-from ddn_ray import config, devices, evaluate, feeds, models, report, stream, usecase, versions
+from ddn_ray import config, devices, evaluate, feeds, models, report, usecase, versions
 from ddn_ray.client import TrafficClient
 from ddn_ray.controller import ServeReady, create_actor
 from ddn_ray.errors import DataError
+from ddn_ray.handoff import WindowItem, shard_tables
 from ddn_ray.serve import build_app, ingress
 from ddn_ray.served import ServedStore, StaticBaseline
-from ddn_ray.stream import WindowItem
 from ddn_ray.train import WindowSender, WorkerArgs, make_trainer
 
 
@@ -207,7 +207,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 sync_timeouts += 1  # a replica did not load it within serve.version_wait_s
             if first_update_s is None and answered.max(initial=-1) >= 1:
                 first_update_s = time.monotonic() - t0
-            # 3. Reveal the labels: the window goes to training, one object-store block per rank.
+            # 3. Reveal the labels: the window goes to training, one Arrow block per rank.
             revealed = feed.reveal(window)
             w = revealed.window
             sender.send(
@@ -220,7 +220,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                         preprocessing=revealed.preprocessing,
                         num_classes=revealed.num_classes,
                     )
-                    for shard in stream.shard_tables(w, workers)
+                    for shard in shard_tables(w, workers)
                 ]
             )
             t_sent = time.perf_counter()

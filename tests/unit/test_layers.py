@@ -142,7 +142,7 @@ def test_a_window_item_unpickles_without_torch() -> None:
     import subprocess
     import sys
 
-    from ddn_ray.stream import WindowItem
+    from ddn_ray.handoff import WindowItem
 
     blob = pickle.dumps(WindowItem(index=3, start=150, end=200, block=None, num_classes=2))
     code = "import pickle, sys; item = pickle.loads(sys.stdin.buffer.read()); print(item.index, 'torch' in sys.modules)"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ddn_ray import stream
+from ddn_ray.handoff import shard_tables
 from ddn_ray.stream import Table
 
 
@@ -74,7 +75,7 @@ def test_landing_dir_rejects_files_without_the_columns(tmp_path) -> None:
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_shards_are_equal_sized_and_disjoint(world: int) -> None:
     w = next(iter(stream.ReplaySource(_table(11), window_size=11)))
-    shards = stream.shard_tables(w, world)
+    shards = shard_tables(w, world)
     sizes = {s.num_rows for s in shards}
     assert len(sizes) == 1 and sizes.pop() == 11 // world
     feats = np.concatenate([np.stack(s["features"].to_numpy(zero_copy_only=False)) for s in shards])
