@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from urllib3.util import parse_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Answers", "TrafficClient", "instances_body"]
+__all__ = ["HOLD_TIMING", "Answers", "TrafficClient", "held_s", "instances_body"]
 
 
 @dataclass
@@ -34,8 +34,10 @@ class Answers:
         predictions: ``(n,)`` int64 predicted class, ``-1`` where the request failed; for a
             regression model ``(n, k)`` float64 outputs, NaN where the request failed.
         versions: ``(n,)`` int64 model version that answered, ``-1`` where it failed.
-        latencies_s: one entry per HTTP request, seconds.
+        latencies_s: one entry per HTTP request: its round trip less :attr:`held_s`, seconds.
         errors: one message per failed request.
+        held_s: one entry per HTTP request: how long its replica held it for the version or window it asked for
+            (``?min_version``, ``?min_window``; the answer's ``Server-Timing: hold``), seconds.
     """
 
     offsets: np.ndarray
@@ -43,6 +45,27 @@ class Answers:
     versions: np.ndarray
     latencies_s: list[float]
     errors: list[str]
+    held_s: list[float] = field(default_factory=list)
+
+
+#: The Server-Timing metric in which a replica says how long it held a request (``?min_version``, ``?min_window``).
+HOLD_TIMING = "hold"
+
+
+def held_s(server_timing: str | None) -> float:
+    """Seconds of the ``hold`` metric of a ``Server-Timing`` header (W3C Server Timing: ``hold;dur=12.5``, in
+    milliseconds, among other metrics separated by commas); ``0.0`` when there is none."""
+    for metric in (server_timing or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        if name == HOLD_TIMING:
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip() == "dur":
+                    try:
+                        return float(value.strip().strip('"')) / 1e3
+                    except ValueError:
+                        return 0.0
+    return 0.0
 
 
 def instances_body(offsets: np.ndarray, features: np.ndarray) -> dict[str, Any]:
@@ -151,24 +174,30 @@ class TrafficClient:
         return self._session().post(self.url, json=body, params=params, timeout=self.timeout_s)
 
     def _send(
-        self, url: str, offsets: np.ndarray, rows: Any, min_version: int | None
-    ) -> tuple[list[int] | None, int, float, str | None]:
+        self, url: str, offsets: np.ndarray, rows: Any, params: dict[str, int] | None
+    ) -> tuple[list[int] | None, int, float, float, str | None]:
+        """One request: ``(answers, version, round trip less the hold, hold, error)``, seconds."""
         t0 = time.perf_counter()
-        params = None if min_version is None else {"min_version": min_version}
         try:
             resp = self._post(url, self.body(offsets, rows), params)
             dt = time.perf_counter() - t0
+            held = min(held_s(resp.headers.get("Server-Timing")), dt)
             if resp.status_code != 200:
-                return None, -1, dt, f"HTTP {resp.status_code}: {resp.text[:200]}"
+                return None, -1, dt - held, held, f"HTTP {resp.status_code}: {resp.text[:200]}"
             body = resp.json()
-            return body[self.answer_key], int(body["model_version"]), dt, None
+            return body[self.answer_key], int(body["model_version"]), dt - held, held, None
         except (requests.RequestException, ValueError, KeyError) as exc:
-            return None, -1, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
+            return None, -1, time.perf_counter() - t0, 0.0, f"{type(exc).__name__}: {exc}"
 
-    def predict(self, offsets: np.ndarray, features: Any, *, min_version: int | None = None) -> Answers:
+    def predict(
+        self, offsets: np.ndarray, features: Any, *, min_version: int | None = None, min_window: int | None = None
+    ) -> Answers:
         """Request predictions for ``features`` (``(n, num_features)`` float32, or any sequence of ``n`` rows
         that ``body`` encodes, e.g. named records), rows in order; from model version ``min_version`` or a newer
-        one (``?min_version``: the replica holds the request until it serves it)."""
+        one (``?min_version``: the replica holds the request until it serves it), and from a model that has
+        learned window ``min_window`` (``?min_window``: until the replica knows the trainer finished it)."""
+        wanted = {"min_version": min_version, "min_window": min_window}
+        params = {k: v for k, v in wanted.items() if v is not None} or None
         n = len(offsets)
         preds = np.full(n, -1, dtype=np.int64) if self.outputs is None else np.full((n, self.outputs), np.nan)
         versions = np.full(n, -1, dtype=np.int64)
@@ -178,17 +207,18 @@ class TrafficClient:
         direct = self._endpoints()
         urls = [direct[next(self._turn) % len(direct)] if direct else self.url for _ in spans]
         results = self._pool.map(
-            lambda u, b: self._send(u, offsets[b[0] : b[1]], features[b[0] : b[1]], min_version), urls, spans
+            lambda u, b: self._send(u, offsets[b[0] : b[1]], features[b[0] : b[1]], params), urls, spans
         )
-        latencies, errors = [], []
-        for (s, _), (p, v, dt, err) in zip(spans, results):
+        latencies, holds, errors = [], [], []
+        for (s, _), (p, v, dt, held, err) in zip(spans, results):
             latencies.append(dt)
+            holds.append(held)
             if err is not None or p is None:
                 errors.append(err or "no predictions")
                 continue
             preds[s : s + len(p)] = p
             versions[s : s + len(p)] = v
-        return Answers(offsets, preds, versions, latencies, errors)
+        return Answers(offsets, preds, versions, latencies, errors, holds)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

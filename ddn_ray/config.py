@@ -470,8 +470,9 @@ class ServeConfig(_Frozen):
     version_wait_s: float = Field(
         10.0,
         gt=0,
-        description="a request's ?min_version=v holds it in its replica until the replica serves version v, this "
-        "long at most (then it is answered by the version served, which the answer names)",
+        description="a request's ?min_version=v holds it in its replica until the replica serves version v (or "
+        "?min_window=w until it knows window w learned), this long at most (then it is answered by the version "
+        "served, which the answer names)",
     )
     quantize: Literal["none", "dynamic_int8"] = Field(
         "none",

@@ -274,7 +274,15 @@ def format_table(report: Mapping[str, Any]) -> str:
         *([f"{'files quarantined':34s} {len(run['files_quarantined'])}"] if run.get("files_quarantined") else []),
         f"{'model versions published / rejected':34s} {_fmt(run['versions_published'])} / {_fmt(run['versions_rejected'])}",
         f"{'freshness p50 / p99 (all replicas)':34s} {_fmt(fresh['p50'], 'ms')} / {_fmt(fresh['p99'], 'ms')}",
-        f"{'HTTP latency p50 / p99':34s} {_fmt(http['latency_s']['p50'], 'ms')} / {_fmt(http['latency_s']['p99'], 'ms')}",
+        (
+            f"{'HTTP latency p50 / p99 (less hold)':34s} {_fmt(http['latency_s']['p50'], 'ms')} / "
+            f"{_fmt(http['latency_s']['p99'], 'ms')}"
+        ),
+        *(
+            [f"{'HTTP hold p50 / p99':34s} {_fmt(held['p50'], 'ms')} / {_fmt(held['p99'], 'ms')}"]
+            if (held := http.get("held_s"))
+            else []
+        ),
         f"{'HTTP requests / failed':34s} {_fmt(http['requests'])} / {_fmt(http['failed'])}",
         (
             f"{'label delay rows p50 / max':34s} {_fmt(run['label_delay_rows']['p50'], 'int')} / "

@@ -128,13 +128,16 @@ class RunFacts:
         num_classes: the model's output width at the start.
         static_windows: the window index the static model was frozen at (its training windows are not scored).
         first_update_s: seconds from the job's start until a request was answered by a trained version.
-        sync_timeouts: windows answered in part by an older version than they asked for (``?min_version``, the
-            version trained through the window before: a replica did not load it within ``serve.version_wait_s``),
-            and a last version not on every replica within ``controller.sync_timeout_s`` at the stream's end.
-        driver_s: where the driver's time went, seconds per window for each phase: ``wait_learned`` (the window
-            before it handed off, learned and published), ``serve`` (the window's requests, their wait in the
-            replicas for that version included), ``hand_off`` (labels revealed, the window put in the trainer's
-            queue), ``log`` (the served answers and the static model's recorded).
+        sync_timeouts: windows answered in part by an older version than the one trained through the window
+            before (a replica did not load it within ``serve.version_wait_s``, ``?min_window`` and then
+            ``?min_version``), and a last version not on every replica within ``controller.sync_timeout_s`` at the
+            stream's end.
+        driver_s: where the driver's time went, seconds per window for each phase: ``serve`` (the window's
+            requests, their wait in the replicas included: for the window before to be handed off, learned and
+            published, and for its version to be loaded), ``wait_learned`` (the controller's word on which
+            version that made, once the answers are in; the whole wait for the first windows, whose requests go
+            after it), ``hand_off`` (labels revealed, the window put in the trainer's queue), ``log`` (the served
+            answers and the static model's recorded).
         requests_by_ingress: the HTTP requests sent to the replicas' own servers (``direct``, Serve's direct
             ingress) and through Serve's proxy (``proxy``, retries of refused direct ones included).
     """
@@ -198,7 +201,8 @@ def build(
         rows["last_revealed"] = revealed_before
         scores, curves = evaluate.score_rows(rows, static_windows, int(max(facts.num_classes, y.max(initial=0) + 1)))
     fresh = [v["all_served_s"] for v in summary["versions"] if v["version"] >= 1]
-    latencies = [s for a in answers for s in a.latencies_s]
+    latencies = [s for a in answers for s in a.latencies_s]  # less the hold in the replica
+    holds = [s for a in answers for s in a.held_s]
     errors = [e for a in answers for e in a.errors]
     # a window trained again after a restart of the worker group counts once: its last training
     progress = [p for p in {p["index"]: p for p in summary["progress"]}.values() if p["index"] >= static_windows]
@@ -264,7 +268,10 @@ def build(
             "failed": len(errors),
             "by_ingress": {"direct": 0, "proxy": 0, **facts.requests_by_ingress},
             "errors": errors[:20],
+            # a request's round trip less its hold in the replica (what answering took once its model was there),
+            # and the hold: for the version or window it asked for (Server-Timing: hold)
             "latency_s": evaluate.percentiles(latencies, (50, 99)),
+            "held_s": evaluate.percentiles(holds, (50, 99)),
         },
         "drift": drift_section(job, summary["decisions"], None if regression else curves["dynamic (served)"]),
         "versions": summary["versions"][-5:],

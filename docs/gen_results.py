@@ -137,8 +137,19 @@ def _main_job_tables(report: dict[str, Any]) -> dict[str, str]:
                 f"{1e3 * fresh['p99']:.1f} ms |"
             ),
             (
-                f"| HTTP latency p50 / p99, requests / failed | {1e3 * http['latency_s']['p50']:.1f} ms / "
-                f"{1e3 * http['latency_s']['p99']:.1f} ms, {http['requests']:,} / {http['failed']} |"
+                f"| HTTP latency p50 / p99 (less the hold in the replica), requests / failed | "
+                f"{1e3 * http['latency_s']['p50']:.1f} ms / {1e3 * http['latency_s']['p99']:.1f} ms, "
+                f"{http['requests']:,} / {http['failed']} |"
+            ),
+            *(
+                [
+                    (
+                        f"| a request's hold in its replica until the window before was learned, p50 / p99 | "
+                        f"{1e3 * held['p50']:.1f} ms / {1e3 * held['p99']:.1f} ms |"
+                    )
+                ]
+                if (held := http.get("held_s"))
+                else []
             ),
             (
                 f"| rows since the serving model's newest label, p50 / max | {run['label_delay_rows']['p50']:.0f} / "

@@ -5,13 +5,14 @@ Run:  python jobs/continuous.py --config jobs/configs/elec2.yaml [--set train.lr
   or: ddn-ray run --config jobs/configs/elec2.yaml
   or: ray job submit --working-dir . -- python jobs/continuous.py --config jobs/configs/elec2.yaml
 
-Per window of the stream: (1) wait until training is at most ``max_lag_windows``
-behind, (2) send the window's features over HTTP asking for the version trained through that point
-(``?min_version``), to the replicas' own HTTP servers (Serve's direct ingress, ``serve.direct_ingress``)
-or through Serve's proxy, and keep the answers, (3) reveal the labels: hand the
-window to the Train workers as Arrow blocks in the object store. Workers test-then-train, publish
-weights to the controller, and checkpoint; replicas long-poll the controller. At the end,
-(4) the report (:mod:`ddn_ray.report`) joins every answer with its label and scores it.
+Per window of the stream: (1+2) send the window's features over HTTP, to the replicas' own HTTP servers
+(Serve's direct ingress, ``serve.direct_ingress``) or through Serve's proxy, asking for a model that has
+learned the window ``max_lag_windows + 1`` back (``?min_window``): each request waits in its replica until
+the trainer is there, while the driver asks the controller which version that made, and asks again with that
+version (``?min_version``) where an answer came from an older one; keep the answers; (3) reveal the labels:
+hand the window to the Train workers as Arrow blocks (by value when small). Workers test-then-train, publish
+weights to the controller, and checkpoint; replicas long-poll the controller. At the end, (4) the report
+(:mod:`ddn_ray.report`) joins every answer with its label and scores it.
 """
 
 from __future__ import annotations
@@ -144,15 +145,21 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     fit_thread = threading.Thread(target=lambda: fit.update(result=_fit(trainer, fit)), daemon=True)
     fit_thread.start()
 
-    def wait_learned(window: int) -> ServeReady:
-        """Wait for the trainer to finish ``window`` (or the last window sent before it: an empty window, every
-        row quarantined, is never sent): one controller call. Its version is what the next requests ask for."""
+    def learned_target(window: int) -> int:
+        """The window to wait for: ``window``, or the last window sent before it (an empty window, every row
+        quarantined, is never sent); ``-1`` when nothing was sent yet in this run (the latest version)."""
         window = min(window, last_sent)
-        if window < ready["next_window"]:
-            window = -1  # nothing sent yet in this run: the latest version
-        while (state := ray.get(controller.wait_learned.remote(window, 5.0))).windows_done < window:
+        return -1 if window < ready["next_window"] else window
+
+    def wait_learned(window: int, asked: Any = None) -> ServeReady:
+        """Wait for the trainer to finish ``window`` (:func:`learned_target`): one controller call, or the
+        reply of ``asked``, that call made already. Its version is what the next requests ask for."""
+        window = learned_target(window)
+        asked = asked or controller.wait_learned.remote(window, 5.0)
+        while (state := ray.get(asked)).windows_done < window:
             if not fit_thread.is_alive():
                 raise RuntimeError(f"the trainer stopped before window {window}: {fit.get('error')!r}")
+            asked = controller.wait_learned.remote(window, 5.0)
         return state
 
     ready = None
@@ -181,9 +188,24 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
     try:
         for window in tqdm(feed.windows(), desc="windows", unit="win", total=feed.total_windows(), mininterval=2.0):
             # 1. Backpressure: training at most max_lag windows behind; its version is what the requests ask for.
+            behind = learned_target(window.index - 1 - cfg.stream.max_lag_windows)
+            early = len(window) > 0 and behind >= 0 and window.index != static_windows
             t_wait = time.perf_counter()
-            state = wait_learned(window.index - 1 - cfg.stream.max_lag_windows)
-            t_learned = time.perf_counter()
+            if early:
+                # 1+2. The requests go at once and wait in their replicas until the window before is learned
+                # (?min_window): a replica hears it with the version it made. The controller's word comes meanwhile.
+                asked = controller.wait_learned.remote(behind, 5.0)
+                answers = client.predict(*feed.request(window), min_window=behind)
+                t_served = time.perf_counter()
+                state = wait_learned(behind, asked)
+                t_learned = time.perf_counter()
+                if state.version is not None and (answers.versions[answers.versions >= 0] < state.version).any():
+                    # a replica's wait ran out (serve.version_wait_s), or a newer version came (a rollback)
+                    answers = client.predict(*feed.request(window), min_version=state.version)
+                served_s, learned_s = time.perf_counter() - t_learned + t_served - t_wait, t_learned - t_served
+            else:
+                state = wait_learned(behind)
+                learned_s = time.perf_counter() - t_wait
             if window.index == static_windows and static_model is None:  # freeze the static baseline
                 wait_learned(static_windows - 1)
                 version, weights = ray.get(controller.latest_weights.remote())
@@ -198,16 +220,19 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
             if not len(window):
                 continue
             # 2. Serve the features before the labels exist anywhere in the system, from that version or newer:
-            # each request waits in its replica until the replica serves it (?min_version).
-            t_serve = time.perf_counter()
-            answers = client.predict(*feed.request(window), min_version=state.version)
-            t_served = time.perf_counter()
+            # each request waits in its replica until the replica serves it (?min_version). (The first windows,
+            # and the one the static baseline is frozen at; the others went at step 1.)
+            if not early:
+                t_serve = time.perf_counter()
+                answers = client.predict(*feed.request(window), min_version=state.version)
+                served_s = time.perf_counter() - t_serve
             answered = answers.versions[answers.versions >= 0]
             if state.version is not None and (answered < state.version).any():
                 sync_timeouts += 1  # a replica did not load it within serve.version_wait_s
             if first_update_s is None and answered.max(initial=-1) >= 1:
                 first_update_s = time.monotonic() - t0
             # 3. Reveal the labels: the window goes to training, one Arrow block per rank.
+            t_reveal = time.perf_counter()
             revealed = feed.reveal(window)
             w = revealed.window
             sender.send(
@@ -234,9 +259,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 else models.predict(static_model, feed.static_inputs(window, revealed), cfg.model.task),
             )
             last_sent = w.index
-            for phase, seconds in zip(
-                driver_s, (t_learned - t_wait, t_served - t_serve, t_sent - t_served, time.perf_counter() - t_sent)
-            ):
+            for phase, seconds in zip(driver_s, (learned_s, served_s, t_sent - t_reveal, time.perf_counter() - t_sent)):
                 driver_s[phase].append(seconds)
         last = wait_learned(last_sent).version  # every window learned and on every replica: the stream's end
         if last is not None and not ray.get(controller.wait_all_serving.remote(last, cfg.controller.sync_timeout_s)):

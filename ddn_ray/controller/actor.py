@@ -31,8 +31,8 @@ class ServeReady:
 
     Attributes:
         windows_done: index of the last window the trainer finished (-1: none yet).
-        version: the latest version (``None``: none yet): the next window's requests ask for it
-            (``?min_version``), so each waits in its replica until that replica serves it.
+        version: the latest version (``None``: none yet): the next window's answers must come from it or a newer
+            one (``?min_version``: a request waits in its replica until that replica serves it).
     """
 
     windows_done: int
@@ -42,8 +42,8 @@ class ServeReady:
 class ControllerActor:
     """Async Ray actor around :class:`Controller` (create with ``ray.remote(ControllerActor)``).
 
-    Long-poll methods sleep on a condition that every publish, ack and progress
-    report notifies, so waiters wake without polling.
+    Long-poll methods sleep on a condition that every publish, replica ack (a replica's next long-poll) and
+    progress report notifies, so waiters wake without polling.
 
     With ``store_uri``, every version and change of state is journaled there first (:mod:`ddn_ray.versions`).
     Created with Ray's ``max_restarts`` and ``max_task_retries=-1``, a killed controller comes back under the same
@@ -175,23 +175,44 @@ class ControllerActor:
         return self.c.preprocessing(version)
 
     async def wait_for_version(
-        self, replica_id: str, after: int | None, timeout_s: float, actor: Any = None
+        self,
+        replica_id: str,
+        after: int | None,
+        timeout_s: float,
+        actor: Any = None,
+        after_window: int | None = None,
     ) -> VersionOffer | None:
-        """Long-poll: a :class:`VersionOffer` once a version newer than ``after`` exists, ``None`` on timeout.
+        """Long-poll: a :class:`VersionOffer` once a version newer than ``after`` exists, or once the trainer
+        finished a window after ``after_window`` (an offer with ``new=False``); ``None`` on timeout.
 
         Small weights come by value in the reply, larger ones as a reference the replica fetches from the object
         store. ``actor``: the replica's own actor handle, so that :meth:`wait_all_serving` can tell a dead replica
         from a slow one.
+
+        ``after`` is also the replica's word that it serves that version: a replica that loaded an offer polls
+        again at once with its version, which acknowledges it (:meth:`Controller.ack`: freshness, and what
+        :meth:`wait_all_serving` waits for) without a call of its own. A replica this controller has not seen
+        (a new one, or every one after a restore) is only recorded as serving it.
         """
         back = replica_id not in self.c.replica_versions()
-        self.c.replica_seen(replica_id, serving=after)
-        if back:  # a restored controller's first sight of a replica may complete a wait_all_serving
+        acked = self.c.polled(replica_id, after)
+        if acked:
+            self._export_freshness()
+        if back or acked:  # an ack, or a restored controller's first sight of a replica, may complete a wait
             await self._notify()
         if actor is not None:
             self._actors[replica_id] = actor
-        newer = lambda: self.c.latest_version is not None and (after is None or self.c.latest_version > after)
-        if not await self._wait(newer, timeout_s):
+
+        def newer() -> bool:
+            return self.c.latest_version is not None and (after is None or self.c.latest_version > after)
+
+        def moved() -> bool:  # only for a replica serving a version already
+            return after is not None and after_window is not None and self.c.windows_done > after_window
+
+        if not await self._wait(lambda: newer() or moved(), timeout_s):
             return None
+        if after is not None and not newer():  # only the trainer's window moved
+            return VersionOffer(after, None, None, {}, None, windows_done=self.c.windows_done, new=False)
         version, ref = self.c.served_handle()
         weights = self.c.served_weights(version)
         inline = fits_inline(weights)
@@ -201,10 +222,11 @@ class ControllerActor:
             ref=None if inline else [ref],
             meta=self.c.record(version).meta,
             preprocessing=self.c.preprocessing(version),
+            windows_done=self.c.windows_done,
         )
 
-    async def ack(self, replica_id: str, version: int) -> None:
-        self.c.ack(replica_id, version)
+    def _export_freshness(self) -> None:
+        """Export the freshness of the versions every live replica serves now (once each)."""
         self._refresh()
         fresh = []
         for rec in reversed(self.c.records):  # newest first, down to the last version exported
@@ -217,7 +239,6 @@ class ControllerActor:
                 self.metrics.served(rec.all_served_s)
         if fresh:
             self._fresh_upto = fresh[0].version
-        await self._notify()
 
     async def wait_all_serving(self, version: int, timeout_s: float, check_after_s: float = 0.25) -> bool:
         """Wait until every live replica serves ``version`` or newer. A replica still behind after
@@ -294,9 +315,10 @@ class ControllerActor:
         """The stream's backpressure, one call a window: wait until the trainer finished ``window`` (up to
         ``timeout_s``; ``window < 0``: no wait), and say which version that made.
 
-        The replicas are not waited for: the window's requests carry the version (``?min_version``), and each
-        replica holds them until it serves it (:meth:`ddn_ray.serve.Predictor.wait_version`), so the driver's
-        requests travel while the replicas load.
+        The replicas are not waited for: the window's requests ask for the window (``?min_window``) or the
+        version (``?min_version``), and each replica holds them until it is there
+        (:meth:`ddn_ray.serve.Predictor.wait_learned`), so the driver's requests travel while the trainer learns
+        and the replicas load; the main job calls this meanwhile, to check the answers' versions.
 
         Returns:
             A :class:`ServeReady`; ``windows_done < window`` when the trainer is not there yet (call again).

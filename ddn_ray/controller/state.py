@@ -406,6 +406,21 @@ class Controller:
                 back[replica_id] = now - self.restarts[-1]["restored_s"]
                 self._log("reattached", replica=replica_id, after_s=back[replica_id])
 
+    def polled(self, replica_id: str, serving: int | None) -> bool:
+        """A replica's long-poll, which says it serves ``serving``: an :meth:`ack` when this controller has seen
+        the replica and ``serving`` is newer than what it knew (the replica loaded the version it was offered and
+        polled again); else :meth:`replica_seen` (a new replica, or any replica after a :meth:`restore`: when it
+        loaded ``serving`` is not known, so no freshness is recorded for it).
+
+        Returns:
+            Whether it was an ack.
+        """
+        if serving is not None and replica_id in self._replicas and self._replica_version.get(replica_id, -1) < serving:
+            self.ack(replica_id, serving)
+            return True
+        self.replica_seen(replica_id, serving=serving)
+        return False
+
     def live_replicas(self) -> set[str]:
         now = self._clock()
         return {r for r, t in self._replicas.items() if now - t <= self.replica_ttl_s}

@@ -30,8 +30,12 @@ Endpoints (under the app's route prefix):
 * Every route takes ``?min_version=v``: the replica holds the request until it serves version ``v`` or a newer
   one (read your own update: the version a publish returned), for up to ``version_wait_s``; then it answers with
   the version it serves, which the answer's ``model_version`` names (as a long-poll answers once its wait is up).
-  The main job sends each window's requests with the version trained through the window before, so a request
-  waits in the replica while the replicas load that version instead of the driver waiting for every replica.
+* Every route takes ``?min_window=w``: the replica holds the request until it knows that the trainer finished
+  window ``w``, for up to ``version_wait_s``: a replica hears of the trainer's progress in the same long-poll
+  reply as the version it made, so it answers from that version or a newer one. The main job sends each
+  window's requests this way while the window before is still being learned: they wait in the replicas, and no
+  call to the controller is between the publish and the answer. An answer held by either says for how long:
+  ``Server-Timing: hold;dur=<ms>``.
 
 With Serve's direct ingress (``serve.direct_ingress``, on by default for a cluster the main job starts:
 :mod:`ddn_ray.serve.ingress`) each replica also answers every route on its own port of ``serve.host``, and the

@@ -6,18 +6,21 @@ case's routes, ``?min_version`` on each), the :class:`Predictor` deployment and 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ddn_ray import checkpoint as checkpoint_io
 from ddn_ray import devices, exits, guard, models, registry
+from ddn_ray.client import HOLD_TIMING
 from ddn_ray.config import JobConfig, ModelConfig
 from ddn_ray.features import Featurizer
 from ddn_ray.metrics import ReplicaMetrics
@@ -37,7 +40,8 @@ __all__ = ["AppArgs", "Predictor", "app_builder", "build_app"]
 log = logging.getLogger("ray.serve")
 
 
-async def _min_version(
+async def _hold_request(
+    response: Response,
     min_version: int | None = Query(
         None,
         ge=0,
@@ -45,13 +49,27 @@ async def _min_version(
         "it (read your own update), at most serve.version_wait_s; then it answers with the version it serves, "
         "which model_version names",
     ),
+    min_window: int | None = Query(
+        None,
+        ge=0,
+        description="answer once the trainer has finished window w (the stream's windows, from 0), from the version "
+        "that made, or a newer one: the replica holds the request until it knows, at most serve.version_wait_s",
+    ),
 ) -> None:
-    """Every route's ``?min_version=v``: wait until this replica serves version ``v`` or newer."""
+    """Every route's ``?min_version=v``: wait until this replica serves version ``v`` or newer; ``?min_window=w``:
+    until it knows that the trainer finished window ``w`` (:meth:`Predictor.wait_learned`). The answer says how
+    long it was held, in milliseconds: ``Server-Timing: hold;dur=12.5`` (W3C Server Timing)."""
+    if min_version is None and min_window is None:
+        return
+    t0 = time.perf_counter()
     if min_version is not None:
         await current_replica().wait_version(min_version)
+    if min_window is not None:
+        await current_replica().wait_learned(min_window)
+    response.headers["Server-Timing"] = f"{HOLD_TIMING};dur={1e3 * (time.perf_counter() - t0):.3f}"
 
 
-app = FastAPI(title="ddn_ray inference", dependencies=[Depends(_min_version)])
+app = FastAPI(title="ddn_ray inference", dependencies=[Depends(_hold_request)])
 _metrics: "ReplicaMetrics | None" = None  # this replica's (one replica per worker process)
 # (auth token, body limit in bytes) of this process's replica, read by the guard at each request
 _guard_settings: tuple[str | None, int] = (None, 8 << 20)
@@ -123,8 +141,8 @@ class Predictor:
             environment, and no token when that is unset.
         max_body_bytes: larger request bodies get a 413 before they are parsed; ``None``:
             :func:`ddn_ray.guard.default_max_body_bytes` of ``max_batch_rows`` and the input width.
-        version_wait_s: how long a request's ``?min_version=v`` holds it for version ``v`` at most
-            (``serve.version_wait_s``).
+        version_wait_s: how long a request's ``?min_version=v`` holds it for version ``v``, or ``?min_window=w``
+            for window ``w``, at most (``serve.version_wait_s``).
 
     Raises:
         ValueError: neither source is given, or the source does not describe the model.
@@ -164,8 +182,11 @@ class Predictor:
         self._poll_timeout_s = poll_timeout_s
         self._current: Served | None = None
         self._version_wait_s = version_wait_s
-        # requests holding for a version (?min_version): (version, their event loop, the event _install sets)
-        self._version_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Event]] = []
+        # the last window the trainer had finished, as of the latest offer (?min_window)
+        self._windows_done = -1
+        # requests held for a version or a window (?min_version, ?min_window): (whether it is here, their event
+        # loop, the event set once it is)
+        self._waiters: list[tuple[Callable[[], bool], asyncio.AbstractEventLoop, asyncio.Event]] = []
         if quantize not in ("none", "dynamic_int8"):
             raise ValueError(f"quantize must be 'none' or 'dynamic_int8', got {quantize!r}")
         self._quantize = quantize
@@ -252,9 +273,12 @@ class Predictor:
         # one assignment: requests see the old version or the new one, never half
         self._current = Served(version, model, featurizer, macs, served_model)
         self._metrics.serving(version)
-        for wanted, loop, loaded in self._version_waiters:
-            if version >= wanted:
-                loop.call_soon_threadsafe(loaded.set)
+
+    def _wake(self) -> None:
+        """Release the held requests whose version or window is here."""
+        for here, loop, event in self._waiters:
+            if here():
+                loop.call_soon_threadsafe(event.set)
 
     async def wait_version(self, version: int) -> bool:
         """Wait until this replica serves ``version`` or a newer one (a request's ``?min_version``), at most
@@ -264,25 +288,43 @@ class Predictor:
             Whether it does: else the request is answered by the version served now, which its answer names
             (``model_version``), as a long-poll answers with what it has once its wait is up.
         """
-        if self._served().version >= version:
+        return await self._hold(lambda: self._served().version >= version, f"min_version {version}")
+
+    async def wait_learned(self, window: int) -> bool:
+        """Wait until this replica knows that the trainer finished window ``window`` (a request's ``?min_window``),
+        and serves the version that made, if any (a rejected update makes none), at most ``version_wait_s``.
+
+        The controller's offer of a version and the trainer's progress come in one reply, so a replica that
+        knows the window done serves every version made up to it. A driver that sends a window's requests before
+        the previous window is learned thus gets answers from a model that has learned it, with no call of its
+        own to the controller on the way (:mod:`jobs.continuous`).
+
+        Returns:
+            Whether it does (as :meth:`wait_version`).
+        """
+        return await self._hold(lambda: self._windows_done >= window, f"min_window {window}")
+
+    async def _hold(self, here: Callable[[], bool], what: str) -> bool:
+        """Hold a request until ``here()`` (checked at each offer the replica takes), ``version_wait_s`` at most."""
+        if here():
             return True
         if self._poller is None:  # a fixed checkpoint: no newer version will come
             return False
-        waiter = (version, asyncio.get_running_loop(), asyncio.Event())
-        self._version_waiters.append(waiter)
+        waiter = (here, asyncio.get_running_loop(), asyncio.Event())
+        self._waiters.append(waiter)
         try:
-            if self._served().version < version:  # _install may have run before the waiter was in
+            if not here():  # an offer may have come before the waiter was in
                 await asyncio.wait_for(waiter[2].wait(), self._version_wait_s)
         except asyncio.TimeoutError:
             log.warning(
-                "min_version %d not served within %.1f s; answering with version %d",
-                version,
+                "%s not here within %.1f s; answering with version %d",
+                what,
                 self._version_wait_s,
                 self._served().version,
             )
         finally:
-            self._version_waiters.remove(waiter)
-        return self._served().version >= version
+            self._waiters.remove(waiter)
+        return here()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app with this model's input routes and OpenAPI."""
@@ -321,12 +363,18 @@ class Predictor:
         return self._openapi_spec
 
     async def _load_next(self, after: int | None, timeout_s: float) -> bool:
+        """One long-poll of the controller, which also acknowledges ``after``, the version served: load the
+        version offered, or take note of the trainer's progress (``windows_done``). Whether an offer came."""
         # the replica's own actor handle: lets the controller tell it dead from slow
-        found = await self._controller.wait_for_version.remote(self._replica, after, timeout_s, actor=self._actor)
+        found = await self._controller.wait_for_version.remote(
+            self._replica, after, timeout_s, actor=self._actor, after_window=self._windows_done
+        )
         if found is None:
             return False
-        self._install(found.version, await found.fetch_weights(), found.preprocessing, found.meta)
-        await self._controller.ack.remote(self._replica, found.version)
+        if found.new:
+            self._install(found.version, await found.fetch_weights(), found.preprocessing, found.meta)
+        self._windows_done = max(self._windows_done, found.windows_done)
+        self._wake()
         return True
 
     async def _poll_forever(self) -> None:

@@ -37,6 +37,10 @@ def test_main_job_on_8000_rows_beats_static(ray_cluster, continuous, job_config)
     assert report["run"]["rows_served"] == 8000 and report["run"]["windows"] == 80
     assert report["run"]["versions_published"] == 80  # one per window, K=1
     _check_versions_and_freshness(report)
+    # prequential to the version: window w answered by version w, the one that learned windows 0..w-1; its
+    # requests went before window w-1 was learned, and waited in their replicas (?min_window, Server-Timing)
+    assert [(w, mn, mx) for w, mn, mx in report["run"]["window_versions"]] == [(w, w, w) for w in range(80)]
+    assert report["http"]["held_s"]["p50"] > 0
     # serve.direct_ingress: every request went to a replica's own HTTP server, none through Serve's proxy
     assert report["http"]["by_ingress"] == {"direct": report["http"]["requests"], "proxy": 0}
     scores = report["scores"]

@@ -141,12 +141,14 @@ def test_nan_update_is_rejected_and_good_update_reaches_every_replica(app, ray_c
     assert record["all_served_s"] is not None and record["all_served_s"] < 1.0
 
 
-def test_a_request_asking_for_a_newer_version_waits_in_its_replica_until_the_replica_serves_it(
+def test_a_request_asking_for_a_newer_version_or_a_learned_window_waits_in_its_replica_until_it_is_there(
     ray_cluster, job_config
 ) -> None:
     """``?min_version``: requests are held until the publish reaches their replica (read your own update); one for
     a version that never comes is answered by the version served, named, once serve.version_wait_s is up; a
-    negative one is a 422 naming it."""
+    negative one is a 422 naming it. ``?min_window``: held until the replica hears that the trainer finished the
+    window, with the version it made, or with none (a rejected update: the trainer reports the window alone).
+    Each answer says how long it was held (``Server-Timing: hold``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     ray = ray_cluster
@@ -164,9 +166,14 @@ def test_a_request_asking_for_a_newer_version_waits_in_its_replica_until_the_rep
     serve.run(build_app(cfg, 6, 2), name=app_name, route_prefix=prefix)
     x = {"instances": [[0.5] * 6]}
 
-    def post(min_version: int) -> requests.Response:
+    def post(min_version: int, name: str = "min_version") -> requests.Response:
         url = f"http://127.0.0.1:{cfg.serve.port}{prefix}/predict"
-        return requests.post(url, json=x, params={"min_version": min_version}, timeout=30)
+        return requests.post(url, json=x, params={name: min_version}, timeout=30)
+
+    def held_ms(answer: requests.Response) -> float:
+        name, dur = answer.headers["Server-Timing"].split(";")
+        assert name == "hold"
+        return float(dur.removeprefix("dur="))
 
     try:
         with ThreadPoolExecutor(4) as pool:
@@ -185,6 +192,29 @@ def test_a_request_asking_for_a_newer_version_waits_in_its_replica_until_the_rep
         assert time.monotonic() - t0 >= 0.9 * cfg.serve.version_wait_s
         bad = post(-1)
         assert bad.status_code == 422 and "min_version" in bad.text
+        # ?min_window: the trainer finishes window 0 with a new version, then window 1 with none
+        with ThreadPoolExecutor(4) as pool:
+            held = [pool.submit(post, 0, "min_window") for _ in range(2)]
+            time.sleep(0.3)
+            assert not any(f.done() for f in held), [f.result().json() for f in held if f.done()]
+            weights = models.state_to_numpy(models.build(cfg.model, 6, 2, seed=12))
+            learned = ray.get(controller.publish.remote(weights, {"window": 0}, None, None, {"index": 0}))["version"]
+            answers = [f.result() for f in held]
+            assert [(r.status_code, r.json()["model_version"]) for r in answers] == [(200, learned)] * 2
+            assert all(held_ms(r) >= 250 for r in answers)
+            held = [pool.submit(post, 1, "min_window") for _ in range(2)]
+            time.sleep(0.3)
+            assert not any(f.done() for f in held), [f.result().json() for f in held if f.done()]
+            ray.get(controller.trainer_progress.remote({"index": 1}))  # its update was rejected: no version
+            answers = [f.result() for f in held]
+            assert [(r.status_code, r.json()["model_version"]) for r in answers] == [(200, learned)] * 2
+            assert all(250 <= held_ms(r) < 900 for r in answers)  # released by the window, not by version_wait_s
+        assert held_ms(post(1, "min_window")) < 100  # known already: no wait
+        assert (
+            "Server-Timing" not in requests.post(f"http://127.0.0.1:{cfg.serve.port}{prefix}/predict", json=x).headers
+        )
+        bad = post(-1, "min_window")
+        assert bad.status_code == 422 and "min_window" in bad.text
     finally:
         serve.delete(app_name)
         ray.kill(controller)

@@ -1,5 +1,6 @@
 """The traffic client against a real HTTP server on 127.0.0.1: how a window is split into requests, the
-``?min_version`` it sends, and answers put back in row order."""
+``?min_version`` / ``?min_window`` it sends, answers put back in row order, a replica's hold kept apart from
+the latency."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -14,12 +16,15 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from ddn_ray.client import TrafficClient
+from ddn_ray.client import TrafficClient, held_s
+
+HOLD_S = 0.2  # how long the test server holds a request that asks for a window
 
 
 @pytest.fixture()
 def server() -> Iterator[tuple[str, list[tuple[int, list[str]]]]]:
-    """Answers each row's first feature as its class, with version 7; records (rows, min_version values)."""
+    """Answers each row's first feature as its class, with version 7; records (rows, min_version values). A
+    request with ``?min_window`` is held ``HOLD_S`` and says so (``Server-Timing: hold``), as a replica does."""
     with _server() as running:
         yield running
 
@@ -31,7 +36,10 @@ def _server() -> Iterator[tuple[str, list[tuple[int, list[str]]]]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
-            seen.append((len(rows), parse_qs(urlparse(self.path).query).get("min_version", [])))
+            query = parse_qs(urlparse(self.path).query)
+            seen.append((len(rows), query.get("min_version", []) + [f"w{w}" for w in query.get("min_window", [])]))
+            if query.get("min_window"):
+                time.sleep(HOLD_S)
             if rows[0][1] < 0:  # a row marked to fail
                 self.send_response(503)
                 self.end_headers()
@@ -40,6 +48,8 @@ def _server() -> Iterator[tuple[str, list[tuple[int, list[str]]]]]:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            if query.get("min_window"):
+                self.send_header("Server-Timing", f"db;dur=1.5, hold;dur={1e3 * HOLD_S:.3f}")
             self.end_headers()
             self.wfile.write(body)
 
@@ -110,3 +120,31 @@ def test_without_replica_urls_every_request_goes_to_the_url(server) -> None:
     answers = client.predict(np.arange(4), np.ones((4, 2), dtype=np.float32))
     client.close()
     assert not answers.errors and len(seen) == 2 and client.sent == {"proxy": 2}
+
+
+def test_a_request_held_for_a_window_sends_it_and_its_latency_leaves_the_hold_out(server) -> None:
+    url, seen = server
+    client = TrafficClient(url, request_rows=50, num_clients=1)
+    x = np.column_stack([np.arange(50) % 2, np.ones(50)]).astype(np.float32)
+    t0 = time.perf_counter()
+    answers = client.predict(np.arange(50), x, min_window=4)
+    round_trip = time.perf_counter() - t0
+    client.close()
+    assert seen == [(50, ["w4"])] and not answers.errors and round_trip >= HOLD_S
+    assert answers.held_s == [pytest.approx(HOLD_S)]
+    assert answers.latencies_s[0] == pytest.approx(round_trip - HOLD_S, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("hold;dur=12.5", 0.0125),
+        ('db;dur=3, hold;desc="version";dur=100', 0.1),
+        ("hold", 0.0),
+        ("hold;dur=soon", 0.0),
+        ("db;dur=3", 0.0),
+        (None, 0.0),
+    ],
+)
+def test_the_hold_is_read_from_the_server_timing_header(header, seconds) -> None:
+    assert held_s(header) == pytest.approx(seconds)

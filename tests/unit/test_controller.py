@@ -66,6 +66,25 @@ def test_freshness_is_publish_to_every_expected_replica_serving() -> None:
     assert c.all_serving(0)
 
 
+def test_a_replicas_next_poll_with_the_version_it_loaded_is_its_ack() -> None:
+    """A replica polls again as soon as it loaded an offer, naming the version it serves: that is its ack (no call
+    of its own). Its first poll only registers it, and a poll naming what the controller knew changes nothing."""
+    clock = Clock()
+    c = Controller(clock=clock)
+    assert not c.polled("r1", None)  # a new replica: no version yet
+    c.publish(w())
+    clock.t += 0.010
+    assert c.polled("r1", 0) and c.records[0].served_s == {"r1": pytest.approx(0.010)} and c.all_serving(0)
+    clock.t += 5.0
+    assert not c.polled("r1", 0)  # nothing new: the freshness stays what the first poll said
+    assert c.records[0].served_s == {"r1": pytest.approx(0.010)}
+    # a replica this controller never saw (every replica after a restore) polls with a version it served before:
+    # it serves it, but when it loaded it is not known, so no freshness is recorded for it
+    c.publish(w())
+    assert not c.polled("r2", 1) and c.replica_versions() == {"r1": 0, "r2": 1}
+    assert "r2" not in c.records[1].served_s and c.lagging(1) == ["r1"]
+
+
 def test_ack_of_newer_version_also_serves_skipped_ones() -> None:
     clock = Clock()
     c = Controller(clock=clock)
