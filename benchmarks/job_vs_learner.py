@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\noutside load (1-row named records to /predict while the job runs):")
         print(
             "| job | outside requests ok | failed while the app was up | failed after the job deleted it "
-            "| outside p50 ms | outside p99 ms | job's own requests p50 ms |"
+            "| outside p50 ms | outside p99 ms | job's own requests p50 ms, less their hold |"
         )
         print("|---|---|---|---|---|---|---|")
         print("\n".join(loads))
