@@ -47,6 +47,10 @@ class Answers:
     errors: list[str]
     held_s: list[float] = field(default_factory=list)
 
+    def older_than(self, version: int | None) -> bool:
+        """Whether a row was answered by a version older than ``version`` (failed rows aside; ``None``: no)."""
+        return version is not None and bool((self.versions[self.versions >= 0] < version).any())
+
 
 #: The Server-Timing metric in which a replica says how long it held a request (``?min_version``, ``?min_window``).
 HOLD_TIMING = "hold"

@@ -199,7 +199,7 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 t_served = time.perf_counter()
                 state = wait_learned(behind, asked)
                 t_learned = time.perf_counter()
-                if state.version is not None and (answers.versions[answers.versions >= 0] < state.version).any():
+                if answers.older_than(state.version):
                     # a replica's wait ran out (serve.version_wait_s), or a newer version came (a rollback)
                     answers = client.predict(*feed.request(window), min_version=state.version)
                 served_s, learned_s = time.perf_counter() - t_learned + t_served - t_wait, t_learned - t_served
@@ -226,10 +226,9 @@ def main(cfg: config.JobConfig) -> dict[str, Any]:
                 t_serve = time.perf_counter()
                 answers = client.predict(*feed.request(window), min_version=state.version)
                 served_s = time.perf_counter() - t_serve
-            answered = answers.versions[answers.versions >= 0]
-            if state.version is not None and (answered < state.version).any():
+            if answers.older_than(state.version):
                 sync_timeouts += 1  # a replica did not load it within serve.version_wait_s
-            if first_update_s is None and answered.max(initial=-1) >= 1:
+            if first_update_s is None and answers.versions.max(initial=-1) >= 1:
                 first_update_s = time.monotonic() - t0
             # 3. Reveal the labels: the window goes to training, one Arrow block per rank.
             t_reveal = time.perf_counter()

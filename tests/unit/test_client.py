@@ -148,3 +148,10 @@ def test_a_request_held_for_a_window_sends_it_and_its_latency_leaves_the_hold_ou
 )
 def test_the_hold_is_read_from_the_server_timing_header(header, seconds) -> None:
     assert held_s(header) == pytest.approx(seconds)
+
+
+def test_answers_older_than_a_version_leave_failed_rows_aside() -> None:
+    from ddn_ray.client import Answers
+
+    answers = Answers(np.arange(3), np.zeros(3, np.int64), np.array([5, -1, 6]), [0.0], [])
+    assert answers.older_than(6) and not answers.older_than(5) and not answers.older_than(None)
