@@ -212,7 +212,7 @@ class ControllerActor:
         if not await self._wait(lambda: newer() or moved(), timeout_s):
             return None
         if after is not None and not newer():  # only the trainer's window moved
-            return VersionOffer(after, None, None, {}, None, windows_done=self.c.windows_done, new=False)
+            return VersionOffer(after, None, None, {}, None, windows_done=self.c.windows_done)  # new: False
         version, ref = self.c.served_handle()
         weights = self.c.served_weights(version)
         inline = fits_inline(weights)

@@ -38,8 +38,7 @@ class VersionOffer:
         windows_done: the last window the trainer had finished when the offer was made (``-1``: none), for the
             requests that ask for it (``?min_window``). An offer of the version the replica serves already (the
             trainer finished a window without a new version: a rejected update, ``publish_every_windows``)
-            carries no weights: :attr:`new` is ``False``.
-        new: whether ``version`` is newer than the replica's (it has weights or ``ref``).
+            carries no weights and no ``ref``: :attr:`new` is ``False``.
     """
 
     version: int
@@ -48,7 +47,11 @@ class VersionOffer:
     meta: dict[str, Any]
     preprocessing: dict[str, Any] | None
     windows_done: int = -1
-    new: bool = True
+
+    @property
+    def new(self) -> bool:
+        """Whether it offers a version to load (weights or ``ref``), not only the trainer's progress."""
+        return self.weights is not None or self.ref is not None
 
     async def fetch_weights(self) -> Mapping[str, np.ndarray]:
         """The weights: those in the reply, else fetched from the object store (in a replica's event loop).
