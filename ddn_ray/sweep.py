@@ -387,6 +387,9 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             name=name,
             storage_path=storage,
             verbose=0,
+            # A trial's last report ends it before the scheduler sees it: PBT could otherwise exploit a trial
+            # whose stream is over, and the copy would replay nothing and report the source's score as its own.
+            stop={"stream_end": True},
             # Keep every checkpoint: PBT may exploit one a trial has already moved past.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
