@@ -429,11 +429,18 @@ def test_metrics_reach_the_prometheus_endpoint(app, ray_cluster) -> None:
         "ray_ddn_ray_rows_predicted_total",
     ]
     value = lambda line: float(line.rsplit(" ", 1)[1])
-    found = scrape(names, until=lambda f: max(value(ln) for ln in f["ray_ddn_ray_model_version"]) >= v)
+    served = lambda f: [ln for ln in f["ray_ddn_ray_served_model_version"] if 'replica="' in ln]
+    # the controller and each replica export their gauges at their own report intervals: wait for both
+    found = scrape(
+        names,
+        until=lambda f: (
+            max(value(ln) for ln in f["ray_ddn_ray_model_version"]) >= v
+            and max((value(ln) for ln in served(f)), default=0) >= v
+        ),
+    )
     assert all(found.values()), [n for n, lines in found.items() if not lines]
     assert max(value(ln) for ln in found["ray_ddn_ray_model_version"]) >= v
-    served = [ln for ln in found["ray_ddn_ray_served_model_version"] if 'replica="' in ln]
-    assert served and max(value(ln) for ln in served) >= v
+    assert served(found) and max(value(ln) for ln in served(found)) >= v
     assert any('code="422"' in ln for ln in found["ray_ddn_ray_request_errors_total"])
     assert any('code="200"' in ln and value(ln) >= 1 for ln in found["ray_ddn_ray_requests_total"])
     assert any('decision="all"' in ln for ln in found["ray_ddn_ray_drift_signals_total"])
