@@ -310,6 +310,28 @@ def run_trial(params: dict[str, Any]) -> None:
     report(final=True)
 
 
+def _report_log() -> Any:
+    """A Tune callback that keeps, in the driver, every trial's reports as ``[rows, score]`` pairs, in order.
+
+    The record the plot and the summary read. A trial's own ``result.json`` (what
+    ``Result.metrics_dataframe`` reads) is not: after PBT stopped a trial and started it again (to exploit
+    it, or to free its CPUs for another's exploit), that file held only the reports since the restart,
+    while the trial's ``progress.csv`` held them all (Ray 2.60, seen on the PBT sweep of Elec2).
+    """
+    from ray import tune
+
+    class ReportLog(tune.Callback):
+        def __init__(self) -> None:
+            self.reports: dict[str, list[list[float]]] = {}
+
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
+            self.reports.setdefault(trial.trial_id, []).append([int(result["rows"]), float(result[METRIC])])
+
+    return ReportLog()
+
+
 def _scheduler(cfg: SweepConfig, max_t: int) -> Any:
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
@@ -333,7 +355,8 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     :mod:`ddn_ray.pareto`), ``chosen.yaml`` (the front's chosen trade-off as a job YAML) and ``summary.json``.
 
     Returns:
-        The summary: ``best`` (trial, settings, score), ``trials`` (rows of the table), ``files``.
+        The summary: ``best`` (trial, settings, score), ``trials`` (rows of the table, each with its
+        ``reports``: every report's ``[rows, score]`` in order), ``files``.
 
     Raises:
         RuntimeError: no trial replayed the whole stream (e.g. every trial failed).
@@ -372,6 +395,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     }
     storage = str(Path(cfg.storage_path).expanduser().resolve()) if "://" not in cfg.storage_path else cfg.storage_path
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    log = _report_log()
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial}),
         param_space=space,
@@ -390,6 +414,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             # A trial's last report ends it before the scheduler sees it: PBT could otherwise exploit a trial
             # whose stream is over, and the copy would replay nothing and report the source's score as its own.
             stop={"stream_end": True},
+            callbacks=[log],
             # Keep every checkpoint: PBT may exploit one a trial has already moved past.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
@@ -409,6 +434,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
             "wall_s": (r.metrics or {}).get("time_total_s"),
             "decisions": (r.metrics or {}).get("decisions", "{}"),
             "exploited": json.loads((r.metrics or {}).get("exploited", "[]")),
+            "reports": log.reports.get((r.metrics or {}).get("trial_id", "?"), []),
             "status": "error" if r.error else ("complete" if (r.metrics or {}).get("stream_end") else "stopped early"),
         }
         trials.append(row)
@@ -427,7 +453,7 @@ def run(cfg: SweepConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     }
     _write_csv(trials, cfg, out / "results.csv")
     best_yaml = write_best_yaml(cfg, base, best, out / "best.yaml", name)
-    plot_scores(grid, cfg, out / "scores.png", f"{name}: prequential accuracy ({cfg.scheduler.name})")
+    plot_scores(trials, cfg, out / "scores.png", f"{name}: prequential accuracy ({cfg.scheduler.name})")
     front = pareto.front(finished)
     chosen = pareto.choose(front, cfg.pareto_tolerance)
     reference = next(
@@ -518,25 +544,30 @@ def write_best_yaml(
     return text
 
 
-def plot_scores(grid: Any, cfg: SweepConfig, path: Path, title: str) -> Path:
-    """Prequential accuracy against rows replayed, one line per trial (ASHA stops show as short lines)."""
+def plot_scores(trials: list[dict[str, Any]], cfg: SweepConfig, path: Path, title: str) -> Path:
+    """Prequential accuracy against rows replayed, one line per trial, from each trial's ``reports``.
+
+    ASHA's stops show as short lines; a PBT exploit as a jump, where a trial went on from another's
+    checkpoint (its counts and stream position).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for r in grid:
-        df = r.metrics_dataframe
-        if df is None or df.empty or METRIC not in df:
+    for t in trials:
+        if not t["reports"]:
             continue
-        label = ", ".join(f"{k.split('.')[-1]}={_short(r.config[k])}" for k in cfg.search)
-        ax.plot(df["rows"], df[METRIC], marker=".", lw=1, label=label[:60])
+        rows, scores = zip(*t["reports"], strict=True)
+        label = ", ".join(f"{k.split('.')[-1]}={_short(t['settings'][k])}" for k in cfg.search)
+        ax.plot(rows, scores, marker=".", lw=1, label=label[:60])
     ax.set_xlabel("rows replayed (test-then-train)")
     ax.set_ylabel("prequential accuracy so far")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
+    # PBT mutates a trial's settings as it goes: the legend gives those it ended with
+    ax.legend(fontsize=6, loc="lower right", title="settings at the end" if cfg.scheduler.name == "pbt" else None)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

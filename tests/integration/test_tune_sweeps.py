@@ -71,6 +71,13 @@ def test_pbt_exploits_copy_weights_from_checkpoints(ray_cluster: Any, tmp_path: 
             assert source in ids - {into} and into in ids and 0 < offset < 3000 and offset % 50 == 0
     # The copy resumed the stream where the source was: every trial still saw each row once.
     assert all(t["rows"] == 3000 for t in trials)
+    # Every report of every trial is in its record, from the first to the stream's end (a trial's result.json
+    # keeps only those since PBT last restarted it); one never exploited reported at each 500 rows.
+    for t in trials:
+        rows = [r for r, _ in t["reports"]]
+        assert rows[0] == 500 and rows[-1] == 3000 and all(r % 500 == 0 for r in rows), t["reports"]
+        if not any(into == t["trial"] for _, into, _ in t["exploited"]):
+            assert rows == list(range(500, 3001, 500)), t["reports"]
     assert config.load(summary["files"]["best"]).strategy.name == "replay"
 
 
