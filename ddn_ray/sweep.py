@@ -548,7 +548,7 @@ def plot_scores(trials: list[dict[str, Any]], cfg: SweepConfig, path: Path, titl
     """Prequential accuracy against rows replayed, one line per trial, from each trial's ``reports``.
 
     ASHA's stops show as short lines; a PBT exploit as a jump, where a trial went on from another's
-    checkpoint (its counts and stream position).
+    checkpoint (its counts and stream position), and as a new segment where that checkpoint was behind.
     """
     import matplotlib
 
@@ -559,9 +559,18 @@ def plot_scores(trials: list[dict[str, Any]], cfg: SweepConfig, path: Path, titl
     for t in trials:
         if not t["reports"]:
             continue
-        rows, scores = zip(*t["reports"], strict=True)
         label = ", ".join(f"{k.split('.')[-1]}={_short(t['settings'][k])}" for k in cfg.search)
-        ax.plot(rows, scores, marker=".", lw=1, label=label[:60])
+        # an exploit from a checkpoint behind this trial goes back in the stream: a new segment, same colour
+        segments: list[list[list[float]]] = []
+        for report in t["reports"]:
+            if not segments or report[0] <= segments[-1][-1][0]:
+                segments.append([])
+            segments[-1].append(report)
+        color = None
+        for i, seg in enumerate(segments):
+            rows, scores = zip(*seg, strict=True)
+            (line,) = ax.plot(rows, scores, marker=".", lw=1, color=color, label=None if i else label[:60])
+            color = line.get_color()
     ax.set_xlabel("rows replayed (test-then-train)")
     ax.set_ylabel("prequential accuracy so far")
     ax.set_title(title)
